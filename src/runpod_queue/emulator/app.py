@@ -439,6 +439,7 @@ class EmulatorApp:
             low_priority=sub.low_priority,
             s3_config=sub.s3_config,
             sync=sync,
+            raw_body=body,
         )
 
     async def run(self, request: Request) -> tuple[int, Any]:

@@ -12,9 +12,9 @@ instead of overwriting the new run.
 from __future__ import annotations
 
 import asyncio
+import random
 import secrets
 import string
-import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Final
@@ -36,6 +36,23 @@ def encode_json(value: Any) -> bytes:
     return orjson.dumps(value, option=_JSON_OPTS)
 
 
+_ids = random.Random()
+
+
+def new_job_id(sync: bool) -> str:
+    """A UUID4-shaped id with RunPod's `-u1` suffix (`sync-` prefix for runsync).
+
+    From a seeded PRNG, not `uuid.uuid4()`: its os.urandom syscall drops the GIL on every job, which
+    measurably slows the server loop when handler threads are waiting for it. Ids need only be unique.
+    """
+    h = f"{_ids.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+    return f"{'sync-' if sync else ''}{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}-u1"
+
+
+_UUID4_MASK: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_BITS: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
 def new_worker_id() -> str:
     # RunPod worker ids are 14 lowercase alphanumerics.
     return "".join(secrets.choice(_WORKER_ALPHABET) for _ in range(14))
@@ -53,7 +70,7 @@ class WorkerSlot:
         self.job: JobRecord | None = None
         self.retired = False
         # Called to stop the running handler (cancel, timeout, ttl); set by whoever runs it.
-        self.run_cancel: Callable[[], None] | None = None
+        self.run_cancel: Callable[[], object] | None = None
         self.last_seen = 0.0
         self.state = "idle"
 
@@ -78,7 +95,7 @@ class JobRecord:
         "policy_ttl_ms",
         "progress_json",
         "queued_at",
-        "raw_input",
+        "raw_body",
         "retention_handle",
         "retention_override_ms",
         "retries",
@@ -111,8 +128,9 @@ class JobRecord:
         self.id = job_id
         self.endpoint = endpoint
         self.input = job_input
-        # Re-encoded lazily (retry, webhooks) so the handler may mutate its copy freely.
-        self.raw_input: bytes | None = None
+        # The request body as received: the original input is re-read from it for a retry or a
+        # webhook, since a handler may have mutated `input` in place.
+        self.raw_body: bytes | None = None
         self.webhook = webhook
         self.policy_execution_timeout_ms = execution_timeout_ms
         self.policy_ttl_ms = ttl_ms
@@ -161,17 +179,20 @@ class JobRecord:
             body["retries"] = self.retries
         return body
 
+    def original_input(self) -> Any:
+        assert self.raw_body is not None
+        return orjson.loads(self.raw_body)["input"]
+
     def original_input_json(self) -> bytes:
-        return self.raw_input if self.raw_input is not None else encode_json(self.input)
+        return encode_json(self.original_input())
 
     def handler_job(self) -> dict[str, Any]:
         """The `job` dict a handler receives: a fresh copy of the input for every run."""
-        if self.raw_input is None:
-            # First run: snapshot the input before the handler can mutate it, then hand over the original.
-            self.raw_input = encode_json(self.input)
-            data = self.input
+        if self.attempt == 0 and self.input is not None:
+            # First run: hand over the parsed input itself; later runs re-read the original.
+            data, self.input = self.input, None
         else:
-            data = orjson.loads(self.raw_input)
+            data = self.original_input()
         job: dict[str, Any] = {"id": self.id, "input": data}
         if self.webhook is not None:
             job["webhook"] = self.webhook
@@ -271,8 +292,9 @@ class Core:
         low_priority: bool = False,
         s3_config: dict[str, str] | None = None,
         sync: bool = False,
+        raw_body: bytes | None = None,
     ) -> JobRecord:
-        job_id = f"{'sync-' if sync else ''}{uuid.uuid4()}-u1"
+        job_id = new_job_id(sync)
         job = JobRecord(
             job_id,
             ep,
@@ -289,6 +311,7 @@ class Core:
             sync=sync,
             now=self.clock.now(),
         )
+        job.raw_body = raw_body if raw_body is not None else encode_json({"input": job_input})
         ep.jobs[job_id] = job
         self._enqueue(job)
         return job

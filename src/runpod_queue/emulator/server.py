@@ -202,9 +202,13 @@ class Emulator:
             self._socket.close()
         self._server = self._thread = self._socket = None
 
-    def serve_forever(self) -> None:
-        """Serve in the calling thread until Ctrl-C / SIGTERM (used by `rpq serve`)."""
+    def serve_forever(self, on_ready: Callable[[Emulator], None] | None = None) -> None:
+        """Serve in the calling thread until Ctrl-C / SIGTERM (used by `rpq serve`).
+
+        `on_ready` is called once the port is bound (so `base_url` is final), before serving."""
         sock = self._bind()
+        if on_ready is not None:
+            on_ready(self)
         server = self._make_server()
         self._server = server
         try:

@@ -1,0 +1,3 @@
+from runpod_queue.cli import main
+
+main()
