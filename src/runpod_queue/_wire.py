@@ -519,7 +519,8 @@ def wait_flow(
                     else min(STATUS_SYNC_HOLD_MS, int(remaining * 1000))
                 )
                 try:
-                    job: Job = yield Send(status_sync_call(endpoint_id, job_id, wait_ms=hold), parse_job, deadline)
+                    call = status_sync_call(endpoint_id, job_id, wait_ms=hold)
+                    job: Job = yield Send(call, parse_job, deadline)
                 except APIStatusError as exc:
                     if exc.status_code not in (404, 405):
                         raise
