@@ -1,0 +1,26 @@
+"""A faithful local emulator of a RunPod Serverless queue endpoint (needs the `emulator` extra).
+
+See the README's "Emulator" section for the rules it applies where RunPod's documentation is silent.
+"""
+
+from __future__ import annotations
+
+from runpod_queue.emulator._config import Clock, EndpointSpec, Faults, Handler, Timings
+from runpod_queue.emulator.app import EmulatorApp
+from runpod_queue.emulator.delivery import WebhookAttempt
+from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
+from runpod_queue.emulator.server import Emulator
+
+__all__ = [
+    "Clock",
+    "Emulator",
+    "EmulatorApp",
+    "EndpointSpec",
+    "Faults",
+    "Handler",
+    "HandlerLoadError",
+    "LoadedEndpoint",
+    "Timings",
+    "WebhookAttempt",
+    "load_endpoint",
+]
