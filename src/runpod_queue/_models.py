@@ -27,6 +27,10 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _DAYS = MAX_DURATION_MS // 86_400_000
 
 
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
 class MalformedError(ValueError):
     """An answer that breaks the contract; the wire layer turns it into APIResponseError."""
 
@@ -86,7 +90,7 @@ class Job:
     execution_time: int | None = None
     worker_id: str | None = None
     retries: int | None = None
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
     error_type: str | None = field(default=None, init=False, repr=False, compare=False)
     error_message: str | None = field(default=None, init=False, repr=False, compare=False)
     error_traceback: str | None = field(default=None, init=False, repr=False, compare=False)
@@ -202,7 +206,7 @@ class StreamChunk:
     """One streamed output; ``raw`` keeps extra keys RunPod may attach (e.g. ``metrics``)."""
 
     output: Any
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
 
 def _count(data: Mapping[str, Any], key: str) -> int:
@@ -237,7 +241,7 @@ class Health:
 
     jobs: JobCounts
     workers: WorkerCounts
-    raw: Mapping[str, Any] = field(default=_EMPTY, repr=False, compare=False)
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
