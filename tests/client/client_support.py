@@ -151,5 +151,3 @@ class AsyncEp:
 
 
 Api = SyncApi | AsyncApi
-
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+
 import pytest
 from client_support import Api
 
@@ -39,7 +40,9 @@ def test_run_sends_webhook_policy_and_s3_config(api: Api, emu: Emulator) -> None
         {"prompt": "hi"},
         webhook=hook,
         policy=Policy(execution_timeout=120_000, ttl=600_000, low_priority=False),
-        s3_config=S3Config(access_id="id", access_secret="secret", bucket_name="b", endpoint_url="https://s3"),
+        s3_config=S3Config(
+            access_id="id", access_secret="secret", bucket_name="b", endpoint_url="https://s3"
+        ),
     )
     done = ep.wait(job.id, timeout=10)
     assert done.is_completed
