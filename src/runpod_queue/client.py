@@ -92,7 +92,7 @@ class Client:
     def _execute(self, endpoint_id: str, call: Call, deadline: float | None = None) -> httpx.Response:
         url = self.base_url + call.path
         if call.limit is not None and call.content is not None and len(call.content) > call.limit:
-            too_large = _wire.payload_error(call, self._http.build_request(call.method, url))
+            too_large = _wire.payload_error(call, httpx.Request(call.method, url))
             assert too_large is not None
             raise too_large
         headers = _wire.JSON_HEADERS if call.content is not None else None
