@@ -2,7 +2,58 @@
 
 from __future__ import annotations
 
-from runpod_queue._contract import JobStatus
+from runpod_queue._contract import JobStatus, OperationLimit
+from runpod_queue._limits import RateLimits
+from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
+from runpod_queue._retry import Retries
+from runpod_queue.aio import AsyncClient, AsyncEndpoint
+from runpod_queue.client import Client, Endpoint
+from runpod_queue.errors import (
+    APIConnectionError,
+    APIResponseError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    BadRequestError,
+    JobFailedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    RunpodQueueError,
+    ServerError,
+    WaitTimeoutError,
+)
 
-__all__ = ["JobStatus"]
+__all__ = [
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AsyncEndpoint",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "Endpoint",
+    "Health",
+    "Job",
+    "JobCounts",
+    "JobFailedError",
+    "JobStatus",
+    "NotFoundError",
+    "OperationLimit",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Policy",
+    "RateLimitError",
+    "RateLimits",
+    "Retries",
+    "RunpodQueueError",
+    "S3Config",
+    "ServerError",
+    "StreamChunk",
+    "WaitTimeoutError",
+    "WorkerCounts",
+]
 __version__ = "0.1.0"

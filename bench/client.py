@@ -1,0 +1,159 @@
+"""Client benchmarks against the emulator (run in a subprocess, so its CPU does not share our GIL).
+
+1. Per-call overhead: `Endpoint.status` against raw `httpx.Client.get` on the same server and job,
+   interleaved rounds, medians (target: ratio <= 1.2).
+2. Submit and collect 1000 no-op jobs: `AsyncClient` (run + wait per job, bounded concurrency) against the
+   official `runpod` package's `AsyncioEndpoint` (run all with asyncio.gather, then output()).
+
+Prints `name: value` lines, then the ratios. `python bench/client.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+
+from runpod_queue import AsyncClient, Client, OperationLimit, RateLimits
+
+API_KEY = "bench-key"
+SERVER = """
+import sys
+from runpod_queue.emulator import Emulator
+def noop(job):
+    return 1
+Emulator({"noop": noop}, api_key=%r, workers=8, rate_limits=False, port=int(sys.argv[1])).serve_forever()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER % API_KEY, str(port)])
+    base = f"http://127.0.0.1:{port}/v2"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if httpx.get(f"{base}/noop/health", headers={"Authorization": API_KEY}).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("emulator did not start")
+        time.sleep(0.05)
+
+
+def per_call(fn: Callable[[], object], n: int) -> float:
+    started = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - started) / n * 1e6
+
+
+def bench_status(base: str, calls: int, rounds: int) -> dict[str, float]:
+    # The limiter stays on (its bookkeeping is part of the overhead) with a window that never makes it wait.
+    limits = RateLimits(limits={"status": OperationLimit(10**9, 400), "runsync": OperationLimit(10**9, 400)})
+    with Client(API_KEY, base_url=base, rate_limits=limits) as client, httpx.Client() as raw:
+        ep = client.endpoint("noop")
+        job = ep.run_sync({}, wait=10_000)
+        url = f"{base}/noop/status/{job.id}"
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+
+        def raw_status() -> object:
+            response = raw.get(url, headers=headers)
+            response.raise_for_status()
+            return response.json()
+
+        def our_status() -> object:
+            return ep.status(job.id)
+
+        per_call(raw_status, 200)  # warm both pools
+        per_call(our_status, 200)
+        raw_us, our_us = [], []
+        for _ in range(rounds):
+            raw_us.append(per_call(raw_status, calls))
+            our_us.append(per_call(our_status, calls))
+    raw_med, our_med = statistics.median(raw_us), statistics.median(our_us)
+    return {"status_raw_httpx_us": raw_med, "status_endpoint_us": our_med, "status_ratio": our_med / raw_med}
+
+
+async def ours_batch(base: str, jobs: int, concurrency: int) -> float:
+    async with AsyncClient(API_KEY, base_url=base) as client:
+        ep = client.endpoint("noop")
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> object:
+            async with gate:
+                job = await ep.run({"i": i})
+                return (await ep.wait(job.id, timeout=120)).output
+
+        await ep.health()  # open the pool outside the timing, as the official client's session is
+        started = time.perf_counter()
+        outputs = await asyncio.gather(*(one(i) for i in range(jobs)))
+        elapsed = time.perf_counter() - started
+    assert outputs == [1] * jobs, "not every job completed"
+    return elapsed
+
+
+async def runpod_batch(base: str, jobs: int) -> float:
+    import aiohttp
+    import runpod
+
+    logging.getLogger().setLevel(logging.WARNING)  # `import runpod` switched the root logger to INFO
+    runpod.api_key = API_KEY
+    runpod.endpoint_url_base = base
+    async with aiohttp.ClientSession() as session:
+        ep = runpod.AsyncioEndpoint("noop", session)
+        await ep.health()
+        started = time.perf_counter()
+        handles = await asyncio.gather(*(ep.run({"i": i}) for i in range(jobs)))
+        outputs = await asyncio.gather(*(h.output(timeout=120) for h in handles))
+        elapsed = time.perf_counter() - started
+    assert outputs == [1] * jobs, "not every job completed"
+    return elapsed
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer calls and rounds (smoke run)")
+    args = parser.parse_args(argv)
+    calls, rounds, jobs, repeats = (300, 3, 1000, 1) if args.quick else (1000, 5, 1000, 3)
+    os.environ.pop("RUNPOD_API_KEY", None)
+    proc, base = start_server()
+    try:
+        figures = bench_status(base, calls, rounds)
+        ours = [asyncio.run(ours_batch(base, jobs, concurrency=100)) for _ in range(repeats)]
+        theirs = [asyncio.run(runpod_batch(base, jobs)) for _ in range(repeats)]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    figures["batch_jobs"] = jobs
+    figures["batch_async_client_s"] = statistics.median(ours)
+    figures["batch_runpod_asyncio_s"] = statistics.median(theirs)
+    figures["batch_ratio"] = figures["batch_async_client_s"] / figures["batch_runpod_asyncio_s"]
+    for name, value in figures.items():
+        if not name.endswith("_ratio"):
+            print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
+    print(f"status_ratio: {figures['status_ratio']:.3f}  (Endpoint.status / raw httpx, target <= 1.2)")
+    ratio = figures["batch_ratio"]
+    print(f"batch_ratio: {ratio:.3f}  (AsyncClient / runpod AsyncioEndpoint, lower is better)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""Typed, immutable views of what RunPod sends and accepts.
+
+Snapshots are frozen so a Job handed to a callback or stored in a list can never change under the caller;
+``raw`` keeps the server's answer verbatim so nothing RunPod adds later is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Self
+
+from runpod_queue._contract import (
+    MAX_DURATION_MS,
+    MIN_EXECUTION_TIMEOUT_MS,
+    MIN_TTL_MS,
+    TERMINAL_STATUSES,
+    JobStatus,
+)
+from runpod_queue.errors import JobFailedError
+
+__all__ = ["Health", "Job", "JobCounts", "JobStatus", "Policy", "S3Config", "StreamChunk", "WorkerCounts"]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+_DAYS = MAX_DURATION_MS // 86_400_000
+
+
+def _empty() -> Mapping[str, Any]:
+    return _EMPTY
+
+
+class MalformedError(ValueError):
+    """An answer that breaks the contract; the wire layer turns it into APIResponseError."""
+
+
+def _freeze(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    return data if isinstance(data, MappingProxyType) else MappingProxyType(dict(data))
+
+
+def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MalformedError(f"{key!r} should be a number, got {value!r}")
+    return int(value)
+
+
+def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
+    """(type, message, traceback) of a job error.
+
+    A raising handler produces a JSON string with error_type / error_message / error_traceback; a handler
+    returning {"error": ...} produces plain text. Both keep their full text: a FAILED job's error is never
+    reduced to None.
+    """
+    if error is None:
+        return None, None, None
+    parsed: Any = error
+    if isinstance(error, str):
+        text = error.strip()
+        if not text.startswith("{"):
+            return None, error, None
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return None, error, None
+    if isinstance(parsed, Mapping) and ("error_message" in parsed or "error_type" in parsed):
+        message = parsed.get("error_message")
+        kind = parsed.get("error_type")
+        trace = parsed.get("error_traceback")
+        return (
+            None if kind is None else str(kind),
+            str(message) if message is not None else (error if isinstance(error, str) else str(parsed)),
+            None if trace is None else str(trace),
+        )
+    return None, error if isinstance(error, str) else json.dumps(error, default=str), None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One snapshot of a job, as ``/run``, ``/status`` or ``/runsync`` returned it."""
+
+    id: str
+    status: JobStatus
+    output: Any = None
+    error: Any = None
+    delay_time: int | None = None
+    execution_time: int | None = None
+    worker_id: str | None = None
+    retries: int | None = None
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
+    error_type: str | None = field(default=None, init=False, repr=False, compare=False)
+    error_message: str | None = field(default=None, init=False, repr=False, compare=False)
+    error_traceback: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise ValueError(f"Job.id must be a non-empty string, got {self.id!r}")
+        if not isinstance(self.status, JobStatus):
+            object.__setattr__(self, "status", JobStatus(self.status))
+        object.__setattr__(self, "raw", _freeze(self.raw))
+        kind, message, trace = _parse_error(self.error)
+        object.__setattr__(self, "error_type", kind)
+        object.__setattr__(self, "error_message", message)
+        object.__setattr__(self, "error_traceback", trace)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Parse RunPod's own field names (the inverse of ``to_dict``); ValueError names what is wrong."""
+        if not isinstance(data, Mapping):
+            raise MalformedError(f"expected a JSON object, got {type(data).__name__}")
+        job_id = data.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            raise MalformedError(
+                "missing 'id'" if job_id is None else f"'id' should be a string, got {job_id!r}"
+            )
+        status = data.get("status")
+        if status is None:
+            raise MalformedError("missing 'status'")
+        try:
+            status = JobStatus(status)
+        except ValueError:
+            raise MalformedError(f"unknown 'status' {status!r}") from None
+        worker = data.get("workerId")
+        return cls(
+            id=job_id,
+            status=status,
+            output=data.get("output"),
+            error=data.get("error"),
+            delay_time=_opt_int(data, "delayTime"),
+            execution_time=_opt_int(data, "executionTime"),
+            worker_id=None if worker is None else str(worker),
+            retries=_opt_int(data, "retries"),
+            raw=data,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """RunPod's field names, every key of the original answer kept."""
+        out = dict(self.raw)
+        out["id"] = self.id
+        out["status"] = self.status.value
+        for key, value in (
+            ("output", self.output),
+            ("error", self.error),
+            ("delayTime", self.delay_time),
+            ("executionTime", self.execution_time),
+            ("workerId", self.worker_id),
+            ("retries", self.retries),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        return cls.from_dict(json.loads(text))
+
+    @property
+    def is_terminal(self) -> bool:
+        """COMPLETED, FAILED, CANCELLED or TIMED_OUT: the job will not change any more."""
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def is_pending(self) -> bool:
+        """IN_QUEUE or IN_PROGRESS."""
+        return self.status not in TERMINAL_STATUSES
+
+    @property
+    def is_in_queue(self) -> bool:
+        return self.status is JobStatus.IN_QUEUE
+
+    @property
+    def is_in_progress(self) -> bool:
+        return self.status is JobStatus.IN_PROGRESS
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status is JobStatus.COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status is JobStatus.FAILED
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.status is JobStatus.CANCELLED
+
+    @property
+    def is_timed_out(self) -> bool:
+        return self.status is JobStatus.TIMED_OUT
+
+    def raise_for_status(self) -> Self:
+        """Raise JobFailedError for FAILED, TIMED_OUT or CANCELLED; return self otherwise (chainable)."""
+        if self.status in TERMINAL_STATUSES and self.status is not JobStatus.COMPLETED:
+            raise JobFailedError(self)
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class StreamChunk:
+    """One streamed output; ``raw`` keeps extra keys RunPod may attach (e.g. ``metrics``)."""
+
+    output: Any
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
+
+
+def _count(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise MalformedError(f"health count {key!r} should be an integer, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class JobCounts:
+    completed: int = 0
+    failed: int = 0
+    in_progress: int = 0
+    in_queue: int = 0
+    retried: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerCounts:
+    idle: int = 0
+    initializing: int = 0
+    ready: int = 0
+    running: int = 0
+    throttled: int = 0
+    unhealthy: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """``/health``: job and worker counts. Missing counts read as 0 so a sparse answer still parses."""
+
+    jobs: JobCounts
+    workers: WorkerCounts
+    raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        if not isinstance(data, Mapping):
+            raise MalformedError(f"expected a JSON object, got {type(data).__name__}")
+        jobs = data.get("jobs")
+        workers = data.get("workers")
+        if not isinstance(jobs, Mapping):
+            raise MalformedError("missing 'jobs' object")
+        if not isinstance(workers, Mapping):
+            raise MalformedError("missing 'workers' object")
+        return cls(
+            jobs=JobCounts(
+                completed=_count(jobs, "completed"),
+                failed=_count(jobs, "failed"),
+                in_progress=_count(jobs, "inProgress"),
+                in_queue=_count(jobs, "inQueue"),
+                retried=_count(jobs, "retried"),
+            ),
+            workers=WorkerCounts(
+                idle=_count(workers, "idle"),
+                initializing=_count(workers, "initializing"),
+                ready=_count(workers, "ready"),
+                running=_count(workers, "running"),
+                throttled=_count(workers, "throttled"),
+                unhealthy=_count(workers, "unhealthy"),
+            ),
+            raw=_freeze(data),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        j, w = self.jobs, self.workers
+        return {
+            "jobs": {
+                "completed": j.completed,
+                "failed": j.failed,
+                "inProgress": j.in_progress,
+                "inQueue": j.in_queue,
+                "retried": j.retried,
+            },
+            "workers": {
+                "idle": w.idle,
+                "initializing": w.initializing,
+                "ready": w.ready,
+                "running": w.running,
+                "throttled": w.throttled,
+                "unhealthy": w.unhealthy,
+            },
+        }
+
+
+def _check_ms(owner: str, name: str, value: int | None, low: int) -> None:
+    if value is None:
+        return
+    allowed = f"between {low} and {MAX_DURATION_MS} ms ({low // 1000} s to {_DAYS} days)"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}.{name} must be an integer number of milliseconds {allowed}, got {value!r}")
+    if not low <= value <= MAX_DURATION_MS:
+        raise ValueError(f"{owner}.{name} must be {allowed}, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A job's execution policy; checked here so a bad value fails at once, not as a 400 later.
+
+    ``execution_timeout`` (ms) counts from when a worker starts the job; ``ttl`` (ms) from submission,
+    queue time included; ``low_priority`` jobs do not make the endpoint scale up. None leaves RunPod's
+    default.
+    """
+
+    execution_timeout: int | None = None
+    ttl: int | None = None
+    low_priority: bool | None = None
+
+    def __post_init__(self) -> None:
+        _check_ms("Policy", "execution_timeout", self.execution_timeout, MIN_EXECUTION_TIMEOUT_MS)
+        _check_ms("Policy", "ttl", self.ttl, MIN_TTL_MS)
+        if self.low_priority is not None and not isinstance(self.low_priority, bool):
+            raise TypeError(f"Policy.low_priority must be a bool or None, got {self.low_priority!r}")
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.execution_timeout is not None:
+            out["executionTimeout"] = self.execution_timeout
+        if self.ttl is not None:
+            out["ttl"] = self.ttl
+        if self.low_priority is not None:
+            out["lowPriority"] = self.low_priority
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class S3Config:
+    """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr."""
+
+    access_id: str
+    access_secret: str = field(repr=False)
+    bucket_name: str
+    endpoint_url: str
+
+    def __post_init__(self) -> None:
+        for name in ("access_id", "access_secret", "bucket_name", "endpoint_url"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                shown = "<hidden>" if name == "access_secret" else repr(value)
+                raise ValueError(f"S3Config.{name} must be a non-empty string, got {shown}")
+
+    def to_wire(self) -> dict[str, str]:
+        return {
+            "accessId": self.access_id,
+            "accessSecret": self.access_secret,
+            "bucketName": self.bucket_name,
+            "endpointUrl": self.endpoint_url,
+        }

@@ -1,0 +1,116 @@
+"""What may be retried, and how long to wait before the next attempt.
+
+Two kinds of operation. Reads and idempotent writes (status, status-sync, stream, health, cancel, purge)
+are retried on 429, 5xx, connection errors and timeouts. Calls that create or restart a job (run, runsync,
+retry) are retried only when the server certainly did not act on them — the connection was never made,
+429, or 503 — because re-sending after an ambiguous failure could create the job twice.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import enum
+import random
+import time
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["Retries", "Safety", "backoff_delay", "parse_retry_after", "retry_on_status", "was_not_sent"]
+
+
+class Safety(enum.Enum):
+    IDEMPOTENT = "idempotent"
+    CREATES = "creates"
+
+
+# 503: the platform refused before accepting. 429: rejected by the rate limiter before processing.
+_CREATES_RETRY_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class Retries:
+    """How often and how patiently to retry (see the module docstring for *what* is retried).
+
+    ``attempts`` counts the first try (1 turns retries off). Delays use exponential backoff with full
+    jitter: a random wait in [0, min(max_backoff, backoff * 2**n)], never less than the server's
+    ``Retry-After`` (capped at ``max_retry_after``). ``wait=False`` keeps the retries but removes every
+    pause — for tests.
+    """
+
+    attempts: int = 5
+    backoff: float = 0.5
+    max_backoff: float = 10.0
+    max_retry_after: float = 60.0
+    wait: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
+            raise ValueError(f"Retries.attempts must be an integer >= 1, got {self.attempts!r}")
+        for name in ("backoff", "max_backoff", "max_retry_after"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"Retries.{name} must be a number >= 0 (seconds), got {value!r}")
+
+    @classmethod
+    def off(cls) -> Retries:
+        """A single attempt: every failure surfaces at once."""
+        return cls(attempts=1)
+
+
+def retry_on_status(safety: Safety, status_code: int) -> bool:
+    if safety is Safety.CREATES:
+        return status_code in _CREATES_RETRY_STATUSES
+    return status_code == 429 or status_code >= 500
+
+
+def _aiohttp_not_sent(exc: BaseException) -> bool | None:
+    """Classify by the aiohttp exception behind an httpx-aiohttp error (it maps some of them loosely:
+    a server disconnect after sending becomes ConnectTimeout). None: no aiohttp cause."""
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency
+        return None
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            return True
+        if isinstance(cause, aiohttp.ClientError):
+            return False
+        cause = cause.__cause__
+    return None
+
+
+def was_not_sent(exc: httpx.TransportError) -> bool:
+    """True only when the request certainly never reached the server (safe to re-send anything)."""
+    verdict = _aiohttp_not_sent(exc)
+    if verdict is not None:
+        return verdict
+    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def backoff_delay(retries: Retries, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+    if not retries.wait:
+        return 0.0
+    cap = min(retries.max_backoff, retries.backoff * (2 ** (attempt - 1)))
+    delay = rng.uniform(0.0, cap)
+    if retry_after is not None:
+        delay = max(delay, min(retry_after, retries.max_retry_after))
+    return delay

@@ -1,0 +1,184 @@
+"""Every error the client raises, so callers can catch exactly what they can handle.
+
+::
+
+    RunpodQueueError
+    ├── APIStatusError            an HTTP error answer (status_code, request, response, message)
+    │   ├── BadRequestError           400
+    │   ├── AuthenticationError       401
+    │   ├── PermissionDeniedError     403
+    │   ├── NotFoundError             404  (unknown endpoint or job, or past its retention window / ttl)
+    │   ├── PayloadTooLargeError      413, or raised before sending when the body is over the limit
+    │   ├── RateLimitError            429
+    │   └── ServerError               5xx
+    ├── APIConnectionError        no usable answer: connection refused, reset or dropped
+    │   └── APITimeoutError           the request timed out
+    ├── APIResponseError          an answer that is not what the contract says (not JSON, no id/status, ...)
+    ├── JobFailedError            raised by Job.raise_for_status() for FAILED / TIMED_OUT / CANCELLED
+    └── WaitTimeoutError          wait / run_sync / stream ran out of time; carries the last Job seen
+
+Misuse (bad arguments) raises ``ValueError`` / ``TypeError``, outside this tree, as in httpx: those are bugs
+to fix, not conditions to handle. No message here ever contains the API key: messages are built from the
+method, the path and the server's error text only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import httpx
+
+if TYPE_CHECKING:
+    from runpod_queue._models import Job
+
+__all__ = [
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "JobFailedError",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RunpodQueueError",
+    "ServerError",
+    "WaitTimeoutError",
+]
+
+
+class RunpodQueueError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+def _describe(request: httpx.Request) -> str:
+    # Method and path only: the query never carries secrets, but the host is noise in most messages.
+    return f"{request.method} {request.url.path}"
+
+
+class APIStatusError(RunpodQueueError):
+    """The server answered with a 4xx/5xx; ``message`` is its own error text when it sent one."""
+
+    status_code: int
+    request: httpx.Request
+    response: httpx.Response | None
+    message: str
+
+    def __init__(
+        self, message: str, *, request: httpx.Request, response: httpx.Response | None, status_code: int
+    ) -> None:
+        self.message = message
+        self.request = request
+        self.response = response
+        self.status_code = status_code
+        super().__init__(f"{status_code} on {_describe(request)}: {message}")
+
+
+class BadRequestError(APIStatusError):
+    """400: the request was refused as malformed or not allowed in the job's current state."""
+
+
+class AuthenticationError(APIStatusError):
+    """401: the API key is missing or wrong (set RUNPOD_API_KEY or pass api_key=)."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """403: the key is valid but may not use this endpoint."""
+
+
+class NotFoundError(APIStatusError):
+    """404: unknown endpoint or job — or a job past its retention window (30 min after run, 1 min after
+    runsync) or its ttl, after which RunPod forgets it."""
+
+
+class PayloadTooLargeError(APIStatusError):
+    """413, or raised before sending when the encoded body is over RunPod's limit (``response`` is then
+    None): move large inputs to object storage and pass ``s3_config`` / URLs instead."""
+
+    size: int | None
+    limit: int | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request: httpx.Request,
+        response: httpx.Response | None,
+        status_code: int = 413,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(message, request=request, response=response, status_code=status_code)
+
+
+class RateLimitError(APIStatusError):
+    """429: over the endpoint's request rate or in-flight cap; ``retry_after`` is the server's hint (s)."""
+
+    retry_after: float | None = None
+
+
+class ServerError(APIStatusError):
+    """5xx: a platform or worker error; idempotent calls are retried before this surfaces."""
+
+
+class APIConnectionError(RunpodQueueError):
+    """No usable answer arrived. ``sent`` says whether the request may have reached the server: when it is
+    True for ``run``/``runsync``, the job may exist even though no id came back."""
+
+    request: httpx.Request
+    sent: bool
+
+    def __init__(self, message: str, *, request: httpx.Request, sent: bool) -> None:
+        self.request = request
+        self.sent = sent
+        super().__init__(f"{_describe(request)}: {message}")
+
+
+class APITimeoutError(APIConnectionError):
+    """The request timed out (connect, read or write)."""
+
+
+class APIResponseError(RunpodQueueError):
+    """The server answered 2xx with something the contract does not allow; ``reason`` says what."""
+
+    request: httpx.Request
+    response: httpx.Response
+    reason: str
+
+    def __init__(self, reason: str, *, request: httpx.Request, response: httpx.Response) -> None:
+        self.reason = reason
+        self.request = request
+        self.response = response
+        super().__init__(f"unexpected answer to {_describe(request)} ({response.status_code}): {reason}")
+
+
+class JobFailedError(RunpodQueueError):
+    """The job ended FAILED, TIMED_OUT or CANCELLED; ``job`` is the full snapshot, error included."""
+
+    job: Job
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        detail = job.error_message
+        text = f"job {job.id} ended {job.status.value}"
+        super().__init__(f"{text}: {detail}" if detail else text)
+
+
+class WaitTimeoutError(RunpodQueueError):
+    """The caller's timeout ran out before the job reached a terminal state. The job keeps running on
+    RunPod; ``job_id`` and ``job`` (the last snapshot seen, None if none arrived) let the caller resume."""
+
+    job_id: str | None
+    job: Job | None
+    timeout: float
+
+    def __init__(self, job_id: str | None, job: Job | None, timeout: float) -> None:
+        self.job_id = job_id
+        self.job = job
+        self.timeout = timeout
+        last = f", last seen {job.status.value}" if job is not None else ""
+        super().__init__(f"job {job_id} not finished within {timeout:g} s{last}")

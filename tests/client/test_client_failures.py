@@ -1,0 +1,306 @@
+"""Failure paths, sync and async through one body: the emulator's faults over real HTTP, and a mock
+transport for answers the emulator cannot produce (garbage, exact request counts)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from client_support import API_KEY, Api, echo
+
+from runpod_queue import (
+    APIConnectionError,
+    APIResponseError,
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    Retries,
+    ServerError,
+)
+from runpod_queue.emulator import Emulator, Faults, Timings
+
+# ---------------------------------------------------------------------------------------------- emulator
+
+
+@pytest.fixture(scope="module")
+def short_retention() -> Iterator[Emulator]:
+    timings = Timings(retention_run_ms=1_000, retention_sync_ms=1_000)  # 10 ms at this time scale
+    with Emulator({"echo": echo}, api_key=API_KEY, time_scale=0.01, timings=timings) as emulator:
+        yield emulator
+
+
+def test_not_found_after_the_retention_window(connect: Callable[..., Api], short_retention: Emulator) -> None:
+    ep = connect(api_key=API_KEY, base_url=short_retention.base_url).endpoint("echo")
+    job = ep.run_sync({"x": 1}, wait=5_000)
+    assert job.is_completed
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            ep.status(job.id)
+        except NotFoundError as exc:
+            assert exc.status_code == 404 and "retention" in str(exc)
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with pytest.raises(NotFoundError):
+        ep.wait(job.id, timeout=5)  # the job is gone: raise, do not poll until the timeout
+
+
+def test_wait_on_unknown_job_raises_not_found_and_keeps_long_polling(api: Api) -> None:
+    with pytest.raises(NotFoundError):
+        api.endpoint("echo").wait("no-such-job", timeout=5)
+    assert api.client._long_poll.get("echo", True) is True  # a missing job is not a missing route
+
+
+def test_bad_key_is_an_authentication_error(connect: Callable[..., Api], emu: Emulator) -> None:
+    ep = connect(api_key="wrong-key-77", base_url=emu.base_url).endpoint("echo")
+    with pytest.raises(AuthenticationError) as info:
+        ep.run({})
+    assert info.value.status_code == 401 and info.value.response is not None
+    assert "wrong-key-77" not in str(info.value) and "wrong-key-77" not in repr(info.value)
+
+
+@pytest.mark.parametrize("fault", ["error_429", "error_503"])
+def test_run_retried_on_429_and_503_creates_each_job_once(
+    connect: Callable[..., Api], emu: Emulator, faults: Callable[[Faults], None], idle: str, fault: str
+) -> None:
+    api = connect(api_key=API_KEY, base_url=emu.base_url, retries=Retries(attempts=40, wait=False))
+    ep = api.endpoint(idle)
+    faults(Faults(**{fault: 0.5}, seed=7))
+    ids = {ep.run({"i": i}).id for i in range(10)}
+    assert len(ids) == 10
+    assert ep.status(next(iter(ids))).is_in_queue  # status is retried through the same faults
+    faults(Faults())
+    assert ep.health().jobs.in_queue == 10
+
+
+def test_run_is_not_resent_after_an_ambiguous_failure(
+    api: Api, faults: Callable[[Faults], None], idle: str
+) -> None:
+    ep = api.endpoint(idle)
+    faults(Faults(drop=1.0))
+    with pytest.raises(APIConnectionError) as info:
+        ep.run({"once": True})
+    assert info.value.sent is True and "not re-sent" in str(info.value)
+    faults(Faults())
+    assert ep.health().jobs.in_queue == 1  # the server did take it, exactly once
+
+
+def test_idempotent_calls_are_retried_after_drops(api: Api, faults: Callable[[Faults], None]) -> None:
+    ep = api.endpoint("echo")
+    job = ep.run_sync({"x": 1}, wait=10_000)
+    faults(Faults(drop=0.5, seed=3))
+    for _ in range(5):
+        assert ep.status(job.id).is_completed
+    assert ep.wait(job.id, timeout=10).is_completed
+
+
+def test_connection_refused_is_retried_then_raised(connect: Callable[..., Api]) -> None:
+    ep = connect(api_key=API_KEY, base_url="http://127.0.0.1:9/v2", retries=Retries(attempts=3, wait=False))
+    with pytest.raises(APIConnectionError) as info:
+        ep.endpoint("echo").run({})
+    assert info.value.sent is False
+
+
+# -------------------------------------------------------------------------------------- mock transport
+
+
+class Script:
+    """A mock server answering from a list of (status, body, headers) or exceptions, counting requests."""
+
+    def __init__(self, *answers: Any) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        if isinstance(answer, Exception):
+            raise answer
+        status, body, headers = answer if len(answer) == 3 else (*answer, {})
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content, headers=headers)
+
+
+@pytest.fixture
+def mock(connect: Callable[..., Api]) -> Callable[..., tuple[Api, Script]]:
+    def make(*answers: Any, **kwargs: Any) -> tuple[Api, Script]:
+        script = Script(*answers)
+        api = connect(
+            api_key=API_KEY, base_url="http://rp.test/v2", transport=httpx.MockTransport(script), **kwargs
+        )
+        return api, script
+
+    return make
+
+
+JOB = {"id": "j1", "status": "IN_QUEUE"}
+
+
+@pytest.mark.parametrize(
+    ("op", "body", "reason"),
+    [
+        ("status", b"<html>oops</html>", "not JSON"),
+        ("status", b"", "empty body"),
+        ("status", {"status": "COMPLETED"}, "missing 'id'"),
+        ("status", {"id": "j1"}, "missing 'status'"),
+        ("status", {"id": "j1", "status": "EXPLODED"}, "unknown 'status'"),
+        ("status", [1, 2], "expected a JSON object"),
+        ("status", {"id": "j1", "status": "COMPLETED", "delayTime": "soon"}, "'delayTime'"),
+        ("run", {"error": None}, "missing 'id'"),
+        ("health", {"jobs": {}}, "missing 'workers'"),
+        ("health", {"jobs": {"inQueue": "3"}, "workers": {}}, "'inQueue'"),
+        ("purge_queue", {"status": "completed"}, "'removed'"),
+        ("stream", {"status": "IN_PROGRESS", "stream": [{"nope": 1}]}, "without 'output'"),
+        ("stream", {"stream": []}, "missing 'status'"),
+    ],
+)
+def test_garbage_answers_are_api_response_errors(
+    mock: Callable[..., tuple[Api, Script]], op: str, body: Any, reason: str
+) -> None:
+    api, _ = mock((200, body))
+    ep = api.endpoint("ep")
+    call: dict[str, Callable[[], Any]] = {
+        "status": lambda: ep.status("j1"),
+        "run": lambda: ep.run({}),
+        "health": ep.health,
+        "purge_queue": ep.purge_queue,
+        "stream": lambda: ep.stream("j1"),
+    }
+    with pytest.raises(APIResponseError) as info:
+        call[op]()
+    assert reason in str(info.value)
+    assert info.value.response.status_code == 200
+
+
+def test_payload_too_large_is_raised_before_sending(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((200, {"id": "j1", "status": "COMPLETED"}))
+    ep = api.endpoint("ep")
+    big = "x" * 10_000_001
+    with pytest.raises(PayloadTooLargeError) as info:
+        ep.run({"blob": big})
+    assert info.value.response is None and info.value.limit == 10_000_000
+    assert info.value.size is not None and info.value.size > 10_000_000
+    assert "s3_config" in str(info.value)
+    assert script.requests == []
+    assert ep.run_sync({"blob": big}, wait=5_000).is_completed  # runsync allows 20 MB
+    with pytest.raises(PayloadTooLargeError):
+        ep.run_sync({"blob": "x" * 20_000_001}, wait=5_000)
+    assert len(script.requests) == 1
+
+
+def test_status_codes_map_to_the_error_tree(mock: Callable[..., tuple[Api, Script]]) -> None:
+    cases: list[tuple[int, type[Exception]]] = [
+        (400, BadRequestError),
+        (403, PermissionDeniedError),
+        (404, NotFoundError),
+        (413, PayloadTooLargeError),
+        (418, Exception),
+    ]
+    for code, cls in cases:
+        api, _ = mock((code, {"error": f"server says {code}"}))
+        with pytest.raises(cls) as info:
+            api.endpoint("ep").retry("j1")
+        assert f"server says {code}" in str(info.value)
+        assert getattr(info.value, "status_code", None) == code
+
+
+def test_server_error_with_empty_body(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((502, b""), retries=Retries(attempts=3, wait=False))
+    with pytest.raises(ServerError) as info:
+        api.endpoint("ep").health()
+    assert info.value.status_code == 502 and len(script.requests) == 3
+
+
+def test_429_then_success_honours_the_no_wait_switch(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((429, {"error": "slow down"}, {"Retry-After": "30"}), (200, JOB))
+    assert api.endpoint("ep").run({}).id == "j1"  # Retry-After 30 s, yet no waiting in tests
+    assert len(script.requests) == 2
+
+
+def test_429_exhausted_carries_retry_after(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock(
+        (429, {"error": "slow down"}, {"Retry-After": "3"}), retries=Retries(attempts=2, wait=False)
+    )
+    with pytest.raises(RateLimitError) as info:
+        api.endpoint("ep").status("j1")
+    assert info.value.retry_after == 3.0 and len(script.requests) == 2
+
+
+def test_503_then_success_on_run(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((503, b""), (200, JOB))
+    assert api.endpoint("ep").run({}).id == "j1"
+    assert len(script.requests) == 2
+
+
+def test_run_is_not_retried_on_500(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((500, {"error": "worker crashed"}), (200, JOB))
+    with pytest.raises(ServerError):
+        api.endpoint("ep").run({})
+    assert len(script.requests) == 1
+
+
+def test_run_is_not_resent_after_a_read_error(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock(httpx.ReadError("connection reset"), (200, JOB))
+    with pytest.raises(APIConnectionError) as info:
+        api.endpoint("ep").run({})
+    assert info.value.sent is True and len(script.requests) == 1
+
+
+def test_run_is_resent_when_the_connection_was_never_made(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock(httpx.ConnectError("refused"), (200, JOB))
+    assert api.endpoint("ep").run({}).id == "j1"
+    assert len(script.requests) == 2
+
+
+def test_status_is_retried_after_a_timeout(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock(httpx.ReadTimeout("slow"), (200, {"id": "j1", "status": "COMPLETED"}))
+    assert api.endpoint("ep").status("j1").is_completed
+    assert len(script.requests) == 2
+
+
+def test_cancel_retried_after_it_went_through_returns_the_cancelled_job(
+    mock: Callable[..., tuple[Api, Script]],
+) -> None:
+    api, script = mock(
+        httpx.ReadError("lost answer"),
+        (400, {"error": "job j1 is already CANCELLED"}),
+        (200, {"id": "j1", "status": "CANCELLED"}),
+    )
+    assert api.endpoint("ep").cancel("j1").is_cancelled
+    assert [r.url.path for r in script.requests] == ["/v2/ep/cancel/j1"] * 2 + ["/v2/ep/status/j1"]
+
+
+def test_wait_falls_back_to_polling_when_status_sync_is_missing(
+    mock: Callable[..., tuple[Api, Script]],
+) -> None:
+    api, script = mock(
+        (404, {"error": "no route"}),
+        (200, {"id": "j1", "status": "IN_PROGRESS"}),
+        (200, {"id": "j1", "status": "COMPLETED", "output": 1}),
+    )
+    assert api.endpoint("ep").wait("j1", timeout=10).output == 1
+    assert [r.url.path for r in script.requests] == [
+        "/v2/ep/status-sync/j1",
+        "/v2/ep/status/j1",
+        "/v2/ep/status/j1",
+    ]
+    assert api.client._long_poll == {"ep": False}
+
+
+def test_wait_timeout_is_kept_while_the_server_keeps_failing(mock: Callable[..., tuple[Api, Script]]) -> None:
+    from runpod_queue import WaitTimeoutError
+
+    api, _ = mock((503, b""), retries=Retries(attempts=1_000_000, backoff=0.05, max_backoff=0.05))
+    started = time.monotonic()
+    with pytest.raises(WaitTimeoutError) as info:
+        api.endpoint("ep").wait("j1", timeout=0.3)
+    assert time.monotonic() - started < 2.0
+    assert isinstance(info.value.__cause__, ServerError)

@@ -1,0 +1,172 @@
+"""Models and pure helpers: Job snapshots, error parsing, validation messages, retry arithmetic."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import httpx
+import pytest
+
+from runpod_queue import Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
+from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status, was_not_sent
+
+RUNPOD_ERROR = json.dumps(
+    {
+        "error_type": "<class 'ValueError'>",
+        "error_message": "bad prompt",
+        "error_traceback": "Traceback (most recent call last):\n  ...\nValueError: bad prompt\n",
+        "hostname": "abc",
+        "worker_id": "w1",
+    }
+)
+
+
+def test_job_round_trips_in_runpod_field_names() -> None:
+    wire = {
+        "id": "j1",
+        "status": "COMPLETED",
+        "output": {"text": "hi"},
+        "delayTime": 12,
+        "executionTime": 34,
+        "workerId": "w1",
+        "retries": 1,
+        "input": {"prompt": "p"},  # extra keys survive
+    }
+    job = Job.from_dict(wire)
+    assert (job.delay_time, job.execution_time, job.worker_id, job.retries) == (12, 34, "w1", 1)
+    assert job.to_dict() == wire
+    assert Job.from_json(job.to_json()) == job
+    assert Job("j2", JobStatus.IN_QUEUE).to_dict() == {"id": "j2", "status": "IN_QUEUE"}
+    with pytest.raises(AttributeError):
+        job.status = JobStatus.FAILED  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        job.raw["id"] = "x"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_predicates_and_raise_for_status(status: JobStatus) -> None:
+    job = Job("j", status)
+    assert job.is_terminal == (status in {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"})
+    assert job.is_pending == (not job.is_terminal)
+    flags = [
+        job.is_in_queue,
+        job.is_in_progress,
+        job.is_completed,
+        job.is_failed,
+        job.is_cancelled,
+        job.is_timed_out,
+    ]
+    assert sum(flags) == 1
+    if status in {"FAILED", "CANCELLED", "TIMED_OUT"}:
+        with pytest.raises(JobFailedError) as info:
+            job.raise_for_status()
+        assert info.value.job is job
+    else:
+        assert job.raise_for_status() is job
+
+
+def test_runpod_error_string_is_parsed_and_kept() -> None:
+    job = Job.from_dict({"id": "j", "status": "FAILED", "error": RUNPOD_ERROR})
+    assert job.error == RUNPOD_ERROR
+    assert job.error_type == "<class 'ValueError'>"
+    assert job.error_message == "bad prompt"
+    assert job.error_traceback is not None and "ValueError: bad prompt" in job.error_traceback
+    assert "bad prompt" in str(JobFailedError(job))
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        ("job timed out after 1 retries", "job timed out after 1 retries"),
+        ("{not json", "{not json"),
+        ({"error_message": "as a dict"}, "as a dict"),
+        ({"detail": 3}, '{"detail": 3}'),
+        (None, None),
+    ],
+)
+def test_other_errors_are_never_thrown_away(error: object, message: str | None) -> None:
+    job = Job.from_dict({"id": "j", "status": "FAILED", "error": error})
+    assert job.error_message == message
+
+
+def test_health_parses_sparse_answers() -> None:
+    health = Health.from_dict({"jobs": {"inQueue": 2}, "workers": {"idle": 1}})
+    assert health.jobs.in_queue == 2 and health.jobs.completed == 0 and health.workers.idle == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"execution_timeout": 4_999}, r"Policy.execution_timeout must be between 5000 and 604800000 ms"),
+        ({"execution_timeout": 604_800_001}, r"execution_timeout .*5 s to 7 days"),
+        ({"ttl": 9_999}, r"Policy.ttl must be between 10000 and 604800000 ms \(10 s to 7 days\), got 9999"),
+        ({"ttl": 10.5}, r"Policy.ttl must be an integer"),
+        ({"low_priority": "yes"}, r"Policy.low_priority must be a bool"),
+    ],
+)
+def test_policy_validates_with_field_and_range(kwargs: dict[str, object], match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        Policy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_policy_wire_names() -> None:
+    assert Policy(execution_timeout=5_000, ttl=10_000, low_priority=True).to_wire() == {
+        "executionTimeout": 5_000,
+        "ttl": 10_000,
+        "lowPriority": True,
+    }
+    assert Policy().to_wire() == {}
+
+
+def test_s3_config_validates_and_hides_its_secret() -> None:
+    cfg = S3Config(access_id="AK", access_secret="hunter2", bucket_name="b", endpoint_url="https://s3")
+    assert "hunter2" not in repr(cfg)
+    assert cfg.to_wire() == {
+        "accessId": "AK",
+        "accessSecret": "hunter2",
+        "bucketName": "b",
+        "endpointUrl": "https://s3",
+    }
+    with pytest.raises(ValueError, match=r"S3Config\.bucket_name must be a non-empty string"):
+        S3Config(access_id="AK", access_secret="s", bucket_name=" ", endpoint_url="https://s3")
+    with pytest.raises(ValueError, match=r"S3Config\.access_secret") as info:
+        S3Config(access_id="AK", access_secret="", bucket_name="b", endpoint_url="https://s3")
+    assert "<hidden>" in str(info.value)
+
+
+def test_retry_rules() -> None:
+    assert retry_on_status(Safety.IDEMPOTENT, 500) and retry_on_status(Safety.IDEMPOTENT, 429)
+    assert not retry_on_status(Safety.IDEMPOTENT, 404)
+    assert retry_on_status(Safety.CREATES, 503) and retry_on_status(Safety.CREATES, 429)
+    assert not retry_on_status(Safety.CREATES, 500) and not retry_on_status(Safety.CREATES, 502)
+    assert was_not_sent(httpx.ConnectError("x")) and was_not_sent(httpx.PoolTimeout("x"))
+    assert not was_not_sent(httpx.ReadTimeout("x")) and not was_not_sent(httpx.RemoteProtocolError("x"))
+
+
+def test_aiohttp_causes_decide_whether_a_request_was_sent() -> None:
+    import aiohttp
+
+    def mapped(cause: BaseException) -> httpx.TransportError:
+        # httpx-aiohttp maps ServerDisconnectedError to ConnectTimeout: the cause must win.
+        err = httpx.ConnectTimeout("mapped")
+        err.__cause__ = cause
+        return err
+
+    assert not was_not_sent(mapped(aiohttp.ServerDisconnectedError()))
+    assert not was_not_sent(mapped(aiohttp.ClientPayloadError("cut")))
+    assert was_not_sent(mapped(aiohttp.ConnectionTimeoutError()))
+
+
+def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
+    rng = random.Random(1)
+    retries = Retries(backoff=0.5, max_backoff=4.0, max_retry_after=60.0)
+    for attempt in range(1, 10):
+        assert 0.0 <= backoff_delay(retries, attempt, None, rng) <= min(4.0, 0.5 * 2 ** (attempt - 1))
+    assert backoff_delay(retries, 1, 7.0, rng) >= 7.0
+    assert backoff_delay(retries, 1, 600.0, rng) == 60.0
+    assert backoff_delay(Retries(wait=False), 5, 30.0, rng) == 0.0
+    assert parse_retry_after("2") == 2.0 and parse_retry_after("0.5") == 0.5
+    assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and parse_retry_after("soon") is None
+    with pytest.raises(ValueError, match="attempts"):
+        Retries(attempts=0)

@@ -1,0 +1,74 @@
+"""Configuration from the environment, and the API key appearing nowhere: logs, reprs, messages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+from client_support import API_KEY, Api
+
+from runpod_queue import APIConnectionError, AuthenticationError, Client, RunpodQueueError
+from runpod_queue.emulator import Emulator, Faults
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, emu: Emulator) -> None:
+    monkeypatch.setenv("RUNPOD_API_KEY", API_KEY)
+    monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", emu.base_url)
+    with Client() as client:
+        assert client.base_url == emu.base_url
+        assert client.endpoint("echo").run_sync({"x": 1}, wait=5_000).is_completed
+    monkeypatch.delenv("RUNPOD_ENDPOINT_BASE_URL")
+    with Client() as client:
+        assert client.base_url == "https://api.runpod.ai/v2"
+    with Client(base_url="http://example.test/v2/") as client:
+        assert client.base_url == "http://example.test/v2"
+    with pytest.raises(ValueError, match="base_url"):
+        Client(base_url="ftp://nope")
+
+
+def test_debug_logs_each_request_without_the_key(
+    api: Api, emu: Emulator, faults: Callable[[Faults], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # every logger, httpx and aiohttp included
+    ep = api.endpoint("echo")
+    job = ep.run({"x": 1})
+    ep.wait(job.id, timeout=10)
+    ep.status(job.id)
+    ep.health()
+    faults(Faults(error_503=1.0))
+    with pytest.raises(RunpodQueueError) as info:
+        ep.status(job.id)
+    faults(Faults(drop=1.0))
+    with pytest.raises(APIConnectionError) as dropped:
+        ep.run({})
+    faults(Faults())
+    ours = [r for r in caplog.records if r.name == "runpod_queue"]
+    assert any("POST /echo/run -> 200 (attempt 1" in r.getMessage() for r in ours)
+    assert any("/status/" in r.getMessage() and "attempt 2" in r.getMessage() for r in ours)
+    assert all(r.levelno == logging.DEBUG for r in ours)
+    texts = [r.getMessage() for r in caplog.records] + [str(info.value), repr(info.value), str(dropped.value)]
+    texts += [repr(api.client), repr(ep.ep), repr(job)]
+    assert not [t for t in texts if API_KEY in t]
+
+
+def test_the_key_is_not_in_auth_errors(connect: Callable[..., Api], emu: Emulator) -> None:
+    secret = "sk-live-DO-NOT-LEAK-123"
+    api = connect(api_key=secret, base_url=emu.base_url)
+    with pytest.raises(AuthenticationError) as info:
+        api.endpoint("echo").status("j")
+    rendered = [
+        str(info.value),
+        repr(info.value),
+        info.value.message,
+        str(info.value.request),
+        repr(api.client),
+    ]
+    assert not [t for t in rendered if secret in t]
+
+
+def test_async_default_path_is_aiohttp_not_httpx_pool() -> None:
+    from runpod_queue import AsyncClient
+
+    client = AsyncClient(API_KEY, base_url="http://127.0.0.1:9/v2")
+    assert client._direct is not None and client._http is None

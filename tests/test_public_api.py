@@ -1,0 +1,69 @@
+"""The public surface is exactly what the README's "Client reference" documents — no more, no less."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import runpod_queue
+from runpod_queue import errors
+
+PUBLIC = [
+    "APIConnectionError",
+    "APIResponseError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AsyncEndpoint",
+    "AuthenticationError",
+    "BadRequestError",
+    "Client",
+    "Endpoint",
+    "Health",
+    "Job",
+    "JobCounts",
+    "JobFailedError",
+    "JobStatus",
+    "NotFoundError",
+    "OperationLimit",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "Policy",
+    "RateLimitError",
+    "RateLimits",
+    "Retries",
+    "RunpodQueueError",
+    "S3Config",
+    "ServerError",
+    "StreamChunk",
+    "WaitTimeoutError",
+    "WorkerCounts",
+]
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_all_is_exactly_the_documented_list_and_sorted() -> None:
+    assert runpod_queue.__all__ == PUBLIC
+    assert sorted(runpod_queue.__all__) == runpod_queue.__all__
+    for name in PUBLIC:
+        assert getattr(runpod_queue, name) is not None
+
+
+def test_every_public_name_is_in_the_readme_reference() -> None:
+    text = README.read_text()
+    section = text.split("## Client reference", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([A-Z][A-Za-z0-9]+)", section))
+    assert set(PUBLIC) <= documented, sorted(set(PUBLIC) - documented)
+
+
+def test_the_error_tree() -> None:
+    assert errors.__all__ == sorted(errors.__all__)
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert issubclass(cls, errors.RunpodQueueError)
+        assert getattr(runpod_queue, name) is cls
+        assert name in (errors.__doc__ or "")
+    for name in ("BadRequestError", "NotFoundError", "PayloadTooLargeError", "RateLimitError", "ServerError"):
+        assert issubclass(getattr(errors, name), errors.APIStatusError)
+    assert issubclass(errors.APITimeoutError, errors.APIConnectionError)
