@@ -1,6 +1,9 @@
-"""`rpq`: one typer app; each command lives in its own module and registers itself here."""
+"""`rpq`: one typer app; each public module of this package defines its commands on `app`."""
 
 from __future__ import annotations
+
+import importlib
+import pkgutil
 
 import typer
 
@@ -13,13 +16,20 @@ app = typer.Typer(
 )
 
 
-def main() -> None:
-    # Import for the side effect of registering commands.
-    from runpod_queue.cli import serve  # noqa: F401
-
-    app()
-
-
 @app.callback()
 def _root() -> None:
     """runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally."""
+
+
+def load_commands() -> None:
+    """Import every command module (`cli/<name>.py` not starting with `_`) so it registers itself."""
+    import runpod_queue.cli as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def main() -> None:
+    load_commands()
+    app()
