@@ -1,0 +1,123 @@
+"""What a batch hands back: one ``BatchResult`` per input, one ``BatchSummary`` per run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FAILURE_STATUSES", "BatchResult", "BatchSummary", "key_text"]
+
+# Final statuses of our own, next to RunPod's COMPLETED / FAILED / TIMED_OUT / CANCELLED:
+#   INVALID   the input line was malformed (never sent)
+#   REJECTED  the API refused the submission (400, 413, an input that cannot be encoded)
+#   LOST      the job was gone (404) when collected: RunPod's retention or the job's ttl ran out first
+FAILURE_STATUSES = frozenset({"FAILED", "TIMED_OUT", "CANCELLED", "INVALID", "REJECTED", "LOST"})
+
+
+def key_text(key: Any) -> str:
+    """A key's identity in the journal: its JSON text (so 1 and "1" stay different keys)."""
+    return json.dumps(key, ensure_ascii=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """One output line: ``{"key", "id", "status", "output" | "error", "delayTime", "executionTime",
+    "attempts"}``. ``id`` is None for items that never became a job (INVALID, REJECTED)."""
+
+    key: Any
+    id: str | None
+    status: str
+    output: Any = None
+    error: Any = None
+    delay_time: int | None = None
+    execution_time: int | None = None
+    attempts: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "COMPLETED"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"key": self.key, "id": self.id, "status": self.status}
+        if self.status == "COMPLETED":
+            data["output"] = self.output
+        else:
+            data["error"] = self.error
+        data["delayTime"] = self.delay_time
+        data["executionTime"] = self.execution_time
+        data["attempts"] = self.attempts
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BatchResult:
+        return cls(
+            key=data.get("key"),
+            id=data.get("id"),
+            status=str(data.get("status")),
+            output=data.get("output"),
+            error=data.get("error"),
+            delay_time=data.get("delayTime"),
+            execution_time=data.get("executionTime"),
+            attempts=int(data.get("attempts") or 0),
+        )
+
+
+@dataclass(slots=True)
+class BatchSummary:
+    """Counts for a whole batch (items finished by earlier runs included, see ``reused``); the live
+    progress callback receives copies of the same object while the run goes on."""
+
+    total: int | None = None  # inputs expected, when the caller said (for the ETA)
+    read: int = 0  # input lines/items read this run
+    submitted: int = 0  # jobs created by this run (/run answered with an id)
+    resumed: int = 0  # jobs an earlier run submitted, collected by this one
+    reused: int = 0  # results an earlier run already journaled: not fetched again
+    completed: int = 0
+    failed: int = 0  # FAILED / TIMED_OUT / CANCELLED after every allowed retry
+    lost: int = 0  # expired before they could be collected (404)
+    invalid: int = 0  # malformed input lines
+    rejected: int = 0  # refused by the API at submission
+    duplicates: int = 0  # input lines whose key was already used: skipped, reported
+    retried: int = 0  # /retry calls made
+    ambiguous: int = 0  # submissions that may have created a job without us learning its id: resubmitted
+    in_flight: int = 0
+    in_queue: int = 0
+    in_progress: int = 0
+    run_calls: int = 0
+    status_calls: int = 0
+    rate_limited: int = 0  # 429 answers seen (the limiter should keep this at 0)
+    transient_errors: int = 0  # connection errors and 5xx, retried
+    elapsed: float = 0.0  # seconds this run
+    done_this_run: int = 0
+    interrupted: bool = False
+
+    @property
+    def finished(self) -> int:
+        """Items with a final result, earlier runs included."""
+        return self.completed + self.failed + self.lost + self.invalid + self.rejected
+
+    @property
+    def failures(self) -> int:
+        return self.failed + self.lost + self.invalid + self.rejected + self.duplicates
+
+    @property
+    def ok(self) -> bool:
+        """Every item completed and nothing is left in flight."""
+        return self.failures == 0 and self.in_flight == 0 and not self.interrupted
+
+    @property
+    def rate(self) -> float:
+        """Items finished per second by this run."""
+        return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds until every input is finished at the current rate; None when unknown."""
+        if self.total is None or self.rate <= 0:
+            return None
+        return max(0, self.total - self.finished - self.duplicates) / self.rate

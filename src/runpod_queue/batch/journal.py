@@ -1,0 +1,234 @@
+"""The batch journal: one SQLite file (WAL) that remembers every item's state, so a batch survives a crash.
+
+Why SQLite: each transition is one atomic statement that either happened or did not, even under kill -9,
+and a 100,000-item batch stays on disk instead of in memory. Writes use ``synchronous=NORMAL``: in WAL mode
+that survives a killed process (the OS still holds the pages); only a power cut may lose the last few
+transitions, which a resume then treats like any other crash.
+
+States of an item (``items.state``)::
+
+    pending ──> submitting ──> submitted (job_id) ──> terminal (result)
+                    │   └───── back to submitting on resume: the /run may or may not have arrived
+                    └───────── terminal (REJECTED: the API refused the input)
+
+``submitting`` is written immediately before a /run is sent and ``submitted`` immediately after its answer
+arrives, so only an item caught between the two is ambiguous. ``written`` says the item's output line was
+delivered; the output file itself is the final authority on resume (see ``runner._Output``).
+
+Keys are stored as their JSON text, so ``1`` and ``"1"`` are different keys, as they are in the input.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Journal", "JournalError", "Row"]
+
+SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS items (
+    key TEXT PRIMARY KEY,           -- the item's key as JSON text
+    line INTEGER NOT NULL,          -- 1-based position in the input (duplicate-key detection)
+    state TEXT NOT NULL,            -- pending | submitting | submitted | terminal
+    job_id TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,   -- executions asked for: 1 per /run that got an id, +1 per /retry
+    submits INTEGER NOT NULL DEFAULT 0,    -- /run calls begun; above 1 only after an ambiguous submission
+    submitted_at REAL,              -- wall-clock seconds; the oldest are polled first on resume
+    status TEXT,                    -- the final status once terminal (COMPLETED, FAILED, LOST, ...)
+    result TEXT,                    -- the item's output line (JSON) once terminal
+    written INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS items_state ON items (state, written);
+"""
+
+PENDING = "pending"
+SUBMITTING = "submitting"
+SUBMITTED = "submitted"
+TERMINAL = "terminal"
+
+
+class JournalError(Exception):
+    """The journal cannot be used for this batch (another endpoint, another schema, not a journal)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    key: str
+    line: int
+    state: str
+    job_id: str | None
+    attempts: int
+    submits: int
+    submitted_at: float | None
+    result: str | None
+    written: bool
+
+
+_COLUMNS = "key, line, state, job_id, attempts, submits, submitted_at, result, written"
+
+
+def _row(values: tuple[object, ...]) -> Row:
+    key, line, state, job_id, attempts, submits, submitted_at, result, written = values
+    return Row(
+        key=str(key),
+        line=int(line),  # type: ignore[call-overload]
+        state=str(state),
+        job_id=None if job_id is None else str(job_id),
+        attempts=int(attempts),  # type: ignore[call-overload]
+        submits=int(submits),  # type: ignore[call-overload]
+        submitted_at=None if submitted_at is None else float(submitted_at),  # type: ignore[arg-type]
+        result=None if result is None else str(result),
+        written=bool(written),
+    )
+
+
+class Journal:
+    """One batch's journal. Not thread-safe: the runner uses it from its event loop only.
+
+    Every method is one statement in autocommit mode (one transaction) unless it says otherwise, so the
+    file is consistent after any kill.
+    """
+
+    def __init__(self, path: str | Path, *, endpoint_id: str) -> None:
+        self.path = Path(path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise JournalError(f"{self.path}: not a usable batch journal ({exc})") from exc
+        meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        if not meta:
+            self._db.executemany(
+                "INSERT INTO meta (name, value) VALUES (?, ?)",
+                [("schema", SCHEMA_VERSION), ("endpoint", endpoint_id), ("created", str(time.time()))],
+            )
+        else:
+            if meta.get("schema") != SCHEMA_VERSION:
+                raise JournalError(f"{self.path}: journal schema {meta.get('schema')!r}, expected 1")
+            if meta.get("endpoint") != endpoint_id:
+                raise JournalError(
+                    f"{self.path} belongs to a batch on endpoint {meta.get('endpoint')!r}, "
+                    f"not {endpoint_id!r}; pass another --journal"
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reads ----------------------------------------------------------------------------------------
+
+    def get(self, key: str) -> Row | None:
+        query = f"SELECT {_COLUMNS} FROM items WHERE key = ?"  # noqa: S608 - a constant column list
+        found = self._db.execute(query, (key,)).fetchone()
+        return None if found is None else _row(found)
+
+    def in_state(self, state: str) -> Iterator[Row]:
+        """Rows in ``state``, oldest submission first (fetched lazily)."""
+        query = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY submitted_at, line"  # noqa: S608
+        cursor = self._db.execute(query, (state,))
+        for values in cursor:
+            yield _row(values)
+
+    def unwritten_results(self) -> list[tuple[str, str]]:
+        """(key, result line) of terminal items whose output line was not delivered yet."""
+        rows = self._db.execute(
+            "SELECT key, result FROM items WHERE state = ? AND written = 0 ORDER BY line", (TERMINAL,)
+        ).fetchall()
+        return [(str(k), str(r)) for k, r in rows]
+
+    def results(self) -> Iterator[str]:
+        """Every terminal item's output line, in input order."""
+        for (result,) in self._db.execute(
+            "SELECT result FROM items WHERE state = ? ORDER BY line", (TERMINAL,)
+        ):
+            yield str(result)
+
+    def counts(self) -> dict[str, int]:
+        """Items per state."""
+        return {
+            str(state): int(n)
+            for state, n in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state")
+        }
+
+    def final_counts(self) -> dict[str, int]:
+        """Terminal items per final status."""
+        return {
+            str(status): int(n)
+            for status, n in self._db.execute(
+                "SELECT status, COUNT(*) FROM items WHERE state = ? GROUP BY status", (TERMINAL,)
+            )
+        }
+
+    # -- transitions ------------------------------------------------------------------------------------
+
+    def add_pending(self, key: str, line: int) -> None:
+        self._db.execute(
+            "INSERT INTO items (key, line, state) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, line, PENDING),
+        )
+
+    def submitting(self, key: str, line: int) -> None:
+        """Written immediately before the /run is sent."""
+        self._db.execute(
+            "INSERT INTO items (key, line, state, submits) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (key) DO UPDATE SET state = excluded.state, submits = submits + 1",
+            (key, line, SUBMITTING),
+        )
+
+    def submitted(self, key: str, job_id: str, at: float) -> None:
+        """Written as soon as the /run answer (the job id) arrives."""
+        self._db.execute(
+            "UPDATE items SET state = ?, job_id = ?, submitted_at = ?, attempts = attempts + 1 WHERE key = ?",
+            (SUBMITTED, job_id, at, key),
+        )
+
+    def retrying(self, key: str) -> None:
+        """Written before a /retry is sent, so a crash never lets an item retry more than allowed."""
+        self._db.execute("UPDATE items SET attempts = attempts + 1 WHERE key = ?", (key,))
+
+    def retry_unsent(self, key: str) -> None:
+        self._db.execute("UPDATE items SET attempts = attempts - 1 WHERE key = ?", (key,))
+
+    def terminal(self, key: str, line: int, status: str, result: str) -> None:
+        """The item's final result (also for items that never reached the API, such as malformed lines)."""
+        self._db.execute(
+            "INSERT INTO items (key, line, state, status, result) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET state = excluded.state, status = excluded.status, "
+            "result = excluded.result",
+            (key, line, TERMINAL, status, result),
+        )
+
+    def mark_written(self, keys: Iterable[str]) -> None:
+        """Record delivered output lines; several keys in one transaction."""
+        with self._transaction():
+            self._db.executemany("UPDATE items SET written = 1 WHERE key = ?", ((k,) for k in keys))
+
+    def reset_written(self, keys: Iterable[str]) -> None:
+        """Make the output file the authority: exactly ``keys`` are written (one transaction)."""
+        with self._transaction():
+            self._db.execute("UPDATE items SET written = 0 WHERE written = 1")
+            self._db.executemany("UPDATE items SET written = 1 WHERE key = ?", ((k,) for k in keys))
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db)
+
+
+class _Transaction:
+    __slots__ = ("_db",)
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def __enter__(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
