@@ -7,6 +7,7 @@ from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
 from runpod_queue._retry import Retries
 from runpod_queue.aio import AsyncClient, AsyncEndpoint
+from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary
 from runpod_queue.client import Client, Endpoint
 from runpod_queue.errors import (
     APIConnectionError,
@@ -34,6 +35,9 @@ __all__ = [
     "AsyncEndpoint",
     "AuthenticationError",
     "BadRequestError",
+    "BatchResult",
+    "BatchRunner",
+    "BatchSummary",
     "Client",
     "Endpoint",
     "Health",

@@ -281,6 +281,7 @@ class BatchRunner:
         self._seq = 0
         self._latency: float | None = None  # running estimate of submission-to-terminal time
         self._submits: set[asyncio.Task[None]] = set()
+        self._fed_all = False
 
     def __repr__(self) -> str:
         return f"BatchRunner({self.endpoint_id!r}, journal={str(self.journal_path)!r})"
@@ -324,21 +325,9 @@ class BatchRunner:
         self._loop = asyncio.get_running_loop()
         self.summary = summary = BatchSummary(total=self.total)
         started = time.monotonic()
-        journal = self._journal = jn.Journal(self.journal_path, endpoint_id=self.endpoint_id)
-        output = self._output = _Output(self.output_path, journal, self._on_result)
         self._in_flight_changed = asyncio.Event()
         self._wake = asyncio.Event()
-        ticker: asyncio.Task[None] | None = None
         try:
-            out = self.output_path
-            if out is not None and out.exists() and out.stat().st_size > 0 and not journal.counts():
-                raise jn.JournalError(
-                    f"{out} already has results but the journal {self.journal_path} is new: pass the "
-                    "journal that produced them, or move the file away"
-                )
-            self._count_finished(journal.final_counts())
-            summary.reused = summary.finished
-            output.open()
             async with AsyncClient(
                 self._api_key,
                 base_url=self._base_url,
@@ -349,36 +338,55 @@ class BatchRunner:
             ) as client:
                 self._ep = client.endpoint(self.endpoint_id)
                 self._run_limiter = AsyncLimiter(self._run_limits)
-                await self._check_endpoint()
-                self._resume_submitted()
-                if self._stop_requested:
-                    self._begin_stop()
-                ticker = asyncio.create_task(self._tick(started))
-                dispatcher = asyncio.create_task(self._dispatch())
+                await self._check_endpoint()  # before the journal exists: a typo leaves no files behind
+                self._journal = jn.Journal(self.journal_path, endpoint_id=self.endpoint_id)
                 try:
-                    await self._feed(inputs)
-                    while summary.in_flight > 0 and not self._stopping:
-                        self._in_flight_changed.clear()
-                        await self._in_flight_changed.wait()
-                except BaseException:
-                    summary.interrupted = True
-                    raise
+                    await self._run_journaled(inputs, started)
                 finally:
-                    self._begin_stop()
-                    await self._drain(dispatcher)
+                    self._journal.close()
             if self._fatal is not None:
                 raise self._fatal
         finally:
-            if ticker is not None:
-                ticker.cancel()
             summary.elapsed = time.monotonic() - started
-            summary.interrupted = summary.interrupted or self._stop_requested
-            output.close()
-            journal.close()
+            unfinished = not self._fed_all or summary.in_flight > 0
+            summary.interrupted = unfinished and (summary.interrupted or self._stop_requested)
             self._loop = None
             self._stop_requested = False
             self._emit_progress()
         return copy.copy(summary)
+
+    async def _run_journaled(self, inputs: Iterable[Any], started: float) -> None:
+        summary, journal = self.summary, self._journal
+        out = self.output_path
+        if out is not None and out.exists() and out.stat().st_size > 0 and not journal.counts():
+            raise jn.JournalError(
+                f"{out} already has results but the journal {self.journal_path} is new: pass the "
+                "journal that produced them, or move the file away"
+            )
+        self._count_finished(journal.final_counts())
+        summary.reused = summary.finished
+        self._output = _Output(out, journal, self._on_result)
+        self._output.open()
+        ticker = asyncio.create_task(self._tick(started))
+        try:
+            self._resume_submitted()
+            if self._stop_requested:
+                self._begin_stop()
+            dispatcher = asyncio.create_task(self._dispatch())
+            try:
+                await self._feed(inputs)
+                while summary.in_flight > 0 and not self._stopping:
+                    self._in_flight_changed.clear()
+                    await self._in_flight_changed.wait()
+            except BaseException:
+                summary.interrupted = True
+                raise
+            finally:
+                self._begin_stop()
+                await self._drain(dispatcher)
+        finally:
+            ticker.cancel()
+            self._output.close()
 
     # -- feeding and submitting --------------------------------------------------------------------------
 
@@ -474,6 +482,7 @@ class BatchRunner:
             task.add_done_callback(self._submits.discard)
             if s.read % 256 == 0:
                 await asyncio.sleep(0)  # let results flow while a long input streams in
+        self._fed_all = True
 
     def _duplicate(self, line: int, key: str, first: int) -> None:
         self.summary.duplicates += 1

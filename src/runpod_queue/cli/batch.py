@@ -1,0 +1,218 @@
+"""`rpq batch`: a file of inputs through one endpoint, every result into a file, resumable after any crash."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from runpod_queue.cli._app import app
+
+# Exit codes (also in the README): 0 every item completed, 1 some items failed, 2 usage error,
+# 3 API or connection error, 130 interrupted (run the same command again to resume).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_MAX_WARNINGS = 20
+
+
+def _count_lines(path: Path) -> int:
+    """Non-blank lines, streamed: the total for the ETA, without holding the file."""
+    count = 0
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                count += 1
+    return count
+
+
+def _base_url(base_url: str | None, local: int | None) -> str | None:
+    if local is not None:
+        return f"http://127.0.0.1:{local}/v2"
+    return base_url
+
+
+def _resume_command(
+    inputs: Path, endpoint: str, out: Path, journal: Path, base_url: str | None, extra: list[str]
+) -> str:
+    """The command that resumes this batch (never with the API key: it comes from the environment)."""
+    args = ["rpq", "batch", str(inputs), "--endpoint", endpoint, "--out", str(out), "--journal", str(journal)]
+    if base_url is not None:
+        args += ["--base-url", base_url]
+    return shlex.join(args + extra)
+
+
+@app.command()
+def batch(
+    inputs: Annotated[
+        Path,
+        typer.Argument(
+            help='JSONL file: each line is the handler input, or {"key": ..., "input": {...}}.',
+            show_default=False,
+        ),
+    ],
+    endpoint: Annotated[str, typer.Option("--endpoint", "-e", help="Endpoint id.", show_default=False)],
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Results file (JSONL, one line per input).", show_default=False),
+    ],
+    journal: Annotated[
+        Path | None,
+        typer.Option(help="SQLite journal that makes the batch resumable (default: OUT.journal)."),
+    ] = None,
+    max_in_flight: Annotated[
+        int, typer.Option(min=1, help="Items between submission and result at any moment.")
+    ] = 1000,
+    retries: Annotated[
+        int, typer.Option(min=0, help="/retry a FAILED or TIMED_OUT job this many times.")
+    ] = 2,
+    policy_ttl: Annotated[
+        int | None, typer.Option(help="Job policy ttl in ms (>= 10000): queue time included.")
+    ] = None,
+    execution_timeout: Annotated[
+        int | None, typer.Option(help="Job policy executionTimeout in ms (>= 5000).")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="RUNPOD_API_KEY", help="API key (default: $RUNPOD_API_KEY).", show_default=False),
+    ] = None,
+    base_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="RUNPOD_ENDPOINT_BASE_URL",
+            help="API base URL (default: $RUNPOD_ENDPOINT_BASE_URL or https://api.runpod.ai/v2).",
+            show_default=False,
+        ),
+    ] = None,
+    local: Annotated[
+        int | None,
+        typer.Option(
+            "--local",
+            flag_value=8000,
+            metavar="[PORT]",
+            help="Use a local emulator: http://127.0.0.1:PORT/v2 (PORT defaults to 8000).",
+            show_default=False,
+        ),
+    ] = None,
+    no_rate_limits: Annotated[
+        bool, typer.Option("--no-rate-limits", help="Do not pace requests to RunPod's documented limits.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Live progress on stderr when it is a terminal.")
+    ] = True,
+) -> None:
+    """Run every input through ENDPOINT and write every result to OUT — durably.
+
+    Stopped (Ctrl-C, kill, crash, sleep)? Run the same command again to resume: nothing is paid twice.
+    """
+    from rich.console import Console
+
+    from runpod_queue import Policy
+    from runpod_queue.batch import BatchRunner, JournalError
+    from runpod_queue.batch.progress import LiveProgress, summary_table
+    from runpod_queue.errors import RunpodQueueError
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    out_console = Console(highlight=False)
+    if not inputs.is_file():
+        err.print(f"error: {inputs}: no such input file")
+        raise typer.Exit(EXIT_USAGE)
+    journal_path = journal if journal is not None else out.with_name(out.name + ".journal")
+    url = _base_url(base_url, local)
+    try:
+        policy = (
+            Policy(execution_timeout=execution_timeout, ttl=policy_ttl)
+            if policy_ttl is not None or execution_timeout is not None
+            else None
+        )
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+    warnings = 0
+
+    def warn(message: str) -> None:
+        nonlocal warnings
+        warnings += 1
+        if warnings <= _MAX_WARNINGS:
+            err.print(f"[yellow]warning:[/] {message}", markup=True, soft_wrap=True)
+        elif warnings == _MAX_WARNINGS + 1:
+            err.print("[yellow]warning:[/] more warnings follow; see the summary", markup=True)
+
+    live = LiveProgress(err) if progress and err.is_terminal else None
+    try:
+        runner = BatchRunner(
+            endpoint,
+            journal=journal_path,
+            output=out,
+            api_key=api_key,
+            base_url=url,
+            max_in_flight=max_in_flight,
+            retries=retries,
+            policy=policy,
+            rate_limits=not no_rate_limits,
+            total=_count_lines(inputs),
+            on_progress=live,
+            on_warning=warn,
+        )
+    except ValueError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+
+    stops = 0
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stops
+        stops += 1
+        if stops == 1:
+            err.print("stopping: no new submissions; finishing requests on the wire (Ctrl-C again: now)")
+            runner.stop()
+        else:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+
+    previous: dict[signal.Signals, Any] = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, on_signal)
+    extra: list[str] = []
+    if no_rate_limits:
+        extra.append("--no-rate-limits")
+    resume = _resume_command(inputs, endpoint, out, journal_path, url, extra)
+    try:
+        with open(inputs, encoding="utf-8", errors="replace") as lines:
+            if live is not None:
+                with live:
+                    summary = runner.run(lines)
+            else:
+                summary = runner.run(lines)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; the journal is consistent. Resume with:\n  {resume}")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except JournalError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    except RunpodQueueError as exc:
+        err.print(f"error: {exc}")
+        err.print(f"nothing is lost; fix the cause and resume with:\n  {resume}")
+        raise typer.Exit(EXIT_API) from None
+    except OSError as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    out_console.print(summary_table(summary))
+    if summary.interrupted:
+        err.print(
+            f"stopped with {summary.in_flight} jobs still running on the endpoint; they and the remaining "
+            f"inputs are picked up by running the same command again:\n  {resume}"
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    if summary.ambiguous:
+        err.print(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
+    if not summary.ok:
+        err.print(f"{summary.failures} items did not complete; see 'error' in {out}")
+        raise typer.Exit(EXIT_FAILED)
+    err.print(f"all {summary.completed} items completed: {out}")
