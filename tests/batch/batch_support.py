@@ -35,6 +35,10 @@ class Recorder:
             raise RuntimeError("first try fails")
         return {"n": data.get("n"), "run": run}
 
+    def executed(self) -> int:
+        with self.lock:
+            return sum(self.runs.values())
+
     def duplicates(self) -> int:
         """Extra /run submissions beyond one per input."""
         with self.lock:
