@@ -9,6 +9,7 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from runpod_queue.cli._app import app
 
@@ -16,6 +17,7 @@ from runpod_queue.cli._app import app
 # 3 API or connection error, 130 interrupted (run the same command again to resume).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 _MAX_WARNINGS = 20
+_DEFAULT_LOCAL_PORT = 8000  # where `rpq serve` listens by default
 
 
 def _count_lines(path: Path) -> int:
@@ -44,7 +46,25 @@ def _resume_command(
     return shlex.join(args + extra)
 
 
-@app.command()
+class _BatchCommand(typer.core.TyperCommand):
+    """Lets ``--local`` stand alone: click has no optional option values, so a bare ``--local`` (last, or
+    followed by something that is not a port) gets the default port inserted before parsing."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        fixed: list[str] = []
+        for index, arg in enumerate(args):
+            if arg == "--":
+                fixed.extend(args[index:])
+                break
+            fixed.append(arg)
+            if arg == "--local":
+                following = args[index + 1] if index + 1 < len(args) else None
+                if following is None or not following.isdigit():
+                    fixed.append(str(_DEFAULT_LOCAL_PORT))
+        return super().parse_args(ctx, fixed)
+
+
+@app.command(cls=_BatchCommand)
 def batch(
     inputs: Annotated[
         Path,
@@ -90,8 +110,9 @@ def batch(
         int | None,
         typer.Option(
             "--local",
-            flag_value=8000,
             metavar="[PORT]",
+            min=1,
+            max=65535,
             help="Use a local emulator: http://127.0.0.1:PORT/v2 (PORT defaults to 8000).",
             show_default=False,
         ),

@@ -1,0 +1,89 @@
+"""`rpq batch`: options, exit codes, messages (the key never printed), and resuming by running it again."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from batch_support import Recorder, keys_once, write_inputs
+from typer.testing import CliRunner
+
+from runpod_queue.cli._app import app, load_commands
+from runpod_queue.emulator import Emulator
+
+load_commands()
+KEY = "rpq-batch-secret-4f1c9a"
+
+
+@pytest.fixture
+def keyed(recorder: Recorder) -> Emulator:
+    with Emulator({"ep": recorder}, api_key=KEY, workers=4, time_scale=0.001, rate_limits=False) as emu:
+        yield emu  # type: ignore[misc]
+
+
+def rpq(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_all_completed_exits_0_and_prints_a_summary(keyed: Emulator, tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 40)
+    out = tmp_path / "out.jsonl"
+    env = {"RUNPOD_API_KEY": KEY, "RUNPOD_ENDPOINT_BASE_URL": keyed.base_url}
+    code, text = rpq("batch", str(inputs), "--endpoint", "ep", "--out", str(out), env=env)
+    assert code == 0, text
+    assert "batch summary" in text and "completed" in text and KEY not in text
+    assert len(keys_once(out)) == 40
+    assert (tmp_path / "out.jsonl.journal").exists()  # the default journal sits next to the output
+    # The same command again: nothing to do, same file.
+    code, text = rpq("batch", str(inputs), "--endpoint", "ep", "--out", str(out), env=env)
+    assert code == 0 and len(keys_once(out)) == 40
+
+
+def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text(json.dumps({"n": 1}) + "\nnot json\n" + json.dumps({"fail": 1}) + "\n")
+    code, text = rpq(
+        "batch",
+        str(tmp_path / "in.jsonl"),
+        "-e",
+        "ep",
+        "-o",
+        str(tmp_path / "out.jsonl"),
+        "--local",
+        str(keyed.port),
+        "--api-key",
+        KEY,
+        "--retries",
+        "0",
+    )
+    assert code == 1, text
+    assert "line 2: malformed input" in text and KEY not in text
+    statuses = {r["key"]: r["status"] for r in keys_once(tmp_path / "out.jsonl").values()}
+    assert statuses == {1: "COMPLETED", 2: "INVALID", 3: "FAILED"}
+
+
+def test_usage_errors_exit_2(keyed: Emulator, tmp_path: Path) -> None:
+    base = ["--base-url", keyed.base_url, "--api-key", KEY]
+    code, text = rpq("batch", str(tmp_path / "missing.jsonl"), "-e", "ep", "-o", str(tmp_path / "o"), *base)
+    assert code == 2 and "no such input file" in text
+    inputs = write_inputs(tmp_path / "in.jsonl", 3)
+    code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), "--policy-ttl", "5", *base)
+    assert code == 2 and "ttl" in text
+    (tmp_path / "o").write_text('{"key": 1}\n')
+    code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), *base)
+    assert code == 2 and "already has results" in text
+
+
+def test_api_errors_exit_3_and_leave_nothing_behind(keyed: Emulator, tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    code, text = rpq(
+        "batch", str(inputs), "-e", "ep", "-o", str(out), "--base-url", keyed.base_url, "--api-key", "wrong"
+    )
+    assert code == 3 and "401" in text and "wrong" not in text
+    code, text = rpq(
+        "batch", str(inputs), "-e", "nope", "-o", str(out), "--base-url", keyed.base_url, "--api-key", KEY
+    )
+    assert code == 3 and "404" in text and KEY not in text
+    assert not out.exists() and not (tmp_path / "out.jsonl.journal").exists()
