@@ -1,0 +1,149 @@
+"""Batch runner benchmark against the emulator (in a subprocess, so its CPU does not share our GIL).
+
+1. Rate: 5,000 no-op inputs with the emulator's real rate limits (`/run` 1000 per 10 s). RunPod counts
+   requests per 10 s window, so a perfect client sends 1,000 at once, the next 1,000 exactly 10 s later,
+   and so on: its last submission goes at `floor((N - 1) / 1000) * 10` s after its first. The fraction
+   of the limit achieved is that ideal span over the measured one (1.0 = exactly at the limit; target
+   >= 0.95), with zero 429s. Also: status calls per job (one shared polling budget, not one poll per
+   interval).
+2. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
+   file — target < 300 MB.
+
+Prints `name: value` lines. `python bench/batch.py [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _harness import free_port, wait_until_up
+
+SERVER = """
+import gc, sys
+from runpod_queue.emulator import Emulator
+def noop(job):
+    return 1
+gc.freeze()
+gc.set_threshold(50_000, 20, 100)
+Emulator({"noop": noop}, workers=8, rate_limits=sys.argv[2] == "on", port=int(sys.argv[1])).serve_forever()
+"""
+
+RUN_LIMIT = 1000  # per 10 s window
+WINDOW = 10.0
+
+
+def start_emulator(limits: bool) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), "on" if limits else "off"])
+    base = f"http://127.0.0.1:{port}/v2"
+    wait_until_up(f"{base}/noop/health")
+    return proc, base
+
+
+def write_inputs(path: Path, count: int) -> None:
+    with open(path, "w") as fh:
+        for n in range(count):
+            fh.write(json.dumps({"key": n, "input": {"n": n}}) + "\n")
+
+
+def bench_rate(count: int) -> None:
+    from runpod_queue import BatchRunner, BatchSummary
+
+    proc, base = start_emulator(limits=True)
+    samples: list[tuple[float, int]] = []
+
+    def progress(summary: BatchSummary) -> None:
+        samples.append((time.monotonic(), summary.submitted))
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
+            inputs = Path(tmp) / "in.jsonl"
+            write_inputs(inputs, count)
+            runner = BatchRunner(
+                "noop",
+                journal=Path(tmp) / "journal",
+                output=Path(tmp) / "out.jsonl",
+                base_url=base,
+                on_progress=progress,
+                progress_interval=0.01,
+            )
+            started = time.monotonic()
+            with open(inputs) as lines:
+                summary = runner.run(lines)
+            elapsed = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert summary.ok and summary.completed == count, summary
+    first = next(t for t, n in samples if n >= 1)
+    last = next(t for t, n in samples if n >= count)
+    ideal = ((count - 1) // RUN_LIMIT) * WINDOW
+    print(f"rate_inputs: {count}")
+    print(f"rate_elapsed_s: {elapsed:.1f}")
+    print(f"submission_span_s: {last - first:.2f}")
+    print(f"submission_span_ideal_s: {ideal:.2f}")
+    print(f"run_rate_fraction_of_limit: {ideal / (last - first):.3f}")
+    print(f"run_429s: {summary.rate_limited}")
+    print(f"transient_errors: {summary.transient_errors}")
+    print(f"status_calls_per_job: {summary.status_calls / count:.2f}")
+
+
+def rss_child(count: int, base: str) -> None:
+    """Runs in a fresh process: only the runner's own memory is measured."""
+    from runpod_queue import BatchRunner
+
+    with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
+        inputs = Path(tmp) / "in.jsonl"
+        write_inputs(inputs, count)
+        runner = BatchRunner(
+            "noop",
+            journal=Path(tmp) / "journal",
+            output=Path(tmp) / "out.jsonl",
+            base_url=base,
+            rate_limits=False,
+        )
+        started = time.monotonic()
+        with open(inputs) as lines:
+            summary = runner.run(lines)
+        elapsed = time.monotonic() - started
+    assert summary.ok and summary.completed == count, summary
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"rss_inputs: {count}")
+    print(f"rss_elapsed_s: {elapsed:.1f}")
+    print(f"rss_items_per_s: {count / elapsed:.0f}")
+    print(f"rss_status_calls_per_job: {summary.status_calls / count:.2f}")
+    print(f"peak_rss_mb: {peak_mb:.0f}")
+
+
+def bench_rss(count: int) -> None:
+    proc, base = start_emulator(limits=False)
+    try:
+        subprocess.run([sys.executable, __file__, "--rss-child", str(count), base], check=True)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="1,500 rate inputs and 20,000 RSS inputs")
+    parser.add_argument("--rss-child", nargs=2, metavar=("COUNT", "BASE_URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        rss_child(int(args.rss_child[0]), args.rss_child[1])
+        return
+    bench_rate(1_500 if args.quick else 5_000)
+    bench_rss(20_000 if args.quick else 100_000)
+
+
+if __name__ == "__main__":
+    main()
