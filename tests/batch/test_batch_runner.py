@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from batch_support import Recorder, keys_once, lines, read_output, until, write_inputs
 
-from runpod_queue import BatchResult, BatchRunner, BatchSummary, Policy, Retries
+from runpod_queue import BatchResult, BatchRunner, BatchSummary, OperationLimit, Policy, RateLimits, Retries
 from runpod_queue.batch import JournalError
-from runpod_queue.emulator import Emulator, Faults
+from runpod_queue.emulator import Emulator, EndpointSpec, Faults
 
 FAST = Retries(backoff=0.01, max_backoff=0.05)
 
@@ -199,3 +199,24 @@ def test_bad_arguments() -> None:
         BatchRunner("ep", journal="j", max_in_flight=0)
     with pytest.raises(ValueError):
         BatchRunner("ep", journal="j", retries=-1)
+
+
+def test_many_jobs_in_flight_share_one_status_budget(recorder: Recorder, tmp_path: Path) -> None:
+    # No workers: 300 jobs stay queued. The server allows 150 status calls per 10 s; polling 300 jobs
+    # "every interval" would blow through that at once — one shared budget does not.
+    limits = {"run": OperationLimit(1000, 200), "status": OperationLimit(150, 50)}
+    spec = EndpointSpec(handler=recorder, workers=0)
+    with Emulator({"ep": spec}, time_scale=0.001, rate_limits=limits) as emu:
+
+        async def poll_for_a_while() -> BatchSummary:
+            batch = runner(emu, tmp_path, rate_limits=RateLimits(limits=limits), backoff=None)
+            task = asyncio.create_task(batch.arun(lines(write_inputs(tmp_path / "in.jsonl", 300))))
+            await until(lambda: batch.summary.status_calls >= 150)
+            await asyncio.sleep(1.0)  # the budget is spent: polling waits for the window
+            batch.stop()
+            return await task
+
+        summary = asyncio.run(poll_for_a_while())
+    assert summary.submitted == 300 and summary.in_flight == 300 and summary.interrupted
+    assert summary.rate_limited == 0
+    assert 150 <= summary.status_calls <= 150 + 50  # one window, plus at most the calls on the wire

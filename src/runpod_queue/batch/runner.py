@@ -281,6 +281,8 @@ class BatchRunner:
         self._seq = 0
         self._latency: float | None = None  # running estimate of submission-to-terminal time
         self._submits: set[asyncio.Task[None]] = set()
+        self._checks: set[asyncio.Task[None]] = set()
+        self._wire: set[asyncio.Task[Any]] = set()
         self._fed_all = False
 
     def __repr__(self) -> str:
@@ -507,7 +509,8 @@ class BatchRunner:
                     attempt += 1
                     self._journal.submitting(key, line)
                     s.run_calls += 1
-                    job = await self._ep.run(payload, policy=self.policy)
+                    with self._on_the_wire():
+                        job = await self._ep.run(payload, policy=self.policy)
                 except (ValueError, TypeError, BadRequestError, PayloadTooLargeError) as exc:
                     s.rejected += 1
                     self._finish(key, line, BatchResult(json.loads(key), None, "REJECTED", error=str(exc)))
@@ -597,7 +600,6 @@ class BatchRunner:
         One waiter on the heap (not one per slot), so a push wakes one task, not the whole pool.
         """
         slots = asyncio.Semaphore(self._poll_concurrency)
-        self._checks: set[asyncio.Task[None]] = set()
         while True:
             await slots.acquire()
             job = await self._next_due()
@@ -619,19 +621,13 @@ class BatchRunner:
 
     async def _check(self, job: _Job) -> None:
         s = self.summary
-        s.status_calls += 1
         try:
             snapshot = await self._ep.status(job.job_id)
-        except NotFoundError:
-            self._lost(job)
-            return
-        except (AuthenticationError, PermissionDeniedError) as exc:
-            self._fail_batch(exc)
-            self._push(job, time.monotonic())  # stays submitted in the journal; the next run collects it
-            raise _Fatal from exc
         except RunpodQueueError as exc:
-            self._transient(job, exc)
+            s.status_calls += 1
+            self._check_failed(job, exc)
             return
+        s.status_calls += 1
         job.failures = 0
         if not snapshot.is_terminal:
             self._set_status(job, snapshot.status)
@@ -642,9 +638,21 @@ class BatchRunner:
         elapsed = time.monotonic() - job.since
         self._latency = elapsed if self._latency is None else 0.9 * self._latency + 0.1 * elapsed
         if snapshot.status in (JobStatus.FAILED, JobStatus.TIMED_OUT) and job.attempts <= self.retries:
+            if self._stopping:
+                return  # the next run sees the failure again and retries it
             await self._retry(job)
             return
         self._finish_job(job, snapshot)
+
+    def _check_failed(self, job: _Job, error: RunpodQueueError) -> None:
+        if isinstance(error, NotFoundError):
+            self._lost(job)
+        elif isinstance(error, AuthenticationError | PermissionDeniedError):
+            self._fail_batch(error)
+            self._push(job, time.monotonic())  # stays submitted in the journal; the next run collects it
+            raise _Fatal from error
+        else:
+            self._transient(job, error)
 
     def _transient(self, job: _Job, exc: BaseException) -> None:
         s = self.summary
@@ -661,7 +669,8 @@ class BatchRunner:
         self._journal.retrying(job.key)
         job.attempts += 1
         try:
-            await self._ep.retry(job.job_id)
+            with self._on_the_wire():
+                await self._ep.retry(job.job_id)
         except BadRequestError:
             pass  # no longer FAILED/TIMED_OUT: an earlier /retry whose answer was lost already took
         except NotFoundError:
@@ -754,20 +763,30 @@ class BatchRunner:
             self._wake.set()
             self._in_flight_changed.set()
 
+    @contextlib.contextmanager
+    def _on_the_wire(self) -> Iterator[None]:
+        """Marks a request whose answer must be journaled (/run, /retry): a stop waits for it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._wire.add(task)
+        try:
+            yield
+        finally:
+            self._wire.discard(task)
+
     async def _drain(self, dispatcher: asyncio.Task[None]) -> None:
-        """After a stop: let requests on the wire finish (their answers get journaled), then end."""
-        grace = self._timeout + 5
-        submits = list(self._submits)
-        if submits:
-            await asyncio.wait(submits, timeout=grace)
-        await asyncio.wait([dispatcher], timeout=grace)
-        checks = list(getattr(self, "_checks", ()))
-        if checks:
-            await asyncio.wait(checks, timeout=grace)
-        leftovers = [*submits, dispatcher, *checks]
-        for task in leftovers:
+        """After a stop: requests on the wire finish (their answers get journaled); everything else — waits
+        for a rate-limit slot, status checks, which only read — is cancelled at once."""
+        tasks = [dispatcher, *self._submits, *self._checks]
+        for task in tasks:
+            if task not in self._wire:
+                task.cancel()
+        on_wire = [task for task in tasks if task in self._wire]
+        if on_wire:
+            await asyncio.wait(on_wire, timeout=self._timeout + 5)
+        for task in on_wire:
             task.cancel()
-        await asyncio.gather(*leftovers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _tick(self, started: float) -> None:
         while True:
