@@ -27,7 +27,7 @@ import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -225,8 +225,9 @@ class WebhookReceiver:
 
     # -- the framework-agnostic core ------------------------------------------------------------
 
-    def _check(self, token: str | None, body: bytes) -> Delivery | tuple[Job, dict[str, Any], str]:
-        """Everything before the callback; a Delivery means 'answer this now'."""
+    def _prepare(self, token: str | None, body: bytes) -> Delivery:
+        """Everything before the callback. A Delivery with status 0 means 'call the callback now';
+        any other is the answer to give."""
         if len(body) > self.max_body:
             return Delivery(413, f"body over {self.max_body} bytes")
         try:
@@ -243,61 +244,51 @@ class WebhookReceiver:
             return Delivery(400, f"not a job status: {exc}")
         if not self.store.claim(claims.nonce, job.id):
             return Delivery(403, "this webhook URL was issued for another job")
-        return job, data, claims.nonce
-
-    def _begin(self, job: Job, data: dict[str, Any], nonce: str) -> Delivery | None:
         state = self.store.begin(job.id, job.status.value)
         if state == "seen":
-            return Delivery(
-                200, "duplicate delivery acknowledged", job, duplicate=True, body=data, nonce=nonce
-            )
+            return Delivery(200, "duplicate delivery acknowledged", job, True, data, claims.nonce)
         if state == "busy":
             return Delivery(503, "the same delivery is being processed; deliver again later")
-        return None
+        return Delivery(0, "accepted", job, False, data, claims.nonce)
+
+    def _settle(self, pending: Delivery, error: Exception | None) -> Delivery:
+        assert pending.job is not None
+        self.store.finish(pending.job.id, pending.job.status.value, accepted=error is None)
+        if error is not None:
+            return Delivery(500, f"callback failed: {type(error).__name__}")
+        return replace(pending, status_code=200)
+
+    def _argument(self, pending: Delivery) -> Any:
+        return replace(pending, status_code=200) if self.with_delivery else pending.job
 
     def handle(self, token: str | None, body: bytes) -> Delivery:
         """Verify and dispatch one delivery, calling a sync callback (an async one runs to completion)."""
-        checked = self._check(token, body)
-        if isinstance(checked, Delivery):
-            return checked
-        job, data, nonce = checked
-        early = self._begin(job, data, nonce)
-        if early is not None:
-            return early
-        accepted = Delivery(200, "accepted", job, body=data, nonce=nonce)
+        pending = self._prepare(token, body)
+        if pending.status_code:
+            return pending
         try:
-            result = self.callback(accepted if self.with_delivery else job)
+            result = self.callback(self._argument(pending))
             if inspect.isawaitable(result):
                 asyncio.run(_await(result))
         except Exception as exc:
-            self.store.finish(job.id, job.status.value, accepted=False)
-            return Delivery(500, f"callback failed: {type(exc).__name__}")
-        self.store.finish(job.id, job.status.value, accepted=True)
-        return accepted
+            return self._settle(pending, exc)
+        return self._settle(pending, None)
 
     async def ahandle(self, token: str | None, body: bytes) -> Delivery:
         """The same for async servers: an async callback is awaited, a sync one runs in a thread."""
-        checked = self._check(token, body)
-        if isinstance(checked, Delivery):
-            return checked
-        job, data, nonce = checked
-        early = self._begin(job, data, nonce)
-        if early is not None:
-            return early
-        accepted = Delivery(200, "accepted", job, body=data, nonce=nonce)
-        argument = accepted if self.with_delivery else job
+        pending = self._prepare(token, body)
+        if pending.status_code:
+            return pending
         try:
             if inspect.iscoroutinefunction(self.callback):
-                await self.callback(argument)
+                await self.callback(self._argument(pending))
             else:
-                result = await asyncio.to_thread(self.callback, argument)
+                result = await asyncio.to_thread(self.callback, self._argument(pending))
                 if inspect.isawaitable(result):
                     await result
         except Exception as exc:
-            self.store.finish(job.id, job.status.value, accepted=False)
-            return Delivery(500, f"callback failed: {type(exc).__name__}")
-        self.store.finish(job.id, job.status.value, accepted=True)
-        return accepted
+            return self._settle(pending, exc)
+        return self._settle(pending, None)
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
