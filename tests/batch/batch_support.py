@@ -74,5 +74,5 @@ def lines(path: Path) -> Iterator[str]:
 
 async def until(condition: Callable[[], bool]) -> None:
     """Poll a condition on the runner's own state (it has no event to wait on from outside)."""
-    while not condition():  # noqa: ASYNC110
+    while not condition():
         await asyncio.sleep(0.005)
