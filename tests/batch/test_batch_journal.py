@@ -50,3 +50,11 @@ def test_wal_mode_and_the_endpoint_guard(tmp_path: Path) -> None:
     (tmp_path / "junk").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(JournalError, match="not a usable batch journal"):
         Journal(tmp_path / "junk", endpoint_id="ep")
+
+
+def test_one_run_per_journal(tmp_path: Path) -> None:
+    first = Journal(tmp_path / "j", endpoint_id="ep")
+    with pytest.raises(JournalError, match="in use by another running batch"):
+        Journal(tmp_path / "j", endpoint_id="ep")
+    first.close()
+    Journal(tmp_path / "j", endpoint_id="ep").close()

@@ -16,7 +16,7 @@ from runpod_queue import BatchResult, BatchRunner, BatchSummary, OperationLimit,
 from runpod_queue.batch import JournalError
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults
 
-FAST = Retries(backoff=0.01, max_backoff=0.05)
+FAST = Retries(backoff=0.01, max_backoff=0.05, max_retry_after=0.2)
 
 
 def runner(emu: Emulator, tmp_path: Path, **kwargs: Any) -> BatchRunner:

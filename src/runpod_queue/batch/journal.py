@@ -20,6 +20,7 @@ Keys are stored as their JSON text, so ``1`` and ``"1"`` are different keys, as 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
@@ -105,23 +106,52 @@ class Journal:
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: not a usable batch journal ({exc})") from exc
+        self._lock_fd = self._lock()
+        try:
+            self._check_meta(endpoint_id)
+        except JournalError:
+            self.close()
+            raise
+
+    def _check_meta(self, endpoint_id: str) -> None:
         meta = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
         if not meta:
             self._db.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?)",
                 [("schema", SCHEMA_VERSION), ("endpoint", endpoint_id), ("created", str(time.time()))],
             )
-        else:
-            if meta.get("schema") != SCHEMA_VERSION:
-                raise JournalError(f"{self.path}: journal schema {meta.get('schema')!r}, expected 1")
-            if meta.get("endpoint") != endpoint_id:
-                raise JournalError(
-                    f"{self.path} belongs to a batch on endpoint {meta.get('endpoint')!r}, "
-                    f"not {endpoint_id!r}; pass another --journal"
-                )
+        elif meta.get("schema") != SCHEMA_VERSION:
+            raise JournalError(f"{self.path}: journal schema {meta.get('schema')!r}, expected 1")
+        elif meta.get("endpoint") != endpoint_id:
+            raise JournalError(
+                f"{self.path} belongs to a batch on endpoint {meta.get('endpoint')!r}, "
+                f"not {endpoint_id!r}; pass another --journal"
+            )
+
+    def _lock(self) -> int | None:
+        """One run per journal: a second process on it would submit the same pending items again.
+
+        An advisory ``flock`` on the file itself (independent of SQLite's own fcntl locks on Linux and
+        macOS); released by ``close`` or when the process dies, however it dies. None where unsupported.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return None
+        fd = os.open(self.path, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            self._db.close()
+            raise JournalError(f"{self.path} is in use by another running batch") from None
+        return fd
 
     def close(self) -> None:
         self._db.close()
+        if self._lock_fd is not None:  # after SQLite: closing another fd first would drop its locks
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- reads ----------------------------------------------------------------------------------------
 

@@ -283,6 +283,7 @@ class BatchRunner:
         self._submits: set[asyncio.Task[None]] = set()
         self._checks: set[asyncio.Task[None]] = set()
         self._wire: set[asyncio.Task[Any]] = set()
+        self._pause_until: dict[str, float] = {}
         self._fed_all = False
 
     def __repr__(self) -> str:
@@ -501,6 +502,7 @@ class BatchRunner:
         attempt = 0
         try:
             while True:
+                await self._paused("run")
                 window = await self._run_limiter.acquire(self.endpoint_id, "run")
                 try:
                     if self._stopping:
@@ -545,6 +547,7 @@ class BatchRunner:
         if isinstance(exc, RateLimitError):
             s.rate_limited += 1
             retry_after = exc.retry_after
+            self._pause("run", retry_after)
         elif isinstance(exc, ServerError) and exc.status_code == 503:
             s.transient_errors += 1  # refused before it was accepted
         elif isinstance(exc, APIConnectionError) and not exc.sent:
@@ -558,6 +561,17 @@ class BatchRunner:
                 f"line {line} (key {key}): no job id came back ({exc}); submitting again (it may run twice)"
             )
         return backoff_delay(self._backoff, min(attempt, 8), retry_after, self._rng)
+
+    def _pause(self, op: str, retry_after: float | None) -> None:
+        """A 429 despite the limiter (another client on the same key?): every request of that operation
+        waits, instead of each queued one collecting its own 429."""
+        pause = min(self._backoff.max_retry_after, retry_after if retry_after is not None else 1.0)
+        until = time.monotonic() + pause
+        self._pause_until[op] = max(self._pause_until.get(op, 0.0), until)
+
+    async def _paused(self, op: str) -> None:
+        while (wait := self._pause_until.get(op, 0.0) - time.monotonic()) > 0:  # noqa: ASYNC110 - may grow
+            await asyncio.sleep(wait)
 
     def _released(self) -> None:
         self.summary.in_flight -= 1
@@ -602,6 +616,7 @@ class BatchRunner:
         slots = asyncio.Semaphore(self._poll_concurrency)
         while True:
             await slots.acquire()
+            await self._paused("status")
             job = await self._next_due()
             if job is None:
                 slots.release()
@@ -658,6 +673,7 @@ class BatchRunner:
         s = self.summary
         if isinstance(exc, RateLimitError):
             s.rate_limited += 1
+            self._pause("status", exc.retry_after)
         else:
             s.transient_errors += 1
         job.failures += 1
