@@ -4,6 +4,7 @@ submitted twice that the journal knew about, the output valid with every key exa
 from __future__ import annotations
 
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -81,3 +82,27 @@ def test_resume_after_kill_9(seed: int, recorder: Recorder, tmp_path: Path) -> N
         assert rows[key]["id"] == job_id
     # Only an item killed between "submitting" and its job id may have run twice, and it was counted.
     assert recorder.duplicates() <= summary.ambiguous
+
+
+def test_ctrl_c_stops_cleanly_and_the_same_command_resumes(recorder: Recorder, tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", COUNT, sleep=0.01)
+    with Emulator({"ep": recorder}, workers=4, time_scale=0.01, rate_limits=False) as emu:
+        proc = start_batch(emu, tmp_path, inputs)
+        limit = time.monotonic() + 30
+        while recorder.executed() < 40 and time.monotonic() < limit:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        text = err.decode()
+        assert proc.returncode == 130, text
+        assert "running the same command again" in text and "rpq batch" in text
+        db = sqlite3.connect(tmp_path / "j.sqlite")
+        states = dict(db.execute("SELECT state, COUNT(*) FROM items GROUP BY state").fetchall())
+        db.close()
+        assert "submitting" not in states  # every /run on the wire finished and was journaled
+
+        again = start_batch(emu, tmp_path, inputs)
+        _, err = again.communicate(timeout=60)
+        assert again.returncode == 0, err.decode()
+    rows = keys_once(tmp_path / "out.jsonl")
+    assert len(rows) == COUNT and recorder.duplicates() == 0
