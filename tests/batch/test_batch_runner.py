@@ -220,3 +220,13 @@ def test_many_jobs_in_flight_share_one_status_budget(recorder: Recorder, tmp_pat
     assert summary.submitted == 300 and summary.in_flight == 300 and summary.interrupted
     assert summary.rate_limited == 0
     assert 150 <= summary.status_calls <= 150 + 50  # one window, plus at most the calls on the wire
+
+
+def test_keys_are_identity_across_runs_not_line_numbers(emu: Emulator, tmp_path: Path) -> None:
+    items = [(f"k{n}", {"n": n}) for n in range(20)]
+    assert runner(emu, tmp_path).run(items[:10]).ok
+    # Reordered and extended: the first ten are done, not duplicates; the rest are new.
+    summary = runner(emu, tmp_path).run(list(reversed(items)))
+    assert summary.ok and summary.duplicates == 0 and summary.reused == 10 and summary.submitted == 10
+    assert len(keys_once(tmp_path / "out.jsonl")) == 20
+    assert [r.key for r in runner(emu, tmp_path).results()] == [f"k{n}" for n in reversed(range(20))]

@@ -35,7 +35,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS items (
     key TEXT PRIMARY KEY,           -- the item's key as JSON text
-    line INTEGER NOT NULL,          -- 1-based position in the input (duplicate-key detection)
+    line INTEGER NOT NULL,          -- 1-based position in the input, as last seen
     state TEXT NOT NULL,            -- pending | submitting | submitted | terminal
     job_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,   -- executions asked for: 1 per /run that got an id, +1 per /retry
@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS items (
     submitted_at REAL,              -- wall-clock seconds; the oldest are polled first on resume
     status TEXT,                    -- the final status once terminal (COMPLETED, FAILED, LOST, ...)
     result TEXT,                    -- the item's output line (JSON) once terminal
-    written INTEGER NOT NULL DEFAULT 0
+    written INTEGER NOT NULL DEFAULT 0,
+    seen INTEGER NOT NULL DEFAULT 0 -- the last run whose input contained the key (duplicate detection)
 );
 CREATE INDEX IF NOT EXISTS items_state ON items (state, written);
 """
@@ -69,13 +70,14 @@ class Row:
     submitted_at: float | None
     result: str | None
     written: bool
+    seen: int
 
 
-_COLUMNS = "key, line, state, job_id, attempts, submits, submitted_at, result, written"
+_COLUMNS = "key, line, state, job_id, attempts, submits, submitted_at, result, written, seen"
 
 
 def _row(values: tuple[object, ...]) -> Row:
-    key, line, state, job_id, attempts, submits, submitted_at, result, written = values
+    key, line, state, job_id, attempts, submits, submitted_at, result, written, seen = values
     return Row(
         key=str(key),
         line=int(line),  # type: ignore[call-overload]
@@ -86,6 +88,7 @@ def _row(values: tuple[object, ...]) -> Row:
         submitted_at=None if submitted_at is None else float(submitted_at),  # type: ignore[arg-type]
         result=None if result is None else str(result),
         written=bool(written),
+        seen=int(seen),  # type: ignore[call-overload]
     )
 
 
@@ -107,6 +110,7 @@ class Journal:
         except sqlite3.DatabaseError as exc:
             raise JournalError(f"{self.path}: not a usable batch journal ({exc})") from exc
         self._lock_fd = self._lock()
+        self.run = 0
         try:
             self._check_meta(endpoint_id)
         except JournalError:
@@ -127,6 +131,13 @@ class Journal:
                 f"{self.path} belongs to a batch on endpoint {meta.get('endpoint')!r}, "
                 f"not {endpoint_id!r}; pass another --journal"
             )
+
+    def begin_run(self) -> int:
+        """Number this run: a key seen twice within one run is a duplicate, across runs a resume."""
+        found = self._db.execute("SELECT value FROM meta WHERE name = 'runs'").fetchone()
+        self.run = (int(found[0]) if found else 0) + 1
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES ('runs', ?)", (str(self.run),))
+        return self.run
 
     def _lock(self) -> int | None:
         """One run per journal: a second process on it would submit the same pending items again.
@@ -201,16 +212,20 @@ class Journal:
 
     def add_pending(self, key: str, line: int) -> None:
         self._db.execute(
-            "INSERT INTO items (key, line, state) VALUES (?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (key, line, PENDING),
+            "INSERT INTO items (key, line, state, seen) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, line, PENDING, self.run),
         )
+
+    def see(self, key: str, line: int) -> None:
+        """The current run met ``key`` on ``line`` (results are listed in the latest input order)."""
+        self._db.execute("UPDATE items SET seen = ?, line = ? WHERE key = ?", (self.run, line, key))
 
     def submitting(self, key: str, line: int) -> None:
         """Written immediately before the /run is sent."""
         self._db.execute(
-            "INSERT INTO items (key, line, state, submits) VALUES (?, ?, ?, 1) "
+            "INSERT INTO items (key, line, state, submits, seen) VALUES (?, ?, ?, 1, ?) "
             "ON CONFLICT (key) DO UPDATE SET state = excluded.state, submits = submits + 1",
-            (key, line, SUBMITTING),
+            (key, line, SUBMITTING, self.run),
         )
 
     def submitted(self, key: str, job_id: str, at: float) -> None:
@@ -230,10 +245,10 @@ class Journal:
     def terminal(self, key: str, line: int, status: str, result: str) -> None:
         """The item's final result (also for items that never reached the API, such as malformed lines)."""
         self._db.execute(
-            "INSERT INTO items (key, line, state, status, result) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO items (key, line, state, status, result, seen) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET state = excluded.state, status = excluded.status, "
             "result = excluded.result",
-            (key, line, TERMINAL, status, result),
+            (key, line, TERMINAL, status, result, self.run),
         )
 
     def mark_written(self, keys: Iterable[str]) -> None:

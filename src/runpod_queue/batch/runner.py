@@ -366,6 +366,7 @@ class BatchRunner:
                 f"{out} already has results but the journal {self.journal_path} is new: pass the "
                 "journal that produced them, or move the file away"
             )
+        journal.begin_run()
         self._count_finished(journal.final_counts())
         summary.reused = summary.finished
         self._output = _Output(out, journal, self._on_result)
@@ -448,22 +449,24 @@ class BatchRunner:
             if isinstance(item, _Invalid):
                 key = key_text(line)
                 row = journal.get(key)
-                if row is not None and row.line == line:
-                    continue  # recorded by an earlier run
-                if row is not None:
+                if row is not None and row.seen == journal.run:
                     self._duplicate(line, key, row.line)
-                    continue
-                self._warn(f"line {line}: malformed input, recorded as INVALID: {item.message}")
-                invalid = BatchResult(line, None, "INVALID", error=f"line {line}: {item.message}")
-                self._record(key, line, invalid)
+                elif row is not None:
+                    journal.see(key, line)  # recorded by an earlier run
+                else:
+                    self._warn(f"line {line}: malformed input, recorded as INVALID: {item.message}")
+                    invalid = BatchResult(line, None, "INVALID", error=f"line {line}: {item.message}")
+                    self._record(key, line, invalid)
                 continue
             assert isinstance(item, tuple)
             key_value, payload = item
             key = key_text(key_value)
             row = journal.get(key)
-            if row is not None and row.line != line:
+            if row is not None and row.seen == journal.run:
                 self._duplicate(line, key, row.line)
                 continue
+            if row is not None:
+                journal.see(key, line)
             if row is not None and row.state in (jn.SUBMITTED, jn.TERMINAL):
                 continue  # being collected, or done: never sent again
             if row is not None and row.state == jn.SUBMITTING:
