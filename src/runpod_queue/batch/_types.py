@@ -85,7 +85,8 @@ class BatchSummary:
     duplicates: int = 0  # input lines whose key was already used: skipped, reported
     retried: int = 0  # /retry calls made
     ambiguous: int = 0  # submissions that may have created a job without us learning its id: resubmitted
-    in_flight: int = 0
+    in_flight: int = 0  # items between being read and their result: waiting for a /run slot or running
+    waiting: int = 0  # read, waiting for a /run slot (the endpoint's rate limit)
     in_queue: int = 0
     in_progress: int = 0
     run_calls: int = 0
@@ -100,6 +101,11 @@ class BatchSummary:
     def finished(self) -> int:
         """Items with a final result, earlier runs included."""
         return self.completed + self.failed + self.lost + self.invalid + self.rejected
+
+    @property
+    def running(self) -> int:
+        """Jobs on the endpoint (submitted, not yet collected)."""
+        return self.in_flight - self.waiting
 
     @property
     def failures(self) -> int:

@@ -32,11 +32,10 @@ def _line(s: BatchSummary) -> str:
     total = f"/{s.total}" if s.total is not None else ""
     failed = s.failed + s.lost + s.invalid + s.rejected
     return (
-        f"[bold]{s.finished}{total}[/] done  "
-        f"[green]{s.completed} ok[/]  [red]{failed} failed[/]  "
-        f"submitted {s.submitted + s.resumed}  running {s.in_flight} "
-        f"(queued {s.in_queue}, in progress {s.in_progress})  retried {s.retried}  "
-        f"{s.rate:.1f}/s  ETA {format_duration(s.eta)}"
+        f"[bold]{s.finished}{total}[/] done · [green]{s.completed} ok[/] · [red]{failed} failed[/] · "
+        f"{s.submitted + s.resumed} submitted · {s.running} running ({s.in_queue} queued, "
+        f"{s.in_progress} in progress) · {s.waiting} waiting for /run · {s.retried} retried · "
+        f"{s.rate:.1f}/s · ETA {format_duration(s.eta)}"
     )
 
 

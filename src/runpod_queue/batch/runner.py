@@ -483,6 +483,7 @@ class BatchRunner:
             if self._stopping:
                 return
             s.in_flight += 1
+            s.waiting += 1
             task = asyncio.create_task(self._guarded_submit(key, line, payload))
             self._submits.add(task)
             task.add_done_callback(self._submits.discard)
@@ -499,6 +500,8 @@ class BatchRunner:
             await self._submit(key, line, payload)
         except Exception as exc:  # a bug or a failing callback: stop cleanly and report it
             self._fail_batch(exc)
+        finally:
+            self.summary.waiting -= 1
 
     async def _submit(self, key: str, line: int, payload: Any) -> None:
         s = self.summary
