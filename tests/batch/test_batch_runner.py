@@ -103,10 +103,12 @@ def test_faults_on_every_route_lose_nothing(recorder: Recorder, tmp_path: Path) 
     faults = Faults(error_500=0.05, error_503=0.05, error_429=0.05, drop=0.03, seed=7)
     # time_scale 0.01: retention (18 s) outlasts the injected 429s' Retry-After of 1 s.
     with Emulator({"ep": recorder}, workers=4, time_scale=0.01, rate_limits=False, faults=faults) as emu:
-        inputs = write_inputs(tmp_path / "in.jsonl", 200)
-        summary = runner(emu, tmp_path).run(lines(inputs))
+        # Every tenth input fails its first run: /retry goes through the faults too.
+        items = [(f"k{n}", {"n": n, "fail_first": n % 10 == 0}) for n in range(200)]
+        summary = runner(emu, tmp_path).run(items)
     rows = keys_once(tmp_path / "out.jsonl")
     assert len(rows) == 200 and all(r["status"] == "COMPLETED" for r in rows.values())
+    assert summary.retried >= 20 and rows['"k10"']["attempts"] == 2
     assert summary.ok and summary.transient_errors + summary.rate_limited > 0
     # A /run whose answer was lost is the only way to run an input twice, and each one is counted.
     assert recorder.duplicates() <= summary.ambiguous

@@ -710,6 +710,8 @@ class BatchRunner:
             if unsent:  # the retry certainly did not happen: it does not count
                 self._journal.retry_unsent(job.key)
                 job.attempts -= 1
+            else:  # it may have happened: the next status check tells (a second /retry answers 400)
+                self.summary.retried += 1
             self._transient(job, exc)
             return
         self.summary.retried += 1
