@@ -71,7 +71,7 @@ def worker_environment(
 class _Worker:
     """What the emulator knows of one external worker beyond its `WorkerSlot`."""
 
-    __slots__ = ("held", "lost", "slot", "stop_waiters", "stops")
+    __slots__ = ("held", "lost", "pending_stop", "slot", "stop_waiters", "stops")
 
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
@@ -80,6 +80,8 @@ class _Worker:
         # Job ids the worker must stop (cancelled, timed out, expired), handed out by job-stop.
         self.stops: list[str] = []
         self.stop_waiters: list[asyncio.Future[None]] = []
+        # Stops sent whose job the worker may still be running: re-sent while its pings list the job.
+        self.pending_stop: set[str] = set()
         self.lost = False
 
     def sync_slot(self) -> None:
@@ -89,6 +91,7 @@ class _Worker:
         slot.state = "running" if self.held else "idle"
 
     def signal_stop(self, job_id: str) -> None:
+        self.pending_stop.add(job_id)
         if job_id not in self.stops:
             self.stops.append(job_id)
         waiters, self.stop_waiters = self.stop_waiters, []
@@ -142,15 +145,16 @@ class ExternalWorkers:
         if worker is None:
             worker = self.workers[key] = _Worker(self._new_slot(ep, worker_id))
             self._ensure_sweeper()
-        elif worker.slot.retired:
-            # It asked for stopPod: the platform would start a fresh worker; here the same process
-            # carries on, so it comes back as a new worker under its old id.
+        elif worker.slot.retired and not self.on_stop_pod:
+            # It asked for stopPod and nobody manages its process: the platform would start a fresh
+            # worker; here the same process carries on, so it comes back as a new worker under its old
+            # id. (When a process manager listens, it replaces the process; until then no jobs.)
             worker.slot = self._new_slot(ep, worker_id)
             worker.sync_slot()
         worker.slot.last_seen = self.core.clock.now()
         if worker.lost:
             worker.lost = False
-            if worker.slot not in ep.workers:
+            if worker.slot not in ep.workers and not worker.slot.retired:
                 ep.workers.append(worker.slot)
         return worker
 
@@ -205,6 +209,7 @@ class ExternalWorkers:
                 for job_id, (job, attempt) in held.items():
                     # Should the worker come back, it must not keep running a job that moved on.
                     worker.stops.append(job_id)
+                    worker.pending_stop.add(job_id)
                     if self.core.is_current(job, attempt):
                         log.warning("worker %s is lost; requeueing job %s", worker.slot.id, job_id)
                         self.core.requeue_lost(job)
@@ -268,6 +273,14 @@ class ExternalWorkers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._hold_s()
         disconnect: asyncio.Future[Any] | None = None
+        if worker.slot.retired:
+            # Replaced, waiting for its process to be stopped: hold the poll (no busy loop), no job.
+            disconnect = asyncio.ensure_future(request.receive())
+            try:
+                await asyncio.wait({disconnect}, timeout=self._hold_s())
+            finally:
+                disconnect.cancel()
+            return []
         try:
             while True:
                 jobs = self._claim(worker, size)
@@ -276,7 +289,7 @@ class ExternalWorkers:
                         core.dispatch(ep)  # more work left: pass the wake-up on
                     return jobs
                 remaining = deadline - loop.time()
-                if remaining <= 0 or worker.slot.retired:
+                if remaining <= 0:
                     return []
                 if disconnect is None:
                     # A worker killed while its poll is held must not be handed a job.
@@ -416,7 +429,17 @@ class ExternalWorkers:
         return 200, {"jobsToStop": stops}
 
     async def ping(self, request: Request) -> tuple[int, Any]:
-        self._touch(request)
+        """A sign of life; its `job_id` list also re-sends stops that did not take.
+
+        The official worker drops a stop that arrives before the job's task exists (taken, not yet
+        started), so a stopped job it still reports running is signalled again."""
+        worker = self._touch(request)
+        if worker.pending_stop:
+            running = set(filter(None, request.query.get("job_id", "").split(",")))
+            worker.pending_stop &= running
+            for job_id in worker.pending_stop:
+                if job_id not in worker.held:
+                    worker.signal_stop(job_id)
         return 200, {}
 
 

@@ -51,8 +51,8 @@ class WorkerProcesses:
     """A set of official worker processes for one emulator; stops them all on exit.
 
     `supervise()` (or the background thread of `start_supervisor`) starts a fresh process — with a new
-    worker id, as the platform does — for a worker that exited or asked for `stopPod`
-    (`request_replace`, called by the emulator).
+    worker id, as the platform does — for a worker that asked for `stopPod` (`request_replace`, called
+    by the emulator) and, with `restart_exited`, for one that exited or was killed.
     """
 
     def __init__(
@@ -63,6 +63,7 @@ class WorkerProcesses:
         ping_interval_ms: int = 1000,
         output: Path | None = None,
         quiet: bool = False,
+        restart_exited: bool = True,
         python: str = sys.executable,
     ) -> None:
         self.root_url = root_url
@@ -70,6 +71,7 @@ class WorkerProcesses:
         self.ping_interval_ms = ping_interval_ms
         self.output = output
         self.quiet = quiet
+        self.restart_exited = restart_exited
         self.python = python
         self.workers: list[ManagedWorker] = []
         self._lock = threading.Lock()
@@ -192,7 +194,7 @@ class WorkerProcesses:
                 return
             if asked:
                 self.stop(worker, timeout=2.0)
-            if asked or not worker.alive:
+            if asked or (self.restart_exited and worker.proc is not None and not worker.alive):
                 _signal_group(worker, signal.SIGKILL)  # a dead parent's ping process
                 worker.worker_id = new_worker_id()
                 worker.restarts += 1
