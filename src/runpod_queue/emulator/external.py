@@ -7,9 +7,9 @@ cancellations and pings every `RUNPOD_PING_INTERVAL`. Each route here turns thos
 ttl, retention and webhooks apply unchanged.
 
 A worker is known by the id in its URLs (`RUNPOD_POD_ID`) and exists from its first request. It is
-lost when it has been silent (no request of any kind) for `Timings.worker_lost_after_ms`, scaled by
-the clock but never under `MIN_LOST_AFTER_S` (the official worker cannot ping more often than once a
-second): its jobs are requeued once, then failed (`Core.requeue_lost`).
+lost when it has been silent (no request of any kind) for `Core.worker_lost_after_s()`: the scaled
+`Timings.worker_lost_after_ms`, never under 2.5 s (the official worker cannot ping more often than once
+a second). Its jobs are then requeued once, and failed the second time (`Core.requeue_lost`).
 """
 
 from __future__ import annotations
@@ -103,9 +103,6 @@ class _Worker:
 class ExternalWorkers:
     """Serves the worker protocol on an `EmulatorApp` and watches its external workers' liveness."""
 
-    #: The official worker pings at most once a second; a shorter silence is not a lost worker.
-    MIN_LOST_AFTER_S: Final = 2.5
-
     def __init__(self, app: EmulatorApp) -> None:
         self.core: Core = app.core
         self.workers: dict[tuple[str, str], _Worker] = {}
@@ -127,7 +124,7 @@ class ExternalWorkers:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def lost_after_s(self) -> float:
-        return max(self.core.clock.seconds(self.core.timings.worker_lost_after_ms), self.MIN_LOST_AFTER_S)
+        return self.core.worker_lost_after_s()
 
     def _hold_s(self) -> float:
         return self.core.clock.seconds(self.core.timings.job_take_hold_ms)
