@@ -71,7 +71,7 @@ def worker_environment(
 class _Worker:
     """What the emulator knows of one external worker beyond its `WorkerSlot`."""
 
-    __slots__ = ("held", "lost", "pending_stop", "slot", "stop_waiters", "stops")
+    __slots__ = ("held", "lost", "pending_stop", "polls", "slot", "stop_waiters", "stops")
 
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
@@ -82,6 +82,8 @@ class _Worker:
         self.stop_waiters: list[asyncio.Future[None]] = []
         # Stops sent whose job the worker may still be running: re-sent while its pings list the job.
         self.pending_stop: set[str] = set()
+        # Long-polls held open right now: a worker waiting on us is not silent.
+        self.polls = 0
         self.lost = False
 
     def sync_slot(self) -> None:
@@ -198,6 +200,8 @@ class ExternalWorkers:
                     # ttl ran out mid-run (the job is gone) or the run was otherwise superseded.
                     del worker.held[job_id]
                     worker.signal_stop(job_id)
+            if worker.polls:
+                worker.slot.last_seen = now
             silent = now - worker.slot.last_seen
             if silent > lost_after and not worker.lost:
                 worker.lost = True
@@ -256,7 +260,6 @@ class ExternalWorkers:
     async def _take(self, request: Request, size: int) -> list[Any]:
         """Up to `size` jobs for this worker, at once if any are queued, else after a long-poll."""
         worker = self._touch(request)
-        ep = request.endpoint
         core = self.core
         await request.body(1_000, "job-take")
         if request.query.get("job_in_progress") == "0" and worker.held:
@@ -267,6 +270,16 @@ class ExternalWorkers:
             for job, attempt in held.values():
                 if core.is_current(job, attempt):
                     core.requeue_lost(job)
+        worker.polls += 1
+        try:
+            return await self._take_held(request, worker, size)
+        finally:
+            worker.polls -= 1
+            worker.slot.last_seen = core.clock.now()
+
+    async def _take_held(self, request: Request, worker: _Worker, size: int) -> list[Any]:
+        ep = request.endpoint
+        core = self.core
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._hold_s()
         disconnect: asyncio.Future[Any] | None = None
@@ -410,9 +423,12 @@ class ExternalWorkers:
             fut: asyncio.Future[None] = loop.create_future()
             worker.stop_waiters.append(fut)
             disconnect = asyncio.ensure_future(request.receive())
+            worker.polls += 1
             try:
                 await _first(fut, disconnect, self._hold_s())
             finally:
+                worker.polls -= 1
+                worker.slot.last_seen = self.core.clock.now()
                 disconnect.cancel()
                 if not fut.done():
                     fut.cancel()
