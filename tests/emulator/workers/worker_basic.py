@@ -2,7 +2,7 @@
 
 Polling files and blocking calls are deliberate: this is a test double, not an example.
 """
-# ruff: noqa: ASYNC110, ASYNC240, ASYNC251
+# ruff: noqa: ASYNC240, ASYNC251
 
 import asyncio
 import pathlib
