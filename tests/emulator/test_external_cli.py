@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from runpod_queue import Client, JobStatus
 from runpod_queue.cli._app import app, load_commands
+from runpod_queue.emulator.worker_processes import WorkerProcesses
 
 
 def test_worker_env_prints_export_lines() -> None:
@@ -62,3 +63,19 @@ def test_serve_runs_official_workers_and_stops_them(tmp_path: Path) -> None:
         if serve.poll() is None:
             os.killpg(serve.pid, signal.SIGKILL)
             serve.wait(timeout=10)
+
+
+def test_a_worker_that_cannot_start_is_restarted_with_backoff(tmp_path: Path) -> None:
+    with WorkerProcesses("http://127.0.0.1:9", quiet=True) as procs:
+        worker = procs.start("ep", WORKERS / "worker_broken.py")
+        assert worker.proc is not None
+        worker.proc.wait(timeout=10)
+        procs.supervise()
+        assert (worker.restarts, worker.quick_exits) == (0, 1)
+        assert worker.restart_at is not None
+        procs.supervise()  # still backing off
+        assert worker.restarts == 0
+        worker.restart_at = 0.0  # as if the backoff had passed
+        procs.supervise()
+        assert worker.restarts == 1
+        assert worker.proc.wait(timeout=10) != 0

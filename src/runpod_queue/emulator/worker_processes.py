@@ -24,11 +24,24 @@ from runpod_queue.emulator.queue import new_worker_id
 
 __all__ = ["ManagedWorker", "WorkerProcesses"]
 
+_QUICK_EXIT_S = 10.0
+_MAX_BACKOFF_S = 30.0
+
 
 class ManagedWorker:
     """One worker process and what it takes to start it again."""
 
-    __slots__ = ("endpoint_id", "env", "file", "proc", "restarts", "worker_id")
+    __slots__ = (
+        "endpoint_id",
+        "env",
+        "file",
+        "proc",
+        "quick_exits",
+        "restart_at",
+        "restarts",
+        "started_at",
+        "worker_id",
+    )
 
     def __init__(self, endpoint_id: str, file: Path, worker_id: str, env: Mapping[str, str]) -> None:
         self.endpoint_id = endpoint_id
@@ -37,6 +50,10 @@ class ManagedWorker:
         self.env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.started_at = 0.0
+        # Exits soon after start in a row (a worker file that cannot import): restarts back off.
+        self.quick_exits = 0
+        self.restart_at: float | None = None
 
     def __repr__(self) -> str:
         pid = self.proc.pid if self.proc is not None else None
@@ -121,6 +138,8 @@ class WorkerProcesses:
                 self._log = self.output.open("ab")
             out = self._log
         # The user's own worker file, run by the same interpreter: nothing untrusted is interpolated.
+        worker.started_at = time.monotonic()
+        worker.restart_at = None
         worker.proc = subprocess.Popen(  # noqa: S603
             [self.python, str(worker.file.resolve())],
             env=env,
@@ -188,17 +207,26 @@ class WorkerProcesses:
         with self._lock:
             replace, self._replace = self._replace, set()
             workers = list(self.workers)
+        now = time.monotonic()
         for worker in workers:
             asked = (worker.endpoint_id, worker.worker_id) in replace
             if self._stopping.is_set():
                 return
             if asked:
                 self.stop(worker, timeout=2.0)
-            if asked or (self.restart_exited and worker.proc is not None and not worker.alive):
-                _signal_group(worker, signal.SIGKILL)  # a dead parent's ping process
-                worker.worker_id = new_worker_id()
-                worker.restarts += 1
-                self._spawn(worker)
+            elif self.restart_exited and worker.proc is not None and not worker.alive:
+                if worker.restart_at is None:
+                    _signal_group(worker, signal.SIGKILL)  # a dead parent's ping process
+                    quick = now - worker.started_at < _QUICK_EXIT_S
+                    worker.quick_exits = worker.quick_exits + 1 if quick else 0
+                    worker.restart_at = now + min(_MAX_BACKOFF_S, 0.5 * 2**worker.quick_exits if quick else 0)
+                if now < worker.restart_at:
+                    continue
+            else:
+                continue
+            worker.worker_id = new_worker_id()
+            worker.restarts += 1
+            self._spawn(worker)
 
     def start_supervisor(self, every_s: float = 0.5) -> None:
         def main() -> None:
