@@ -107,6 +107,16 @@ def test_generator_streams_chunks_and_final_output(client: Client, endpoint_id: 
     assert final.output == (chunks if aggregate else [])
 
 
+def test_generator_that_raises_fails_with_the_workers_string(client: Client) -> None:
+    ep = client.endpoint("stream-agg")
+    job = ep.run({"n": 4, "fail_at": 2})
+    chunks = [c.output for c in ep.stream(job.id, timeout=30)]
+    assert chunks == [{"token": 0}, {"token": 1}]
+    final = ep.wait(job.id, timeout=30)
+    assert final.status is JobStatus.FAILED
+    assert final.error.startswith("handler: generator failed at 2 \ntraceback:")
+
+
 def test_progress_update_visible_while_running_ignored_after(
     client: Client, emu: Emulator, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ import runpod
 
 def handler(job):
     for i in range(job["input"].get("n", 3)):
+        if i == job["input"].get("fail_at"):
+            raise RuntimeError(f"generator failed at {i}")
         yield {"token": i}
 
 
