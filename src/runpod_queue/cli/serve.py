@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -78,6 +79,11 @@ def serve(
         _add_external(endpoints, endpoint_id, endpoint_id)
     if not handlers and not endpoints:
         typer.echo("error: give at least one HANDLER or --external ENDPOINT_ID", err=True)
+        raise typer.Exit(2)
+    if runpod_worker and handlers and importlib.util.find_spec("runpod") is None:
+        typer.echo(
+            "error: --runpod-worker runs official workers: install `runpod` (pip install runpod)", err=True
+        )
         raise typer.Exit(2)
     for reference in handlers if runpod_worker else []:
         endpoint_id, file_name = _worker_reference(reference)
