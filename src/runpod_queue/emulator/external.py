@@ -33,6 +33,7 @@ __all__ = ["ExternalWorkers", "worker_environment"]
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_BATCH: Final = 64
+_MAX_HOLD_S: Final = 60.0
 _DONE_LIMIT: Final = 25_000_000
 
 
@@ -129,7 +130,8 @@ class ExternalWorkers:
         return self.core.worker_lost_after_s()
 
     def _hold_s(self) -> float:
-        return self.core.clock.seconds(self.core.timings.job_take_hold_ms)
+        # Capped: the official worker abandons a job-take or job-stop poll after 90 s.
+        return min(self.core.clock.seconds(self.core.timings.job_take_hold_ms), _MAX_HOLD_S)
 
     def _touch(self, request: Request, *, index: int = 0) -> _Worker:
         """The worker named in the path (registered on first sight), marked as alive now."""
