@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from runpod_queue import (
     Health,
     Job,
     JobFailedError,
+    JobStatus,
     RunpodQueueError,
     WaitTimeoutError,
 )
@@ -204,6 +206,9 @@ def _seconds(ms: int | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.2f} s"
 
 
+_ENDED = frozenset(status.value for status in JobStatus if status.is_terminal)
+
+
 @dataclass
 class _Progress:
     """A job's status and elapsed time on stderr while waiting: a live spinner on a terminal, else one
@@ -217,6 +222,8 @@ class _Progress:
     started: float = field(default_factory=time.monotonic)
     _live: Live | None = None
     _spinner: Spinner = field(default_factory=lambda: Spinner("dots"))
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _watcher: threading.Thread | None = None
 
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:
@@ -227,8 +234,30 @@ class _Progress:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=0.5)
         if self._live is not None:
             self._live.stop()
+
+    def watch(self, endpoint: Endpoint, job_id: str, interval: float = 0.5) -> None:
+        """Poll the job's status in the background while the caller blocks in ``wait``: RunPod's
+        status-sync long-poll answers only once the job ends, so without this the line would show
+        IN_QUEUE while the job runs."""
+        if not self.enabled or self._watcher is not None:
+            return
+
+        def poll() -> None:
+            while not self._stop.wait(interval):
+                try:
+                    job = endpoint.status(job_id)
+                except RunpodQueueError:
+                    continue  # the wait itself reports real errors
+                if not self._stop.is_set():
+                    self.update(job)
+
+        self._watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
+        self._watcher.start()
 
     def _line(self) -> str:
         job = f"  job {self.job_id}" if self.job_id else ""
@@ -239,6 +268,8 @@ class _Progress:
         return self._spinner
 
     def update(self, job: Job) -> None:
+        if job.is_pending and self.status in _ENDED:
+            return  # a background poll answered after the wait saw the end
         changed = job.status.value != self.status
         self.status, self.job_id = job.status.value, job.id
         # Off a terminal, one line per change; the terminal state itself is the caller's verdict line.

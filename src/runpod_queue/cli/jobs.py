@@ -133,6 +133,7 @@ def run(
                 job = ep.run(payload, webhook=webhook, policy=policy)
                 s.job_id = job.id
                 progress.update(job)
+                progress.watch(ep, job.id)
                 job = ep.wait(job.id, timeout=timeout, on_update=progress.update)
         s.finish(job)
 
@@ -183,7 +184,9 @@ def wait(
         with s.progress(f"endpoint {endpoint}") as progress:
             progress.job_id = job
             progress.status = "WAITING"
-            result = s.endpoint(endpoint).wait(job, timeout=timeout, on_update=progress.update)
+            ep = s.endpoint(endpoint)
+            progress.watch(ep, job)
+            result = ep.wait(job, timeout=timeout, on_update=progress.update)
         s.finish(result)
 
 
