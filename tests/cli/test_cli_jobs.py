@@ -7,6 +7,7 @@ JSON. Exit codes: 0 completed, 1 failed / timed out / cancelled, 2 usage, 3 API 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from cli_support import Invoke, json_lines, until_running
@@ -127,7 +128,12 @@ def test_policy_options_reach_the_job(rpq: Invoke, emu: Emulator) -> None:
     assert result.exit_code == 1
     answer = json.loads(result.stdout)
     assert answer["status"] == "TIMED_OUT"
-    assert any(a.url == "http://127.0.0.1:9/hook" and a.job_id == answer["id"] for a in emu.webhook_attempts)
+    deadline = time.monotonic() + 5  # delivery is asynchronous: wait for the first attempt
+    while not any(a.job_id == answer["id"] for a in emu.webhook_attempts) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [a.url for a in emu.webhook_attempts if a.job_id == answer["id"]][:1] == [
+        "http://127.0.0.1:9/hook"
+    ]
 
 
 def test_wait_timeout_exits_1_and_names_the_job(rpq: Invoke, client: Client) -> None:
