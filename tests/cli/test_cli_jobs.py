@@ -7,10 +7,13 @@ JSON. Exit codes: 0 completed, 1 failed / timed out / cancelled, 2 usage, 3 API 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-from cli_support import Invoke, json_lines, until_running
+from cli_support import API_KEY, Invoke, json_lines, until_running
 
 from runpod_queue import Client, JobStatus
 from runpod_queue.emulator import Emulator
@@ -279,3 +282,28 @@ def test_health_watch_refreshes(rpq: Invoke) -> None:
     tables = rpq("health", "echo", "--watch", "--interval", "0.1", "--count", "2")
     assert tables.exit_code == 0
     assert tables.stdout.count("endpoint echo") == 2
+
+
+def test_ctrl_c_while_waiting_exits_130_and_names_the_job(emu: Emulator, client: Client) -> None:
+    job = client.endpoint("slow").run({"seconds": 30})
+    until_running(client, "slow", job.id)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runpod_queue.cli", "wait", "slow", job.id, "--base-url", emu.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "", "RUNPOD_API_KEY": API_KEY},
+    )
+    try:
+        assert process.stderr is not None
+        # The first progress line means the command is inside its wait.
+        assert "IN_PROGRESS" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert f"job {job.id} keeps running" in err
+    assert "Traceback" not in err
+    assert client.endpoint("slow").status(job.id).is_in_progress
+    client.endpoint("slow").cancel(job.id)

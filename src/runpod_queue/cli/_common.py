@@ -202,6 +202,16 @@ def _error_type(job: Job) -> str | None:
     return kind.rpartition(".")[2] if kind and "." in kind else kind
 
 
+def _error_line(job: Job) -> str:
+    """``Type: message`` from RunPod's JSON error string (or the plain message a handler returned)."""
+    kind = _error_type(job)
+    return f"{kind}: {job.error_message}" if kind else str(job.error_message)
+
+
+def _compact(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def _seconds(ms: int | None) -> str:
     return "-" if ms is None else f"{ms / 1000:.2f} s"
 
@@ -327,8 +337,7 @@ class Session:
             return
         self.note(f"{job.status.value}  job {job.id}  ({timing})", "bold red")
         if job.error is not None:
-            kind = _error_type(job)
-            self.note(f"  {kind}: {job.error_message}" if kind else f"  {job.error_message}", "red")
+            self.note(f"  {_error_line(job)}", "red")
             if job.error_traceback and self.debug:
                 self.note(job.error_traceback.rstrip())
 
@@ -347,29 +356,19 @@ class Session:
         if self.json:
             self.print_json(dict(job.raw))
             return
-        table = Table.grid(padding=(0, 2))
-        table.add_column(style="bold")
-        table.add_column()
         rows: list[tuple[str, Any]] = [
             ("id", job.id),
             ("status", job.status.value),
-            ("queued", _seconds(job.delay_time) if job.delay_time is not None else None),
-            ("ran", _seconds(job.execution_time) if job.execution_time is not None else None),
+            ("queued", None if job.delay_time is None else _seconds(job.delay_time)),
+            ("ran", None if job.execution_time is None else _seconds(job.execution_time)),
             ("worker", job.worker_id),
             ("retries", job.retries),
+            ("error", None if job.error is None else _error_line(job)),
+            ("output", None if job.output is None else _compact(job.output)),
         ]
-        if job.error is not None:
-            kind = _error_type(job)
-            rows.append(("error", f"{kind}: {job.error_message}" if kind else job.error_message))
-        if job.output is not None:
-            output = job.output
-            rows.append(
-                ("output", output if isinstance(output, str) else json.dumps(output, ensure_ascii=False))
-            )
-        for name, value in rows:
-            if value is not None:
-                table.add_row(name, Text(str(value)))
-        self.out.print(table)
+        # Plain lines, no table padding: `rpq status … | grep ^status` should just work.
+        sys.stdout.write("".join(f"{name:<8}{value}\n" for name, value in rows if value is not None))
+        sys.stdout.flush()
 
     def health_table(self, endpoint_id: str, health: Health) -> Table:
         jobs, workers = health.jobs, health.workers
