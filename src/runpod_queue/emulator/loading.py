@@ -100,8 +100,11 @@ def _load_file(path: Path, function: str | None) -> tuple[Any, dict[str, Any]]:
 
 
 def load_endpoint(reference: str) -> LoadedEndpoint:
-    """Load `[ENDPOINT_ID=]HANDLER`. The endpoint id defaults to the file's stem for a file and to
-    the function's name for `module:function`."""
+    """Load `[ENDPOINT_ID=]HANDLER`.
+
+    The endpoint id defaults to the function's name when one other than `handler` is given, else to the
+    file's stem (`examples/echo.py` → `echo`) or the module's last component (`pkg.mod:handler` → `mod`).
+    """
     endpoint_id, target = _split(reference)
     if not target:
         raise HandlerLoadError(
@@ -116,7 +119,7 @@ def load_endpoint(reference: str) -> LoadedEndpoint:
         else:
             file_name, function = target, None
         module, captured = _load_file(Path(file_name), function)
-        default_id = Path(file_name).stem
+        default_id = function if function not in (None, "handler") else Path(file_name).stem
     else:
         module_name, _, function_part = target.partition(":")
         function = function_part or None
@@ -127,7 +130,7 @@ def load_endpoint(reference: str) -> LoadedEndpoint:
                 f"cannot import module {module_name!r} ({exc}); for a file, give its path ending in .py"
             ) from exc
         captured = {}
-        default_id = function or module_name.rpartition(".")[2]
+        default_id = function if function not in (None, "handler") else module_name.rpartition(".")[2]
     options: dict[str, Any] = {}
     if function is None and captured.get("handler") is not None:
         handler = captured["handler"]

@@ -1,0 +1,354 @@
+"""Webhooks people can trust: signed per-submission URLs and a receiver that verifies and deduplicates.
+
+RunPod POSTs a job's status JSON to the `webhook` URL given at submission and signs nothing, so anyone
+who learns the URL could forge a "COMPLETED" delivery. `WebhookSigner` makes a fresh URL per submission
+carrying a token: an HMAC-SHA256 over a random nonce and an expiry (the job id does not exist yet when the
+URL is made). `WebhookReceiver` accepts a delivery only with a valid, unexpired token; the first job id
+delivered under a nonce claims it, and a delivery under the same nonce with another job id is refused.
+
+The receiver core is framework-agnostic (`WebhookReceiver.handle` / `ahandle` take the raw query token
+and body and return a `Delivery`); `asgi_app` serves it as a ready ASGI app, and
+`runpod_queue.webhooks.fastapi` / `runpod_queue.webhooks.flask` are thin adapters.
+
+Answers: 200 accepted (or a repeat of an already accepted (job id, status), acknowledged and not passed
+on again); 400 body not JSON / missing fields; 401 no token, bad signature, expired; 403 nonce already
+claimed by another job; 413 body too large; 500 the callback raised (so RunPod delivers again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import inspect
+import json
+import secrets
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from runpod_queue._models import Job
+
+__all__ = [
+    "TOKEN_PARAM",
+    "Delivery",
+    "MemoryWebhookStore",
+    "TokenClaims",
+    "WebhookReceiver",
+    "WebhookSigner",
+    "WebhookVerificationError",
+    "asgi_app",
+]
+
+TOKEN_PARAM: Final = "rpq_token"  # noqa: S105 - a query parameter name, not a secret
+# RunPod's longest ttl is 7 days; a token must outlive the job it reports on, plus retries and delivery.
+DEFAULT_EXPIRES_IN: Final = 8 * 86_400.0
+DEFAULT_MAX_BODY: Final = 25_000_000
+_SIGNATURE_BYTES: Final = 32
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class WebhookVerificationError(Exception):
+    """A delivery that must be refused; `status` is the HTTP answer (401 or 403)."""
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    nonce: str
+    expires_at: float
+
+
+class WebhookSigner:
+    """Makes and checks signed webhook URLs. The secret never appears in a URL, repr or message."""
+
+    __slots__ = ("_key", "expires_in")
+
+    def __init__(self, secret: str | bytes, *, expires_in: float = DEFAULT_EXPIRES_IN) -> None:
+        key = secret.encode() if isinstance(secret, str) else secret
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise ValueError(
+                "webhook secret must be at least 16 bytes; make one with "
+                "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+            )
+        if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
+            raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
+        self._key = key
+        self.expires_in = float(expires_in)
+
+    def __repr__(self) -> str:
+        return f"WebhookSigner(secret=***, expires_in={self.expires_in:g})"
+
+    def _signature(self, payload: str) -> str:
+        return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
+
+    def token(self, *, expires_in: float | None = None, now: float | None = None) -> str:
+        """A fresh token: `<nonce>.<expiry unix seconds>.<hmac>`."""
+        nonce = secrets.token_urlsafe(16)
+        expires_at = int((time.time() if now is None else now) + (expires_in or self.expires_in))
+        payload = f"{nonce}.{expires_at}"
+        return f"{payload}.{self._signature(payload)}"
+
+    def sign(self, base_url: str, *, expires_in: float | None = None) -> str:
+        """`base_url` with a fresh token added to its query string (existing parameters kept)."""
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook base URL must be an absolute http(s) URL, got {base_url!r}")
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != TOKEN_PARAM]
+        query.append((TOKEN_PARAM, self.token(expires_in=expires_in)))
+        return urlunsplit(parts._replace(query=urlencode(query)))
+
+    def verify(self, token: str | None, *, now: float | None = None) -> TokenClaims:
+        """Check a token's signature and expiry; raise WebhookVerificationError (401) otherwise."""
+        if not token:
+            raise WebhookVerificationError(f"missing {TOKEN_PARAM} in the webhook URL")
+        pieces = token.split(".")
+        if len(pieces) != 3 or not pieces[0] or not pieces[1].isdigit():
+            raise WebhookVerificationError("malformed webhook token")
+        nonce, expiry, signature = pieces
+        expected = self._signature(f"{nonce}.{expiry}")
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
+            raise WebhookVerificationError("invalid webhook token signature")
+        if int(expiry) < (time.time() if now is None else now):
+            raise WebhookVerificationError("webhook token expired")
+        return TokenClaims(nonce, float(expiry))
+
+    @staticmethod
+    def token_from_url(url: str) -> str | None:
+        for key, value in parse_qsl(urlsplit(url).query):
+            if key == TOKEN_PARAM:
+                return value
+        return None
+
+
+class MemoryWebhookStore:
+    """Nonce claims and accepted (job id, status) pairs, in memory, thread-safe.
+
+    A receiver that must survive restarts loads its history back with `remember` (as `rpq listen` does
+    from its output file) or uses a store of its own with the same three methods.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: dict[str, str] = {}
+        self._seen: set[tuple[str, str]] = set()
+        self._busy: set[tuple[str, str]] = set()
+
+    def claim(self, nonce: str, job_id: str) -> bool:
+        """True if `nonce` is unclaimed or already claimed by `job_id` (then it is now)."""
+        with self._lock:
+            owner = self._claims.setdefault(nonce, job_id)
+            return owner == job_id
+
+    def begin(self, job_id: str, status: str) -> str:
+        """'new' (caller now owns it), 'seen' (already accepted) or 'busy' (another delivery is on it)."""
+        key = (job_id, status)
+        with self._lock:
+            if key in self._seen:
+                return "seen"
+            if key in self._busy:
+                return "busy"
+            self._busy.add(key)
+            return "new"
+
+    def finish(self, job_id: str, status: str, *, accepted: bool) -> None:
+        key = (job_id, status)
+        with self._lock:
+            self._busy.discard(key)
+            if accepted:
+                self._seen.add(key)
+
+    def remember(self, nonce: str | None, job_id: str, status: str) -> None:
+        with self._lock:
+            if nonce:
+                self._claims.setdefault(nonce, job_id)
+            self._seen.add((job_id, status))
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one POST: the HTTP answer to give and, when accepted, the Job."""
+
+    status_code: int
+    reason: str
+    job: Job | None = None
+    duplicate: bool = False
+    body: dict[str, Any] = field(default_factory=dict, repr=False)
+    nonce: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.status_code == 200
+
+    def answer(self) -> bytes:
+        return json.dumps({"ok": self.accepted, "reason": self.reason}).encode()
+
+
+Callback = Callable[[Any], Any]
+
+
+class WebhookReceiver:
+    """Verifies deliveries and passes each verified (job id, status) to `callback` exactly once.
+
+    `callback(job)` may be sync or async; with `with_delivery=True` it gets the whole `Delivery` (the
+    raw body and the token's nonce too, e.g. to persist them). If it raises, the delivery is answered 500
+    so RunPod delivers it again, and it is not marked as seen.
+    """
+
+    def __init__(
+        self,
+        signer: WebhookSigner,
+        callback: Callback,
+        *,
+        store: MemoryWebhookStore | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        with_delivery: bool = False,
+    ) -> None:
+        if not callable(callback):
+            raise TypeError("callback must be callable: def on_job(job: Job) -> None")
+        self.signer = signer
+        self.callback = callback
+        self.store = store or MemoryWebhookStore()
+        self.max_body = max_body
+        self.with_delivery = with_delivery
+
+    # -- the framework-agnostic core ------------------------------------------------------------
+
+    def _prepare(self, token: str | None, body: bytes) -> Delivery:
+        """Everything before the callback. A Delivery with status 0 means 'call the callback now';
+        any other is the answer to give."""
+        if len(body) > self.max_body:
+            return Delivery(413, f"body over {self.max_body} bytes")
+        try:
+            claims = self.signer.verify(token)
+        except WebhookVerificationError as exc:
+            return Delivery(exc.status, exc.reason)
+        try:
+            data = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return Delivery(400, "body is not JSON")
+        try:
+            job = Job.from_dict(data)
+        except ValueError as exc:
+            return Delivery(400, f"not a job status: {exc}")
+        if not self.store.claim(claims.nonce, job.id):
+            return Delivery(403, "this webhook URL was issued for another job")
+        state = self.store.begin(job.id, job.status.value)
+        if state == "seen":
+            return Delivery(200, "duplicate delivery acknowledged", job, True, data, claims.nonce)
+        if state == "busy":
+            return Delivery(503, "the same delivery is being processed; deliver again later")
+        return Delivery(0, "accepted", job, False, data, claims.nonce)
+
+    def _settle(self, pending: Delivery, error: Exception | None) -> Delivery:
+        assert pending.job is not None
+        self.store.finish(pending.job.id, pending.job.status.value, accepted=error is None)
+        if error is not None:
+            return Delivery(500, f"callback failed: {type(error).__name__}")
+        return replace(pending, status_code=200)
+
+    def _argument(self, pending: Delivery) -> Any:
+        return replace(pending, status_code=200) if self.with_delivery else pending.job
+
+    def handle(self, token: str | None, body: bytes) -> Delivery:
+        """Verify and dispatch one delivery, calling a sync callback (an async one runs to completion)."""
+        pending = self._prepare(token, body)
+        if pending.status_code:
+            return pending
+        try:
+            result = self.callback(self._argument(pending))
+            if inspect.isawaitable(result):
+                asyncio.run(_await(result))
+        except Exception as exc:
+            return self._settle(pending, exc)
+        return self._settle(pending, None)
+
+    async def ahandle(self, token: str | None, body: bytes) -> Delivery:
+        """The same for async servers: an async callback is awaited, a sync one runs in a thread."""
+        pending = self._prepare(token, body)
+        if pending.status_code:
+            return pending
+        try:
+            if inspect.iscoroutinefunction(self.callback):
+                await self.callback(self._argument(pending))
+            else:
+                result = await asyncio.to_thread(self.callback, self._argument(pending))
+                if inspect.isawaitable(result):
+                    await result
+        except Exception as exc:
+            return self._settle(pending, exc)
+        return self._settle(pending, None)
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _token_from_query(raw_query: bytes | str) -> str | None:
+    text = raw_query.decode("latin-1") if isinstance(raw_query, bytes) else raw_query
+    for key, value in parse_qsl(text):
+        if key == TOKEN_PARAM:
+            return value
+    return None
+
+
+def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -> Any:
+    """A ready ASGI app: POST deliveries to any path (or only `paths`), GET /healthz answers ok."""
+    allowed = None if paths is None else set(paths)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["method"] == "GET" and scope["path"] == "/healthz":
+            return await _send(send, 200, b'{"ok": true}')
+        if allowed is not None and scope["path"] not in allowed:
+            return await _send(send, 404, b'{"ok": false, "reason": "no webhook here"}')
+        if scope["method"] != "POST":
+            return await _send(send, 405, b'{"ok": false, "reason": "webhooks are POSTed"}')
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > receiver.max_body:
+                return await _send(send, 413, Delivery(413, f"body over {receiver.max_body} bytes").answer())
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        delivery = await receiver.ahandle(_token_from_query(scope.get("query_string", b"")), b"".join(chunks))
+        await _send(send, delivery.status_code, delivery.answer())
+
+    return app
+
+
+async def _send(send: Any, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,150 @@
+"""In-process handlers run as the official worker runs them; slow ones never stall the server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from conftest import KEY, Http, gate, started
+
+from runpod_queue.emulator import Emulator, EndpointSpec
+
+
+def test_plain_async_generator_and_async_generator_handlers(http: Http) -> None:
+    assert http.post("echo", "runsync", json={"input": {"v": 1}}).json()["output"] == {"v": 1}
+    assert http.post("aecho", "runsync", json={"input": {"v": 1}}).json()["output"] == {"async": {"v": 1}}
+    # Without return_aggregate_stream a generator's final output is the empty list, as the worker sends.
+    plain_gen = http.post("tokens", "runsync", json={"input": {"n": 2}}).json()
+    assert plain_gen["status"] == "COMPLETED" and plain_gen["output"] == []
+    assert http.post("agg", "runsync", json={"input": {"n": 3}}).json()["output"] == ["t0", "t1", "t2"]
+    assert http.post("atokens", "runsync", json={"input": {"n": 2}}).json()["output"] == [
+        {"token": 0},
+        {"token": 1},
+    ]
+
+
+def test_stream_of_an_aggregating_generator_still_hands_out_chunks(http: Http) -> None:
+    job_id = http.run("agg", {"n": 3})
+    assert http.wait("agg", job_id)["output"] == ["t0", "t1", "t2"]
+    chunks = http.get("agg", f"stream/{job_id}").json()["stream"]
+    assert [c["output"] for c in chunks] == ["t0", "t1", "t2"]
+
+
+def test_returned_error_fails_the_job_and_keeps_the_rest_of_the_output(http: Http) -> None:
+    body = http.post("faildict", "runsync", json={"input": {}}).json()
+    assert body["status"] == "FAILED"
+    assert body["error"] == "prompt is required"
+    assert body["output"] == {"partial": 1}
+
+
+def test_exception_fails_the_job_with_runpods_json_error_string(http: Http) -> None:
+    body = http.post("raises", "runsync", json={"input": {}}).json()
+    assert body["status"] == "FAILED"
+    error = json.loads(body["error"])
+    assert set(error) >= {"error_type", "error_message", "error_traceback", "hostname", "worker_id"}
+    assert error["error_type"] == "<class 'ValueError'>"
+    assert error["error_message"] == "model exploded"
+    assert "Traceback" in error["error_traceback"] and error["worker_id"] == body["workerId"]
+
+
+def test_generator_exception_uses_the_workers_plain_string(http: Http) -> None:
+    body = http.post("genraises", "runsync", json={"input": {}}).json()
+    assert body["status"] == "FAILED"
+    assert body["error"].startswith("handler: stream broke \ntraceback:")
+
+
+def test_handler_receives_id_input_webhook_and_s3_config() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def record(job: dict[str, Any]) -> Any:
+        seen.append(job)
+        return None
+
+    s3 = {"accessId": "a", "accessSecret": "s", "bucketName": "b", "endpointUrl": "https://s3.example"}
+    with Emulator({"r": record}) as emu:
+        http = Http(emu, key=None)
+        body = http.post(
+            "r", "runsync", json={"input": {"q": 1}, "webhook": "http://127.0.0.1:9/hook", "s3Config": s3}
+        ).json()
+        http.close()
+    assert seen == [
+        {"id": body["id"], "input": {"q": 1}, "webhook": "http://127.0.0.1:9/hook", "s3Config": s3}
+    ]
+    # The S3 secret is handed to the worker, never echoed back.
+    assert "accessSecret" not in json.dumps(body) and "s3Config" not in body
+
+
+def test_a_handler_mutating_its_input_does_not_change_a_retry() -> None:
+    runs: list[Any] = []
+
+    def mutate(job: dict[str, Any]) -> Any:
+        runs.append(dict(job["input"]))
+        job["input"]["n"] += 1
+        return {"error": "again"}
+
+    with Emulator({"m": mutate}) as emu:
+        http = Http(emu, key=None)
+        job_id = http.run("m", {"n": 1})
+        http.wait("m", job_id)
+        http.post("m", f"retry/{job_id}")
+        http.wait("m", job_id, until=lambda b: b["status"] == "FAILED" and len(runs) == 2)
+        http.close()
+    assert runs == [{"n": 1}, {"n": 1}]
+
+
+def test_unserializable_output_fails_the_job_with_a_clear_error() -> None:
+    with Emulator({"bad": lambda job: {1, 2}}) as emu:
+        http = Http(emu, key=None)
+        body = http.post("bad", "runsync", json={"input": {}}).json()
+        http.close()
+    assert body["status"] == "FAILED" and "not JSON-serializable" in body["error"]
+
+
+def test_refresh_worker_replaces_the_worker_after_the_job() -> None:
+    def refresh(job: dict[str, Any]) -> Any:
+        return {"ok": True, "refresh_worker": True}
+
+    with Emulator({"r": EndpointSpec(refresh, workers=1)}) as emu:
+        http = Http(emu, key=None)
+        first = http.post("r", "runsync", json={"input": {}}).json()
+        second = http.post("r", "runsync", json={"input": {}}).json()
+        http.close()
+    assert first["output"] == {"ok": True}
+    assert first["workerId"] != second["workerId"]
+
+
+def test_n_workers_run_n_jobs_at_once() -> None:
+    barrier = threading.Barrier(3, timeout=5)
+
+    def meet(job: dict[str, Any]) -> Any:
+        barrier.wait()  # only returns once three handlers run concurrently
+        return "met"
+
+    with Emulator({"m": meet}, workers=3) as emu:
+        http = Http(emu, key=None)
+        ids = [http.run("m", {}) for _ in range(3)]
+        bodies = [http.wait("m", job_id) for job_id in ids]
+        http.close()
+    assert [b["output"] for b in bodies] == ["met"] * 3
+    assert len({b["workerId"] for b in bodies}) == 3
+
+
+def test_a_blocking_sync_handler_stalls_neither_the_server_nor_other_endpoints(http: Http) -> None:
+    job_id = http.run("blocking", {}, policy={"executionTimeout": 3_600_000})
+    assert started("blocking").wait(5)
+    began = time.monotonic()
+    for _ in range(20):
+        assert http.health("blocking")["workers"]["running"] >= 1
+        assert http.post("echo", "runsync", json={"input": {"x": 1}}).json()["status"] == "COMPLETED"
+    # 40 round trips while the handler holds its thread; generous bound, this is not a timing test.
+    assert time.monotonic() - began < 4
+    assert http.status("blocking", job_id)["status"] == "IN_PROGRESS"
+    gate("blocking").set()
+    assert http.wait("blocking", job_id)["status"] == "COMPLETED"
+
+
+def test_api_key_is_not_in_the_emulators_repr() -> None:
+    emu = Emulator({"e": lambda job: None}, api_key=KEY)
+    assert KEY not in repr(emu)

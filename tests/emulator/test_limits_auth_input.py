@@ -1,0 +1,198 @@
+"""Payload limits, rate limits with Retry-After, auth, and bad input: always a 4xx that says what is wrong."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from conftest import KEY, Http, echo, gate, held, started
+
+from runpod_queue._contract import OperationLimit
+from runpod_queue.emulator import Emulator, EndpointSpec
+
+# -- payload limits -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("route,size", [("run", 10_000_100), ("runsync", 20_000_100)])
+def test_oversized_payloads_are_refused_with_413(http: Http, route: str, size: int) -> None:
+    body = b'{"input": {"blob": "' + b"x" * size + b'"}}'
+    response = http.post("echo", route, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+    message = response.json()["error"]
+    assert "MB" in message and "s3Config" in message
+
+
+def test_runsync_accepts_what_run_refuses(http: Http) -> None:
+    body = b'{"input": {"blob": "' + b"x" * 10_500_000 + b'"}}'
+    assert http.post("echo", "run", content=body).status_code == 413
+    response = http.post("echo", "runsync", content=body, params={"wait": 300_000})
+    assert response.status_code == 200 and response.json()["status"] == "COMPLETED"
+
+
+def test_chunked_body_without_length_is_counted_too(http: Http) -> None:
+    def chunks() -> Any:
+        yield b'{"input": {"blob": "'
+        for _ in range(11):
+            yield b"x" * 1_000_000
+        yield b'"}}'
+
+    response = http.post("echo", "run", content=chunks())
+    assert response.status_code == 413
+
+
+# -- rate limits --------------------------------------------------------------------------------
+
+
+def test_requests_over_the_window_get_429_with_retry_after() -> None:
+    limits = {"run": OperationLimit(5, None), "status": OperationLimit(3, None)}
+    with Emulator({"e": echo, "f": echo}, rate_limits=limits) as emu:
+        http = Http(emu, key=None)
+        codes = [http.post("e", "run", json={"input": {}}).status_code for _ in range(7)]
+        assert codes == [200] * 5 + [429] * 2
+        limited = http.post("e", "run", json={"input": {}})
+        assert "rate limit" in limited.json()["error"]
+        assert 1 <= int(limited.headers["retry-after"]) <= 10
+        # Per endpoint: another endpoint has its own window.
+        assert http.post("f", "run", json={"input": {}}).status_code == 200
+        # Per operation: health has no limit, status its own.
+        assert all(http.get("e", "health").status_code == 200 for _ in range(10))
+        http.close()
+
+
+def test_in_flight_cap_answers_429_while_the_cap_is_full() -> None:
+    limits = {"runsync": OperationLimit(100, 1)}
+    with Emulator({"h": EndpointSpec(held, workers=2)}, rate_limits=limits, time_scale=0.01) as emu:
+        http = Http(emu, key=None)
+        results: list[int] = []
+        first = threading.Thread(
+            target=lambda: results.append(
+                http.post(
+                    "h", "runsync", json={"input": {"gate": "cap"}}, params={"wait": 300_000}
+                ).status_code
+            )
+        )
+        first.start()
+        assert started("cap").wait(5)
+        second = http.post("h", "runsync", json={"input": {"gate": "cap2"}})
+        assert second.status_code == 429 and second.headers["retry-after"] == "1"
+        gate("cap").set()
+        first.join(5)
+        assert results == [200]
+        http.close()
+
+
+def test_rate_limits_can_be_switched_off() -> None:
+    with Emulator({"e": echo}, rate_limits=False) as emu:
+        http = Http(emu, key=None)
+        assert all(http.post("e", "purge-queue").status_code == 200 for _ in range(10))
+        http.close()
+
+
+def test_purge_queue_limit_is_two_per_window(http: Http) -> None:
+    with Emulator({"e": echo}) as emu:
+        client = Http(emu, key=None)
+        codes = [client.post("e", "purge-queue").status_code for _ in range(3)]
+        client.close()
+    assert codes == [200, 200, 429]
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "wrong"}, {"Authorization": "Bearer"}],
+)
+def test_missing_or_wrong_key_gets_401_on_every_route(emu: Emulator, headers: dict[str, str]) -> None:
+    with httpx.Client(base_url=emu.base_url, headers=headers) as client:
+        for method, path in [
+            ("POST", "/echo/run"),
+            ("GET", "/echo/status/x"),
+            ("GET", "/echo/health"),
+            ("POST", "/echo/purge-queue"),
+            ("POST", "/echo/cancel/x"),
+        ]:
+            response = client.request(method, path, json={"input": {}})
+            assert response.status_code == 401, path
+            assert KEY not in response.text and "API key" in response.json()["error"]
+
+
+@pytest.mark.parametrize("value", [f"Bearer {KEY}", KEY, f"bearer {KEY}"])
+def test_bearer_and_bare_keys_are_accepted(emu: Emulator, value: str) -> None:
+    with httpx.Client(base_url=emu.base_url, headers={"Authorization": value}) as client:
+        assert client.get("/echo/health").status_code == 200
+
+
+def test_without_a_key_configured_any_key_is_accepted() -> None:
+    with Emulator({"e": echo}) as emu, httpx.Client(base_url=emu.base_url) as client:
+        assert client.get("/e/health").status_code == 200
+        assert client.get("/e/health", headers={"Authorization": "Bearer anything"}).status_code == 200
+
+
+# -- bad input ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "empty"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"prompt": "hi"}', "unknown field"),
+        (b'{"webhook": "http://x"}', '"input" is required'),
+        (b'{"input": "hi"}', '"input" must be a JSON object'),
+        (b'{"input": null}', '"input" must be a JSON object'),
+        (b'{"input": {}, "policy": 5}', '"policy" must be a JSON object'),
+        (b'{"input": {}, "policy": {"ttl": "600000"}}', "policy.ttl must be an integer"),
+        (b'{"input": {}, "policy": {"ttl": 9999}}', "policy.ttl=9999 is out of range"),
+        (b'{"input": {}, "policy": {"ttl": 604800001}}', "out of range"),
+        (
+            b'{"input": {}, "policy": {"executionTimeout": 4999}}',
+            "policy.executionTimeout=4999 is out of range",
+        ),
+        (b'{"input": {}, "policy": {"executionTimeout": true}}', "must be an integer"),
+        (b'{"input": {}, "policy": {"executionTimeout": 5000.5}}', "must be an integer"),
+        (b'{"input": {}, "policy": {"lowPriority": "yes"}}', "lowPriority must be true or false"),
+        (b'{"input": {}, "policy": {"execution_timeout": 6000}}', "unknown policy field"),
+        (b'{"input": {}, "webhook": 12}', '"webhook" must be an http(s) URL'),
+        (b'{"input": {}, "webhook": "ftp://x"}', '"webhook" must be an http(s) URL'),
+        (b'{"input": {}, "s3Config": {"accessId": "a"}}', "s3Config needs non-empty strings"),
+        (b'{"input": {}, "s3Config": []}', '"s3Config" must be a JSON object'),
+    ],
+)
+def test_bad_bodies_get_400_naming_the_problem(http: Http, body: bytes, needle: str) -> None:
+    for route in ("run", "runsync"):
+        response = http.post("echo", route, content=body)
+        assert response.status_code == 400, response.text
+        assert needle in response.json()["error"]
+    assert http.health("echo")["jobs"]["inQueue"] == 0
+
+
+@pytest.mark.parametrize(
+    "route,params,needle",
+    [
+        ("runsync", {"wait": "soon"}, "must be an integer"),
+        ("runsync", {"wait": "999"}, "out of range"),
+        ("runsync", {"wait": "300001"}, "out of range"),
+    ],
+)
+def test_bad_query_parameters_get_400(http: Http, route: str, params: dict[str, str], needle: str) -> None:
+    response = http.post("echo", route, params=params, json={"input": {}})
+    assert response.status_code == 400 and needle in response.json()["error"]
+
+
+def test_bad_status_query_parameters_get_400(http: Http) -> None:
+    job_id = http.run("echo", {})
+    assert http.get("echo", f"status/{job_id}", params={"ttl": "-5"}).status_code == 400
+    assert http.get("echo", f"stream/{job_id}", params={"wait": "x"}).status_code == 400
+    assert http.get("echo", f"status-sync/{job_id}", params={"wait": "400000"}).status_code == 400
+
+
+@pytest.mark.parametrize("route", ["status", "status-sync", "stream", "cancel", "retry"])
+def test_unknown_job_ids_get_404(http: Http, route: str) -> None:
+    method = "GET" if route in ("status", "status-sync", "stream") else "POST"
+    response = http.client.request(method, f"/echo/{route}/no-such-job")
+    assert response.status_code == 404
+    assert "no-such-job" in response.json()["error"]

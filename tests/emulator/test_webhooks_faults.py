@@ -1,0 +1,173 @@
+"""Webhook delivery with RunPod's retries against a local receiver, and fault injection."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from conftest import Http, echo, eventually
+
+from runpod_queue.emulator import Emulator, EndpointSpec, Faults
+
+
+class Receiver:
+    """A webhook receiver on loopback that answers with scripted status codes (then 200)."""
+
+    def __init__(self, script: list[int] | None = None) -> None:
+        self.script = list(script or [])
+        self.deliveries: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["content-length"]))
+                receiver.deliveries.append(json.loads(body))
+                code = receiver.script.pop(0) if receiver.script else 200
+                self.send_response(code)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=abc"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def webhook_emu() -> Iterator[Emulator]:
+    # 10 s between attempts becomes 10 ms.
+    with Emulator({"e": echo, "idle": EndpointSpec(echo, workers=0)}, time_scale=0.001) as emu:
+        yield emu
+
+
+def test_terminal_state_is_posted_with_input_and_webhook(webhook_emu: Emulator, receiver: Receiver) -> None:
+    http = Http(webhook_emu, key=None)
+    job_id = http.run("e", {"q": 1}, webhook=receiver.url)
+    eventually(lambda: len(receiver.deliveries) == 1)
+    delivery = receiver.deliveries[0]
+    status = http.status("e", job_id)
+    assert delivery == {**status, "input": {"q": 1}, "webhook": receiver.url}
+    http.close()
+
+
+def test_failed_deliveries_are_retried_twice_then_succeed(webhook_emu: Emulator, receiver: Receiver) -> None:
+    receiver.script = [500, 204]  # anything but 200 counts as failed, as RunPod documents
+    http = Http(webhook_emu, key=None)
+    job_id = http.run("e", {}, webhook=receiver.url)
+    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
+    attempts = [a for a in webhook_emu.webhook_attempts if a.job_id == job_id]
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 204), (3, 200)]
+    assert attempts[-1].delivered
+    http.close()
+
+
+def test_a_delivery_that_always_fails_stops_after_three_and_never_changes_the_job(
+    webhook_emu: Emulator, receiver: Receiver
+) -> None:
+    receiver.script = [503, 503, 503, 503]
+    http = Http(webhook_emu, key=None)
+    job_id = http.run("e", {"z": 1}, webhook=receiver.url)
+    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
+    assert http.status("e", job_id)["status"] == "COMPLETED"
+    assert len(receiver.deliveries) == 3
+    http.close()
+
+
+def test_connection_errors_are_retried_too(webhook_emu: Emulator) -> None:
+    http = Http(webhook_emu, key=None)
+    dead = Receiver()
+    dead.close()  # nothing listens on that port any more
+    job_id = http.run("e", {}, webhook=dead.url)
+    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
+    attempts = [a for a in webhook_emu.webhook_attempts if a.job_id == job_id]
+    assert all(a.status_code is None and a.error for a in attempts)
+    assert http.status("e", job_id)["status"] == "COMPLETED"
+    http.close()
+
+
+def test_cancelled_and_timed_out_jobs_are_delivered(webhook_emu: Emulator, receiver: Receiver) -> None:
+    http = Http(webhook_emu, key=None)
+    cancelled = http.run("idle", {}, webhook=receiver.url)
+    http.post("idle", f"cancel/{cancelled}")
+    timed_out = http.run("idle", {}, webhook=receiver.url, policy={"ttl": 10_000})
+    eventually(lambda: len(receiver.deliveries) == 2)
+    assert {(d["id"], d["status"]) for d in receiver.deliveries} == {
+        (cancelled, "CANCELLED"),
+        (timed_out, "TIMED_OUT"),
+    }
+    http.close()
+
+
+# -- fault injection ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field,code", [("error_500", 500), ("error_503", 503), ("error_429", 429)])
+def test_injected_error_answers(field: str, code: int) -> None:
+    with Emulator({"e": echo}, faults=Faults(**{field: 1.0})) as emu:
+        http = Http(emu, key=None)
+        response = http.post("e", "run", json={"input": {}})
+        assert response.status_code == code and "injected" in response.json()["error"]
+        if code == 429:
+            assert response.headers["retry-after"] == "1"
+        assert not emu.core.endpoints["e"].jobs  # the job was never taken
+        http.close()
+
+
+def test_dropped_connection_after_the_job_was_taken() -> None:
+    with Emulator({"e": EndpointSpec(echo, workers=0)}, faults=Faults(drop=1.0)) as emu:
+        http = Http(emu, key=None)
+        with pytest.raises(httpx.RemoteProtocolError):
+            http.post("e", "run", json={"input": {}})
+        # The ambiguous case: the client saw no answer, but the job exists.
+        emu.set_faults(Faults())
+        eventually(lambda: http.health("e")["jobs"]["inQueue"] == 1)
+        http.close()
+
+
+def test_faults_are_off_by_default_and_seeded_probabilities_repeat() -> None:
+    def codes(seed: int) -> list[int]:
+        with Emulator({"e": echo}, faults=Faults(error_503=0.5, seed=seed), rate_limits=False) as emu:
+            http = Http(emu, key=None)
+            result = [http.get("e", "health").status_code for _ in range(20)]
+            http.close()
+            return result
+
+    first, again = codes(7), codes(7)
+    assert first == again and 503 in first and 200 in first
+    with Emulator({"e": echo}) as emu:
+        http = Http(emu, key=None)
+        assert all(http.get("e", "health").status_code == 200 for _ in range(20))
+        http.close()
+
+
+def test_added_latency_still_answers() -> None:
+    with Emulator({"e": echo}, faults=Faults(latency_ms=20, seed=1)) as emu:
+        http = Http(emu, key=None)
+        assert http.post("e", "runsync", json={"input": {"l": 1}}).json()["output"] == {"l": 1}
+        http.close()
+
+
+def test_invalid_fault_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="probability"):
+        Faults(error_500=1.5)
+    with pytest.raises(ValueError, match="latency_ms"):
+        Faults(latency_ms=-1)
