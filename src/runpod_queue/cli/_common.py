@@ -258,7 +258,9 @@ class _Progress:
             return
 
         def poll() -> None:
-            while not self._stop.wait(interval):
+            pause = 0.2  # a job usually starts at once: show IN_PROGRESS soon, then settle
+            while not self._stop.wait(pause):
+                pause = interval
                 try:
                     job = endpoint.status(job_id)
                 except RunpodQueueError:
@@ -270,11 +272,11 @@ class _Progress:
         self._watcher.start()
 
     def _line(self) -> str:
-        job = f"  job {self.job_id}" if self.job_id else ""
-        return f"{self.status:<11} {time.monotonic() - self.started:6.1f} s  {self.label}{job}"
+        job = f" {self.job_id}" if self.job_id else ""
+        return f"{self.status:<11} {time.monotonic() - self.started:5.1f} s  {self.label}{job}"
 
     def __rich__(self) -> RenderableType:
-        self._spinner.update(text=Text(self._line()))
+        self._spinner.update(text=Text(self._line(), no_wrap=True, overflow="ellipsis"))
         return self._spinner
 
     def update(self, job: Job) -> None:

@@ -122,7 +122,7 @@ def run(
                 s.print_value(job.id)
                 s.note(f"queued; follow it with: rpq wait {endpoint} {job.id}")
             return
-        with s.progress(f"endpoint {endpoint}") as progress:
+        with s.progress(endpoint) as progress:
             if sync:
                 wait_ms = _FOREVER_MS if timeout is None else max(1000, int(timeout * 1000))
                 progress.status = "RUNSYNC"
@@ -181,7 +181,7 @@ def wait(
     """Wait for a job to end, with a live status line; print its output."""
     with session(api_key, base_url, local, json_out, debug) as s:
         s.job_id = job
-        with s.progress(f"endpoint {endpoint}") as progress:
+        with s.progress(endpoint) as progress:
             progress.job_id = job
             progress.status = "WAITING"
             ep = s.endpoint(endpoint)
