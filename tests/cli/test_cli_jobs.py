@@ -307,3 +307,13 @@ def test_ctrl_c_while_waiting_exits_130_and_names_the_job(emu: Emulator, client:
     assert "Traceback" not in err
     assert client.endpoint("slow").status(job.id).is_in_progress
     client.endpoint("slow").cancel(job.id)
+
+
+def test_retry_human_output_names_the_job_and_how_to_follow_it(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("flaky").run({"n": 2})
+    assert client.endpoint("flaky").wait(job.id, timeout=10).is_failed
+    result = rpq("retry", "flaky", job.id)
+    assert result.exit_code == 0
+    assert f"id      {job.id}\nstatus  IN_QUEUE\n" in result.stdout
+    assert f"rpq wait flaky {job.id}" in result.stderr
+    assert client.endpoint("flaky").wait(job.id, timeout=10).is_completed
