@@ -15,16 +15,16 @@ from typing import Annotated
 import typer
 from rich.live import Live
 
-from runpod_queue import Policy
+from runpod_queue import Endpoint, Job, Policy
 from runpod_queue.cli._app import app
 from runpod_queue.cli._common import (
-    EXIT_USAGE,
     ApiKeyOpt,
     BaseUrlOpt,
     DebugOpt,
     JsonOpt,
     LocalOpt,
     RpqCommand,
+    Session,
     UsageProblem,
     exit_code_for,
     parse_input,
@@ -37,9 +37,25 @@ JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_defau
 _FOREVER_MS = 7 * 24 * 3600 * 1000
 
 
-def _usage(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(EXIT_USAGE)
+def _policy(execution_timeout: int | None, ttl: int | None, low_priority: bool) -> Policy | None:
+    if execution_timeout is None and ttl is None and not low_priority:
+        return None
+    try:
+        return Policy(execution_timeout=execution_timeout, ttl=ttl, low_priority=low_priority or None)
+    except (TypeError, ValueError) as exc:  # Policy's own bounds, named as the options are
+        message = str(exc).replace("Policy.execution_timeout", "--execution-timeout")
+        raise UsageProblem(message.replace("Policy.ttl", "--ttl")) from None
+
+
+def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None, first: Job | None = None) -> Job:
+    """Wait for a submitted job with the live status line (``run`` and ``wait``)."""
+    s.job_id = job_id
+    with s.progress(ep.id) as progress:
+        progress.job_id, progress.status = job_id, "WAITING"
+        if first is not None:
+            progress.update(first)
+        progress.watch(ep, job_id)
+        return ep.wait(job_id, timeout=timeout, on_update=progress.update)
 
 
 @app.command(cls=RpqCommand)
@@ -97,22 +113,11 @@ def run(
     debug: DebugOpt = False,
 ) -> None:
     """Submit a job and wait for its result (output on stdout, progress on stderr)."""
-    if sync and no_wait:
-        raise _usage("--sync and --no-wait exclude each other")
-    try:
-        payload = parse_input(input)
-        policy = (
-            Policy(execution_timeout=execution_timeout, ttl=ttl, low_priority=low_priority or None)
-            if execution_timeout is not None or ttl is not None or low_priority
-            else None
-        )
-    except UsageProblem as exc:
-        raise _usage(str(exc)) from None
-    except (TypeError, ValueError) as exc:
-        raise _usage(
-            str(exc).replace("Policy.execution_timeout", "--execution-timeout").replace("Policy.ttl", "--ttl")
-        ) from None
     with session(api_key, base_url, local, json_out, debug) as s:
+        if sync and no_wait:
+            raise UsageProblem("--sync and --no-wait exclude each other")
+        payload = parse_input(input)
+        policy = _policy(execution_timeout, ttl, low_priority)
         ep = s.endpoint(endpoint)
         if no_wait:
             job = ep.run(payload, webhook=webhook, policy=policy)
@@ -122,19 +127,16 @@ def run(
                 s.print_value(job.id)
                 s.note(f"queued; follow it with: rpq wait {endpoint} {job.id}")
             return
-        with s.progress(endpoint) as progress:
-            if sync:
-                wait_ms = _FOREVER_MS if timeout is None else max(1000, int(timeout * 1000))
+        if sync:
+            wait_ms = _FOREVER_MS if timeout is None else max(1000, int(timeout * 1000))
+            with s.progress(endpoint) as progress:
                 progress.status = "RUNSYNC"
                 job = ep.run_sync(
                     payload, wait=wait_ms, webhook=webhook, policy=policy, on_update=progress.update
                 )
-            else:
-                job = ep.run(payload, webhook=webhook, policy=policy)
-                s.job_id = job.id
-                progress.update(job)
-                progress.watch(ep, job.id)
-                job = ep.wait(job.id, timeout=timeout, on_update=progress.update)
+        else:
+            queued = ep.run(payload, webhook=webhook, policy=policy)
+            job = _follow(s, ep, queued.id, timeout, first=queued)
         s.finish(job)
 
 
@@ -180,13 +182,7 @@ def wait(
 ) -> None:
     """Wait for a job to end, with a live status line; print its output."""
     with session(api_key, base_url, local, json_out, debug) as s:
-        s.job_id = job
-        with s.progress(endpoint) as progress:
-            progress.job_id = job
-            progress.status = "WAITING"
-            ep = s.endpoint(endpoint)
-            progress.watch(ep, job)
-            result = ep.wait(job, timeout=timeout, on_update=progress.update)
+        result = _follow(s, s.endpoint(endpoint), job, timeout)
         s.finish(result)
 
 
