@@ -7,9 +7,21 @@ import pkgutil
 
 import typer
 
+# Exit codes, the same for every command (documented in `rpq --help` and the README).
+EXIT_OK = 0  # the job completed (or the command did what it was asked)
+EXIT_JOB = 1  # the job failed, timed out or was cancelled (or did not finish within --timeout)
+EXIT_USAGE = 2  # usage error: bad option, bad INPUT JSON, missing API key
+EXIT_API = 3  # API or connection error: HTTP 4xx/5xx, unreachable server, malformed answer
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 completed · 1 the job failed, timed out or was cancelled · 2 usage error "
+    "(bad option or INPUT, missing API key) · 3 API or connection error."
+)
+
 app = typer.Typer(
     name="rpq",
     help="runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally.",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -18,7 +30,11 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally."""
+    """runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally.
+
+    Configuration: RUNPOD_API_KEY and RUNPOD_ENDPOINT_BASE_URL, or --api-key / --base-url on each
+    command; --local [PORT] talks to `rpq serve` on this machine. Start with `rpq demo`.
+    """
 
 
 def load_commands() -> None:

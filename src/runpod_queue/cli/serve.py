@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import gc
-from typing import Annotated
+import importlib.util
+import re
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from runpod_queue.cli._app import app
 
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
 
 @app.command()
 def serve(
     handlers: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
             help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function] or "
             "package.module:function (function defaults to 'handler'; the id to the file stem or "
             "function name).",
             show_default=False,
         ),
-    ],
+    ] = None,
     host: Annotated[
         str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose it.")
     ] = ("127.0.0.1"),
@@ -41,14 +46,50 @@ def serve(
         bool,
         typer.Option("--return-aggregate-stream", help="Generator handlers' chunks are also their output."),
     ] = False,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external",
+            metavar="ENDPOINT_ID",
+            help="Also serve this endpoint with no in-process handler: external workers feed it "
+            "(see `rpq worker-env`). Repeatable.",
+        ),
+    ] = None,
+    runpod_worker: Annotated[
+        bool,
+        typer.Option(
+            "--runpod-worker",
+            help="HANDLERs are official `runpod.serverless.start` worker files: run each unmodified as "
+            "--replicas processes talking to the emulator over HTTP (stopped on exit).",
+        ),
+    ] = False,
+    replicas: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes per file with --runpod-worker.")
+    ] = 1,
 ) -> None:
     """Serve a local emulator of RunPod queue endpoints, one per handler. Stops on Ctrl-C."""
     from dataclasses import replace
 
     from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, load_endpoint
 
+    handlers = handlers or []
     endpoints: dict[str, EndpointSpec] = {}
-    for reference in handlers:
+    worker_files: dict[str, str] = {}
+    for endpoint_id in external or []:
+        _add_external(endpoints, endpoint_id, endpoint_id)
+    if not handlers and not endpoints:
+        typer.echo("error: give at least one HANDLER or --external ENDPOINT_ID", err=True)
+        raise typer.Exit(2)
+    if runpod_worker and handlers and importlib.util.find_spec("runpod") is None:
+        typer.echo(
+            "error: --runpod-worker runs official workers: install `runpod` (pip install runpod)", err=True
+        )
+        raise typer.Exit(2)
+    for reference in handlers if runpod_worker else []:
+        endpoint_id, file_name = _worker_reference(reference)
+        _add_external(endpoints, endpoint_id, reference)
+        worker_files[endpoint_id] = file_name
+    for reference in [] if runpod_worker else handlers:
         try:
             loaded = load_endpoint(reference)
         except HandlerLoadError as exc:
@@ -73,11 +114,28 @@ def serve(
         port=port,
     )
 
+    from runpod_queue.emulator.worker_processes import WorkerProcesses
+
+    processes: WorkerProcesses | None = None
+
     def announce(emu: Emulator) -> None:
+        nonlocal processes
         auth = "API key required" if api_key else "any API key accepted"
         typer.echo(f"RunPod emulator at {emu.base_url}  ({auth})")
         for endpoint_id in emu.endpoint_ids:
-            typer.echo(f"  endpoint {endpoint_id:<20} {emu.base_url}/{endpoint_id}")
+            fed = " (external workers)" if emu.core.endpoints[endpoint_id].spec.handler is None else ""
+            typer.echo(f"  endpoint {endpoint_id:<20} {emu.base_url}/{endpoint_id}{fed}")
+        if worker_files:
+            processes = WorkerProcesses(emu.root_url, api_key=api_key)
+            emu.app.external.on_stop_pod.append(processes.request_replace)
+            for endpoint_id, file_name in worker_files.items():
+                for _ in range(replicas):
+                    worker = processes.start(endpoint_id, file_name)
+                    typer.echo(
+                        f"  worker   {worker.worker_id} pid {worker.proc.pid if worker.proc else '?'} "
+                        f"runs {file_name} for {endpoint_id}"
+                    )
+            processes.start_supervisor()
         typer.echo("Ctrl-C to stop.", err=True)
 
     # A dedicated server process: collect the young generation less often. Each retained job is a few
@@ -93,4 +151,33 @@ def serve(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass
+    finally:
+        if processes is not None:
+            processes.close(timeout=1.0)  # the queue is gone: no result could be reported
     typer.echo("stopped.", err=True)
+
+
+def _add_external(endpoints: dict[str, Any], endpoint_id: str, reference: str) -> None:
+    from runpod_queue.emulator import EndpointSpec
+
+    if not _ENDPOINT_ID.match(endpoint_id):
+        typer.echo(
+            f"error: invalid endpoint id {endpoint_id!r}: use letters, digits, '-', '_' or '.'", err=True
+        )
+        raise typer.Exit(2)
+    if endpoint_id in endpoints:
+        typer.echo(f"error: endpoint id {endpoint_id!r} given twice; name one: ID={reference}", err=True)
+        raise typer.Exit(2)
+    endpoints[endpoint_id] = EndpointSpec(handler=None)
+
+
+def _worker_reference(reference: str) -> tuple[str, str]:
+    """`[ENDPOINT_ID=]path/to/worker.py` → (endpoint id, file); the id defaults to the file's stem."""
+    endpoint_id, sep, file_name = reference.partition("=")
+    if not sep:
+        endpoint_id, file_name = "", reference
+    path = Path(file_name)
+    if not path.is_file():
+        typer.echo(f"error: worker file {file_name} does not exist", err=True)
+        raise typer.Exit(2)
+    return endpoint_id or path.stem, file_name

@@ -260,6 +260,10 @@ class EmulatorApp:
         }
         # Routes of the worker protocol (issue 5) are registered here, never fault-injected.
         self.worker_routes: dict[str, Callable[[Request], Awaitable[tuple[int, Any]]]] = {}
+        # Imported here: external.py builds on this module's Request and HTTPError.
+        from runpod_queue.emulator.external import ExternalWorkers
+
+        self.external = ExternalWorkers(self)
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
@@ -292,6 +296,7 @@ class EmulatorApp:
     async def aclose(self) -> None:
         await self.runner.aclose()
         await self.delivery.aclose()
+        await self.external.aclose()
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.core.loop is None:

@@ -256,6 +256,13 @@ class Core:
         self.on_webhook: Callable[[JobRecord, bytes], None] | None = None
         # Called after a job is taken by an external worker / when external waiters must be woken.
         self.on_terminal_hooks: list[Callable[[JobRecord], None]] = []
+        # The official worker pings at most once a second: a shorter silence must not mark an external
+        # worker lost (or unhealthy), whatever the time scale. Tests that play the worker may lower it.
+        self.min_worker_lost_after_s = 2.5
+
+    def worker_lost_after_s(self) -> float:
+        """Real seconds of silence after which an external worker is lost (scaled, with a floor)."""
+        return max(self.clock.seconds(self.timings.worker_lost_after_ms), self.min_worker_lost_after_s)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -578,7 +585,7 @@ class Core:
 
     def health(self, ep: EndpointState) -> dict[str, Any]:
         now = self.clock.now()
-        lost_after = self.clock.seconds(self.timings.worker_lost_after_ms)
+        lost_after = self.worker_lost_after_s()
         idle = running = unhealthy = 0
         for worker in ep.workers:
             if worker.external and now - worker.last_seen > lost_after:

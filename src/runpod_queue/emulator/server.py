@@ -52,12 +52,13 @@ class Emulator:
     `endpoints` maps an endpoint id to a handler or an `EndpointSpec`. `time_scale` multiplies every
     RunPod lifecycle duration (`timings`); rate-limit windows are never scaled — pass
     `rate_limits=False` to switch limits off or a mapping of operation → `OperationLimit` to change them.
-    Binds 127.0.0.1 by default.
+    Binds 127.0.0.1 by default. An endpoint given `None` (or `EndpointSpec(handler=None)`) is fed only
+    by external workers over HTTP: unmodified official workers, see `rpq worker-env`.
     """
 
     def __init__(
         self,
-        endpoints: Mapping[str, Handler | EndpointSpec] | None = None,
+        endpoints: Mapping[str, Handler | EndpointSpec | None] | None = None,
         *,
         api_key: str | None = None,
         workers: int = 1,

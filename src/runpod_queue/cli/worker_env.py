@@ -1,0 +1,51 @@
+"""`rpq worker-env`: the environment an unmodified official worker needs to serve an emulated endpoint."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Annotated
+
+import typer
+
+from runpod_queue.cli._app import app
+
+
+@app.command("worker-env")
+def worker_env(
+    endpoint_id: Annotated[
+        str, typer.Argument(help="The endpoint the worker serves (as `rpq serve` names it).")
+    ],
+    host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="The emulator's port.")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="RPQ_EMULATOR_API_KEY", help="The key the emulator requires, if any."),
+    ] = None,
+    worker_id: Annotated[
+        str | None, typer.Option(help="RUNPOD_POD_ID for the worker (default: a fresh random id).")
+    ] = None,
+    ping_interval: Annotated[
+        int, typer.Option(min=1000, help="Ping interval in ms (the worker sleeps whole seconds).")
+    ] = 1000,
+) -> None:
+    """Print `export` lines for a worker written with `runpod.serverless.start` (eval them, then run it).
+
+    \b
+        eval "$(rpq worker-env my-endpoint --port 8000)"
+        python my_worker.py
+    """
+    from runpod_queue.emulator.external import worker_environment
+    from runpod_queue.emulator.queue import new_worker_id
+
+    shown_host = f"[{host}]" if ":" in host else host
+    env = worker_environment(
+        f"http://{shown_host}:{port}",
+        endpoint_id,
+        worker_id=worker_id or new_worker_id(),
+        api_key=api_key,
+        ping_interval_ms=ping_interval,
+    )
+    typer.echo(f"# official runpod worker -> emulated endpoint {endpoint_id} at {shown_host}:{port}")
+    typer.echo("# RUNPOD_SKIP_* switch off the start-up fitness checks (one dials 8.8.8.8: fatal offline)")
+    for name, value in env.items():
+        typer.echo(f"export {name}={shlex.quote(value)}")

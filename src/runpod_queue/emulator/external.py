@@ -1,0 +1,464 @@
+"""The worker side of the queue: unmodified `runpod.serverless.start` workers talk to the emulator over HTTP.
+
+An official worker polls `job-take` (or `job-take-batch` when its concurrency is above one), posts
+chunks to `job-stream` and results, progress and errors to `job-done`, long-polls `job-stop` for
+cancellations and pings every `RUNPOD_PING_INTERVAL`. Each route here turns those calls into the same
+`Core` transitions an in-process handler run goes through, so queue order, cancel, executionTimeout,
+ttl, retention and webhooks apply unchanged.
+
+A worker is known by the id in its URLs (`RUNPOD_POD_ID`) and exists from its first request. It is
+lost when it has been silent (no request of any kind) for `Core.worker_lost_after_s()`: the scaled
+`Timings.worker_lost_after_ms`, never under 2.5 s (the official worker cannot ping more often than once
+a second). Its jobs are then requeued once, and failed the second time (`Core.requeue_lost`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
+from runpod_queue.emulator.queue import Core, EndpointState, JobRecord, WorkerSlot, encode_json
+
+if TYPE_CHECKING:
+    from runpod_queue.emulator.app import EmulatorApp, Request
+
+__all__ = ["ExternalWorkers", "worker_environment"]
+
+log = logging.getLogger("runpod_queue.emulator")
+
+_MAX_BATCH: Final = 64
+_MAX_HOLD_S: Final = 60.0
+_DONE_LIMIT: Final = 25_000_000
+
+
+def worker_environment(
+    root_url: str,
+    endpoint_id: str,
+    *,
+    worker_id: str,
+    api_key: str | None = None,
+    ping_interval_ms: int = 1000,
+) -> dict[str, str]:
+    """The environment an unmodified official worker needs to serve `endpoint_id` on this emulator.
+
+    `root_url` is the server's address without `/v2`. The URL templates keep RunPod's `$ID` and
+    `$RUNPOD_POD_ID` placeholders (the worker fills them in) and already carry a `?` query, since the
+    worker appends `&job_in_progress=…` / `&isStream=…`. The start-up fitness checks are switched off:
+    one of them dials 8.8.8.8 and kills the worker when offline. The ping interval is in ms but the
+    worker sleeps whole seconds, so anything under 1000 would make it ping in a busy loop.
+    """
+    base = f"{root_url.rstrip('/')}/v2/{endpoint_id}"
+    return {
+        "RUNPOD_WEBHOOK_GET_JOB": f"{base}/job-take/$ID?gpu=emulator",
+        "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=emulator",
+        "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=emulator",
+        "RUNPOD_WEBHOOK_PING": f"{base}/ping/$RUNPOD_POD_ID",
+        "RUNPOD_PING_INTERVAL": str(max(1000, int(ping_interval_ms))),
+        "RUNPOD_POD_ID": worker_id,
+        "RUNPOD_ENDPOINT_ID": endpoint_id,
+        # Pings start only when a key is set; the emulator ignores its value when it accepts any key.
+        "RUNPOD_AI_API_KEY": api_key or "emulator",
+        "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
+        "RUNPOD_SKIP_GPU_CHECK": "true",
+    }
+
+
+class _Worker:
+    """What the emulator knows of one external worker beyond its `WorkerSlot`."""
+
+    __slots__ = ("held", "lost", "pending_stop", "polls", "slot", "stop_waiters", "stops")
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        self.slot = slot
+        # job id → (job, attempt) for every job this worker took and has not finished.
+        self.held: dict[str, tuple[JobRecord, int]] = {}
+        # Job ids the worker must stop (cancelled, timed out, expired), handed out by job-stop.
+        self.stops: list[str] = []
+        self.stop_waiters: list[asyncio.Future[None]] = []
+        # Stops sent whose job the worker may still be running: re-sent while its pings list the job.
+        self.pending_stop: set[str] = set()
+        # Long-polls held open right now: a worker waiting on us is not silent.
+        self.polls = 0
+        self.lost = False
+
+    def sync_slot(self) -> None:
+        """Keep `slot.job` (what health and the rate limiter read) pointing at a job still held."""
+        slot = self.slot
+        slot.job = next(iter(self.held.values()))[0] if self.held else None
+        slot.state = "running" if self.held else "idle"
+
+    def signal_stop(self, job_id: str) -> None:
+        self.pending_stop.add(job_id)
+        if job_id not in self.stops:
+            self.stops.append(job_id)
+        waiters, self.stop_waiters = self.stop_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+
+class ExternalWorkers:
+    """Serves the worker protocol on an `EmulatorApp` and watches its external workers' liveness."""
+
+    def __init__(self, app: EmulatorApp) -> None:
+        self.core: Core = app.core
+        self.workers: dict[tuple[str, str], _Worker] = {}
+        self._sweeper: asyncio.TimerHandle | None = None
+        # Called (on the server loop) with (endpoint id, worker id) when a worker asks for stopPod.
+        self.on_stop_pod: list[Callable[[str, str], None]] = []
+        app.worker_routes.update(
+            {
+                "job-take": self.job_take,
+                "job-take-batch": self.job_take_batch,
+                "job-done": self.job_done,
+                "job-stream": self.job_stream,
+                "job-stop": self.job_stop,
+                "ping": self.ping,
+            }
+        )
+        self.core.on_terminal_hooks.append(self._on_terminal)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def lost_after_s(self) -> float:
+        return self.core.worker_lost_after_s()
+
+    def _hold_s(self) -> float:
+        # Capped: the official worker abandons a job-take or job-stop poll after 90 s.
+        return min(self.core.clock.seconds(self.core.timings.job_take_hold_ms), _MAX_HOLD_S)
+
+    def _touch(self, request: Request, *, index: int = 0) -> _Worker:
+        """The worker named in the path (registered on first sight), marked as alive now."""
+        from runpod_queue.emulator.app import HTTPError
+
+        if len(request.rest) <= index or not request.rest[index]:
+            raise HTTPError(404, "worker routes need the worker id in the path: …/<operation>/<worker_id>")
+        ep = request.endpoint
+        worker_id = request.rest[index]
+        key = (ep.id, worker_id)
+        worker = self.workers.get(key)
+        if worker is None:
+            worker = self.workers[key] = _Worker(self._new_slot(ep, worker_id))
+            self._ensure_sweeper()
+        elif worker.slot.retired and not self.on_stop_pod:
+            # It asked for stopPod and nobody manages its process: the platform would start a fresh
+            # worker; here the same process carries on, so it comes back as a new worker under its old
+            # id. (When a process manager listens, it replaces the process; until then no jobs.)
+            worker.slot = self._new_slot(ep, worker_id)
+            worker.sync_slot()
+        worker.slot.last_seen = self.core.clock.now()
+        if worker.lost:
+            worker.lost = False
+            if worker.slot not in ep.workers and not worker.slot.retired:
+                ep.workers.append(worker.slot)
+        return worker
+
+    def _new_slot(self, ep: EndpointState, worker_id: str) -> WorkerSlot:
+        slot = WorkerSlot(ep, external=True, worker_id=worker_id)
+        slot.last_seen = self.core.clock.now()
+        ep.workers.append(slot)
+        return slot
+
+    def _on_terminal(self, job: JobRecord) -> None:
+        """A job ended by the queue (cancel, executionTimeout) while a worker runs it: tell the worker."""
+        worker = self._holder(job)
+        if worker is not None:
+            del worker.held[job.id]
+            worker.sync_slot()
+            worker.signal_stop(job.id)
+
+    def _holder(self, job: JobRecord) -> _Worker | None:
+        slot = job.worker
+        if slot is None or not slot.external:
+            return None
+        worker = self.workers.get((job.endpoint.id, slot.id))
+        if worker is None or job.id not in worker.held:
+            return None
+        return worker
+
+    # -- liveness -------------------------------------------------------------------------------
+
+    def _ensure_sweeper(self) -> None:
+        if self._sweeper is None and self.core.loop is not None:
+            self._sweeper = self.core.loop.call_later(self._sweep_every(), self._sweep)
+
+    def _sweep_every(self) -> float:
+        return max(0.05, min(1.0, self.lost_after_s() / 5))
+
+    def _sweep(self) -> None:
+        """Requeue the jobs of workers gone silent; tell workers about jobs removed under them."""
+        self._sweeper = None
+        now = self.core.clock.now()
+        lost_after = self.lost_after_s()
+        for worker in list(self.workers.values()):
+            for job_id, (job, attempt) in list(worker.held.items()):
+                if not self.core.is_current(job, attempt):
+                    # ttl ran out mid-run (the job is gone) or the run was otherwise superseded.
+                    del worker.held[job_id]
+                    worker.signal_stop(job_id)
+            if worker.polls:
+                worker.slot.last_seen = now
+            silent = now - worker.slot.last_seen
+            if silent > lost_after and not worker.lost:
+                worker.lost = True
+                held, worker.held = worker.held, {}
+                worker.sync_slot()
+                for job_id, (job, attempt) in held.items():
+                    # Should the worker come back, it must not keep running a job that moved on.
+                    worker.stops.append(job_id)
+                    worker.pending_stop.add(job_id)
+                    if self.core.is_current(job, attempt):
+                        log.warning("worker %s is lost; requeueing job %s", worker.slot.id, job_id)
+                        self.core.requeue_lost(job)
+            elif silent > 2 * lost_after and worker.lost:
+                # Shown as unhealthy for a while, then forgotten, as the platform drops dead workers.
+                ep = worker.slot.endpoint
+                if worker.slot in ep.workers:
+                    ep.workers.remove(worker.slot)
+                del self.workers[(ep.id, worker.slot.id)]
+            else:
+                worker.sync_slot()
+        if self.workers:
+            self._ensure_sweeper()
+
+    async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        for worker in self.workers.values():
+            for fut in worker.stop_waiters:
+                if not fut.done():
+                    fut.cancel()
+
+    # -- job-take -------------------------------------------------------------------------------
+
+    async def job_take(self, request: Request) -> tuple[int, Any]:
+        jobs = await self._take(request, 1)
+        if not jobs:
+            return 204, None
+        return 200, jobs[0]
+
+    async def job_take_batch(self, request: Request) -> tuple[int, Any]:
+        from runpod_queue.emulator.app import HTTPError
+
+        raw = request.query.get("batch_size", "1")
+        try:
+            size = int(raw)
+        except ValueError:
+            raise HTTPError(400, f"batch_size={raw!r} must be an integer >= 1") from None
+        if size < 1:
+            raise HTTPError(400, f"batch_size={size} must be >= 1")
+        jobs = await self._take(request, min(size, _MAX_BATCH))
+        if not jobs:
+            return 204, None
+        return 200, jobs
+
+    async def _take(self, request: Request, size: int) -> list[Any]:
+        """Up to `size` jobs for this worker, at once if any are queued, else after a long-poll."""
+        worker = self._touch(request)
+        core = self.core
+        await request.body(1_000, "job-take")
+        if request.query.get("job_in_progress") == "0" and worker.held:
+            # The worker says it runs nothing, yet holds jobs: it restarted under the same id, or
+            # its job-done never arrived. Either way those runs are gone: treat them as lost.
+            held, worker.held = worker.held, {}
+            worker.sync_slot()
+            for job, attempt in held.values():
+                if core.is_current(job, attempt):
+                    core.requeue_lost(job)
+        worker.polls += 1
+        try:
+            return await self._take_held(request, worker, size)
+        finally:
+            worker.polls -= 1
+            worker.slot.last_seen = core.clock.now()
+
+    async def _take_held(self, request: Request, worker: _Worker, size: int) -> list[Any]:
+        ep = request.endpoint
+        core = self.core
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._hold_s()
+        disconnect: asyncio.Future[Any] | None = None
+        if worker.slot.retired:
+            # Replaced, waiting for its process to be stopped: hold the poll (no busy loop), no job.
+            disconnect = asyncio.ensure_future(request.receive())
+            try:
+                await asyncio.wait({disconnect}, timeout=self._hold_s())
+            finally:
+                disconnect.cancel()
+            return []
+        try:
+            while True:
+                jobs = self._claim(worker, size)
+                if jobs:
+                    if ep.in_queue and ep.take_waiters:
+                        core.dispatch(ep)  # more work left: pass the wake-up on
+                    return jobs
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return []
+                if disconnect is None:
+                    # A worker killed while its poll is held must not be handed a job.
+                    disconnect = asyncio.ensure_future(request.receive())
+                fut: asyncio.Future[None] = loop.create_future()
+                ep.take_waiters.append(fut)
+                try:
+                    await _first(fut, disconnect, remaining)
+                finally:
+                    if not fut.done():
+                        fut.cancel()
+                    with contextlib.suppress(ValueError):
+                        ep.take_waiters.remove(fut)
+                if disconnect.done():
+                    if fut.done() and not fut.cancelled() and ep.in_queue:
+                        core.dispatch(ep)  # we were woken for a job we cannot take
+                    return []
+        finally:
+            if disconnect is not None and not disconnect.done():
+                disconnect.cancel()
+
+    def _claim(self, worker: _Worker, size: int) -> list[Any]:
+        ep = worker.slot.endpoint
+        jobs: list[Any] = []
+        while len(jobs) < size:
+            job = ep.next_queued()
+            if job is None:
+                break
+            self.core.start(job, worker.slot)
+            worker.held[job.id] = (job, job.attempt)
+            jobs.append(job.handler_job())
+        if jobs:
+            worker.sync_slot()
+        return jobs
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _held_job(self, request: Request, worker: _Worker) -> tuple[JobRecord, int] | None:
+        from runpod_queue.emulator.app import HTTPError
+
+        if len(request.rest) < 2:
+            raise HTTPError(404, "use …/<operation>/<worker_id>/<job_id>")
+        return worker.held.get(request.rest[1])
+
+    async def _payload(self, request: Request, limit: int, what: str) -> dict[str, Any]:
+        """The body the worker sent: JSON, though labelled application/x-www-form-urlencoded."""
+        from runpod_queue.emulator.app import HTTPError
+
+        body = await request.body(limit, what)
+        try:
+            data = orjson.loads(body) if body else {}
+        except orjson.JSONDecodeError as exc:
+            raise HTTPError(400, f"{what} body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise HTTPError(400, f"{what} body must be a JSON object")
+        return data
+
+    async def job_done(self, request: Request) -> tuple[int, Any]:
+        worker = self._touch(request)
+        data = await self._payload(request, _DONE_LIMIT, "job-done")
+        entry = self._held_job(request, worker)
+        if entry is None:
+            # Not (or no longer) this worker's run: cancelled, timed out, requeued after a loss, or a
+            # progress update arriving after the result. Acknowledge so the worker does not retry.
+            return 200, {}
+        job, attempt = entry
+        core = self.core
+        if data.get("status") == JobStatus.IN_PROGRESS.value:
+            if "output" in data:
+                core.set_progress(job, attempt, encode_json(data["output"]))
+            return 200, {}
+        del worker.held[job.id]
+        worker.sync_slot()
+        error = data.get("error")
+        output = data.get("output")
+        core.complete(
+            job,
+            attempt,
+            output_json=None if output is None else encode_json(output),
+            error=None if not error else error if isinstance(error, str) else encode_json(error).decode(),
+        )
+        if data.get("stopPod"):
+            slot = worker.slot
+            core.release_worker(slot, replace=True)
+            for hook in self.on_stop_pod:
+                hook(slot.endpoint.id, slot.id)
+        else:
+            core.dispatch(job.endpoint)
+        return 200, {}
+
+    async def job_stream(self, request: Request) -> tuple[int, Any]:
+        worker = self._touch(request)
+        data = await self._payload(request, _DONE_LIMIT, "job-stream")
+        entry = self._held_job(request, worker)
+        if entry is None or "output" not in data:
+            return 200, {}
+        job, attempt = entry
+        chunk = encode_json(data["output"])
+        if len(chunk) > STREAM_CHUNK_LIMIT:
+            # As for in-process handlers: an oversized chunk fails the job.
+            del worker.held[job.id]
+            worker.sync_slot()
+            self.core.complete(
+                job,
+                attempt,
+                output_json=None,
+                error=f"stream chunk of {len(chunk)} bytes exceeds RunPod's {STREAM_CHUNK_LIMIT} byte limit",
+            )
+            worker.signal_stop(job.id)
+            return 200, {}
+        self.core.push_chunk(job, attempt, chunk)
+        return 200, {}
+
+    # -- job-stop and ping ----------------------------------------------------------------------
+
+    async def job_stop(self, request: Request) -> tuple[int, Any]:
+        worker = self._touch(request)
+        await request.body(1_000, "job-stop")
+        if not worker.stops:
+            loop = asyncio.get_running_loop()
+            fut: asyncio.Future[None] = loop.create_future()
+            worker.stop_waiters.append(fut)
+            disconnect = asyncio.ensure_future(request.receive())
+            worker.polls += 1
+            try:
+                await _first(fut, disconnect, self._hold_s())
+            finally:
+                worker.polls -= 1
+                worker.slot.last_seen = self.core.clock.now()
+                disconnect.cancel()
+                if not fut.done():
+                    fut.cancel()
+                with contextlib.suppress(ValueError):
+                    worker.stop_waiters.remove(fut)
+            if disconnect.done() and not disconnect.cancelled():
+                return 204, None  # nobody is listening: keep the stops for the next poll
+        if not worker.stops:
+            return 204, None
+        stops, worker.stops = worker.stops, []
+        return 200, {"jobsToStop": stops}
+
+    async def ping(self, request: Request) -> tuple[int, Any]:
+        """A sign of life; its `job_id` list also re-sends stops that did not take.
+
+        The official worker drops a stop that arrives before the job's task exists (taken, not yet
+        started), so a stopped job it still reports running is signalled again."""
+        worker = self._touch(request)
+        if worker.pending_stop:
+            running = set(filter(None, request.query.get("job_id", "").split(",")))
+            worker.pending_stop &= running
+            for job_id in worker.pending_stop:
+                if job_id not in worker.held:
+                    worker.signal_stop(job_id)
+        return 200, {}
+
+
+async def _first(wake: asyncio.Future[None], disconnect: asyncio.Future[Any], hold_s: float) -> None:
+    """Wait for a wake-up, the client going away, or the hold running out, whichever comes first."""
+    pending: set[asyncio.Future[Any]] = {wake, disconnect}
+    await asyncio.wait(pending, timeout=hold_s, return_when=asyncio.FIRST_COMPLETED)

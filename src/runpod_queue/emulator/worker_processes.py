@@ -1,0 +1,256 @@
+"""Run unmodified official worker files as child processes pointed at an emulator.
+
+Used by `rpq serve ID=worker.py --runpod-worker` and by tests. Each worker gets its own process group
+(`start_new_session`): the official worker forks a ping process that outlives a killed parent, so
+stopping a worker means signalling the whole group, never just the pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from runpod_queue.emulator.external import worker_environment
+from runpod_queue.emulator.queue import new_worker_id
+
+__all__ = ["ManagedWorker", "WorkerProcesses"]
+
+_QUICK_EXIT_S = 10.0
+_MAX_BACKOFF_S = 30.0
+
+
+class ManagedWorker:
+    """One worker process and what it takes to start it again."""
+
+    __slots__ = (
+        "endpoint_id",
+        "env",
+        "file",
+        "proc",
+        "quick_exits",
+        "restart_at",
+        "restarts",
+        "started_at",
+        "worker_id",
+    )
+
+    def __init__(self, endpoint_id: str, file: Path, worker_id: str, env: Mapping[str, str]) -> None:
+        self.endpoint_id = endpoint_id
+        self.file = file
+        self.worker_id = worker_id
+        self.env = dict(env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.started_at = 0.0
+        # Exits soon after start in a row (a worker file that cannot import): restarts back off.
+        self.quick_exits = 0
+        self.restart_at: float | None = None
+
+    def __repr__(self) -> str:
+        pid = self.proc.pid if self.proc is not None else None
+        return f"<ManagedWorker {self.endpoint_id}/{self.worker_id} pid={pid}>"
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class WorkerProcesses:
+    """A set of official worker processes for one emulator; stops them all on exit.
+
+    `supervise()` (or the background thread of `start_supervisor`) starts a fresh process — with a new
+    worker id, as the platform does — for a worker that asked for `stopPod` (`request_replace`, called
+    by the emulator) and, with `restart_exited`, for one that exited or was killed.
+    """
+
+    def __init__(
+        self,
+        root_url: str,
+        *,
+        api_key: str | None = None,
+        ping_interval_ms: int = 1000,
+        output: Path | None = None,
+        quiet: bool = False,
+        restart_exited: bool = True,
+        python: str = sys.executable,
+    ) -> None:
+        self.root_url = root_url
+        self.api_key = api_key
+        self.ping_interval_ms = ping_interval_ms
+        self.output = output
+        self.quiet = quiet
+        self.restart_exited = restart_exited
+        self.python = python
+        self.workers: list[ManagedWorker] = []
+        self._lock = threading.Lock()
+        self._replace: set[tuple[str, str]] = set()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- starting and stopping ------------------------------------------------------------------
+
+    def start(
+        self,
+        endpoint_id: str,
+        worker_file: str | Path,
+        *,
+        worker_id: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedWorker:
+        """Start one worker process serving `endpoint_id`; returns at once (it imports in the background)."""
+        path = Path(worker_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"worker file {path} does not exist")
+        worker = ManagedWorker(endpoint_id, path, worker_id or new_worker_id(), env or {})
+        self._spawn(worker)
+        with self._lock:
+            self.workers.append(worker)
+        return worker
+
+    def _spawn(self, worker: ManagedWorker) -> None:
+        env = dict(os.environ)
+        env.update(
+            worker_environment(
+                self.root_url,
+                worker.endpoint_id,
+                worker_id=worker.worker_id,
+                api_key=self.api_key,
+                ping_interval_ms=self.ping_interval_ms,
+            )
+        )
+        env.update(worker.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        out: Any = None
+        if self.quiet:
+            out = subprocess.DEVNULL
+        elif self.output is not None:
+            if self._log is None:
+                self._log = self.output.open("ab")
+            out = self._log
+        # The user's own worker file, run by the same interpreter: nothing untrusted is interpolated.
+        worker.started_at = time.monotonic()
+        worker.restart_at = None
+        worker.proc = subprocess.Popen(  # noqa: S603
+            [self.python, str(worker.file.resolve())],
+            env=env,
+            cwd=str(worker.file.resolve().parent),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT if out is not None else None,
+            start_new_session=True,
+        )
+
+    def kill(self, worker: ManagedWorker) -> None:
+        """SIGKILL the worker and its ping process at once (a crash, as far as the queue can tell)."""
+        _signal_group(worker, signal.SIGKILL)
+        if worker.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=5)
+
+    def stop(self, worker: ManagedWorker, timeout: float = 3.0) -> None:
+        """SIGTERM the group (the official worker finishes running jobs), SIGKILL what is left."""
+        proc = worker.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(worker, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=timeout)
+        # The ping process may outlive its parent: always clear the whole group.
+        _signal_group(worker, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Stop the supervisor and every worker process. Idempotent."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        with self._lock:
+            workers = list(self.workers)
+        for worker in workers:
+            if worker.proc is not None and worker.proc.poll() is None:
+                _signal_group(worker, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for worker in workers:
+            if worker.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            _signal_group(worker, signal.SIGKILL)
+            if worker.proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(timeout=5)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    # -- supervision ----------------------------------------------------------------------------
+
+    def request_replace(self, endpoint_id: str, worker_id: str) -> None:
+        """The emulator saw `stopPod` from this worker: replace its process (thread-safe)."""
+        with self._lock:
+            self._replace.add((endpoint_id, worker_id))
+
+    def supervise(self) -> None:
+        """Replace workers that exited or asked to be replaced, each under a new worker id."""
+        with self._lock:
+            replace, self._replace = self._replace, set()
+            workers = list(self.workers)
+        now = time.monotonic()
+        for worker in workers:
+            asked = (worker.endpoint_id, worker.worker_id) in replace
+            if self._stopping.is_set():
+                return
+            if asked:
+                self.stop(worker, timeout=2.0)
+            elif self.restart_exited and worker.proc is not None and not worker.alive:
+                if worker.restart_at is None:
+                    _signal_group(worker, signal.SIGKILL)  # a dead parent's ping process
+                    quick = now - worker.started_at < _QUICK_EXIT_S
+                    worker.quick_exits = worker.quick_exits + 1 if quick else 0
+                    worker.restart_at = now + min(_MAX_BACKOFF_S, 0.5 * 2**worker.quick_exits if quick else 0)
+                if now < worker.restart_at:
+                    continue
+            else:
+                continue
+            worker.worker_id = new_worker_id()
+            worker.restarts += 1
+            self._spawn(worker)
+
+    def start_supervisor(self, every_s: float = 0.5) -> None:
+        def main() -> None:
+            while not self._stopping.wait(every_s):
+                self.supervise()
+
+        self._thread = threading.Thread(target=main, name="rpq-worker-supervisor", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> WorkerProcesses:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _signal_group(worker: ManagedWorker, sig: signal.Signals) -> None:
+    proc = worker.proc
+    if proc is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)

@@ -1,0 +1,319 @@
+"""Every endpoint command against a live emulator, in both output modes, with its exit codes.
+
+Human mode: results on stdout, progress and verdicts on stderr. `--json`: stdout is exactly RunPod's
+JSON. Exit codes: 0 completed, 1 failed / timed out / cancelled, 2 usage, 3 API or connection.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cli_support import API_KEY, Invoke, json_lines, until_running
+
+from runpod_queue import Client, JobStatus
+from runpod_queue.emulator import Emulator
+
+# -- run ---------------------------------------------------------------------------------------------
+
+
+def test_run_waits_and_prints_output_on_stdout_progress_on_stderr(rpq: Invoke) -> None:
+    result = rpq("run", "echo", '{"prompt": "hi", "n": [1, 2]}')
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"prompt": "hi", "n": [1, 2]}
+    assert "COMPLETED" in result.stderr
+    assert "COMPLETED" not in result.stdout
+
+
+def test_input_the_api_refuses_is_exit_3_with_the_servers_reason(rpq: Invoke) -> None:
+    result = rpq("run", "echo", '"not an object"')
+    assert result.exit_code == 3
+    assert "400" in result.stderr
+    assert "input" in result.stderr
+
+
+def test_run_json_prints_exactly_the_status_answer(rpq: Invoke, client: Client) -> None:
+    result = rpq("run", "echo", '{"a": 1}', "--json")
+    assert result.exit_code == 0
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "COMPLETED"
+    assert answer["output"] == {"a": 1}
+    assert set(answer) <= {"id", "status", "delayTime", "executionTime", "output", "workerId", "retries"}
+    # The same document /status serves for that job.
+    assert client.endpoint("echo").status(answer["id"]).to_dict() == answer
+
+
+def test_run_sync_uses_runsync(rpq: Invoke) -> None:
+    result = rpq("run", "echo", '{"s": true}', "--sync", "--json")
+    assert result.exit_code == 0
+    answer = json.loads(result.stdout)
+    assert answer["id"].startswith("sync-")  # only /runsync makes such ids
+    assert answer["output"] == {"s": True}
+
+
+def test_run_no_wait_prints_the_id_and_wait_picks_it_up(rpq: Invoke) -> None:
+    queued = rpq("run", "slow", '{"seconds": 0.2}', "--no-wait")
+    assert queued.exit_code == 0
+    job_id = queued.stdout.strip()
+    assert job_id and "\n" not in job_id
+    assert f"rpq wait slow {job_id}" in queued.stderr
+    waited = rpq("wait", "slow", job_id)
+    assert waited.exit_code == 0
+    assert "slept" in json.loads(waited.stdout)
+
+
+def test_run_no_wait_json_is_the_run_answer(rpq: Invoke) -> None:
+    result = rpq("run", "slow", '{"seconds": 0.1}', "--no-wait", "--json")
+    assert result.exit_code == 0
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "IN_QUEUE"
+    assert set(answer) == {"id", "status"}
+
+
+def test_run_reads_input_from_stdin(rpq: Invoke) -> None:
+    result = rpq("run", "echo", "-", "--json", input='{"from": "stdin"}\n')
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["output"] == {"from": "stdin"}
+
+
+def test_run_reads_input_from_a_file(rpq: Invoke, tmp_path: Path) -> None:
+    path = tmp_path / "in.json"
+    path.write_text('{"from": "file"}')
+    result = rpq("run", "echo", f"@{path}", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["output"] == {"from": "file"}
+
+
+def test_failed_job_exits_1_with_its_error_parsed(rpq: Invoke) -> None:
+    result = rpq("run", "fail", '{"text": "no prompt"}')
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "FAILED" in result.stderr
+    # RunPod's JSON error string, shown as "type: message" rather than raw JSON or a traceback.
+    assert "ValueError: input needs a 'prompt'" in result.stderr
+    assert "error_traceback" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_failed_job_json_keeps_the_raw_error(rpq: Invoke) -> None:
+    result = rpq("run", "fail", '{"text": "no prompt"}', "--json")
+    assert result.exit_code == 1
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "FAILED"
+    assert json.loads(answer["error"])["error_message"].startswith("input needs a 'prompt'")
+
+
+def test_handler_returning_an_error_dict_fails_with_that_message(rpq: Invoke) -> None:
+    result = rpq("run", "fail", '{"prompt": 42}')
+    assert result.exit_code == 1
+    assert "'prompt' must be a string" in result.stderr
+
+
+def test_policy_options_reach_the_job(rpq: Invoke, emu: Emulator) -> None:
+    # executionTimeout 5000 ms (0.5 s at this time scale) against a 3 s job: it must end TIMED_OUT.
+    result = rpq(
+        "run",
+        "slow",
+        '{"seconds": 3}',
+        "--execution-timeout",
+        "5000",
+        "--ttl",
+        "60000",
+        "--low-priority",
+        "--webhook",
+        "http://127.0.0.1:9/hook",
+        "--json",
+    )
+    assert result.exit_code == 1
+    answer = json.loads(result.stdout)
+    assert answer["status"] == "TIMED_OUT"
+    deadline = time.monotonic() + 5  # delivery is asynchronous: wait for the first attempt
+    while not any(a.job_id == answer["id"] for a in emu.webhook_attempts) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [a.url for a in emu.webhook_attempts if a.job_id == answer["id"]][:1] == [
+        "http://127.0.0.1:9/hook"
+    ]
+
+
+def test_wait_timeout_exits_1_and_names_the_job(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("slow").run({"seconds": 2})
+    result = rpq("wait", "slow", job.id, "--timeout", "0.3")
+    assert result.exit_code == 1
+    assert job.id in result.stderr
+    assert "did not finish within 0.3 s" in result.stderr
+    client.endpoint("slow").cancel(job.id)
+
+
+# -- status, stream, cancel, retry, purge, health ------------------------------------------------------
+
+
+def test_status_human_and_json(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("echo").run_sync({"x": 1})
+    human = rpq("status", "echo", job.id)
+    assert human.exit_code == 0
+    assert job.id in human.stdout
+    assert "COMPLETED" in human.stdout
+    as_json = rpq("status", "echo", job.id, "--json")
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout) == client.endpoint("echo").status(job.id).to_dict()
+
+
+def test_status_of_a_failed_job_exits_1(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("fail").run_sync({"nothing": True})
+    result = rpq("status", "fail", job.id)
+    assert result.exit_code == 1
+    assert "FAILED" in result.stdout
+    assert "ValueError" in result.stdout
+
+
+def test_status_of_a_pending_job_exits_0(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("idle").run({"never": "runs"})
+    result = rpq("status", "idle", job.id, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["status"] == "IN_QUEUE"
+
+
+def test_unknown_job_is_an_api_error_exit_3(rpq: Invoke) -> None:
+    result = rpq("status", "echo", "no-such-job")
+    assert result.exit_code == 3
+    assert "404" in result.stderr
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_stream_prints_tokens_as_text(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("tokens").run({"max_tokens": 6, "delay": 0.01})
+    result = rpq("stream", "tokens", job.id)
+    assert result.exit_code == 0
+    assert result.stdout == "Queues decouple the caller from the\n"
+    assert "COMPLETED" in result.stderr
+
+
+def test_stream_json_prints_one_chunk_object_per_line(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("tokens").run({"max_tokens": 4, "delay": 0.01})
+    result = rpq("stream", "tokens", job.id, "--json")
+    assert result.exit_code == 0
+    assert json_lines(result.stdout) == [{"output": t} for t in ["Queues", " decouple", " the", " caller"]]
+
+
+def test_stream_of_a_cancelled_job_ends_with_exit_1(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("tokens").run({"max_tokens": 40, "delay": 0.5})
+    until_running(client, "tokens", job.id)
+    client.endpoint("tokens").cancel(job.id)
+    result = rpq("stream", "tokens", job.id)
+    assert result.exit_code == 1
+    assert "CANCELLED" in result.stderr
+
+
+def test_cancel_a_running_job(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("slow").run({"seconds": 30})
+    assert until_running(client, "slow", job.id).status is JobStatus.IN_PROGRESS
+    result = rpq("cancel", "slow", job.id)
+    assert result.exit_code == 0
+    assert "CANCELLED" in result.stdout
+    assert client.endpoint("slow").status(job.id).is_cancelled
+
+
+def test_cancel_json_and_cancelling_a_finished_job_is_exit_3(rpq: Invoke, client: Client) -> None:
+    queued = client.endpoint("idle").run({})
+    result = rpq("cancel", "idle", queued.id, "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == {"id": queued.id, "status": "CANCELLED"}
+    done = client.endpoint("echo").run_sync({})
+    refused = rpq("cancel", "echo", done.id)
+    assert refused.exit_code == 3
+    assert "400" in refused.stderr
+
+
+def test_retry_requeues_a_failed_job_under_the_same_id(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("flaky").run({"n": 1})
+    failed = rpq("wait", "flaky", job.id)
+    assert failed.exit_code == 1
+    assert "CUDA out of memory" in failed.stderr
+    retried = rpq("retry", "flaky", job.id, "--json")
+    assert retried.exit_code == 0
+    assert json.loads(retried.stdout) == {"id": job.id, "status": "IN_QUEUE"}
+    done = rpq("wait", "flaky", job.id, "--json")
+    assert done.exit_code == 0
+    assert json.loads(done.stdout)["output"] == {"ok": True, "input": {"n": 1}}
+
+
+def test_retry_of_a_completed_job_is_exit_3(rpq: Invoke, client: Client) -> None:
+    done = client.endpoint("echo").run_sync({})
+    result = rpq("retry", "echo", done.id)
+    assert result.exit_code == 3
+    assert "400" in result.stderr
+
+
+def test_purge_removes_queued_jobs(rpq: Invoke, client: Client) -> None:
+    for _ in range(3):
+        client.endpoint("idle").run({})
+    human = rpq("purge", "idle")
+    assert human.exit_code == 0
+    assert "removed" in human.stdout
+    client.endpoint("idle").run({})
+    as_json = rpq("purge", "idle", "--json")
+    assert as_json.exit_code == 0
+    assert json.loads(as_json.stdout) == {"removed": 1, "status": "completed"}
+
+
+def test_health_table_and_json(rpq: Invoke, client: Client) -> None:
+    client.endpoint("echo").run_sync({})
+    table = rpq("health", "echo")
+    assert table.exit_code == 0
+    for label in ("completed", "in queue", "idle", "running"):
+        assert label in table.stdout
+    as_json = rpq("health", "echo", "--json")
+    assert as_json.exit_code == 0
+    answer = json.loads(as_json.stdout)
+    assert set(answer) == {"jobs", "workers"}
+    assert answer["jobs"]["completed"] >= 1
+    assert answer["workers"]["idle"] + answer["workers"]["running"] == 2
+
+
+def test_health_watch_refreshes(rpq: Invoke) -> None:
+    as_json = rpq("health", "echo", "--watch", "--interval", "0.1", "--count", "3", "--json")
+    assert as_json.exit_code == 0
+    assert len(json_lines(as_json.stdout)) == 3
+    tables = rpq("health", "echo", "--watch", "--interval", "0.1", "--count", "2")
+    assert tables.exit_code == 0
+    assert tables.stdout.count("endpoint echo") == 2
+
+
+def test_ctrl_c_while_waiting_exits_130_and_names_the_job(emu: Emulator, client: Client) -> None:
+    job = client.endpoint("slow").run({"seconds": 30})
+    until_running(client, "slow", job.id)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "runpod_queue.cli", "wait", "slow", job.id, "--base-url", emu.base_url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"PATH": "", "RUNPOD_API_KEY": API_KEY},
+    )
+    try:
+        assert process.stderr is not None
+        # The first progress line means the command is inside its wait.
+        assert "IN_PROGRESS" in process.stderr.readline()
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=15)
+    finally:
+        process.kill()
+    assert process.returncode == 130
+    assert f"job {job.id} keeps running" in err
+    assert "Traceback" not in err
+    assert client.endpoint("slow").status(job.id).is_in_progress
+    client.endpoint("slow").cancel(job.id)
+
+
+def test_retry_human_output_names_the_job_and_how_to_follow_it(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("flaky").run({"n": 2})
+    assert client.endpoint("flaky").wait(job.id, timeout=10).is_failed
+    result = rpq("retry", "flaky", job.id)
+    assert result.exit_code == 0
+    assert f"id      {job.id}\nstatus  IN_QUEUE\n" in result.stdout
+    assert f"rpq wait flaky {job.id}" in result.stderr
+    assert client.endpoint("flaky").wait(job.id, timeout=10).is_completed

@@ -1,0 +1,81 @@
+"""`rpq worker-env` and `rpq serve --external / --runpod-worker`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from external_support import WORKERS, live_group_members, wait_for
+from typer.testing import CliRunner
+
+from runpod_queue import Client, JobStatus
+from runpod_queue.cli._app import app, load_commands
+from runpod_queue.emulator.worker_processes import WorkerProcesses
+
+
+def test_worker_env_prints_export_lines() -> None:
+    load_commands()
+    result = CliRunner().invoke(app, ["worker-env", "my-ep", "--port", "9123", "--worker-id", "w1"])
+    assert result.exit_code == 0, result.output
+    exports = dict(re.findall(r"^export (\w+)=(.*)$", result.output, re.M))
+    assert exports["RUNPOD_WEBHOOK_GET_JOB"] == "'http://127.0.0.1:9123/v2/my-ep/job-take/$ID?gpu=emulator'"
+    assert exports["RUNPOD_WEBHOOK_POST_OUTPUT"].endswith("/job-done/$RUNPOD_POD_ID/$ID?gpu=emulator'")
+    assert exports["RUNPOD_WEBHOOK_POST_STREAM"].endswith("/job-stream/$RUNPOD_POD_ID/$ID?gpu=emulator'")
+    assert exports["RUNPOD_WEBHOOK_PING"] == "'http://127.0.0.1:9123/v2/my-ep/ping/$RUNPOD_POD_ID'"
+    assert exports["RUNPOD_POD_ID"] == "w1"
+    assert exports["RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"] == "true"
+    assert exports["RUNPOD_SKIP_GPU_CHECK"] == "true"
+    assert exports["RUNPOD_AI_API_KEY"]  # pings only start with a key
+
+
+def test_serve_runs_official_workers_and_stops_them(tmp_path: Path) -> None:
+    out = tmp_path / "serve.out"
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runpod_queue.cli", "serve", f"basic={WORKERS / 'worker_basic.py'}",
+             "--runpod-worker", "--replicas", "2", "--external", "other", "--port", "0", "--api-key", "k"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        url = wait_for(
+            lambda: (m := re.search(r"RunPod emulator at (\S+)", out.read_text())) and m.group(1),
+            what="the server to start",
+        )
+        found = wait_for(lambda: len(f := re.findall(r"pid (\d+)", out.read_text())) == 2 and f)
+        pids = [int(p) for p in found]
+        with Client("k", base_url=url) as client:
+            job = client.endpoint("basic").run_sync({"mode": "echo", "value": 7})
+            assert job.status is JobStatus.COMPLETED
+            assert job.output["echo"] == 7
+            wait_for(lambda: client.endpoint("basic").health().workers.idle == 2, what="both workers")
+            assert client.endpoint("other").health().workers.idle == 0  # external: nobody feeds it yet
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=20) == 0
+        for pid in pids:
+            assert not live_group_members(pid)
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)
+
+
+def test_a_worker_that_cannot_start_is_restarted_with_backoff(tmp_path: Path) -> None:
+    with WorkerProcesses("http://127.0.0.1:9", quiet=True) as procs:
+        worker = procs.start("ep", WORKERS / "worker_broken.py")
+        assert worker.proc is not None
+        worker.proc.wait(timeout=10)
+        procs.supervise()
+        assert (worker.restarts, worker.quick_exits) == (0, 1)
+        assert worker.restart_at is not None
+        procs.supervise()  # still backing off
+        assert worker.restarts == 0
+        worker.restart_at = 0.0  # as if the backoff had passed
+        procs.supervise()
+        assert worker.restarts == 1
+        assert worker.proc.wait(timeout=10) != 0
