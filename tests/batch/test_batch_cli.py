@@ -42,7 +42,8 @@ def test_all_completed_exits_0_and_prints_a_summary(keyed: Emulator, tmp_path: P
 
 
 def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None:
-    (tmp_path / "in.jsonl").write_text(json.dumps({"n": 1}) + "\nnot json\n" + json.dumps({"fail": 1}) + "\n")
+    text = json.dumps({"n": 1}) + "\nnot json\n" + json.dumps({"fail": 1}) + "\n"
+    (tmp_path / "in.jsonl").write_bytes(text.encode() + b'{"n": "\xff"}\n')  # line 4: not UTF-8
     code, text = rpq(
         "batch",
         str(tmp_path / "in.jsonl"),
@@ -60,7 +61,7 @@ def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None
     assert code == 1, text
     assert "line 2: malformed input" in text and KEY not in text
     statuses = {r["key"]: r["status"] for r in keys_once(tmp_path / "out.jsonl").values()}
-    assert statuses == {1: "COMPLETED", 2: "INVALID", 3: "FAILED"}
+    assert statuses == {1: "COMPLETED", 2: "INVALID", 3: "FAILED", 4: "INVALID"}
 
 
 def test_usage_errors_exit_2(keyed: Emulator, tmp_path: Path) -> None:

@@ -202,7 +202,7 @@ def batch(
         extra.append("--no-rate-limits")
     resume = _resume_command(inputs, endpoint, out, journal_path, url, extra)
     try:
-        with open(inputs, encoding="utf-8", errors="replace") as lines:
+        with open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
             if live is not None:
                 with live:
                     summary = runner.run(lines)
