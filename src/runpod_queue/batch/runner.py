@@ -8,9 +8,10 @@ Shape (one event loop):
   ``submitting``, sends, and journals the job id — so an item is ambiguous only while its ``/run`` is
   really on the wire (the client's limiter is switched off for ``run`` for that reason; it still paces
   every other operation);
-* **poll workers** share one status budget: submitted jobs sit in a heap ordered by when they are next
-  due, the most overdue first, each job's interval growing with its age; the client's limiter holds the
-  whole pool under ``/status``'s limit however many jobs are in flight;
+* one **dispatcher** shares the status budget: submitted jobs sit in a heap ordered by when they are next
+  due, and the most overdue one goes to the next free check slot (``poll_concurrency``); each job's
+  interval grows with its age, and the client's limiter holds all checks together under ``/status``'s
+  limit however many jobs are in flight;
 * results go to the journal first, then to the output (see ``_Output``).
 """
 
@@ -69,6 +70,11 @@ def _valid_key(key: Any) -> bool:
     return isinstance(key, str) or (isinstance(key, int) and not isinstance(key, bool))
 
 
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def parse_item(raw: Any, line: int) -> tuple[Any, Any] | _Invalid | object:
     """(key, input) for one input item, ``_Invalid`` with the reason, or ``_SKIP`` for a blank line.
 
@@ -88,7 +94,7 @@ def parse_item(raw: Any, line: int) -> tuple[Any, Any] | _Invalid | object:
         except ValueError as exc:
             return _Invalid(f"invalid JSON: {exc}")
     if not isinstance(raw, dict):
-        return _Invalid(f"expected a JSON object, got {type(raw).__name__}")
+        return _Invalid(f"expected a JSON object, got {_json_type(raw)}")
     if raw.keys() == {"key", "input"}:
         if not _valid_key(raw["key"]):
             return _Invalid(f"'key' must be a string or an integer, got {raw['key']!r:.60}")
@@ -203,7 +209,7 @@ class BatchRunner:
     TIMED_OUT job is sent to ``/retry``. ``rate_limits`` are the endpoint's limits the runner keeps to
     (``False``: none). ``on_result`` sees each result once, as it is written; ``on_progress`` gets a copy
     of the summary every ``progress_interval`` seconds; ``on_warning`` gets one line per malformed,
-    duplicate or ambiguous item (default: the ``runpod_queue.batch`` logger).
+    duplicate, ambiguous or lost item (default: the ``runpod_queue.batch`` logger).
     """
 
     def __init__(
