@@ -9,7 +9,9 @@
    after its first; that ideal span over the measured one (sending the first 1,000 takes about a
    second here, and every later window inherits that spread). Also: status calls per job (one shared
    polling budget, not one poll per interval). N must be a multiple of 1,000.
-2. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
+2. Polling cost of real work: 1,000 jobs of 0.5-2 s on 100 workers (so most wait in the queue first),
+   limits off: status calls per job and how late a result is seen after its job ended, on average.
+3. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
    file — target < 300 MB.
 
 Prints `name: value` lines. `python bench/batch.py [--quick]`.
@@ -29,13 +31,17 @@ from pathlib import Path
 from _harness import free_port, wait_until_up
 
 SERVER = """
-import gc, sys
-from runpod_queue.emulator import Emulator
+import asyncio, gc, sys
+from runpod_queue.emulator import Emulator, EndpointSpec
 def noop(job):
+    return 1
+async def slow(job):
+    await asyncio.sleep(job["input"]["sleep"])
     return 1
 gc.freeze()
 gc.set_threshold(50_000, 20, 100)
-Emulator({"noop": noop}, workers=8, rate_limits=sys.argv[2] == "on", port=int(sys.argv[1])).serve_forever()
+endpoints = {"noop": noop, "slow": EndpointSpec(handler=slow, workers=100)}
+Emulator(endpoints, workers=8, rate_limits=sys.argv[2] == "on", port=int(sys.argv[1])).serve_forever()
 """
 
 RUN_LIMIT = 1000  # per 10 s window
@@ -101,6 +107,52 @@ def bench_rate(count: int) -> None:
     print(f"status_calls_per_job: {summary.status_calls / count:.2f}")
 
 
+def bench_slow(count: int) -> None:
+    import random
+
+    from runpod_queue import BatchResult, BatchRunner, BatchSummary
+
+    proc, base = start_emulator(limits=False)
+    rng = random.Random(1)
+    late: list[float] = []
+    submitted: dict[int, float] = {}
+
+    def on_progress(summary: BatchSummary) -> None:  # all are submitted within the first ~second
+        submitted.setdefault(summary.submitted, time.monotonic())
+
+    def on_result(result: BatchResult) -> None:
+        ended = started + ((result.delay_time or 0) + (result.execution_time or 0)) / 1000
+        late.append(time.monotonic() - ended)
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
+            items = [(n, {"sleep": rng.uniform(0.5, 2.0)}) for n in range(count)]
+            runner = BatchRunner(
+                "slow",
+                journal=Path(tmp) / "journal",
+                base_url=base,
+                rate_limits=False,
+                on_result=on_result,
+                on_progress=on_progress,
+            )
+            started = time.monotonic()
+            summary = runner.run(items)
+            elapsed = time.monotonic() - started
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert summary.ok and summary.completed == count, summary
+    # Ideal: 100 workers drain the queue in sum(sleep) / 100 seconds.
+    ideal = sum(item["sleep"] for _, item in items) / 100
+    print(f"slow_jobs: {count}")
+    print(f"slow_elapsed_s: {elapsed:.1f}")
+    print(f"slow_elapsed_ideal_s: {ideal:.1f}")
+    print(f"slow_status_calls_per_job: {summary.status_calls / count:.2f}")
+    # How long after its job ended a result was seen (upper bound: submission time counted from the start).
+    print(f"slow_result_delay_mean_s: {sum(late) / len(late):.2f}")
+    print(f"slow_result_delay_max_s: {max(late):.2f}")
+
+
 def rss_child(count: int, base: str) -> None:
     """Runs in a fresh process: only the runner's own memory is measured."""
     from runpod_queue import BatchRunner
@@ -148,6 +200,7 @@ def main() -> None:
         rss_child(int(args.rss_child[0]), args.rss_child[1])
         return
     bench_rate(2_000 if args.quick else 5_000)
+    bench_slow(300 if args.quick else 1_000)
     bench_rss(20_000 if args.quick else 100_000)
 
 

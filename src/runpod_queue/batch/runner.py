@@ -113,6 +113,7 @@ class _Job:
     since: float  # monotonic start of the current attempt (submission or /retry)
     failures: int = 0  # consecutive failed status calls
     status: JobStatus | None = None
+    checked: float = 0.0  # monotonic time of the last status known (0: never)
 
 
 class _Fatal(Exception):
@@ -290,6 +291,7 @@ class BatchRunner:
         self._checks: set[asyncio.Task[None]] = set()
         self._wire: set[asyncio.Task[Any]] = set()
         self._pause_until: dict[str, float] = {}
+        self._queued_evidence: tuple[float, float] | None = None  # (entered, seen) of a job IN_QUEUE
         self._fed_all = False
 
     def __repr__(self) -> str:
@@ -591,6 +593,27 @@ class BatchRunner:
 
     # -- polling -----------------------------------------------------------------------------------------
 
+    def _implied_queued(self, job: _Job, now: float) -> bool:
+        """The queue is first in, first out: a job that entered after one seen IN_QUEUE more recently than
+        this job's own last check is still queued too — reschedule it without spending a status call.
+
+        With a backlog (thousands submitted at once, few workers) this keeps polling on the queue's front
+        instead of on jobs that cannot have started; a wrong guess only delays one check by one interval.
+        """
+        evidence = self._queued_evidence
+        if evidence is None or (job.status is not JobStatus.IN_QUEUE and job.checked > 0):
+            return False
+        entered, seen = evidence
+        if job.since <= entered or seen <= job.checked:
+            return False
+        due = seen + self._gap(job, seen)
+        if due <= now:
+            return False
+        job.checked = seen
+        self._set_status(job, JobStatus.IN_QUEUE)
+        self._push(job, due)
+        return True
+
     def _first_gap(self) -> float:
         """First status check after submission: a little before jobs have been taking to finish."""
         if self._latency is None:
@@ -613,7 +636,10 @@ class BatchRunner:
                 due = self._heap[0][0]
                 now = time.monotonic()
                 if due <= now:
-                    return heapq.heappop(self._heap)[2]
+                    job = heapq.heappop(self._heap)[2]
+                    if self._implied_queued(job, now):
+                        continue
+                    return job
                 timeout = due - now
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -656,20 +682,33 @@ class BatchRunner:
             return
         s.status_calls += 1
         job.failures = 0
+        now = time.monotonic()
+        job.checked = now
         if not snapshot.is_terminal:
             self._set_status(job, snapshot.status)
-            now = time.monotonic()
+            if snapshot.status is JobStatus.IN_QUEUE:
+                self._queued_evidence = (job.since, now)
             self._push(job, now + self._gap(job, now))
             return
         self._set_status(job, None)
-        elapsed = time.monotonic() - job.since
-        self._latency = elapsed if self._latency is None else 0.9 * self._latency + 0.1 * elapsed
+        self._learn_latency(job, snapshot)
         if snapshot.status in (JobStatus.FAILED, JobStatus.TIMED_OUT) and job.attempts <= self.retries:
             if self._stopping:
                 return  # the next run sees the failure again and retries it
             await self._retry(job)
             return
         self._finish_job(job, snapshot)
+
+    def _learn_latency(self, job: _Job, snapshot: Job) -> None:
+        """How long jobs take from submission to their end, for the first check of the next ones.
+
+        RunPod's own delayTime + executionTime when present: what we observe is inflated by our polling
+        interval, and an estimate built on it would only ever grow."""
+        if snapshot.delay_time is not None and snapshot.execution_time is not None:
+            sample = (snapshot.delay_time + snapshot.execution_time) / 1000
+        else:
+            sample = time.monotonic() - job.since
+        self._latency = sample if self._latency is None else 0.9 * self._latency + 0.1 * sample
 
     def _check_failed(self, job: _Job, error: RunpodQueueError) -> None:
         if isinstance(error, NotFoundError):
