@@ -71,6 +71,18 @@ def test_usage_errors_exit_2(keyed: Emulator, tmp_path: Path) -> None:
     inputs = write_inputs(tmp_path / "in.jsonl", 3)
     code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), "--policy-ttl", "5", *base)
     assert code == 2 and "ttl" in text
+    code, text = rpq(
+        "batch",
+        str(inputs),
+        "-e",
+        "ep",
+        "-o",
+        str(tmp_path / "o"),
+        "--base-url",
+        "https://example.invalid/v2",
+        env={"RUNPOD_API_KEY": ""},
+    )
+    assert code == 2 and "no API key" in text  # refused before any request
     (tmp_path / "o").write_text('{"key": 1}\n')
     code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), *base)
     assert code == 2 and "already has results" in text

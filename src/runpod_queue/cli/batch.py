@@ -2,22 +2,37 @@
 
 from __future__ import annotations
 
+import logging
 import shlex
 import signal
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import typer
-import typer.core
 
-from runpod_queue.cli._app import app
+from runpod_queue.cli._app import EXIT_API, EXIT_JOB, EXIT_OK, EXIT_USAGE, app
+from runpod_queue.cli._common import (
+    ApiKeyOpt,
+    BaseUrlOpt,
+    DebugOpt,
+    LocalOpt,
+    RpqCommand,
+    UsageProblem,
+    _configure_debug_logging,
+    _resolve,
+)
 
-# Exit codes (also in the README): 0 every item completed, 1 some items failed, 2 usage error,
-# 3 API or connection error, 130 interrupted (run the same command again to resume).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# Exit codes, as for every command: 0 every item completed, 1 some items did not (failed, lost, invalid,
+# rejected, duplicate), 2 usage error, 3 API or connection error, 130 stopped (the same command resumes).
+EXIT_INTERRUPTED = 130
 _MAX_WARNINGS = 20
-_DEFAULT_LOCAL_PORT = 8000  # where `rpq serve` listens by default
+_RUNNER = "Batch"
+EXIT_HELP = (
+    "Exit codes: 0 every item completed · 1 some did not (failed, lost, malformed, rejected, duplicate key) "
+    "· 2 usage error · 3 API or connection error · 130 stopped: run the same command again to resume."
+)
 
 
 def _count_lines(path: Path) -> int:
@@ -30,41 +45,13 @@ def _count_lines(path: Path) -> int:
     return count
 
 
-def _base_url(base_url: str | None, local: int | None) -> str | None:
-    if local is not None:
-        return f"http://127.0.0.1:{local}/v2"
-    return base_url
-
-
-def _resume_command(
-    inputs: Path, endpoint: str, out: Path, journal: Path, base_url: str | None, extra: list[str]
-) -> str:
+def _resume_command(inputs: Path, endpoint: str, out: Path, journal: Path, extra: list[str]) -> str:
     """The command that resumes this batch (never with the API key: it comes from the environment)."""
     args = ["rpq", "batch", str(inputs), "--endpoint", endpoint, "--out", str(out), "--journal", str(journal)]
-    if base_url is not None:
-        args += ["--base-url", base_url]
     return shlex.join(args + extra)
 
 
-class _BatchCommand(typer.core.TyperCommand):
-    """Lets ``--local`` stand alone: click has no optional option values, so a bare ``--local`` (last, or
-    followed by something that is not a port) gets the default port inserted before parsing."""
-
-    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
-        fixed: list[str] = []
-        for index, arg in enumerate(args):
-            if arg == "--":
-                fixed.extend(args[index:])
-                break
-            fixed.append(arg)
-            if arg == "--local":
-                following = args[index + 1] if index + 1 < len(args) else None
-                if following is None or not following.isdigit():
-                    fixed.append(str(_DEFAULT_LOCAL_PORT))
-        return super().parse_args(ctx, fixed)
-
-
-@app.command(cls=_BatchCommand)
+@app.command(cls=RpqCommand, epilog=EXIT_HELP)
 def batch(
     inputs: Annotated[
         Path,
@@ -80,49 +67,51 @@ def batch(
     ],
     journal: Annotated[
         Path | None,
-        typer.Option(help="SQLite journal that makes the batch resumable (default: OUT.journal)."),
+        typer.Option(
+            help="SQLite journal that makes the batch resumable (default: OUT.journal).",
+            rich_help_panel=_RUNNER,
+        ),
     ] = None,
     max_in_flight: Annotated[
-        int, typer.Option(min=1, help="Items between submission and result at any moment.")
+        int,
+        typer.Option(
+            min=1, help="Items between submission and result at any moment.", rich_help_panel=_RUNNER
+        ),
     ] = 1000,
     retries: Annotated[
-        int, typer.Option(min=0, help="/retry a FAILED or TIMED_OUT job this many times.")
+        int,
+        typer.Option(
+            min=0, help="/retry a FAILED or TIMED_OUT job this many times.", rich_help_panel=_RUNNER
+        ),
     ] = 2,
     policy_ttl: Annotated[
-        int | None, typer.Option(help="Job policy ttl in ms (>= 10000): queue time included.")
+        int | None,
+        typer.Option(help="Job policy ttl in ms (>= 10000), queue time included.", rich_help_panel=_RUNNER),
     ] = None,
     execution_timeout: Annotated[
-        int | None, typer.Option(help="Job policy executionTimeout in ms (>= 5000).")
-    ] = None,
-    api_key: Annotated[
-        str | None,
-        typer.Option(envvar="RUNPOD_API_KEY", help="API key (default: $RUNPOD_API_KEY).", show_default=False),
-    ] = None,
-    base_url: Annotated[
-        str | None,
-        typer.Option(
-            envvar="RUNPOD_ENDPOINT_BASE_URL",
-            help="API base URL (default: $RUNPOD_ENDPOINT_BASE_URL or https://api.runpod.ai/v2).",
-            show_default=False,
-        ),
-    ] = None,
-    local: Annotated[
         int | None,
-        typer.Option(
-            "--local",
-            metavar="[PORT]",
-            min=1,
-            max=65535,
-            help="Use a local emulator: http://127.0.0.1:PORT/v2 (PORT defaults to 8000).",
-            show_default=False,
-        ),
+        typer.Option(help="Job policy executionTimeout in ms (>= 5000).", rich_help_panel=_RUNNER),
     ] = None,
     no_rate_limits: Annotated[
-        bool, typer.Option("--no-rate-limits", help="Do not pace requests to RunPod's documented limits.")
+        bool,
+        typer.Option(
+            "--no-rate-limits",
+            help="Do not pace requests to RunPod's documented limits (e.g. for a local emulator).",
+            rich_help_panel=_RUNNER,
+        ),
     ] = False,
     progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Live progress on stderr when it is a terminal.")
+        bool,
+        typer.Option(
+            "--progress/--no-progress",
+            help="Live progress on stderr when it is a terminal.",
+            rich_help_panel="Output",
+        ),
     ] = True,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    local: LocalOpt = None,
+    debug: DebugOpt = False,
 ) -> None:
     """Run every input through ENDPOINT and write every result to OUT — durably.
 
@@ -141,7 +130,11 @@ def batch(
         err.print(f"error: {inputs}: no such input file")
         raise typer.Exit(EXIT_USAGE)
     journal_path = journal if journal is not None else out.with_name(out.name + ".journal")
-    url = _base_url(base_url, local)
+    try:
+        key, url = _resolve(api_key, base_url, local)
+    except UsageProblem as exc:
+        err.print(f"error: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
     try:
         policy = (
             Policy(execution_timeout=execution_timeout, ttl=policy_ttl)
@@ -168,7 +161,7 @@ def batch(
             endpoint,
             journal=journal_path,
             output=out,
-            api_key=api_key,
+            api_key=key,
             base_url=url,
             max_in_flight=max_in_flight,
             retries=retries,
@@ -198,9 +191,14 @@ def batch(
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, on_signal)
     extra: list[str] = []
+    if local is not None:
+        extra += ["--local", str(local)]
+    elif base_url is not None:
+        extra += ["--base-url", base_url]
     if no_rate_limits:
         extra.append("--no-rate-limits")
-    resume = _resume_command(inputs, endpoint, out, journal_path, url, extra)
+    resume = _resume_command(inputs, endpoint, out, journal_path, extra)
+    handler = _configure_debug_logging() if debug else None
     try:
         with open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
             if live is not None:
@@ -215,15 +213,17 @@ def batch(
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     except RunpodQueueError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {exc}{_hint(exc, local is not None, url)}")
         err.print(f"nothing is lost; fix the cause and resume with:\n  {resume}")
         raise typer.Exit(EXIT_API) from None
     except OSError as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, previous_handler in previous.items():
+            signal.signal(signum, previous_handler)
+        if handler is not None:
+            logging.getLogger("runpod_queue").removeHandler(handler)
     out_console.print(summary_table(summary))
     if summary.interrupted:
         err.print(
@@ -235,5 +235,19 @@ def batch(
         err.print(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
     if not summary.ok:
         err.print(f"{summary.failures} items did not complete; see 'error' in {out}")
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(EXIT_JOB)
     err.print(f"all {summary.completed} items completed: {out}")
+    raise typer.Exit(EXIT_OK)
+
+
+def _hint(exc: Exception, local: bool, url: str) -> str:
+    from runpod_queue.errors import APIConnectionError, AuthenticationError
+
+    if isinstance(exc, APIConnectionError):
+        if local:
+            port = urlsplit(url).port
+            return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
+        return f"\n  check --base-url / $RUNPOD_ENDPOINT_BASE_URL ({url}) and your network"
+    if isinstance(exc, AuthenticationError):
+        return "\n  set the right key with `export RUNPOD_API_KEY=...` or --api-key"
+    return ""
