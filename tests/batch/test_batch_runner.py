@@ -232,3 +232,22 @@ def test_keys_are_identity_across_runs_not_line_numbers(emu: Emulator, tmp_path:
     assert summary.ok and summary.duplicates == 0 and summary.reused == 10 and summary.submitted == 10
     assert len(keys_once(tmp_path / "out.jsonl")) == 20
     assert [r.key for r in runner(emu, tmp_path).results()] == [f"k{n}" for n in reversed(range(20))]
+
+
+def test_a_stop_with_inputs_still_waiting_for_a_run_slot_is_an_interruption(
+    emu: Emulator, recorder: Recorder, tmp_path: Path
+) -> None:
+    slow_runs = RateLimits(limits={"run": OperationLimit(10, 5)})  # every input is read at once
+
+    async def stop_while_waiting() -> BatchSummary:
+        batch = runner(emu, tmp_path, rate_limits=slow_runs)
+        task = asyncio.create_task(batch.arun([(n, {"n": n}) for n in range(30)]))
+        await until(lambda: batch.summary.completed >= 10)
+        batch.stop()
+        return await task
+
+    stopped = asyncio.run(stop_while_waiting())
+    assert stopped.interrupted and not stopped.ok and stopped.submitted == 10 and stopped.in_flight == 0
+    summary = runner(emu, tmp_path, rate_limits=False).run([(n, {"n": n}) for n in range(30)])
+    assert summary.ok and summary.submitted == 20 and summary.reused == 10
+    assert len(keys_once(tmp_path / "out.jsonl")) == 30 and recorder.duplicates() == 0

@@ -293,6 +293,7 @@ class BatchRunner:
         self._pause_until: dict[str, float] = {}
         self._queued_evidence: tuple[float, float] | None = None  # (entered, seen) of a job IN_QUEUE
         self._fed_all = False
+        self._left_over = 0  # items read but not submitted because of a stop: the next run sends them
 
     def __repr__(self) -> str:
         return f"BatchRunner({self.endpoint_id!r}, journal={str(self.journal_path)!r})"
@@ -359,7 +360,7 @@ class BatchRunner:
                 raise self._fatal
         finally:
             summary.elapsed = time.monotonic() - started
-            unfinished = not self._fed_all or summary.in_flight > 0
+            unfinished = not self._fed_all or summary.in_flight > 0 or self._left_over > 0
             summary.interrupted = unfinished and (summary.interrupted or self._stop_requested)
             self._loop = None
             self._stop_requested = False
@@ -520,6 +521,7 @@ class BatchRunner:
                 window = await self._run_limiter.acquire(self.endpoint_id, "run")
                 try:
                     if self._stopping:
+                        self._left_over += 1
                         self._released()
                         return  # stays pending: the next run submits it
                     attempt += 1
@@ -550,7 +552,8 @@ class BatchRunner:
                 self._push(_Job(key, line, job.id, 1, now), now + self._first_gap())
                 return
         except asyncio.CancelledError:
-            # Cancelled while waiting (hard stop): the row stays pending or submitting, resolved on resume.
+            # Cancelled while waiting (a stop): the row stays pending or submitting, resolved on resume.
+            self._left_over += 1
             self._released()
             raise
 

@@ -226,10 +226,12 @@ def batch(
             logging.getLogger("runpod_queue").removeHandler(handler)
     out_console.print(summary_table(summary))
     if summary.interrupted:
-        err.print(
-            f"stopped with {summary.in_flight} jobs still running on the endpoint; they and the remaining "
-            f"inputs are picked up by running the same command again:\n  {resume}"
+        running = (
+            f"{summary.in_flight} jobs keep running on the endpoint; they and the remaining inputs are"
+            if summary.in_flight
+            else "the remaining inputs are"
         )
+        err.print(f"stopped: {running} picked up by running the same command again:\n  {resume}")
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.ambiguous:
         err.print(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
