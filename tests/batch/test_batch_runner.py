@@ -251,3 +251,11 @@ def test_a_stop_with_inputs_still_waiting_for_a_run_slot_is_an_interruption(
     summary = runner(emu, tmp_path, rate_limits=False).run([(n, {"n": n}) for n in range(30)])
     assert summary.ok and summary.submitted == 20 and summary.reused == 10
     assert len(keys_once(tmp_path / "out.jsonl")) == 30 and recorder.duplicates() == 0
+
+
+def test_run_inside_an_event_loop_points_to_arun(tmp_path: Path) -> None:
+    async def call_run() -> None:
+        BatchRunner("ep", journal=tmp_path / "j").run([])
+
+    with pytest.raises(RuntimeError, match=r"await runner.arun\(inputs\)"):
+        asyncio.run(call_run())

@@ -301,8 +301,16 @@ class BatchRunner:
     # -- public entry points -----------------------------------------------------------------------------
 
     def run(self, inputs: Iterable[Any]) -> BatchSummary:
-        """Run the batch to the end (or until ``stop()``); see ``arun``."""
-        return asyncio.run(self.arun(inputs))
+        """Run the batch to the end (or until ``stop()``); see ``arun``. Ctrl-C stops it like ``stop()``
+        (requests on the wire finish and are journaled), then raises KeyboardInterrupt."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(inputs))
+        raise RuntimeError(
+            "BatchRunner.run() cannot run inside an event loop (a notebook, an async app): "
+            "use `await runner.arun(inputs)`"
+        )
 
     def stop(self) -> None:
         """Stop submitting, let requests on the wire finish, leave the journal ready to resume.
