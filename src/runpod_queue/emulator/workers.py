@@ -89,12 +89,15 @@ def normalize_result(value: Any) -> RunOutcome:
 class _StreamSink:
     """Collects a generator's chunks: hands each to the queue and keeps them for the aggregate."""
 
-    __slots__ = ("aggregate", "chunks", "emit")
+    __slots__ = ("aggregate", "chunks", "emit", "stopped")
 
     def __init__(self, emit: Callable[[bytes], None], aggregate: bool) -> None:
         self.emit = emit
         self.aggregate = aggregate
         self.chunks: list[bytes] = []
+        # Set from the loop thread when the run is cancelled; a sync generator stops at its next yield.
+        # A plain attribute, not a threading.Event: one is made per job and only ever read.
+        self.stopped = False
 
     def add(self, item: Any) -> str | None:
         """Take one yielded item; returns an error message when the item ends the job."""
@@ -127,7 +130,6 @@ def _run_sync(
     handler: Callable[[dict[str, Any]], Any],
     payload: dict[str, Any],
     sink: _StreamSink,
-    stop: threading.Event,
     worker_id: str,
 ) -> RunOutcome | Any:
     """Runs on the worker thread. Returns an outcome, or an awaitable for the loop to finish."""
@@ -138,15 +140,15 @@ def _run_sync(
     if inspect.isawaitable(result) or inspect.isasyncgen(result):
         return result
     if inspect.isgenerator(result) or (isinstance(result, Iterator) and not isinstance(result, dict | list)):
-        return _drain_sync(result, sink, stop)
+        return _drain_sync(result, sink)
     return normalize_result(result)
 
 
-def _drain_sync(gen: Iterator[Any], sink: _StreamSink, stop: threading.Event) -> RunOutcome:
+def _drain_sync(gen: Iterator[Any], sink: _StreamSink) -> RunOutcome:
     error: str | None = None
     try:
         for item in gen:
-            if stop.is_set():
+            if sink.stopped:
                 return RunOutcome(cancelled=True)
             error = sink.add(item)
             if error is not None:
@@ -195,8 +197,8 @@ class _WorkerThread:
             item = self.inbox.get()
             if item is None:
                 return
-            job, attempt, worker, handler, payload, sink, stop = item
-            outcome = _run_sync(handler, payload, sink, stop, worker.id)
+            job, attempt, worker, handler, payload, sink = item
+            outcome = _run_sync(handler, payload, sink, worker.id)
             post(("done", job, attempt, worker, outcome))
 
 
@@ -210,6 +212,7 @@ class InProcessRunner:
         self._outbox: list[tuple[Any, ...]] = []
         self._outbox_lock = threading.Lock()
         self._drain_scheduled = False
+        self._runs_on_loop: dict[Any, bool] = {}
         core.start_in_process = self.start
 
     # -- thread → loop hand-off -----------------------------------------------------------------
@@ -246,7 +249,11 @@ class InProcessRunner:
     def start(self, job: JobRecord, worker: WorkerSlot) -> None:
         handler = job.endpoint.spec.handler
         assert handler is not None
-        if inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler):
+        runs_on_loop = self._runs_on_loop.get(handler)
+        if runs_on_loop is None:  # inspect is slow enough to matter per job: decide once per handler
+            runs_on_loop = inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler)
+            self._runs_on_loop[handler] = runs_on_loop
+        if runs_on_loop:
             task = self._spawn(self._run_async(job, worker, job.attempt))
             worker.run_cancel = task.cancel
             return
@@ -254,18 +261,17 @@ class InProcessRunner:
         if thread is None:
             thread = self._threads[worker.id] = _WorkerThread(self, worker.id)
         attempt = job.attempt
-        stop = threading.Event()
 
         def emit(data: bytes) -> None:
             self.post(("chunk", job, attempt, data))
 
         def cancel() -> None:
-            stop.set()
+            sink.stopped = True
             self._stop_thread(worker)
 
         worker.run_cancel = cancel
         sink = _StreamSink(emit, job.endpoint.spec.return_aggregate_stream)
-        thread.inbox.put((job, attempt, worker, handler, job.handler_job(), sink, stop))
+        thread.inbox.put((job, attempt, worker, handler, job.handler_job(), sink))
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
         loop = self.core.loop
