@@ -76,7 +76,7 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key",
-        help=f"RunPod API key [default: ${ENV_API_KEY}]. Never printed.",
+        help=f"RunPod API key (default: ${ENV_API_KEY}). Never printed.",
         show_default=False,
         rich_help_panel=_CONNECTION,
     ),
@@ -85,7 +85,7 @@ BaseUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--base-url",
-        help=f"API base URL [default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL}].",
+        help=f"API base URL (default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL}).",
         show_default=False,
         rich_help_panel=_CONNECTION,
     ),
