@@ -11,6 +11,8 @@
    polling budget, not one poll per interval). N must be a multiple of 1,000.
 2. Polling cost of real work: 1,000 jobs of 0.5-2 s on 100 workers (so most wait in the queue first),
    limits off: status calls per job and how late a result is seen after its job ended, on average.
+   The same jobs again as a webhook-driven batch (signed webhooks to a receiver the runner serves):
+   status calls per job and the ratio to polling.
 3. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
    file — target < 300 MB.
 
@@ -107,7 +109,9 @@ def bench_rate(count: int) -> None:
     print(f"status_calls_per_job: {summary.status_calls / count:.2f}")
 
 
-def bench_slow(count: int) -> None:
+def bench_slow(count: int, *, webhooks: bool = False) -> float:
+    """Returns status calls per job. With ``webhooks`` every job carries a signed webhook to a receiver
+    the runner serves on loopback, and only late jobs are polled."""
     import random
 
     from runpod_queue import BatchResult, BatchRunner, BatchSummary
@@ -127,6 +131,7 @@ def bench_slow(count: int) -> None:
     try:
         with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
             items = [(n, {"sleep": rng.uniform(0.5, 2.0)}) for n in range(count)]
+            hook_port = free_port()
             runner = BatchRunner(
                 "slow",
                 journal=Path(tmp) / "journal",
@@ -134,6 +139,8 @@ def bench_slow(count: int) -> None:
                 rate_limits=False,
                 on_result=on_result,
                 on_progress=on_progress,
+                webhook_url=f"http://127.0.0.1:{hook_port}/" if webhooks else None,
+                listen=("127.0.0.1", hook_port) if webhooks else None,
             )
             started = time.monotonic()
             summary = runner.run(items)
@@ -144,13 +151,17 @@ def bench_slow(count: int) -> None:
     assert summary.ok and summary.completed == count, summary
     # Ideal: 100 workers drain the queue in sum(sleep) / 100 seconds.
     ideal = sum(item["sleep"] for _, item in items) / 100
-    print(f"slow_jobs: {count}")
-    print(f"slow_elapsed_s: {elapsed:.1f}")
-    print(f"slow_elapsed_ideal_s: {ideal:.1f}")
-    print(f"slow_status_calls_per_job: {summary.status_calls / count:.2f}")
+    name = "webhook" if webhooks else "slow"
+    print(f"{name}_jobs: {count}")
+    print(f"{name}_elapsed_s: {elapsed:.1f}")
+    print(f"{name}_elapsed_ideal_s: {ideal:.1f}")
+    print(f"{name}_status_calls_per_job: {summary.status_calls / count:.2f}")
+    if webhooks:
+        print(f"{name}_deliveries_per_job: {summary.webhook_deliveries / count:.2f}")
     # How long after its job ended a result was seen (upper bound: submission time counted from the start).
-    print(f"slow_result_delay_mean_s: {sum(late) / len(late):.2f}")
-    print(f"slow_result_delay_max_s: {max(late):.2f}")
+    print(f"{name}_result_delay_mean_s: {sum(late) / len(late):.2f}")
+    print(f"{name}_result_delay_max_s: {max(late):.2f}")
+    return summary.status_calls / count
 
 
 def rss_child(count: int, base: str) -> None:
@@ -200,7 +211,10 @@ def main() -> None:
         rss_child(int(args.rss_child[0]), args.rss_child[1])
         return
     bench_rate(2_000 if args.quick else 5_000)
-    bench_slow(300 if args.quick else 1_000)
+    slow = 300 if args.quick else 1_000
+    polled = bench_slow(slow)
+    hooked = bench_slow(slow, webhooks=True)
+    print(f"status_calls_webhook_vs_polling: {hooked / polled if polled else 0:.3f}")
     bench_rss(20_000 if args.quick else 100_000)
 
 

@@ -91,6 +91,7 @@ class BatchSummary:
     in_progress: int = 0
     run_calls: int = 0
     status_calls: int = 0
+    webhook_deliveries: int = 0  # verified webhook deliveries received (webhook-driven batches)
     rate_limited: int = 0  # 429 answers seen (the limiter should keep this at 0)
     transient_errors: int = 0  # connection errors and 5xx, retried
     elapsed: float = 0.0  # seconds this run

@@ -132,6 +132,13 @@ class Journal:
                 f"not {endpoint_id!r}; pass another --journal"
             )
 
+    def meta(self, name: str) -> str | None:
+        found = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+        return None if found is None else str(found[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+
     def begin_run(self) -> int:
         """Number this run: a key seen twice within one run is a duplicate, across runs a resume."""
         found = self._db.execute("SELECT value FROM meta WHERE name = 'runs'").fetchone()

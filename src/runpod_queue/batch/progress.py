@@ -61,6 +61,7 @@ def summary_table(s: BatchSummary) -> Table:
         ("ambiguous, resubmitted (may have run twice)", s.ambiguous),
         ("/run calls", s.run_calls),
         ("/status calls", s.status_calls),
+        ("webhook deliveries", s.webhook_deliveries),
         ("429 answers", s.rate_limited),
         ("transient errors retried", s.transient_errors),
         ("elapsed", format_duration(s.elapsed)),

@@ -12,7 +12,12 @@ Shape (one event loop):
   due, and the most overdue one goes to the next free check slot (``poll_concurrency``); each job's
   interval grows with its age, and the client's limiter holds all checks together under ``/status``'s
   limit however many jobs are in flight;
-* results go to the journal first, then to the output (see ``_Output``).
+* results go to the journal first, then to the output (see ``_Output``);
+* with ``webhook_url`` + ``listen``, every job is submitted with a signed webhook URL and a receiver on
+  the same loop takes deliveries as results: a COMPLETED delivery finishes its job at once, any other
+  terminal delivery makes the job due for a status check (which decides on /retry, as polling does, and
+  cannot be fooled by a late delivery of an earlier attempt). A job is polled only once its delivery is
+  late (``webhook_grace``, or twice the jobs' usual latency if longer).
 """
 
 from __future__ import annotations
@@ -114,6 +119,45 @@ class _Job:
     failures: int = 0  # consecutive failed status calls
     status: JobStatus | None = None
     checked: float = 0.0  # monotonic time of the last status known (0: never)
+    done: bool = False  # its result is recorded (a webhook may beat a status check to it)
+    checking: bool = False  # a status check is under way
+    due_seq: int = 0  # the heap entry that counts; older entries of this job are skipped
+
+
+class _Receiver:
+    """The webhook receiver served by uvicorn on the runner's loop (signals stay the caller's)."""
+
+    def __init__(self, receiver: Any, host: str, port: int) -> None:
+        import uvicorn
+
+        from runpod_queue.webhooks import asgi_app
+
+        class _Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self) -> Iterator[None]:
+                yield  # Ctrl-C belongs to the batch (it stops submitting), not to the receiver
+
+        config = uvicorn.Config(
+            asgi_app(receiver), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+        )
+        self.server = _Server(config)
+        self.address = f"{host}:{port}"
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                error = self._task.exception()
+                raise OSError(
+                    f"webhook receiver could not listen on {self.address}: {error or 'port in use?'}"
+                )
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class _Fatal(Exception):
@@ -235,6 +279,10 @@ class BatchRunner:
         on_progress: Callable[[BatchSummary], object] | None = None,
         on_warning: Callable[[str], object] | None = None,
         progress_interval: float = 0.25,
+        webhook_url: str | None = None,
+        listen: tuple[str, int] | None = None,
+        webhook_secret: str | None = None,
+        webhook_grace: float = 30.0,
     ) -> None:
         if not isinstance(endpoint, str) or not endpoint:
             raise ValueError(f"endpoint must be a non-empty endpoint id, got {endpoint!r}")
@@ -245,6 +293,19 @@ class BatchRunner:
             raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
         if not 0 < min_poll_interval <= max_poll_interval:
             raise ValueError("poll intervals must satisfy 0 < min_poll_interval <= max_poll_interval")
+        if (webhook_url is None) != (listen is None):
+            raise ValueError(
+                "webhook_url (the public URL RunPod posts to) and listen ((host, port) the receiver binds) "
+                "go together"
+            )
+        if webhook_url is not None and not webhook_url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook_url must be an http(s) URL, got {webhook_url!r}")
+        if not isinstance(webhook_grace, int | float) or webhook_grace <= 0:
+            raise ValueError(f"webhook_grace must be a positive number of seconds, got {webhook_grace!r}")
+        self.webhook_url = webhook_url
+        self.listen = listen
+        self._webhook_secret = webhook_secret
+        self._webhook_grace = float(webhook_grace)
         self.endpoint_id = endpoint
         self.journal_path = Path(journal)
         self.output_path = None if output is None else Path(output)
@@ -294,6 +355,9 @@ class BatchRunner:
         self._queued_evidence: tuple[float, float] | None = None  # (entered, seen) of a job IN_QUEUE
         self._fed_all = False
         self._left_over = 0  # items read but not submitted because of a stop: the next run sends them
+
+        self._by_id: dict[str, _Job] = {}
+        self._signer: Any = None
 
     def __repr__(self) -> str:
         return f"BatchRunner({self.endpoint_id!r}, journal={str(self.journal_path)!r})"
@@ -388,6 +452,7 @@ class BatchRunner:
         summary.reused = summary.finished
         self._output = _Output(out, journal, self._on_result)
         self._output.open()
+        receiver = await self._start_receiver() if self.webhook_url is not None else None
         ticker = asyncio.create_task(self._tick(started))
         try:
             self._resume_submitted()
@@ -407,6 +472,8 @@ class BatchRunner:
                 await self._drain(dispatcher)
         finally:
             ticker.cancel()
+            if receiver is not None:
+                await receiver.stop()
             self._output.close()
 
     # -- feeding and submitting --------------------------------------------------------------------------
@@ -449,6 +516,7 @@ class BatchRunner:
             assert row.job_id is not None
             age = max(0.0, now_wall - (row.submitted_at or now_wall))
             job = _Job(row.key, row.line, row.job_id, max(1, row.attempts), now_mono - age)
+            self._by_id[job.job_id] = job
             self._push(job, now_mono)
             self.summary.resumed += 1
             self.summary.in_flight += 1
@@ -536,7 +604,8 @@ class BatchRunner:
                     self._journal.submitting(key, line)
                     s.run_calls += 1
                     with self._on_the_wire():
-                        job = await self._ep.run(payload, policy=self.policy)
+                        webhook = None if self._signer is None else self._signer.sign(self.webhook_url)
+                        job = await self._ep.run(payload, policy=self.policy, webhook=webhook)
                 except (ValueError, TypeError, BadRequestError, PayloadTooLargeError) as exc:
                     s.rejected += 1
                     self._finish(key, line, BatchResult(json.loads(key), None, "REJECTED", error=str(exc)))
@@ -557,7 +626,8 @@ class BatchRunner:
                 self._journal.submitted(key, job.id, time.time())
                 s.submitted += 1
                 now = time.monotonic()
-                self._push(_Job(key, line, job.id, 1, now), now + self._first_gap())
+                watched = self._by_id[job.id] = _Job(key, line, job.id, 1, now)
+                self._push(watched, now + self._first_gap())
                 return
         except asyncio.CancelledError:
             # Cancelled while waiting (a stop): the row stays pending or submitting, resolved on resume.
@@ -625,18 +695,27 @@ class BatchRunner:
         self._push(job, due)
         return True
 
+    def _late(self) -> float:
+        """With webhooks: how long a job may go without a delivery before it is polled."""
+        usual = 0.0 if self._latency is None else 2 * self._latency
+        return max(self._webhook_grace, usual)
+
     def _first_gap(self) -> float:
         """First status check after submission: a little before jobs have been taking to finish."""
+        if self._signer is not None:
+            return self._late()
         if self._latency is None:
             return self._min_gap
         return min(self._max_gap, max(self._min_gap, 0.8 * self._latency))
 
     def _gap(self, job: _Job, now: float) -> float:
         """Later checks: half the job's age, so a long job costs a few calls, not one per interval."""
-        return min(self._max_gap, max(self._min_gap, 0.5 * (now - job.since)))
+        gap = min(self._max_gap, max(self._min_gap, 0.5 * (now - job.since)))
+        return max(gap, self._late()) if self._signer is not None else gap
 
     def _push(self, job: _Job, due: float) -> None:
         self._seq += 1
+        job.due_seq = self._seq
         heapq.heappush(self._heap, (due, self._seq, job))
         self._wake.set()
 
@@ -647,7 +726,9 @@ class BatchRunner:
                 due = self._heap[0][0]
                 now = time.monotonic()
                 if due <= now:
-                    job = heapq.heappop(self._heap)[2]
+                    _, seq, job = heapq.heappop(self._heap)
+                    if job.done or seq != job.due_seq:
+                        continue  # finished by a webhook, or rescheduled since
                     if self._implied_queued(job, now):
                         continue
                     return job
@@ -685,13 +766,19 @@ class BatchRunner:
 
     async def _check(self, job: _Job) -> None:
         s = self.summary
+        job.checking = True
         try:
             snapshot = await self._ep.status(job.job_id)
         except RunpodQueueError as exc:
             s.status_calls += 1
-            self._check_failed(job, exc)
+            if not job.done:
+                self._check_failed(job, exc)
             return
+        finally:
+            job.checking = False
         s.status_calls += 1
+        if job.done:
+            return  # a webhook delivered its result while we asked
         job.failures = 0
         now = time.monotonic()
         job.checked = now
@@ -787,6 +874,8 @@ class BatchRunner:
         job.status = status
 
     def _lost(self, job: _Job) -> None:
+        job.done = True
+        self._by_id.pop(job.job_id, None)
         self._set_status(job, None)
         self.summary.lost += 1
         message = (
@@ -798,6 +887,8 @@ class BatchRunner:
         self._finish(job.key, job.line, result)
 
     def _finish_job(self, job: _Job, snapshot: Job) -> None:
+        job.done = True
+        self._by_id.pop(job.job_id, None)
         s = self.summary
         if snapshot.status is JobStatus.COMPLETED:
             s.completed += 1
@@ -829,6 +920,40 @@ class BatchRunner:
         self._output.deliver(key, text)
         self.summary.done_this_run += 1
         self._released()
+
+    # -- webhooks ----------------------------------------------------------------------------------------
+
+    async def _start_receiver(self) -> _Receiver:
+        """Sign every submission and take deliveries on this loop. The secret is kept in the journal, so
+        jobs submitted before a restart still verify after it."""
+        import secrets
+
+        from runpod_queue.webhooks import WebhookReceiver, WebhookSigner
+
+        secret = self._webhook_secret or self._journal.meta("webhook_secret")
+        if secret is None:
+            secret = secrets.token_urlsafe(32)
+            self._journal.set_meta("webhook_secret", secret)
+        self._signer = WebhookSigner(secret)
+        receiver = WebhookReceiver(self._signer, self._on_delivery)
+        assert self.listen is not None
+        server = _Receiver(receiver, *self.listen)
+        await server.start()
+        return server
+
+    async def _on_delivery(self, snapshot: Job) -> None:
+        """A verified delivery (called once per job id and status by the receiver)."""
+        self.summary.webhook_deliveries += 1
+        job = self._by_id.get(snapshot.id)
+        if job is None or job.done or not snapshot.is_terminal:
+            return
+        if snapshot.status is JobStatus.COMPLETED:
+            # Final: a COMPLETED job is never retried, so this cannot be a late word on an older attempt.
+            self._set_status(job, None)
+            self._learn_latency(job, snapshot)
+            self._finish_job(job, snapshot)
+        elif not job.checking:
+            self._push(job, time.monotonic())  # the status check decides: /retry or record
 
     # -- stopping and progress ---------------------------------------------------------------------------
 

@@ -100,6 +100,32 @@ def batch(
             rich_help_panel=_RUNNER,
         ),
     ] = False,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-url",
+            help="Public URL that reaches --listen: every job gets a signed webhook there, and only jobs "
+            "whose delivery is late are polled.",
+            rich_help_panel="Webhooks",
+        ),
+    ] = None,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            metavar="HOST:PORT",
+            help="Where the batch's webhook receiver binds (e.g. 127.0.0.1:8787 behind a tunnel).",
+            rich_help_panel="Webhooks",
+        ),
+    ] = None,
+    webhook_grace: Annotated[
+        float,
+        typer.Option(
+            min=0.001,
+            help="Seconds a job may go without a delivery before it is polled.",
+            rich_help_panel="Webhooks",
+        ),
+    ] = 30.0,
     progress: Annotated[
         bool,
         typer.Option(
@@ -145,6 +171,17 @@ def batch(
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
 
+    listen_at: tuple[str, int] | None = None
+    if (webhook_url is None) != (listen is None):
+        err.print("error: --webhook-url and --listen go together (the public URL, and where it is received)")
+        raise typer.Exit(EXIT_USAGE)
+    if listen is not None:
+        host, _, port_text = listen.rpartition(":")
+        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            err.print(f"error: --listen takes HOST:PORT (e.g. 127.0.0.1:8787), got {listen!r}")
+            raise typer.Exit(EXIT_USAGE)
+        listen_at = (host.strip("[]"), int(port_text))
+
     warnings = 0
 
     def warn(message: str) -> None:
@@ -170,6 +207,9 @@ def batch(
             total=_count_lines(inputs),
             on_progress=live,
             on_warning=warn,
+            webhook_url=webhook_url,
+            listen=listen_at,
+            webhook_grace=webhook_grace,
         )
     except ValueError as exc:
         err.print(f"error: {exc}")
@@ -197,6 +237,8 @@ def batch(
         extra += ["--base-url", base_url]
     if no_rate_limits:
         extra.append("--no-rate-limits")
+    if webhook_url is not None and listen is not None:
+        extra += ["--webhook-url", webhook_url, "--listen", listen]
     resume = _resume_command(inputs, endpoint, out, journal_path, extra)
     handler = _configure_debug_logging() if debug else None
     try:
