@@ -58,6 +58,17 @@ def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None, first:
         return ep.wait(job_id, timeout=timeout, on_update=progress.update)
 
 
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        metavar="S",
+        min=0,
+        help="Stop waiting after S seconds (exit 1; the job keeps running).",
+        show_default=False,
+    ),
+]
+
+
 @app.command(cls=RpqCommand)
 def run(
     endpoint: EndpointArg,
@@ -97,15 +108,7 @@ def run(
     low_priority: Annotated[
         bool, typer.Option("--low-priority", help="policy.lowPriority: do not scale the endpoint up for it.")
     ] = False,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="S",
-            min=0,
-            help="Stop waiting after S seconds (exit 1; the job keeps running).",
-            show_default=False,
-        ),
-    ] = None,
+    timeout: TimeoutOpt = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
     local: LocalOpt = None,
@@ -165,15 +168,7 @@ def status(
 def wait(
     endpoint: EndpointArg,
     job: JobArg,
-    timeout: Annotated[
-        float | None,
-        typer.Option(
-            metavar="S",
-            min=0,
-            help="Give up after S seconds (exit 1; the job keeps running).",
-            show_default=False,
-        ),
-    ] = None,
+    timeout: TimeoutOpt = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
     local: LocalOpt = None,
