@@ -148,3 +148,47 @@ def test_a_blocking_sync_handler_stalls_neither_the_server_nor_other_endpoints(h
 def test_api_key_is_not_in_the_emulators_repr() -> None:
     emu = Emulator({"e": lambda job: None}, api_key=KEY)
     assert KEY not in repr(emu)
+
+
+def test_a_slow_sync_job_does_not_hold_up_quick_ones_of_other_workers() -> None:
+    def mixed(job: dict[str, Any]) -> Any:
+        if job["input"].get("gate"):
+            started("mixed").set()
+            gate("mixed").wait(5)
+            return "slow"
+        return "quick"
+
+    with Emulator({"m": EndpointSpec(mixed, workers=2)}) as emu:
+        http = Http(emu, key=None)
+        slow = http.run("m", {"gate": True})
+        assert started("mixed").wait(5)
+        quick = [http.run("m", {}) for _ in range(5)]
+        assert [http.wait("m", job_id)["output"] for job_id in quick] == ["quick"] * 5
+        assert http.status("m", slow)["status"] == "IN_PROGRESS"
+        gate("mixed").set()
+        assert http.wait("m", slow)["output"] == "slow"
+        http.close()
+
+
+def test_a_job_cancelled_before_its_sync_handler_started_never_runs() -> None:
+    ran: list[Any] = []
+
+    def record(job: dict[str, Any]) -> Any:
+        ran.append(job["input"]["n"])
+        if job["input"]["n"] == 0:
+            started("first").set()
+            gate("first").wait(5)
+        return None
+
+    with Emulator({"r": EndpointSpec(record, workers=1)}) as emu:
+        http = Http(emu, key=None)
+        first = http.run("r", {"n": 0})
+        assert started("first").wait(5)
+        second = http.run("r", {"n": 1})
+        assert http.post("r", f"cancel/{second}").status_code == 200
+        gate("first").set()
+        assert http.wait("r", first)["status"] == "COMPLETED"
+        third = http.run("r", {"n": 2})
+        assert http.wait("r", third)["status"] == "COMPLETED"
+        http.close()
+    assert ran == [0, 2]
