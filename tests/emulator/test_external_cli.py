@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from external_support import WORKERS, live_group_members, wait_for
 from typer.testing import CliRunner
 
@@ -30,6 +31,22 @@ def test_worker_env_prints_export_lines() -> None:
     assert exports["RUNPOD_SKIP_AUTO_SYSTEM_CHECKS"] == "true"
     assert exports["RUNPOD_SKIP_GPU_CHECK"] == "true"
     assert exports["RUNPOD_AI_API_KEY"]  # pings only start with a key
+
+
+def test_worker_env_never_prints_the_key_but_hands_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    load_commands()
+    monkeypatch.setenv("RPQ_EMULATOR_API_KEY", "sk-emu-very-secret-42")
+    result = CliRunner().invoke(app, ["worker-env", "my-ep"])
+    assert result.exit_code == 0, result.output
+    assert "sk-emu-very-secret-42" not in result.output
+    shell = subprocess.run(
+        ["bash", "-c", 'eval "$1"; printf %s "$RUNPOD_AI_API_KEY"', "_", result.output],
+        capture_output=True, text=True, env={**os.environ, "RPQ_EMULATOR_API_KEY": "sk-emu-very-secret-42"},
+    )  # fmt: skip
+    assert shell.stdout == "sk-emu-very-secret-42"
+    monkeypatch.delenv("RPQ_EMULATOR_API_KEY")
+    keyless = CliRunner().invoke(app, ["worker-env", "my-ep"]).output
+    assert "RPQ_EMULATOR_API_KEY" not in keyless  # no key required: a placeholder value is enough
 
 
 def test_serve_runs_official_workers_and_stops_them(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 from typing import Annotated
 
@@ -18,8 +19,14 @@ def worker_env(
     host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="The emulator's port.")] = 8000,
     api_key: Annotated[
-        str | None,
-        typer.Option(envvar="RPQ_EMULATOR_API_KEY", help="The key the emulator requires, if any."),
+        bool | None,
+        typer.Option(
+            "--api-key/--no-api-key",
+            help="The emulator requires a key: the worker takes it from $RPQ_EMULATOR_API_KEY, the "
+            "variable `rpq serve --api-key` also reads (the key itself is never printed). "
+            "Default: on when that variable is set.",
+            show_default=False,
+        ),
     ] = None,
     worker_id: Annotated[
         str | None, typer.Option(help="RUNPOD_POD_ID for the worker (default: a fresh random id).")
@@ -38,14 +45,23 @@ def worker_env(
     from runpod_queue.emulator.queue import new_worker_id
 
     shown_host = f"[{host}]" if ":" in host else host
+    needs_key = bool(os.environ.get(_KEY_VAR)) if api_key is None else api_key
     env = worker_environment(
         f"http://{shown_host}:{port}",
         endpoint_id,
         worker_id=worker_id or new_worker_id(),
-        api_key=api_key,
+        api_key=_KEY_PLACEHOLDER if needs_key else None,
         ping_interval_ms=ping_interval,
     )
     typer.echo(f"# official runpod worker -> emulated endpoint {endpoint_id} at {shown_host}:{port}")
     typer.echo("# RUNPOD_SKIP_* switch off the start-up fitness checks (one dials 8.8.8.8: fatal offline)")
     for name, value in env.items():
-        typer.echo(f"export {name}={shlex.quote(value)}")
+        if value == _KEY_PLACEHOLDER:
+            # A reference, never the key: this output ends up in terminals, logs and shell history.
+            typer.echo(f'export {name}="${{{_KEY_VAR}:?set {_KEY_VAR} to the key of the emulator}}"')
+        else:
+            typer.echo(f"export {name}={shlex.quote(value)}")
+
+
+_KEY_VAR = "RPQ_EMULATOR_API_KEY"
+_KEY_PLACEHOLDER = "\x00rpq-api-key\x00"
