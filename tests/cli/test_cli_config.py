@@ -62,6 +62,13 @@ def test_invalid_json_on_stdin_names_stdin_and_the_line(rpq: Invoke) -> None:
     ]
 
 
+@pytest.mark.parametrize(("text", "kind"), [("[1, 2]", "an array"), ('"hi"', "a string"), ("3", "a number")])
+def test_input_that_is_not_an_object_is_a_usage_error(rpq: Invoke, text: str, kind: str) -> None:
+    result = rpq("run", "echo", text)
+    assert result.exit_code == 2
+    assert f"INPUT must be a JSON object (the handler's input), got {kind}" in result.stderr
+
+
 def test_empty_stdin_is_a_usage_error(rpq: Invoke) -> None:
     result = rpq("run", "echo", "-", input="")
     assert result.exit_code == 2

@@ -30,10 +30,10 @@ def test_run_waits_and_prints_output_on_stdout_progress_on_stderr(rpq: Invoke) -
 
 
 def test_input_the_api_refuses_is_exit_3_with_the_servers_reason(rpq: Invoke) -> None:
-    result = rpq("run", "echo", '"not an object"')
+    result = rpq("run", "echo", "{}", "--webhook", "ftp://example.com/hook")
     assert result.exit_code == 3
     assert "400" in result.stderr
-    assert "input" in result.stderr
+    assert "webhook" in result.stderr
 
 
 def test_run_json_prints_exactly_the_status_answer(rpq: Invoke, client: Client) -> None:

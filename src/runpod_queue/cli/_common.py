@@ -183,11 +183,20 @@ def parse_input(text: str) -> Any:
     if not raw.strip():
         raise UsageProblem(f'{source} is empty: give a JSON value, e.g. \'{{"prompt": "hi"}}\'')
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise UsageProblem(
             f"{source} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno} (char {exc.pos})"
         ) from None
+    if not isinstance(value, dict):
+        # RunPod refuses anything else with a 400; saying so here makes it a usage error (exit 2).
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+            type(value), "a number"
+        )
+        raise UsageProblem(
+            f'{source} must be a JSON object (the handler\'s input), got {kind}: e.g. \'{{"prompt": "hi"}}\''
+        )
+    return value
 
 
 def exit_code_for(job: Job) -> int:
