@@ -178,13 +178,16 @@ class AsyncClient:
         headers = _wire.JSON_HEADERS if call.content is not None else None
         limiter = self._limiter
         attempt = 0
+        # The deadline may pass between a failed attempt and the next one: the caller then learns why
+        # the earlier attempts failed (the WaitTimeoutError's cause), not just that time ran out.
+        last_error: APIConnectionError | APIStatusError | None = None
         while True:
             attempt += 1
-            timeout = _wire.attempt_timeout(self._timeout, call.hold, deadline)
             try:
+                timeout = _wire.attempt_timeout(self._timeout, call.hold, deadline)
                 window = await limiter.acquire(endpoint_id, call.op, deadline)
-            except TimeoutError:
-                raise Expired from None
+            except (Expired, TimeoutError):
+                raise Expired from last_error
             started = time.perf_counter()
             error: APIConnectionError | APIStatusError
             outcome: int | str = "interrupted"
@@ -202,6 +205,7 @@ class AsyncClient:
                 limiter.release(window)
                 if _wire.logger.isEnabledFor(logging.DEBUG):
                     _wire.log_attempt(call, outcome, attempt, time.perf_counter() - started)
+            last_error = error
             delay = _wire.retry_delay(call, self._retries, attempt, error, self._rng, deadline)
             if delay > 0:
                 await asyncio.sleep(delay)
