@@ -196,3 +196,50 @@ def test_unknown_job_ids_get_404(http: Http, route: str) -> None:
     response = http.client.request(method, f"/echo/{route}/no-such-job")
     assert response.status_code == 404
     assert "no-such-job" in response.json()["error"]
+
+
+def test_garbage_never_gets_a_500(http: Http) -> None:
+    """Seeded random bodies, queries and ids: always a 4xx with an error message, never a 500 or a hang."""
+    import json
+    import random
+
+    rng = random.Random(1234)
+    pieces = [
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b'"input"',
+        b":",
+        b",",
+        b"null",
+        b"1e999",
+        b'"\xff"',
+        b"\x00",
+        b'{"a":',
+        b'"policy"',
+        b'{"ttl": -1}',
+        b'"s3Config"',
+        b"true",
+        b'"webhook"',
+        b"9" * 30,
+    ]
+    values: list[object] = [None, True, 0, -1, 1.5, 10**30, "", "x" * 50, [], [1], {}, {"k": None}]
+    for _ in range(150):
+        if rng.random() < 0.5:
+            body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 12)))
+        else:
+            doc = {
+                k: rng.choice(values) for k in rng.sample(["input", "policy", "webhook", "s3Config", "x"], 3)
+            }
+            if isinstance(doc.get("policy"), dict) or rng.random() < 0.3:
+                doc["policy"] = {k: rng.choice(values) for k in ("ttl", "executionTimeout", "lowPriority")}
+            body = json.dumps(doc).encode()
+        route = rng.choice(["run", "runsync"])
+        params = {"wait": rng.choice(["", "x", "-1", "1000", "99999999"])} if route == "runsync" else {}
+        response = http.post("idle", route, content=body, params=params)
+        assert response.status_code in (200, 400), (body, response.status_code, response.text)
+        assert response.status_code == 200 or response.json()["error"]
+    for job_id in ["%00", "..", "a" * 500, "sync-", "\u2603"]:
+        assert http.get("echo", f"status/{job_id}").status_code == 404
+    http.post("idle", "purge-queue")
