@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 
 import typer
 
@@ -46,6 +47,21 @@ def load_commands() -> None:
             importlib.import_module(f"{package.__name__}.{module.name}")
 
 
+# Modules of the optional extras: a command that needs a missing one says which extra to install.
+_EXTRA_MODULES = {"uvicorn": "emulator", "uvloop": "emulator", "httptools": "emulator", "orjson": "emulator",
+                  "typer": "cli", "rich": "cli"}  # fmt: skip
+
+
 def main() -> None:
     load_commands()
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        extra = _EXTRA_MODULES.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        sys.stderr.write(
+            f"error: this command needs the '{extra}' extra ({exc.name} is missing): "
+            "pip install 'runpod-queue[all]'\n"
+        )
+        raise SystemExit(2) from None

@@ -24,11 +24,13 @@ _EXAMPLES = ("echo", "tokens", "slow", "fail", "flaky")
 
 
 def _find_examples(given: Path | None) -> Path:
-    """`examples/` of the source checkout (next to `src/`), else of the current directory."""
+    """`examples/` of the source checkout (next to `src/`), else the copy the wheel ships, else of the
+    current directory."""
+    here = Path(__file__).resolve()
     candidates = (
         [given]
         if given is not None
-        else [Path(__file__).resolve().parents[3] / "examples", Path.cwd() / "examples"]
+        else [here.parents[3] / "examples", here.parents[1] / "_examples", Path.cwd() / "examples"]
     )
     for folder in candidates:
         if all((folder / f"{name}.py").is_file() for name in _EXAMPLES):
