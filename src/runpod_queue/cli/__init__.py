@@ -15,7 +15,7 @@ def main() -> None:
     except ImportError as exc:
         sys.stderr.write(
             f"error: rpq needs its command-line extra ({exc.name} is missing): "
-            "pip install 'runpod-queue[all]'\n"
+            "install the package with its extras, e.g. pip install './runpod-queue[all]'\n"
         )
         raise SystemExit(2) from None
     run()

@@ -62,6 +62,6 @@ def main() -> None:
             raise
         sys.stderr.write(
             f"error: this command needs the '{extra}' extra ({exc.name} is missing): "
-            "pip install 'runpod-queue[all]'\n"
+            "install the package with its extras, e.g. pip install './runpod-queue[all]'\n"
         )
         raise SystemExit(2) from None
