@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from typing import Any
 
 from runpod_queue import _contract as contract
@@ -106,7 +106,6 @@ class EndpointSpec:
     handler: Handler | None = None
     workers: int | None = None
     return_aggregate_stream: bool = False
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.handler is not None and not callable(self.handler):

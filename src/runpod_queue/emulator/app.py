@@ -329,7 +329,7 @@ class EmulatorApp:
                 return await _respond(
                     send, 404, {"error": f"unknown operation {operation!r} on endpoint {endpoint.id}"}
                 )
-            return await self._serve(send, worker_route, request, [])
+            return await self._serve(send, worker_route, request)
         route, methods, needs_id, limit_name = entry
         if request.method not in methods:
             return await _respond(
@@ -358,11 +358,11 @@ class EmulatorApp:
                     [(b"retry-after", RateLimiter.retry_after_header(wait))],
                 )
             try:
-                await self._serve(send, route, request, [], drop=drop)
+                await self._serve(send, route, request, drop=drop)
             finally:
                 gate.release()
         else:
-            await self._serve(send, route, request, [], drop=drop)
+            await self._serve(send, route, request, drop=drop)
 
     def _worker_allowance(self, endpoint: EndpointState) -> int:
         if not self.limiter.per_worker_allowance:
@@ -375,7 +375,6 @@ class EmulatorApp:
         send: Send,
         route: Route,
         request: Request,
-        headers: list[tuple[bytes, bytes]],
         *,
         drop: bool = False,
     ) -> None:
@@ -392,7 +391,7 @@ class EmulatorApp:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b""})
             return None
-        return await _respond(send, status, payload, headers)
+        return await _respond(send, status, payload)
 
     def _authorized(self, scope: Scope) -> bool:
         if self._api_key is None:

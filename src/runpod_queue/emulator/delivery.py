@@ -78,11 +78,6 @@ class WebhookDelivery:
             if attempt < self.attempts_allowed:
                 await asyncio.sleep(gap)
 
-    async def drain(self, timeout_s: float) -> None:
-        """Wait (bounded) for deliveries under way, e.g. before shutting down."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout_s)
-
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -91,7 +91,6 @@ class _Worker:
         """Keep `slot.job` (what health and the rate limiter read) pointing at a job still held."""
         slot = self.slot
         slot.job = next(iter(self.held.values()))[0] if self.held else None
-        slot.state = "running" if self.held else "idle"
 
     def signal_stop(self, job_id: str) -> None:
         self.pending_stop.add(job_id)

@@ -24,9 +24,8 @@ import orjson
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._config import Clock, EndpointSpec, Timings
 
-__all__ = ["MISSING", "Core", "EndpointState", "JobRecord", "WorkerSlot", "encode_json"]
+__all__ = ["Core", "EndpointState", "JobRecord", "WorkerSlot", "encode_json"]
 
-MISSING: Final[Any] = object()
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _WORKER_ALPHABET: Final = string.ascii_lowercase + string.digits
 
@@ -61,7 +60,7 @@ def new_worker_id() -> str:
 class WorkerSlot:
     """One worker of an endpoint. In-process workers run handlers; external ones are HTTP processes."""
 
-    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired", "run_cancel", "state")
+    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired", "run_cancel")
 
     def __init__(self, endpoint: EndpointState, *, external: bool = False, worker_id: str | None = None):
         self.endpoint = endpoint
@@ -72,7 +71,6 @@ class WorkerSlot:
         # Called to stop the running handler (cancel, timeout, ttl); set by whoever runs it.
         self.run_cancel: Callable[[], object] | None = None
         self.last_seen = 0.0
-        self.state = "idle"
 
 
 class JobRecord:
@@ -363,7 +361,6 @@ class Core:
         job.delay_ms = int((now - job.queued_at) * 1000)
         job.worker = worker
         worker.job = job
-        worker.state = "running"
         job.timer_handle = self._later(
             job.policy_execution_timeout_ms, self._execution_timed_out, job, job.attempt
         )
@@ -405,7 +402,6 @@ class Core:
             return
         worker.job = None
         worker.run_cancel = None
-        worker.state = "idle"
         ep = worker.endpoint
         if replace:
             self._retire(worker)
@@ -417,7 +413,6 @@ class Core:
 
     def _retire(self, worker: WorkerSlot) -> None:
         worker.retired = True
-        worker.state = "retired"
         ep = worker.endpoint
         if worker in ep.workers:
             ep.workers.remove(worker)
@@ -434,7 +429,6 @@ class Core:
         worker.job = None
         if worker.external:
             # The external worker learns it through job-stop; it stays the same worker.
-            worker.state = "idle"
             if cancel is not None:
                 cancel()
             return

@@ -362,8 +362,20 @@ class InProcessRunner:
         self.core.complete(job, attempt, output_json=outcome.output_json, error=outcome.error)
         self.core.release_worker(worker, replace=outcome.stop_pod)
 
+    async def _run_async(self, job: JobRecord, worker: WorkerSlot, attempt: int) -> None:
+        """An `async def` handler or an async generator, on the loop."""
+        handler = job.endpoint.spec.handler
+        assert handler is not None
+        try:
+            result = handler(job.handler_job())
+        except Exception as err:  # e.g. a signature that does not take the job
+            self._finish(job, attempt, worker, RunOutcome(error=exception_error_string(err, worker.id)))
+            return
+        await self._await_result(job, attempt, worker, result)
+
     async def _await_result(self, job: JobRecord, attempt: int, worker: WorkerSlot, result: Any) -> None:
-        """A sync callable returned an awaitable or an async generator: finish it on the loop."""
+        """Finish a coroutine or an async generator on the loop: what an async handler returns, or what a
+        sync callable handed back from its lane."""
         task = asyncio.current_task()
         assert task is not None
         worker.run_cancel = task.cancel
@@ -376,26 +388,6 @@ class InProcessRunner:
             else:
                 try:
                     outcome = normalize_result(await result)
-                except Exception as err:
-                    outcome = RunOutcome(error=exception_error_string(err, worker.id))
-        except asyncio.CancelledError:
-            return
-        self._finish(job, attempt, worker, outcome)
-
-    async def _run_async(self, job: JobRecord, worker: WorkerSlot, attempt: int) -> None:
-        handler = job.endpoint.spec.handler
-        assert handler is not None
-        payload = job.handler_job()
-        try:
-            if inspect.isasyncgenfunction(handler):
-                sink = _StreamSink(
-                    lambda data: self.core.push_chunk(job, attempt, data),
-                    job.endpoint.spec.return_aggregate_stream,
-                )
-                outcome = await _drain_async(handler(payload), sink)
-            else:
-                try:
-                    outcome = normalize_result(await handler(payload))
                 except Exception as err:
                     outcome = RunOutcome(error=exception_error_string(err, worker.id))
         except asyncio.CancelledError:
