@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from conftest import KEY, Http, gate, started
+from emulator_support import KEY, Http, gate, started
 
 from runpod_queue.emulator import Emulator, EndpointSpec
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import CANCELLED, KEY, SEEN, Http, echo, eventually, gate, held, started
+from emulator_support import CANCELLED, KEY, SEEN, Http, echo, eventually, gate, held, started
 
 from runpod_queue.emulator import Emulator, EndpointSpec, Timings
 

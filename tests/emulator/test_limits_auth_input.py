@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import KEY, Http, echo, gate, held, started
+from emulator_support import KEY, Http, echo, gate, held, started
 
 from runpod_queue._contract import OperationLimit
 from runpod_queue.emulator import Emulator, EndpointSpec

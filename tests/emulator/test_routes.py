@@ -6,7 +6,7 @@ import re
 
 import httpx
 import pytest
-from conftest import Http, gate, started
+from emulator_support import Http, gate, started
 
 from runpod_queue.emulator import Emulator
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import Http, echo, eventually
+from emulator_support import Http, echo, eventually
 
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults
 
