@@ -126,10 +126,7 @@ class WebhookSigner:
 
     @staticmethod
     def token_from_url(url: str) -> str | None:
-        for key, value in parse_qsl(urlsplit(url).query):
-            if key == TOKEN_PARAM:
-                return value
-        return None
+        return _token_from_query(urlsplit(url).query)
 
 
 class MemoryWebhookStore:
