@@ -186,3 +186,17 @@ def test_cli_webhook_batch(emu: Emulator, tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2 and "go together" in bad.stderr
+
+
+def test_a_listen_address_in_use_is_an_error_not_an_exit(emu: Emulator, tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        runner = webhook_runner(emu, tmp_path, public=f"http://127.0.0.1:{port}/")
+        runner.listen = ("127.0.0.1", port)
+        with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
+            runner.run([{"n": 1}])
+    # Nothing was sent; the journal is usable by the next run.
+    retry = webhook_runner(emu, tmp_path)
+    assert retry.run([{"n": 1}]).completed == 1

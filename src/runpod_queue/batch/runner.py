@@ -39,6 +39,7 @@ from typing import IO, Any
 from runpod_queue._contract import LIMITS, JobStatus
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Job, Policy
+from runpod_queue._net import listen_socket
 from runpod_queue._retry import Retries, backoff_delay
 from runpod_queue.aio import AsyncClient
 from runpod_queue.batch import journal as jn
@@ -141,17 +142,15 @@ class _Receiver:
             asgi_app(receiver), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )
         self.server = _Server(config)
-        self.address = f"{host}:{port}"
+        self.host, self.port = host, port
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve())
+        sock = listen_socket(self.host, self.port)  # an OSError naming the address, not uvicorn's sys.exit
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started:
             if self._task.done():
-                error = self._task.exception()
-                raise OSError(
-                    f"webhook receiver could not listen on {self.address}: {error or 'port in use?'}"
-                )
+                raise OSError(f"webhook receiver on {self.host}:{self.port} stopped while starting")
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
@@ -447,12 +446,18 @@ class BatchRunner:
                 f"{out} already has results but the journal {self.journal_path} is new: pass the "
                 "journal that produced them, or move the file away"
             )
+        # Before anything is counted or written: a --listen address that is taken fails the run cleanly.
+        receiver = await self._start_receiver() if self.webhook_url is not None else None
         journal.begin_run()
         self._count_finished(journal.final_counts())
         summary.reused = summary.finished
         self._output = _Output(out, journal, self._on_result)
-        self._output.open()
-        receiver = await self._start_receiver() if self.webhook_url is not None else None
+        try:
+            self._output.open()
+        except BaseException:
+            if receiver is not None:
+                await receiver.stop()
+            raise
         ticker = asyncio.create_task(self._tick(started))
         try:
             self._resume_submitted()

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 
 from runpod_queue._contract import OperationLimit
+from runpod_queue._net import listen_socket
 from runpod_queue.emulator._config import Clock, EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator.app import EmulatorApp
@@ -139,16 +140,7 @@ class Emulator:
     # -- running --------------------------------------------------------------------------------
 
     def _bind(self) -> socket.socket:
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from exc
-        sock.listen(2048)
-        sock.setblocking(False)
+        sock = listen_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         return sock
 
