@@ -6,6 +6,7 @@ from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
 from runpod_queue._retry import Retries
+from runpod_queue._version import __version__
 from runpod_queue.aio import AsyncClient, AsyncEndpoint
 from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary
 from runpod_queue.client import Client, Endpoint
@@ -60,4 +61,3 @@ __all__ = [
     "WaitTimeoutError",
     "WorkerCounts",
 ]
-__version__ = "0.1.0"

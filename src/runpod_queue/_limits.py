@@ -52,6 +52,11 @@ class RateLimits:
                 raise ValueError(f"RateLimits.limits[{op!r}] must allow at least 1 request, got {lim}")
 
     @classmethod
+    def runpod(cls) -> RateLimits:
+        """RunPod's published per-endpoint limits (the default)."""
+        return cls()
+
+    @classmethod
     def off(cls) -> RateLimits:
         return cls(enabled=False)
 

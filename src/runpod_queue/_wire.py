@@ -27,6 +27,7 @@ from runpod_queue._contract import (
     JobStatus,
 )
 from runpod_queue._models import Health, Job, MalformedError, Policy, S3Config, StreamChunk
+from runpod_queue._version import __version__
 from runpod_queue._retry import (
     Retries,
     Safety,
@@ -51,7 +52,6 @@ from runpod_queue.errors import (
 )
 
 T = TypeVar("T")
-_VERSION = "0.1.0"
 
 __all__ = [
     "Call",
@@ -357,7 +357,7 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str | N
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:
-    headers = {"User-Agent": f"runpod-queue/{_VERSION}", "Accept": "application/json"}
+    headers = {"User-Agent": f"runpod-queue/{__version__}", "Accept": "application/json"}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     return headers

@@ -15,7 +15,10 @@
     │   └── APITimeoutError           the request timed out
     ├── APIResponseError          an answer that is not what the contract says (not JSON, no id/status, ...)
     ├── JobFailedError            raised by Job.raise_for_status() for FAILED / TIMED_OUT / CANCELLED
-    └── WaitTimeoutError          wait / run_sync / stream ran out of time; carries the last Job seen
+    ├── WaitTimeoutError          wait / run_sync / stream ran out of time; carries the last Job seen
+    ├── WebhookVerificationError  a webhook delivery refused: no or bad token, expired, replayed (status)
+    ├── JournalError              a batch journal that cannot be used for this batch
+    └── ConfigurationError        settings that cannot work: a handler that does not load, a missing key
 
 Misuse (bad arguments) raises ``ValueError`` / ``TypeError``, outside this tree, as in httpx: those are bugs
 to fix, not conditions to handle. No message here ever contains the API key: messages are built from the
@@ -38,7 +41,9 @@ __all__ = [
     "APITimeoutError",
     "AuthenticationError",
     "BadRequestError",
+    "ConfigurationError",
     "JobFailedError",
+    "JournalError",
     "NotFoundError",
     "PayloadTooLargeError",
     "PermissionDeniedError",
@@ -46,6 +51,7 @@ __all__ = [
     "RunpodQueueError",
     "ServerError",
     "WaitTimeoutError",
+    "WebhookVerificationError",
 ]
 
 
@@ -182,3 +188,21 @@ class WaitTimeoutError(RunpodQueueError):
         self.timeout = timeout
         last = f", last seen {job.status.value}" if job is not None else ""
         super().__init__(f"job {job_id} not finished within {timeout:g} s{last}")
+
+
+class WebhookVerificationError(RunpodQueueError):
+    """A webhook delivery that must be refused; ``status`` is the HTTP answer to give (401 or 403)."""
+
+    def __init__(self, reason: str, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class JournalError(RunpodQueueError):
+    """The journal cannot be used for this batch: another endpoint's, another schema, not a journal, or in
+    use by another running batch."""
+
+
+class ConfigurationError(RunpodQueueError):
+    """Settings that cannot work as given (a handler that does not load, a missing API key, ...)."""

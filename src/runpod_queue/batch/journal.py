@@ -27,6 +27,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from runpod_queue.errors import JournalError
+
 __all__ = ["Journal", "JournalError", "Row"]
 
 SCHEMA_VERSION = "1"
@@ -53,10 +55,6 @@ PENDING = "pending"
 SUBMITTING = "submitting"
 SUBMITTED = "submitted"
 TERMINAL = "terminal"
-
-
-class JournalError(Exception):
-    """The journal cannot be used for this batch (another endpoint, another schema, not a journal)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from runpod_queue.emulator._config import EndpointSpec
+from runpod_queue.errors import ConfigurationError
 
 __all__ = ["HandlerLoadError", "LoadedEndpoint", "load_endpoint"]
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class HandlerLoadError(ValueError):
+class HandlerLoadError(ConfigurationError):
     """A handler reference that cannot be loaded; the message says what to fix."""
 
 

@@ -32,6 +32,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from runpod_queue._models import Job
+from runpod_queue.errors import WebhookVerificationError
 
 __all__ = [
     "TOKEN_PARAM",
@@ -53,15 +54,6 @@ _SIGNATURE_BYTES: Final = 32
 
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-class WebhookVerificationError(Exception):
-    """A delivery that must be refused; `status` is the HTTP answer (401 or 403)."""
-
-    def __init__(self, reason: str, status: int = 401) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
