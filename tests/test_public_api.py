@@ -21,12 +21,14 @@ PUBLIC = [
     "BatchRunner",
     "BatchSummary",
     "Client",
+    "ConfigurationError",
     "Endpoint",
     "Health",
     "Job",
     "JobCounts",
     "JobFailedError",
     "JobStatus",
+    "JournalError",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -40,6 +42,7 @@ PUBLIC = [
     "ServerError",
     "StreamChunk",
     "WaitTimeoutError",
+    "WebhookVerificationError",
     "WorkerCounts",
 ]
 
@@ -50,7 +53,7 @@ def test_all_is_exactly_the_documented_list_and_sorted() -> None:
     assert runpod_queue.__all__ == PUBLIC
     assert sorted(runpod_queue.__all__) == runpod_queue.__all__
     for name in PUBLIC:
-        assert getattr(runpod_queue, name) is not None
+        assert hasattr(runpod_queue, name), name
 
 
 def test_every_public_name_is_in_the_readme_reference() -> None:

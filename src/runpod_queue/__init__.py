@@ -6,7 +6,7 @@ from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
 from runpod_queue._retry import Retries
-from runpod_queue._version import __version__
+from runpod_queue._version import __version__ as __version__
 from runpod_queue.aio import AsyncClient, AsyncEndpoint
 from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary
 from runpod_queue.client import Client, Endpoint
@@ -17,7 +17,9 @@ from runpod_queue.errors import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     JobFailedError,
+    JournalError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -25,6 +27,7 @@ from runpod_queue.errors import (
     RunpodQueueError,
     ServerError,
     WaitTimeoutError,
+    WebhookVerificationError,
 )
 
 __all__ = [
@@ -40,12 +43,14 @@ __all__ = [
     "BatchRunner",
     "BatchSummary",
     "Client",
+    "ConfigurationError",
     "Endpoint",
     "Health",
     "Job",
     "JobCounts",
     "JobFailedError",
     "JobStatus",
+    "JournalError",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -59,5 +64,6 @@ __all__ = [
     "ServerError",
     "StreamChunk",
     "WaitTimeoutError",
+    "WebhookVerificationError",
     "WorkerCounts",
 ]

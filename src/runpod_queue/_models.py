@@ -19,12 +19,12 @@ from runpod_queue._contract import (
     TERMINAL_STATUSES,
     JobStatus,
 )
+from runpod_queue._units import Duration, seconds, to_ms
 from runpod_queue.errors import JobFailedError
 
 __all__ = ["Health", "Job", "JobCounts", "JobStatus", "Policy", "S3Config", "StreamChunk", "WorkerCounts"]
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
-_DAYS = MAX_DURATION_MS // 86_400_000
 
 
 def _empty() -> Mapping[str, Any]:
@@ -46,6 +46,12 @@ def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise MalformedError(f"{key!r} should be a number, got {value!r}")
     return int(value)
+
+
+def _opt_seconds(data: Mapping[str, Any], key: str) -> float | None:
+    """RunPod's milliseconds as seconds (the unit of every duration on the Python side)."""
+    value = _opt_int(data, key)
+    return None if value is None else value / 1000.0
 
 
 def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
@@ -80,14 +86,18 @@ def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One snapshot of a job, as ``/run``, ``/status`` or ``/runsync`` returned it."""
+    """One snapshot of a job, as ``/run``, ``/status`` or ``/runsync`` returned it.
+
+    ``delay_time`` (queue time) and ``execution_time`` are seconds; RunPod's milliseconds stay in ``raw``
+    and in ``to_dict()``.
+    """
 
     id: str
     status: JobStatus
     output: Any = None
     error: Any = None
-    delay_time: int | None = None
-    execution_time: int | None = None
+    delay_time: float | None = None
+    execution_time: float | None = None
     worker_id: str | None = None
     retries: int | None = None
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
@@ -129,28 +139,29 @@ class Job:
             status=status,
             output=data.get("output"),
             error=data.get("error"),
-            delay_time=_opt_int(data, "delayTime"),
-            execution_time=_opt_int(data, "executionTime"),
+            delay_time=_opt_seconds(data, "delayTime"),
+            execution_time=_opt_seconds(data, "executionTime"),
             worker_id=None if worker is None else str(worker),
             retries=_opt_int(data, "retries"),
             raw=data,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """RunPod's field names, every key of the original answer kept."""
+        """RunPod's field names and units (ms), every key of the original answer kept."""
         out = dict(self.raw)
         out["id"] = self.id
         out["status"] = self.status.value
         for key, value in (
             ("output", self.output),
             ("error", self.error),
-            ("delayTime", self.delay_time),
-            ("executionTime", self.execution_time),
             ("workerId", self.worker_id),
             ("retries", self.retries),
         ):
             if value is not None:
                 out[key] = value
+        for key, secs in (("delayTime", self.delay_time), ("executionTime", self.execution_time)):
+            if secs is not None and key not in self.raw:
+                out[key] = to_ms(secs)
         return out
 
     def to_json(self) -> str:
@@ -293,41 +304,52 @@ class Health:
         }
 
 
-def _check_ms(owner: str, name: str, value: int | None, low: int) -> None:
+_MAX_DURATION_S = MAX_DURATION_MS / 1000
+
+
+def _policy_seconds(name: str, value: Duration | None, low_ms: int) -> float | None:
     if value is None:
-        return
-    allowed = f"between {low} and {MAX_DURATION_MS} ms ({low // 1000} s to {_DAYS} days)"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{owner}.{name} must be an integer number of milliseconds {allowed}, got {value!r}")
-    if not low <= value <= MAX_DURATION_MS:
-        raise ValueError(f"{owner}.{name} must be {allowed}, got {value}")
+        return None
+    return seconds(value, f"Policy.{name}", low=low_ms / 1000, high=_MAX_DURATION_S)
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A job's execution policy; checked here so a bad value fails at once, not as a 400 later.
 
-    ``execution_timeout`` (ms) counts from when a worker starts the job; ``ttl`` (ms) from submission,
-    queue time included; ``low_priority`` jobs do not make the endpoint scale up. None leaves RunPod's
-    default.
+    Durations are seconds (a number or a ``timedelta``), sent as RunPod's milliseconds:
+    ``Policy(execution_timeout=120, ttl=600)`` → ``{"executionTimeout": 120000, "ttl": 600000}``.
+    ``execution_timeout`` (5 s to 7 days) counts from when a worker starts the job; ``ttl`` (10 s to
+    7 days) from submission, queue time included; ``low_priority`` jobs do not make the endpoint scale
+    up. None leaves RunPod's default.
     """
 
-    execution_timeout: int | None = None
-    ttl: int | None = None
+    execution_timeout: float | None = None
+    ttl: float | None = None
     low_priority: bool | None = None
 
-    def __post_init__(self) -> None:
-        _check_ms("Policy", "execution_timeout", self.execution_timeout, MIN_EXECUTION_TIMEOUT_MS)
-        _check_ms("Policy", "ttl", self.ttl, MIN_TTL_MS)
-        if self.low_priority is not None and not isinstance(self.low_priority, bool):
-            raise TypeError(f"Policy.low_priority must be a bool or None, got {self.low_priority!r}")
+    def __init__(
+        self,
+        execution_timeout: Duration | None = None,
+        ttl: Duration | None = None,
+        low_priority: bool | None = None,
+    ) -> None:
+        object.__setattr__(
+            self,
+            "execution_timeout",
+            _policy_seconds("execution_timeout", execution_timeout, MIN_EXECUTION_TIMEOUT_MS),
+        )
+        object.__setattr__(self, "ttl", _policy_seconds("ttl", ttl, MIN_TTL_MS))
+        if low_priority is not None and not isinstance(low_priority, bool):
+            raise TypeError(f"Policy.low_priority must be a bool or None, got {low_priority!r}")
+        object.__setattr__(self, "low_priority", low_priority)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         if self.execution_timeout is not None:
-            out["executionTimeout"] = self.execution_timeout
+            out["executionTimeout"] = to_ms(self.execution_timeout)
         if self.ttl is not None:
-            out["ttl"] = self.ttl
+            out["ttl"] = to_ms(self.ttl)
         if self.low_priority is not None:
             out["lowPriority"] = self.low_priority
         return out

@@ -16,7 +16,17 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["Retries", "Safety", "backoff_delay", "parse_retry_after", "retry_on_status", "was_not_sent"]
+from runpod_queue.errors import APIConnectionError, APIStatusError
+
+__all__ = [
+    "Retries",
+    "Safety",
+    "backoff_delay",
+    "may_resend",
+    "parse_retry_after",
+    "retry_on_status",
+    "was_not_sent",
+]
 
 
 class Safety(enum.Enum):
@@ -62,6 +72,14 @@ def retry_on_status(safety: Safety, status_code: int) -> bool:
     if safety is Safety.CREATES:
         return status_code in _CREATES_RETRY_STATUSES
     return status_code == 429 or status_code >= 500
+
+
+def may_resend(safety: Safety, error: APIConnectionError | APIStatusError) -> bool:
+    """The one rule for "may this request be sent again after that failure": the client's attempt loop
+    and the batch runner both ask it. For a CREATES call, False means the server may have acted on it."""
+    if isinstance(error, APIConnectionError):
+        return safety is Safety.IDEMPOTENT or not error.sent
+    return retry_on_status(safety, error.status_code)
 
 
 def _aiohttp_not_sent(exc: BaseException) -> bool | None:

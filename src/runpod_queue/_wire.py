@@ -27,15 +27,16 @@ from runpod_queue._contract import (
     JobStatus,
 )
 from runpod_queue._models import Health, Job, MalformedError, Policy, S3Config, StreamChunk
-from runpod_queue._version import __version__
 from runpod_queue._retry import (
     Retries,
     Safety,
     backoff_delay,
+    may_resend,
     parse_retry_after,
-    retry_on_status,
     was_not_sent,
 )
+from runpod_queue._units import Duration, seconds, to_ms
+from runpod_queue._version import __version__
 from runpod_queue.errors import (
     APIConnectionError,
     APIResponseError,
@@ -153,13 +154,15 @@ def runsync_call(
     )
 
 
-def status_call(endpoint_id: str, job_id: str, *, ttl: int | None = None) -> Call:
-    _ms("ttl", ttl)
+def status_call(endpoint_id: str, job_id: str, *, keep_result_for: Duration | None = None) -> Call:
+    """``keep_result_for`` (s) becomes RunPod's ``?ttl=`` (ms): how much longer to keep the result."""
+    query = ""
+    if keep_result_for is not None:
+        query = f"?ttl={to_ms(seconds(keep_result_for, 'keep_result_for'))}"
     return Call(
         "status",
         "GET",
-        f"/{_id('endpoint_id', endpoint_id)}/status/{_id('job_id', job_id)}"
-        + ("" if ttl is None else f"?ttl={ttl}"),
+        f"/{_id('endpoint_id', endpoint_id)}/status/{_id('job_id', job_id)}{query}",
         Safety.IDEMPOTENT,
     )
 
@@ -421,10 +424,7 @@ def retry_delay(
     deadline: float | None,
 ) -> float:
     """Seconds to wait before the next attempt, or raise the error (Expired past the deadline)."""
-    if isinstance(error, APIConnectionError):
-        allowed = call.safety is Safety.IDEMPOTENT or not error.sent
-    else:
-        allowed = retry_on_status(call.safety, error.status_code)
+    allowed = may_resend(call.safety, error)
     now = time.monotonic() if deadline is not None else 0.0
     if not allowed or attempt >= retries.attempts:
         if deadline is not None and now >= deadline and isinstance(error, APIConnectionError):
@@ -551,15 +551,16 @@ def run_sync_flow(
     endpoint_id: str,
     input: Any,
     *,
-    wait_ms: int,
+    timeout: Duration,
     webhook: str | None,
     policy: Policy | None,
     s3_config: S3Config | None,
     long_poll: dict[str, bool],
 ) -> Flow[Job]:
-    """runsync, then — if the server's window closed first — wait for the rest of ``wait_ms``."""
-    _ms("wait", wait_ms, RUNSYNC_MIN_WAIT_MS)
-    deadline = time.monotonic() + wait_ms / 1000
+    """runsync, then — if the server's window closed first — wait for the rest of ``timeout`` (s)."""
+    timeout_s = seconds(timeout, "timeout", low=RUNSYNC_MIN_WAIT_MS / 1000)
+    wait_ms = to_ms(timeout_s)
+    deadline = time.monotonic() + timeout_s
     call = runsync_call(
         endpoint_id,
         input,
@@ -575,9 +576,7 @@ def run_sync_flow(
         return job
     remaining = max(0.0, deadline - time.monotonic())
     return (
-        yield from wait_flow(
-            endpoint_id, job.id, remaining, long_poll, last=job, reported_timeout=wait_ms / 1000
-        )
+        yield from wait_flow(endpoint_id, job.id, remaining, long_poll, last=job, reported_timeout=timeout_s)
     )
 
 

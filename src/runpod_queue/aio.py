@@ -25,6 +25,7 @@ from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._retry import Retries
+from runpod_queue._units import Duration
 from runpod_queue._wire import Call, Emit, Expired, Flow, Notify, Send, Sleep
 from runpod_queue.client import _limits_config
 from runpod_queue.errors import APIConnectionError, APIStatusError, RunpodQueueError
@@ -289,7 +290,7 @@ class AsyncEndpoint:
         self,
         input: Any,
         *,
-        wait: int = RUNSYNC_DEFAULT_WAIT_MS,
+        timeout: Duration = RUNSYNC_DEFAULT_WAIT_MS / 1000,  # noqa: ASYNC109
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
@@ -299,7 +300,7 @@ class AsyncEndpoint:
         flow = _wire.run_sync_flow(
             self.id,
             input,
-            wait_ms=wait,
+            timeout=timeout,
             webhook=webhook,
             policy=policy,
             s3_config=s3_config,
@@ -307,9 +308,9 @@ class AsyncEndpoint:
         )
         return await self._client._complete(self.id, flow, on_update)
 
-    async def status(self, job_id: str, *, ttl: int | None = None) -> Job:
+    async def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
         """See ``Endpoint.status``."""
-        return await self._job(_wire.status_call(self.id, job_id, ttl=ttl))
+        return await self._job(_wire.status_call(self.id, job_id, keep_result_for=keep_result_for))
 
     # The timeout mirrors Endpoint.wait; as a deadline it also bounds retries and pauses.
     async def wait(

@@ -20,6 +20,7 @@ from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._limits import RateLimits, SyncLimiter
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._retry import Retries
+from runpod_queue._units import Duration
 from runpod_queue._wire import Call, Emit, Expired, Flow, Notify, Send, Sleep
 from runpod_queue.errors import APIConnectionError, APIStatusError, RunpodQueueError
 
@@ -199,19 +200,19 @@ class Endpoint:
         self,
         input: Any,
         *,
-        wait: int = RUNSYNC_DEFAULT_WAIT_MS,
+        timeout: Duration = RUNSYNC_DEFAULT_WAIT_MS / 1000,
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
         on_update: OnUpdate | None = None,
     ) -> Job:
-        """Run and wait up to ``wait`` ms for the terminal Job, polling past RunPod's 300 s runsync window
-        if needed; WaitTimeoutError (with the job) when it runs out. A FAILED job is returned, not raised:
-        call ``raise_for_status()``."""
+        """Run and wait up to ``timeout`` seconds (default 90, at least 1) for the terminal Job, polling
+        past RunPod's 300 s runsync window if needed; WaitTimeoutError (with the job) when it runs out. A
+        FAILED job is returned, not raised: call ``raise_for_status()``."""
         flow = _wire.run_sync_flow(
             self.id,
             input,
-            wait_ms=wait,
+            timeout=timeout,
             webhook=webhook,
             policy=policy,
             s3_config=s3_config,
@@ -219,9 +220,10 @@ class Endpoint:
         )
         return self._client._complete(self.id, flow, on_update)
 
-    def status(self, job_id: str, *, ttl: int | None = None) -> Job:
-        """The job's current snapshot; ``ttl`` (ms) shortens how long RunPod keeps the result."""
-        return self._job(_wire.status_call(self.id, job_id, ttl=ttl))
+    def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
+        """The job's current snapshot; ``keep_result_for`` (s) shortens how long RunPod keeps a finished
+        job's result from now (RunPod's ``/status?ttl=``)."""
+        return self._job(_wire.status_call(self.id, job_id, keep_result_for=keep_result_for))
 
     def wait(self, job_id: str, *, timeout: float | None = None, on_update: OnUpdate | None = None) -> Job:
         """Block until the job is terminal and return it; ``timeout`` (s, wall clock) raises

@@ -87,7 +87,7 @@ def test_failed_and_timed_out_jobs_are_retried_then_recorded(
         ("broken", {"n": 2, "fail": True}),
         ("slow", {"n": 3, "sleep": 0.3}),  # executionTimeout 50 s scaled by 0.001: 50 ms
     ]
-    summary = runner(emu, tmp_path, retries=2, policy=Policy(execution_timeout=50_000)).run(items)
+    summary = runner(emu, tmp_path, retries=2, policy=Policy(execution_timeout=50)).run(items)
     rows = keys_once(tmp_path / "out.jsonl")
     assert rows['"ok"']["status"] == "COMPLETED" and rows['"ok"']["attempts"] == 1
     assert rows['"flaky"']["status"] == "COMPLETED" and rows['"flaky"']["attempts"] == 2

@@ -91,7 +91,7 @@ def test_bad_options_are_usage_errors(rpq: Invoke) -> None:
     assert rpq("run", "echo", "{}", "--sync", "--no-wait").exit_code == 2
     small = rpq("run", "echo", "{}", "--execution-timeout", "10")
     assert small.exit_code == 2
-    assert "--execution-timeout must be between 5000" in small.stderr
+    assert "--execution-timeout must be at least 5 seconds" in small.stderr
     assert rpq("run", "echo", "{}", "--ttl", "abc").exit_code == 2
     assert rpq("run", "echo").exit_code == 2  # INPUT missing
     assert rpq("status", "echo", "job", "--bogus").exit_code == 2

@@ -38,7 +38,7 @@ def short_retention() -> Iterator[Emulator]:
 
 def test_not_found_after_the_retention_window(connect: Callable[..., Api], short_retention: Emulator) -> None:
     ep = connect(api_key=API_KEY, base_url=short_retention.base_url).endpoint("echo")
-    job = ep.run_sync({"x": 1}, wait=5_000)
+    job = ep.run_sync({"x": 1}, timeout=5)
     assert job.is_completed
     deadline = time.monotonic() + 5
     while True:
@@ -95,7 +95,7 @@ def test_run_is_not_resent_after_an_ambiguous_failure(
 
 def test_idempotent_calls_are_retried_after_drops(api: Api, faults: Callable[[Faults], None]) -> None:
     ep = api.endpoint("echo")
-    job = ep.run_sync({"x": 1}, wait=10_000)
+    job = ep.run_sync({"x": 1}, timeout=10)
     faults(Faults(drop=0.5, seed=3))
     for _ in range(5):
         assert ep.status(job.id).is_completed
@@ -190,9 +190,9 @@ def test_payload_too_large_is_raised_before_sending(mock: Callable[..., tuple[Ap
     assert info.value.size is not None and info.value.size > 10_000_000
     assert "s3_config" in str(info.value)
     assert script.requests == []
-    assert ep.run_sync({"blob": big}, wait=5_000).is_completed  # runsync allows 20 MB
+    assert ep.run_sync({"blob": big}, timeout=5).is_completed  # runsync allows 20 MB
     with pytest.raises(PayloadTooLargeError):
-        ep.run_sync({"blob": "x" * 20_000_001}, wait=5_000)
+        ep.run_sync({"blob": "x" * 20_000_001}, timeout=5)
     assert len(script.requests) == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -34,7 +35,8 @@ def test_job_round_trips_in_runpod_field_names() -> None:
         "input": {"prompt": "p"},  # extra keys survive
     }
     job = Job.from_dict(wire)
-    assert (job.delay_time, job.execution_time, job.worker_id, job.retries) == (12, 34, "w1", 1)
+    # Seconds on the Python side; RunPod's milliseconds stay in raw and to_dict().
+    assert (job.delay_time, job.execution_time, job.worker_id, job.retries) == (0.012, 0.034, "w1", 1)
     assert job.to_dict() == wire
     assert Job.from_json(job.to_json()) == job
     assert Job("j2", JobStatus.IN_QUEUE).to_dict() == {"id": "j2", "status": "IN_QUEUE"}
@@ -98,10 +100,11 @@ def test_health_parses_sparse_answers() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"execution_timeout": 4_999}, r"Policy.execution_timeout must be between 5000 and 604800000 ms"),
-        ({"execution_timeout": 604_800_001}, r"execution_timeout .*5 s to 7 days"),
-        ({"ttl": 9_999}, r"Policy.ttl must be between 10000 and 604800000 ms \(10 s to 7 days\), got 9999"),
-        ({"ttl": 10.5}, r"Policy.ttl must be an integer"),
+        ({"execution_timeout": 4.999}, r"Policy.execution_timeout must be at least 5 seconds, got 4.999"),
+        ({"execution_timeout": 604_801}, r"Policy.execution_timeout must be at most 604800 seconds"),
+        ({"ttl": timedelta(seconds=9)}, r"Policy.ttl must be at least 10 seconds, got 9"),
+        ({"ttl": "10m"}, r"Policy.ttl must be a number of seconds or a datetime.timedelta, got str"),
+        ({"ttl": float("nan")}, r"Policy.ttl must be a finite number of seconds"),
         ({"low_priority": "yes"}, r"Policy.low_priority must be a bool"),
     ],
 )
@@ -111,12 +114,16 @@ def test_policy_validates_with_field_and_range(kwargs: dict[str, object], match:
 
 
 def test_policy_wire_names() -> None:
-    assert Policy(execution_timeout=5_000, ttl=10_000, low_priority=True).to_wire() == {
+    assert Policy(execution_timeout=5, ttl=10, low_priority=True).to_wire() == {
         "executionTimeout": 5_000,
         "ttl": 10_000,
         "lowPriority": True,
     }
     assert Policy().to_wire() == {}
+    assert Policy(execution_timeout=timedelta(minutes=2), ttl=600.0004).to_wire() == {
+        "executionTimeout": 120_000,
+        "ttl": 600_000,
+    }
 
 
 def test_s3_config_validates_and_hides_its_secret() -> None:

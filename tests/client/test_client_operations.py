@@ -39,7 +39,7 @@ def test_run_sends_webhook_policy_and_s3_config(api: Api, emu: Emulator) -> None
     job = ep.run(
         {"prompt": "hi"},
         webhook=hook,
-        policy=Policy(execution_timeout=120_000, ttl=600_000, low_priority=False),
+        policy=Policy(execution_timeout=120, ttl=600, low_priority=False),
         s3_config=S3Config(
             access_id="id", access_secret="secret", bucket_name="b", endpoint_url="https://s3"
         ),
@@ -53,17 +53,17 @@ def test_run_sends_webhook_policy_and_s3_config(api: Api, emu: Emulator) -> None
     assert any(a.url == hook for a in emu.webhook_attempts)
 
 
-def test_status_returns_a_typed_snapshot_and_accepts_ttl(api: Api) -> None:
+def test_status_returns_a_typed_snapshot_and_keeps_the_result_for(api: Api) -> None:
     ep = api.endpoint("echo")
     job = ep.wait(ep.run({"x": 1}).id, timeout=10)
-    again = ep.status(job.id, ttl=60_000)
+    again = ep.status(job.id, keep_result_for=60)
     assert again == job and again.raw["id"] == job.id
-    with pytest.raises(ValueError, match="ttl"):
-        ep.status(job.id, ttl=-1)
+    with pytest.raises(ValueError, match="keep_result_for must be at least 0 seconds"):
+        ep.status(job.id, keep_result_for=-1)
 
 
 def test_run_sync_returns_the_finished_job(api: Api) -> None:
-    job = api.endpoint("echo").run_sync({"prompt": "hi"}, wait=10_000)
+    job = api.endpoint("echo").run_sync({"prompt": "hi"}, timeout=10)
     assert job.is_completed and job.output == {"prompt": "hi"}
 
 
@@ -71,18 +71,18 @@ def test_run_sync_waits_past_the_server_window(api: Api) -> None:
     # The emulator holds runsync for wait * time_scale (10 ms): the job (0.3 s) outlives that window,
     # so the client must keep waiting on its own until its 5 s are up.
     updates: list[Job] = []
-    job = api.endpoint("slow").run_sync({"s": 0.3}, wait=5_000, on_update=updates.append)
+    job = api.endpoint("slow").run_sync({"s": 0.3}, timeout=5, on_update=updates.append)
     assert job.is_completed and job.output == "slept"
     assert updates[0].is_pending and updates[-1] == job
 
 
 def test_run_sync_raises_wait_timeout_with_the_job(api: Api) -> None:
     with pytest.raises(WaitTimeoutError) as info:
-        api.endpoint("slow").run_sync({"s": 5}, wait=1_000)
+        api.endpoint("slow").run_sync({"s": 5}, timeout=1)
     assert info.value.job is not None and info.value.job.is_pending
     assert info.value.job_id == info.value.job.id
-    with pytest.raises(ValueError, match="wait"):
-        api.endpoint("slow").run_sync({}, wait=10)
+    with pytest.raises(ValueError, match=r"timeout must be at least 1 seconds, got 0\.01"):
+        api.endpoint("slow").run_sync({}, timeout=0.01)
 
 
 def test_wait_timeout_raises_on_time(api: Api) -> None:
@@ -115,7 +115,7 @@ def test_stream_ends_when_the_job_fails(api: Api) -> None:
 
 def test_stream_ends_when_the_job_times_out(api: Api) -> None:
     ep = api.endpoint("gen_forever")
-    job = ep.run({}, policy=Policy(execution_timeout=5_000))  # 50 ms at the emulator's time scale
+    job = ep.run({}, policy=Policy(execution_timeout=5))  # 50 ms at the emulator's time scale
     assert [c.output for c in ep.stream(job.id, timeout=20)] == ["started"]
     assert ep.status(job.id).is_timed_out
 
@@ -145,7 +145,7 @@ def test_cancel_is_idempotent_and_refuses_finished_jobs(api: Api, idle: str) -> 
     job = ep.run({"x": 1})
     assert ep.cancel(job.id).is_cancelled
     assert ep.cancel(job.id).is_cancelled  # already cancelled: returned, not a 400
-    done = api.endpoint("echo").run_sync({"x": 1}, wait=10_000)
+    done = api.endpoint("echo").run_sync({"x": 1}, timeout=10)
     with pytest.raises(BadRequestError) as info:
         api.endpoint("echo").cancel(done.id)
     assert info.value.status_code == 400 and info.value.message
@@ -158,7 +158,7 @@ def test_retry_requeues_a_failed_job_and_refuses_others(api: Api) -> None:
     again = ep.retry(failed.id)
     assert again.id == failed.id and again.status is JobStatus.IN_QUEUE
     assert ep.wait(failed.id, timeout=10).is_failed
-    done = api.endpoint("echo").run_sync({}, wait=10_000)
+    done = api.endpoint("echo").run_sync({}, timeout=10)
     with pytest.raises(BadRequestError):
         api.endpoint("echo").retry(done.id)
 
@@ -181,7 +181,7 @@ def test_health_is_typed(api: Api, idle: str) -> None:
 
 
 def test_failed_job_keeps_its_error_parsed(api: Api) -> None:
-    job = api.endpoint("boom").run_sync({}, wait=10_000)
+    job = api.endpoint("boom").run_sync({}, timeout=10)
     assert job.is_failed
     assert job.error_message == "boom"
     assert job.error_type is not None and "ValueError" in job.error_type
@@ -191,7 +191,7 @@ def test_failed_job_keeps_its_error_parsed(api: Api) -> None:
         job.raise_for_status()
     assert info.value.job is job and "boom" in str(info.value)
 
-    plain = api.endpoint("fail").run_sync({}, wait=10_000)
+    plain = api.endpoint("fail").run_sync({}, timeout=10)
     assert plain.is_failed and plain.error_message == "bad input: no prompt" and plain.error_type is None
 
 

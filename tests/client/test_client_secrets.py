@@ -17,7 +17,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, emu
     monkeypatch.setenv("RUNPOD_ENDPOINT_BASE_URL", emu.base_url)
     with Client() as client:
         assert client.base_url == emu.base_url
-        assert client.endpoint("echo").run_sync({"x": 1}, wait=5_000).is_completed
+        assert client.endpoint("echo").run_sync({"x": 1}, timeout=5).is_completed
     monkeypatch.delenv("RUNPOD_ENDPOINT_BASE_URL")
     with Client() as client:
         assert client.base_url == "https://api.runpod.ai/v2"

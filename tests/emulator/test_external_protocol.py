@@ -231,12 +231,12 @@ def test_stop_is_resent_while_pings_still_list_the_job(client: Client, worker: F
 
 def test_execution_timeout_and_ttl_reach_job_stop(client: Client, worker: FakeWorker, ep: str) -> None:
     endpoint = client.endpoint(ep)
-    slow = endpoint.run({}, policy=Policy(execution_timeout=5_000))
+    slow = endpoint.run({}, policy=Policy(execution_timeout=5))
     worker.take_job()
     stops = wait_for(lambda: (r := worker.stop()).status_code == 200 and r.json(), what="a stop")
     assert stops == {"jobsToStop": [slow.id]}
     assert endpoint.status(slow.id).status is JobStatus.TIMED_OUT
-    expiring = endpoint.run({}, policy=Policy(ttl=10_000))
+    expiring = endpoint.run({}, policy=Policy(ttl=10))
     worker.take_job()
     stops = wait_for(lambda: (r := worker.stop()).status_code == 200 and r.json(), what="a stop")
     assert stops == {"jobsToStop": [expiring.id]}

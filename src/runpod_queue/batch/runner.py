@@ -808,7 +808,7 @@ class BatchRunner:
         RunPod's own delayTime + executionTime when present: what we observe is inflated by our polling
         interval, and an estimate built on it would only ever grow."""
         if snapshot.delay_time is not None and snapshot.execution_time is not None:
-            sample = (snapshot.delay_time + snapshot.execution_time) / 1000
+            sample = snapshot.delay_time + snapshot.execution_time
         else:
             sample = time.monotonic() - job.since
         self._latency = sample if self._latency is None else 0.9 * self._latency + 0.1 * sample
@@ -905,8 +905,8 @@ class BatchRunner:
             snapshot.status.value,
             output=snapshot.output,
             error=snapshot.error,
-            delay_time=snapshot.delay_time,
-            execution_time=snapshot.execution_time,
+            delay_time=snapshot.raw.get("delayTime"),
+            execution_time=snapshot.raw.get("executionTime"),
             attempts=job.attempts,
         )
         self._finish(job.key, job.line, result)

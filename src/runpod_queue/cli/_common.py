@@ -221,8 +221,8 @@ def _compact(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _seconds(ms: int | None) -> str:
-    return "-" if ms is None else f"{ms / 1000:.2f} s"
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} s"
 
 
 _ENDED = frozenset(status.value for status in JobStatus if status.is_terminal)

@@ -163,7 +163,10 @@ def batch(
         raise typer.Exit(EXIT_USAGE) from None
     try:
         policy = (
-            Policy(execution_timeout=execution_timeout, ttl=policy_ttl)
+            Policy(
+                execution_timeout=None if execution_timeout is None else execution_timeout / 1000,
+                ttl=None if policy_ttl is None else policy_ttl / 1000,
+            )
             if policy_ttl is not None or execution_timeout is not None
             else None
         )

@@ -41,7 +41,11 @@ def _policy(execution_timeout: int | None, ttl: int | None, low_priority: bool) 
     if execution_timeout is None and ttl is None and not low_priority:
         return None
     try:
-        return Policy(execution_timeout=execution_timeout, ttl=ttl, low_priority=low_priority or None)
+        return Policy(
+            execution_timeout=None if execution_timeout is None else execution_timeout / 1000,
+            ttl=None if ttl is None else ttl / 1000,
+            low_priority=low_priority or None,
+        )
     except (TypeError, ValueError) as exc:  # Policy's own bounds, named as the options are
         message = str(exc).replace("Policy.execution_timeout", "--execution-timeout")
         raise UsageProblem(message.replace("Policy.ttl", "--ttl")) from None
@@ -131,11 +135,11 @@ def run(
                 s.note(f"queued; follow it with: rpq wait {endpoint} {job.id}")
             return
         if sync:
-            wait_ms = _FOREVER_MS if timeout is None else max(1000, int(timeout * 1000))
+            wait_s = _FOREVER_MS / 1000 if timeout is None else max(1.0, timeout)
             with s.progress(endpoint) as progress:
                 progress.status = "RUNSYNC"
                 job = ep.run_sync(
-                    payload, wait=wait_ms, webhook=webhook, policy=policy, on_update=progress.update
+                    payload, timeout=wait_s, webhook=webhook, policy=policy, on_update=progress.update
                 )
         else:
             queued = ep.run(payload, webhook=webhook, policy=policy)
@@ -159,7 +163,7 @@ def status(
 ) -> None:
     """Show a job's current state (exit 1 if it ended FAILED, CANCELLED or TIMED_OUT)."""
     with session(api_key, base_url, local, json_out, debug) as s:
-        snapshot = s.endpoint(endpoint).status(job, ttl=ttl)
+        snapshot = s.endpoint(endpoint).status(job, keep_result_for=None if ttl is None else ttl / 1000)
         s.show_job(snapshot)
         raise typer.Exit(exit_code_for(snapshot))
 

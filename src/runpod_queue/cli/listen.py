@@ -67,7 +67,7 @@ class DeliveryLog:
             os.fsync(self._file.fileno())
         job = delivery.job
         if job is not None:
-            times = f"delay {job.delay_time} ms, execution {job.execution_time} ms"
+            times = f"delay {job.delay_time} s, execution {job.execution_time} s"
             typer.echo(f"{job.status.value:<10} {job.id}  ({times})")
 
     def close(self) -> None:
