@@ -12,7 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -26,6 +26,7 @@ from runpod_queue._contract import (
     RUNSYNC_PAYLOAD_LIMIT,
     JobStatus,
 )
+from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, MalformedError, Policy, S3Config, StreamChunk
 from runpod_queue._retry import (
     Retries,
@@ -357,6 +358,25 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str | N
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
     return key, url.rstrip("/")
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """What a client was built with, so another client (sync ↔ async, or ``with_options``) can be made
+    with the same connection settings. The key stays out of the repr."""
+
+    api_key: str | None = field(repr=False)
+    base_url: str
+    timeout: float
+    retries: Retries
+    rate_limits: RateLimits
+    max_connections: int
+
+
+def limits_config(rate_limits: RateLimits | bool) -> RateLimits:
+    if isinstance(rate_limits, RateLimits):
+        return rate_limits
+    return RateLimits() if rate_limits else RateLimits.off()
 
 
 def default_headers(api_key: str | None) -> dict[str, str]:

@@ -9,6 +9,8 @@ decision lives in ``_wire``.
 from __future__ import annotations
 
 import asyncio
+import copy
+import dataclasses
 import inspect
 import logging
 import random
@@ -27,7 +29,6 @@ from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._retry import Retries
 from runpod_queue._units import Duration
 from runpod_queue._wire import Call, Emit, Expired, Flow, Notify, Send, Sleep
-from runpod_queue.client import _limits_config
 from runpod_queue.errors import APIConnectionError, APIStatusError, RunpodQueueError
 
 __all__ = ["AsyncClient", "AsyncEndpoint"]
@@ -126,7 +127,12 @@ class AsyncClient:
         key, self.base_url = _wire.resolve_settings(api_key, base_url)
         self._timeout = _wire.base_timeout(timeout)
         self._retries = retries if retries is not None else Retries()
-        self._limiter = AsyncLimiter(_limits_config(rate_limits))
+        limits = _wire.limits_config(rate_limits)
+        self._settings = _wire.ClientSettings(
+            key, self.base_url, float(timeout), self._retries, limits, max_connections
+        )
+        self._owner = True
+        self._limiter = AsyncLimiter(limits)
         self._long_poll: dict[str, bool] = {}
         self._rng = random.Random()
         headers = _wire.default_headers(key)
@@ -140,7 +146,37 @@ class AsyncClient:
     def endpoint(self, endpoint_id: str) -> AsyncEndpoint:
         return AsyncEndpoint(self, endpoint_id)
 
+    @classmethod
+    def _from_settings(cls, settings: _wire.ClientSettings) -> AsyncClient:
+        """An async client with a sync client's connection settings (the batch runner's async engine
+        over a user's ``Client``)."""
+        return cls(
+            settings.api_key,
+            base_url=settings.base_url,
+            timeout=settings.timeout,
+            retries=settings.retries,
+            rate_limits=settings.rate_limits,
+            max_connections=settings.max_connections,
+        )
+
+    def with_options(self, *, timeout: float | None = None, retries: Retries | None = None) -> AsyncClient:
+        """See ``Client.with_options``: same pool, limiter and key; other per-request settings."""
+        derived = copy.copy(self)
+        derived._owner = False
+        if timeout is not None:
+            derived._timeout = _wire.base_timeout(timeout)
+        if retries is not None:
+            derived._retries = retries
+        derived._settings = dataclasses.replace(
+            self._settings,
+            timeout=self._settings.timeout if timeout is None else float(timeout),
+            retries=derived._retries,
+        )
+        return derived
+
     async def aclose(self) -> None:
+        if not self._owner:
+            return
         if self._direct is not None:
             await self._direct.aclose()
         if self._http is not None:
@@ -269,6 +305,11 @@ class AsyncEndpoint:
 
     def __repr__(self) -> str:
         return f"AsyncEndpoint({self.id!r})"
+
+    @property
+    def client(self) -> AsyncClient:
+        """The client this endpoint sends through."""
+        return self._client
 
     async def _job(self, call: Call) -> Job:
         return _wire.parse_job(await self._client._execute(self.id, call))

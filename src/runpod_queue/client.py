@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import random
 import time
@@ -30,12 +32,6 @@ T = TypeVar("T")
 OnUpdate = Callable[[Job], object]
 
 
-def _limits_config(rate_limits: RateLimits | bool) -> RateLimits:
-    if isinstance(rate_limits, RateLimits):
-        return rate_limits
-    return RateLimits() if rate_limits else RateLimits.off()
-
-
 class Client:
     """Sync client for RunPod queue endpoints; thread-safe, reuses connections, closes with ``with``.
 
@@ -58,7 +54,12 @@ class Client:
         key, self.base_url = _wire.resolve_settings(api_key, base_url)
         self._timeout = _wire.base_timeout(timeout)
         self._retries = retries if retries is not None else Retries()
-        self._limiter = SyncLimiter(_limits_config(rate_limits))
+        limits = _wire.limits_config(rate_limits)
+        self._settings = _wire.ClientSettings(
+            key, self.base_url, float(timeout), self._retries, limits, max_connections
+        )
+        self._owner = True
+        self._limiter = SyncLimiter(limits)
         self._long_poll: dict[str, bool] = {}
         self._rng = random.Random()
         self._http = httpx.Client(
@@ -75,8 +76,25 @@ class Client:
     def endpoint(self, endpoint_id: str) -> Endpoint:
         return Endpoint(self, endpoint_id)
 
+    def with_options(self, *, timeout: float | None = None, retries: Retries | None = None) -> Client:
+        """A client with other per-request settings that shares this one's connection pool, rate limiter
+        and API key (as openai-python's ``with_options``); closing it leaves the pool to this client."""
+        derived = copy.copy(self)
+        derived._owner = False
+        if timeout is not None:
+            derived._timeout = _wire.base_timeout(timeout)
+        if retries is not None:
+            derived._retries = retries
+        derived._settings = dataclasses.replace(
+            self._settings,
+            timeout=self._settings.timeout if timeout is None else float(timeout),
+            retries=derived._retries,
+        )
+        return derived
+
     def close(self) -> None:
-        self._http.close()
+        if self._owner:
+            self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -181,6 +199,11 @@ class Endpoint:
 
     def __repr__(self) -> str:
         return f"Endpoint({self.id!r})"
+
+    @property
+    def client(self) -> Client:
+        """The client this endpoint sends through."""
+        return self._client
 
     def _job(self, call: Call) -> Job:
         return _wire.parse_job(self._client._execute(self.id, call))
