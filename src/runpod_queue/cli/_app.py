@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
+from pathlib import Path
 
 import typer
 
@@ -40,11 +41,11 @@ def _root() -> None:
 
 def load_commands() -> None:
     """Import every command module (`cli/<name>.py` not starting with `_`) so it registers itself."""
-    import runpod_queue.cli as package
-
-    for module in pkgutil.iter_modules(package.__path__):
+    # The folder, not the package object: importing the package from here would make a cycle.
+    package = __name__.rpartition(".")[0]
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            importlib.import_module(f"{package}.{module.name}")
 
 
 # Modules of the optional extras: a command that needs a missing one says which extra to install.
