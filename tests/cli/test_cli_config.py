@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from runpod_queue import Client
 from runpod_queue.cli._app import app
-from runpod_queue.cli._common import DEFAULT_LOCAL_PORT, RpqCommand
+from runpod_queue.cli._argv import RpqCommand
+from runpod_queue.cli._options import DEFAULT_LOCAL_PORT
 from runpod_queue.emulator import Emulator
 
 

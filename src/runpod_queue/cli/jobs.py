@@ -17,19 +17,12 @@ from rich.live import Live
 
 from runpod_queue import Endpoint, Job, Policy
 from runpod_queue.cli._app import app
-from runpod_queue.cli._common import (
-    ApiKeyOpt,
-    BaseUrlOpt,
-    DebugOpt,
-    JsonOpt,
-    LocalOpt,
-    RpqCommand,
-    Session,
-    UsageProblem,
-    exit_code_for,
-    parse_input,
-    session,
-)
+from runpod_queue.cli._argv import RpqCommand
+from runpod_queue.cli._errors import UsageProblem
+from runpod_queue.cli._input import parse_input
+from runpod_queue.cli._options import ApiKeyOpt, BaseUrlOpt, DebugOpt, JsonOpt, LocalOpt
+from runpod_queue.cli._render import exit_code_for
+from runpod_queue.cli._session import Session, session
 
 EndpointArg = Annotated[str, typer.Argument(metavar="ENDPOINT", help="Endpoint id.", show_default=False)]
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_default=False)]
