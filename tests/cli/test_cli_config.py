@@ -88,14 +88,20 @@ def test_missing_and_invalid_input_files(rpq: Invoke, tmp_path: Path) -> None:
     assert "line 2, column 1" in invalid.stderr
 
 
-def test_bad_options_are_usage_errors(rpq: Invoke) -> None:
-    assert rpq("run", "echo", "{}", "--sync", "--no-wait").exit_code == 2
-    small = rpq("run", "echo", "{}", "--execution-timeout", "10")
-    assert small.exit_code == 2
-    assert "--execution-timeout must be at least 5 seconds" in small.stderr
-    assert rpq("run", "echo", "{}", "--ttl", "abc").exit_code == 2
-    assert rpq("run", "echo").exit_code == 2  # INPUT missing
-    assert rpq("status", "echo", "job", "--bogus").exit_code == 2
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "echo", "{}", "--sync", "--no-wait"], "--sync and --no-wait exclude each other"),
+        (["run", "echo"], "Missing argument 'INPUT'"),
+        (["status", "echo", "job", "--bogus"], "No such option: --bogus"),
+        (["status", "echo", "job", "--ttl", "60000"], "No such option: --ttl"),  # now --keep-result-for
+    ],
+)
+def test_bad_options_are_usage_errors(rpq: Invoke, args: list[str], message: str) -> None:
+    result = rpq(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
 # -- configuration -------------------------------------------------------------------------------------

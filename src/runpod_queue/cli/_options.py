@@ -1,4 +1,4 @@
-"""The options every endpoint command shares (connection and output).
+"""The options every endpoint command shares (connection and output), and how a duration option is declared.
 
 Declared once as ``Annotated`` types so each command lists them last (``rpq status EP JOB --json``) with the
 same names, help and panels.
@@ -6,26 +6,32 @@ same names, help and panels.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from runpod_queue._contract import DEFAULT_BASE_URL
 from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue.cli._duration import DURATION_METAVAR, duration
 
 __all__ = [
     "DEFAULT_LOCAL_PORT",
+    "DURATIONS_HELP",
     "ApiKeyOpt",
     "BaseUrlOpt",
     "DebugOpt",
     "JsonOpt",
     "LocalOpt",
+    "duration_option",
 ]
 
 DEFAULT_LOCAL_PORT = 8000  # where `rpq serve` listens by default
 
 CONNECTION_PANEL = "Connection"
 OUTPUT_PANEL = "Output"
+
+# The epilog of every command with a duration option: the forms, said once instead of on each option.
+DURATIONS_HELP = "DURATION: 500ms, 30s, 10m, 2h or 7d; a bare number is seconds."
 
 ApiKeyOpt = Annotated[
     str | None,
@@ -72,3 +78,20 @@ DebugOpt = Annotated[
         "--debug", help="Log every request to stderr and show tracebacks.", rich_help_panel=OUTPUT_PANEL
     ),
 ]
+
+
+def duration_option(*names: str, help: str, default: str | None = None, **kwargs: Any) -> Any:
+    """A typer option read by the one duration parser (``500ms`` … ``7d``; a bare number is seconds).
+
+    ``default`` is how the default is shown in ``--help`` (``"2s"`` rather than ``2.0``); the value itself
+    stays the parameter's default, in seconds. Ranges are checked by the command with ``within`` so the
+    message names the option and the unit.
+    """
+    return typer.Option(
+        *names,
+        parser=duration,
+        metavar=DURATION_METAVAR,
+        help=help,
+        show_default=default if default is not None else False,
+        **kwargs,
+    )
