@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -19,14 +20,18 @@ from runpod_queue.cli import _session
 from runpod_queue.cli._app import app
 from runpod_queue.cli._argv import RpqCommand
 from runpod_queue.cli._options import DEFAULT_LOCAL_PORT
+from runpod_queue.cli._session import session
 from runpod_queue.emulator import Emulator
 
 
 def test_help_documents_every_command_and_the_exit_codes() -> None:
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for command in ("run", "status", "wait", "stream", "cancel", "retry", "purge", "health", "serve", "demo"):
-        assert command in result.stdout
+    listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", result.stdout, re.MULTILINE))  # the Commands panel
+    assert listed == {
+        "run", "status", "wait", "stream", "cancel", "retry", "purge", "health",
+        "serve", "listen", "demo", "batch", "worker-env",
+    }  # fmt: skip
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 completed" in text
     assert "1 the job failed, timed out or was cancelled" in text
@@ -209,6 +214,13 @@ def test_the_api_key_is_never_printed(rpq: Invoke, client: Client, tmp_path: Pat
         assert API_KEY not in result.stdout
         assert API_KEY not in result.stderr
         assert API_KEY[-8:] not in result.stdout + result.stderr
+
+
+def test_the_api_key_is_not_in_a_sessions_repr(emu: Emulator) -> None:
+    with session(API_KEY, emu.base_url, None, False, False) as s:
+        s.endpoint("echo").health()  # the emulator requires the key: it is really in the session
+        assert API_KEY not in repr(s)
+        assert API_KEY not in repr(s.client)
 
 
 # -- the demo ------------------------------------------------------------------------------------------
