@@ -80,18 +80,13 @@ DebugOpt = Annotated[
 ]
 
 
-def duration_option(*names: str, help: str, default: str | None = None, **kwargs: Any) -> Any:
+def duration_option(*names: str, help: str, **kwargs: Any) -> Any:
     """A typer option read by the one duration parser (``500ms`` … ``7d``; a bare number is seconds).
 
-    ``default`` is how the default is shown in ``--help`` (``"2s"`` rather than ``2.0``); the value itself
-    stays the parameter's default, in seconds. Ranges are checked by the command with ``within`` so the
+    A default belongs in ``help`` as a duration (``default 2s``): click would show the parameter's
+    seconds, or a custom text in parentheses. Ranges are checked by the command with ``within`` so the
     message names the option and the unit.
     """
     return typer.Option(
-        *names,
-        parser=duration,
-        metavar=DURATION_METAVAR,
-        help=help,
-        show_default=default if default is not None else False,
-        **kwargs,
+        *names, parser=duration, metavar=DURATION_METAVAR, help=help, show_default=False, **kwargs
     )

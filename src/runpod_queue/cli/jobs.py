@@ -282,7 +282,7 @@ def health(
     endpoint: EndpointArg,
     watch: Annotated[bool, typer.Option("--watch", help="Keep refreshing until Ctrl-C.")] = False,
     interval: Annotated[
-        float, duration_option(help="Time between refreshes with --watch (at least 100ms).", default="2s")
+        float, duration_option(help="Time between refreshes with --watch (at least 100ms; default 2s).")
     ] = 2.0,
     count: Annotated[
         int | None,
