@@ -117,12 +117,6 @@ def test_wait_and_stream_timeouts_take_units(rpq: Invoke, client: Client, timeou
         assert f"job {job.id} did not finish within 0.05 s" in result.stderr
 
 
-def test_health_interval_takes_units(rpq: Invoke) -> None:
-    result = rpq("health", "echo", "--watch", "--interval", "100ms", "--count", "2", "--json")
-    assert result.exit_code == 0, result.stderr
-    assert len(result.stdout.splitlines()) == 2
-
-
 # -- refused before anything is sent: exit 2 -----------------------------------------------------------
 
 DURATION_OPTIONS = [

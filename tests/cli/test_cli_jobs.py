@@ -278,6 +278,7 @@ def test_health_table_and_json(rpq: Invoke, client: Client) -> None:
 
 
 def test_health_watch_refreshes(rpq: Invoke) -> None:
+    # --interval takes a duration with a unit or a bare number of seconds.
     as_json = rpq("health", "echo", "--watch", "--interval", "100ms", "--count", "2", "--json")
     assert as_json.exit_code == 0
     assert len(json_lines(as_json.stdout)) == 2
