@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cli_support import API_KEY, EXAMPLES, Invoke
+import typer
+import typer.testing
+from cli_support import API_KEY, EXAMPLES, Invoke, WireRecorder
 from typer.testing import CliRunner, Result
 
 from runpod_queue import Client
@@ -18,11 +20,13 @@ from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator, EndpointSpec, load_endpoint
 
 load_commands()
+# typer's CliRunner rebuilds the click command from the app on every invoke (~40 ms); build it once.
+_COMMAND = typer.main.get_command(app)
 
 
 def _specs() -> dict[str, Any]:
     specs: dict[str, Any] = {}
-    for name in ("echo", "tokens", "slow", "fail", "flaky"):
+    for name in ("echo", "tokens", "slow", "fail", "flaky", "s3_upload"):
         loaded = load_endpoint(str(EXAMPLES / f"{name}.py"))
         specs[loaded.endpoint_id] = loaded.spec
     # No workers: jobs stay IN_QUEUE, so purge has something to remove.
@@ -30,21 +34,28 @@ def _specs() -> dict[str, Any]:
     return specs
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def emu() -> Iterator[Emulator]:
     with Emulator(_specs(), api_key=API_KEY, workers=2, time_scale=0.1, rate_limits=False) as emulator:
         yield emulator
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(emu: Emulator) -> Iterator[Client]:
     with Client(api_key=API_KEY, base_url=emu.base_url) as c:
         yield c
 
 
 @pytest.fixture
-def rpq(emu: Emulator) -> Invoke:
+def wire() -> Iterator[WireRecorder]:
+    with WireRecorder() as recorder:
+        yield recorder
+
+
+@pytest.fixture
+def rpq(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     """Run `rpq ARGS` in-process against the emulator (connection flags appended unless given)."""
+    monkeypatch.setattr(typer.testing, "_get_command", lambda _app: _COMMAND)
     runner = CliRunner()
 
     def invoke(

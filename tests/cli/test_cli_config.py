@@ -3,10 +3,10 @@ that the API key is never printed, whatever goes wrong."""
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,17 +15,23 @@ import typer
 from cli_support import API_KEY, Invoke
 from typer.testing import CliRunner
 
-from runpod_queue import Client
+from runpod_queue import Client, Retries
+from runpod_queue.cli import _session
 from runpod_queue.cli._app import app
-from runpod_queue.cli._common import DEFAULT_LOCAL_PORT, RpqCommand
+from runpod_queue.cli._argv import RpqCommand
+from runpod_queue.cli._options import DEFAULT_LOCAL_PORT
+from runpod_queue.cli._session import session
 from runpod_queue.emulator import Emulator
 
 
 def test_help_documents_every_command_and_the_exit_codes() -> None:
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    for command in ("run", "status", "wait", "stream", "cancel", "retry", "purge", "health", "serve", "demo"):
-        assert command in result.stdout
+    listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", result.stdout, re.MULTILINE))  # the Commands panel
+    assert listed == {
+        "run", "status", "wait", "stream", "cancel", "retry", "purge", "health",
+        "serve", "listen", "demo", "batch", "worker-env",
+    }  # fmt: skip
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 completed" in text
     assert "1 the job failed, timed out or was cancelled" in text
@@ -87,14 +93,20 @@ def test_missing_and_invalid_input_files(rpq: Invoke, tmp_path: Path) -> None:
     assert "line 2, column 1" in invalid.stderr
 
 
-def test_bad_options_are_usage_errors(rpq: Invoke) -> None:
-    assert rpq("run", "echo", "{}", "--sync", "--no-wait").exit_code == 2
-    small = rpq("run", "echo", "{}", "--execution-timeout", "10")
-    assert small.exit_code == 2
-    assert "--execution-timeout must be at least 5 seconds" in small.stderr
-    assert rpq("run", "echo", "{}", "--ttl", "abc").exit_code == 2
-    assert rpq("run", "echo").exit_code == 2  # INPUT missing
-    assert rpq("status", "echo", "job", "--bogus").exit_code == 2
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "echo", "{}", "--sync", "--no-wait"], "--sync and --no-wait exclude each other"),
+        (["run", "echo"], "Missing argument 'INPUT'"),
+        (["status", "echo", "job", "--bogus"], "No such option: --bogus"),
+        (["status", "echo", "job", "--ttl", "60000"], "No such option: --ttl"),  # now --keep-result-for
+    ],
+)
+def test_bad_options_are_usage_errors(rpq: Invoke, args: list[str], message: str) -> None:
+    result = rpq(*args)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert result.stdout == ""
 
 
 # -- configuration -------------------------------------------------------------------------------------
@@ -159,15 +171,14 @@ def test_wrong_api_key_is_exit_3_with_a_hint(rpq: Invoke, emu: Emulator) -> None
     assert "not-the-key" not in result.stdout + result.stderr
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_unreachable_server_is_exit_3_with_a_hint(rpq: Invoke) -> None:
-    port = _free_port()
-    result = rpq("retry", "echo", "job-1", "--local", str(port), connect=False)
+def test_unreachable_server_is_exit_3_with_a_hint(rpq: Invoke, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client retries a refused connection with backoff (tests/client covers that); this test is about
+    # the message and the exit code, so its clients keep the retries and drop the pauses (Retries.wait).
+    monkeypatch.setattr(_session, "Client", functools.partial(Client, retries=Retries(wait=False)))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: the port is ours and refuses connections
+        port = closed.getsockname()[1]
+        result = rpq("retry", "echo", "job-1", "--local", str(port), connect=False)
     assert result.exit_code == 3
     assert "could not connect" in result.stderr
     assert f"rpq serve HANDLER.py --port {port}" in result.stderr
@@ -205,20 +216,24 @@ def test_the_api_key_is_never_printed(rpq: Invoke, client: Client, tmp_path: Pat
         assert API_KEY[-8:] not in result.stdout + result.stderr
 
 
+def test_the_api_key_is_not_in_a_sessions_repr(emu: Emulator) -> None:
+    with session(API_KEY, emu.base_url, None, False, False) as s:
+        s.endpoint("echo").health()  # the emulator requires the key: it is really in the session
+        assert API_KEY not in repr(s)
+        assert API_KEY not in repr(s.client)
+
+
 # -- the demo ------------------------------------------------------------------------------------------
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    """`rpq demo` as a user runs it: a subprocess, output to a pipe (not a terminal), exit 0."""
-    result = subprocess.run(
-        [sys.executable, "-m", "runpod_queue.cli", "demo"],
-        capture_output=True,
-        text=True,
-        timeout=50,
-        cwd=tmp_path,  # the demo finds examples/ next to the package, not in the working directory
-        env={"PATH": "", "COLUMNS": "100", "RUNPOD_API_KEY": API_KEY},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+def test_demo_runs_end_to_end(rpq: Invoke, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rpq demo` with its output to a pipe (not a terminal), each step checking its own exit code.
+
+    `--fast` shortens the jobs a person would watch; the steps and commands are the same. (Other tests
+    run `python -m runpod_queue.cli` as a subprocess; this one needs no process of its own.)"""
+    monkeypatch.chdir(tmp_path)  # the demo finds examples/ next to the package, not in the working directory
+    result = rpq("demo", "--fast", connect=False, env={"COLUMNS": "100", "RUNPOD_API_KEY": API_KEY})
+    assert result.exit_code == 0, result.stdout + result.stderr
     out = result.stdout
     for step in ("runsync", "async job", "streaming", "a failing job", "cancel", "retry", "health"):
         assert step in out

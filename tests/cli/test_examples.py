@@ -12,7 +12,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from cli_support import API_KEY, EXAMPLES
+from cli_support import EXAMPLES
 
 from runpod_queue import Client, S3Config
 
@@ -66,27 +66,22 @@ class _FakeS3(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def fake_s3() -> Iterator[str]:
     server = HTTPServer(("127.0.0.1", 0), _FakeS3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
 
 
-def test_s3_uploader_puts_the_result_and_returns_its_url(fake_s3: str) -> None:
-    from runpod_queue.emulator import Emulator
-
+def test_s3_uploader_puts_the_result_and_returns_its_url(fake_s3: str, client: Client) -> None:
     secret = "s3-secret-9a8b7c6d"
-    with (
-        Emulator({"upload": s3_upload.handler}, api_key=API_KEY) as emu,
-        Client(api_key=API_KEY, base_url=emu.base_url) as client,
-    ):
-        ep = client.endpoint("upload")
-        config = S3Config(access_id="AKID", access_secret=secret, bucket_name="results", endpoint_url=fake_s3)
-        job = ep.run_sync({"text": "big result"}, s3_config=config).raise_for_status()
-        inline = ep.run_sync({"text": "small"}).raise_for_status()
+    ep = client.endpoint("s3_upload")  # examples/s3_upload.py, served by the CLI tests' emulator
+    config = S3Config(access_id="AKID", access_secret=secret, bucket_name="results", endpoint_url=fake_s3)
+    job = ep.run_sync({"text": "big result"}, s3_config=config).raise_for_status()
+    inline = ep.run_sync({"text": "small"}).raise_for_status()
     assert job.output == {"url": f"{fake_s3}/results/results/{job.id}.txt", "bytes": 10}
-    put = _FakeS3.received[-1]
+    assert len(_FakeS3.received) == 1  # the small result came back inline, without an upload
+    put = _FakeS3.received[0]
     assert put["path"] == f"/results/results/{job.id}.txt"
     assert put["body"] == b"BIG RESULT"
     assert put["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKID/")

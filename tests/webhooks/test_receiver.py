@@ -7,42 +7,26 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
-import httpx
 import pytest
 import uvicorn
+from webhook_support import HTTP, SECRET, attempts, eventually, run
 
 from runpod_queue import Job
-from runpod_queue.emulator import Emulator, EndpointSpec
+from runpod_queue.emulator import Emulator
 from runpod_queue.webhooks import TOKEN_PARAM, WebhookReceiver, WebhookSigner, asgi_app
-
-SECRET = "wh-secret-7f3a9c1e5b2d4f60"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 class Served:
-    """A receiver served over HTTP by one of the three front ends; records what reached the callback."""
+    """A receiver served over HTTP by one of the three front ends on a port the OS picked (bound before
+    serving, so it is known and no other process can take it); records what reached the callback."""
 
     def __init__(self, kind: str) -> None:
         self.calls: list[Job] = []
         self.fail_next = 0
         self.signer = WebhookSigner(SECRET)
         self.receiver = WebhookReceiver(self.signer, self._callback)
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}/hook"
+        self._stop: Callable[[], None]
         if kind == "flask":
             from flask import Flask
             from werkzeug.serving import make_server
@@ -51,36 +35,31 @@ class Served:
 
             flask_app = Flask("hooks")
             flask_app.register_blueprint(blueprint(self.receiver, "/hook"))
-            self._wsgi = make_server("127.0.0.1", self.port, flask_app, threaded=True)
-            self._thread = threading.Thread(target=self._wsgi.serve_forever, daemon=True)
-            self._stop: Callable[[], None] = self._wsgi.shutdown
+            wsgi = make_server("127.0.0.1", 0, flask_app, threaded=True)
+            self.port = wsgi.server_port
+            self._thread = threading.Thread(target=wsgi.serve_forever, args=(0.01,), daemon=True)
+            self._stop = wsgi.shutdown
         else:
             if kind == "fastapi":
                 from fastapi import FastAPI
 
                 from runpod_queue.webhooks.fastapi import router
 
-                app: Any = FastAPI()
-                app.include_router(router(self.receiver, "/hook"))
+                app: object = FastAPI()
+                app.include_router(router(self.receiver, "/hook"))  # type: ignore[attr-defined]
             else:
                 app = asgi_app(self.receiver, paths=["/hook"])
-            config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", lifespan="on")
-            server = uvicorn.Server(config)
-            self._thread = threading.Thread(target=server.run, daemon=True)
+            sock = socket.create_server(("127.0.0.1", 0))  # listening now: requests wait in its backlog
+            self.port = sock.getsockname()[1]
+            server = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
+            self._thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
 
             def stop() -> None:
                 server.should_exit = True
 
             self._stop = stop
+        self.base = f"http://127.0.0.1:{self.port}/hook"
         self._thread.start()
-        eventually(self._up)
-
-    def _up(self) -> bool:
-        try:
-            httpx.post(self.base, content=b"{}", timeout=1)
-            return True
-        except httpx.HTTPError:
-            return False
 
     def _callback(self, job: Job) -> None:
         if self.fail_next:
@@ -93,32 +72,22 @@ class Served:
         self._thread.join(5)
 
 
-@pytest.fixture(params=["asgi", "fastapi", "flask"])
-def served(request: pytest.FixtureRequest) -> Iterator[Served]:
+@pytest.fixture(scope="module", params=["asgi", "fastapi", "flask"])
+def server(request: pytest.FixtureRequest) -> Iterator[Served]:
+    """One server per front end for the whole module: starting one per test cost more than the tests."""
     s = Served(request.param)
     yield s
     s.close()
 
 
-def failing(job: dict[str, Any]) -> Any:
-    return {"error": "no good"}
-
-
-@pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    endpoints = {"echo": lambda job: job["input"], "fail": failing, "idle": EndpointSpec(None, workers=0)}
-    with Emulator(endpoints, time_scale=0.001) as emulator:  # webhook retry gap 10 s → 10 ms
-        yield emulator
-
-
-def run(emu: Emulator, endpoint: str, webhook: str, job_input: dict[str, Any] | None = None) -> str:
-    answer = httpx.post(f"{emu.base_url}/{endpoint}/run", json={"input": job_input or {}, "webhook": webhook})
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["id"])
-
-
-def attempts(emu: Emulator, job_id: str) -> list[int | None]:
-    return [a.status_code for a in emu.webhook_attempts if a.job_id == job_id]
+@pytest.fixture
+def served(server: Served) -> Iterator[Served]:
+    """The module's server, as new to each test: no calls recorded, no failure pending, default limits."""
+    max_body = server.receiver.max_body
+    server.calls.clear()
+    server.fail_next = 0
+    yield server
+    server.receiver.max_body = max_body
 
 
 def test_a_verified_delivery_reaches_the_callback_once_although_delivered_again(
@@ -127,7 +96,7 @@ def test_a_verified_delivery_reaches_the_callback_once_although_delivered_again(
     job_id = run(emu, "fail", served.signer.sign(served.base))
     eventually(lambda: attempts(emu, job_id) == [200])
     # FAILED → retry → FAILED again: the emulator delivers the same (job id, status) a second time.
-    assert httpx.post(f"{emu.base_url}/fail/retry/{job_id}").status_code == 200
+    assert HTTP.post(f"{emu.base_url}/fail/retry/{job_id}").status_code == 200
     eventually(lambda: attempts(emu, job_id) == [200, 200])
     assert [(j.id, j.status.value) for j in served.calls] == [(job_id, "FAILED")]
     assert served.calls[0].error == "no good"
@@ -142,10 +111,11 @@ def test_forged_deliveries_are_refused_and_never_reach_the_callback(served: Serv
         "expired": f"{served.base}?{TOKEN_PARAM}={served.signer.token(expires_in=1, now=time.time() - 60)}",
         "other secret": WebhookSigner("attacker-secret-000000").sign(served.base),
     }
-    for url in forged.values():
-        job_id = run(emu, "echo", url)
-        eventually(lambda job_id=job_id: len(attempts(emu, job_id)) == 3)  # retried, refused every time
-        assert set(attempts(emu, job_id)) == {401}
+    jobs = {name: run(emu, "echo", url) for name, url in forged.items()}
+    eventually(lambda: all(len(attempts(emu, job_id)) == 3 for job_id in jobs.values()))  # retried twice
+    assert {name: attempts(emu, job_id) for name, job_id in jobs.items()} == {
+        name: [401, 401, 401] for name in forged
+    }
     # A signed URL claimed by one job cannot carry another job's delivery.
     first = run(emu, "echo", good, {"n": 1})
     eventually(lambda: attempts(emu, first) == [200])
@@ -164,11 +134,11 @@ def test_a_callback_that_fails_once_is_redelivered_then_succeeds(served: Served,
 
 def test_bad_bodies_get_a_4xx_with_a_reason(served: Served) -> None:
     url = served.signer.sign(served.base)
-    not_json = httpx.post(url, content=b"<html>")
+    not_json = HTTP.post(url, content=b"<html>")
     assert not_json.status_code == 400 and "not JSON" in not_json.json()["reason"]
-    missing = httpx.post(url, json={"status": "COMPLETED"})
+    missing = HTTP.post(url, json={"status": "COMPLETED"})
     assert missing.status_code == 400 and "id" in missing.json()["reason"]
     served.receiver.max_body = 100
-    big = httpx.post(url, content=b"{" + b" " * 200 + b"}")
+    big = HTTP.post(url, content=b"{" + b" " * 200 + b"}")
     assert big.status_code == 413
     assert served.calls == []

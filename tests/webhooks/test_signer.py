@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -47,6 +48,18 @@ def test_tampered_tokens_are_refused_with_401(mangle: object, reason: str) -> No
     with pytest.raises(WebhookVerificationError, match=reason) as info:
         signer.verify(mangle(token))  # type: ignore[operator]
     assert info.value.status == 401
+
+
+def test_lifetimes_are_seconds_or_timedeltas() -> None:
+    now = 1_800_000_000.0
+    for lifetime in (90, 90.0, timedelta(seconds=90)):
+        signer = WebhookSigner(SECRET, expires_in=lifetime)
+        assert signer.verify(signer.token(now=now), now=now).expires_at == now + 90
+        assert signer.verify(signer.token(expires_in=lifetime, now=now), now=now).expires_at == now + 90
+    with pytest.raises(ValueError, match="expires_in must be a positive number of seconds or a timedelta"):
+        WebhookSigner(SECRET, expires_in=timedelta(0))
+    with pytest.raises(ValueError, match="expires_in must be a positive"):
+        WebhookSigner(SECRET).token(expires_in=-1)
 
 
 def test_expired_and_foreign_tokens_are_refused() -> None:

@@ -9,11 +9,24 @@ from pathlib import Path
 
 import typer
 
+__all__ = [
+    "EXIT_API",
+    "EXIT_CODES_HELP",
+    "EXIT_INTERRUPTED",
+    "EXIT_JOB",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "app",
+    "load_commands",
+    "main",
+]
+
 # Exit codes, the same for every command (documented in `rpq --help` and the README).
 EXIT_OK = 0  # the job completed (or the command did what it was asked)
 EXIT_JOB = 1  # the job failed, timed out or was cancelled (or did not finish within --timeout)
 EXIT_USAGE = 2  # usage error: bad option, bad INPUT JSON, missing API key
 EXIT_API = 3  # API or connection error: HTTP 4xx/5xx, unreachable server, malformed answer
+EXIT_INTERRUPTED = 130  # Ctrl-C: the job keeps running on the endpoint (the shell's 128 + SIGINT)
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 completed · 1 the job failed, timed out or was cancelled · 2 usage error "
@@ -40,12 +53,13 @@ def _root() -> None:
 
 
 def load_commands() -> None:
-    """Import every command module (`cli/<name>.py` not starting with `_`) so it registers itself."""
-    # The folder, not the package object: importing the package from here would make a cycle.
-    package = __name__.rpartition(".")[0]
+    """Import every command module (`cli/<name>.py` not starting with `_`) so it registers itself.
+
+    Found next to this file rather than through `runpod_queue.cli.__path__`: the package imports this
+    module, so importing the package from here would close a cycle."""
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if not module.name.startswith("_"):
-            importlib.import_module(f"{package}.{module.name}")
+            importlib.import_module(f"{__package__}.{module.name}")
 
 
 # Modules of the optional extras: a command that needs a missing one says which extra to install.

@@ -51,6 +51,7 @@ class _Tour:
         self.port = port
         self.step = 0
         self.failures: list[str] = []
+        self.command = typer.main.get_command(app)  # built once: typer rebuilds it on every call
 
     def section(self, title: str, why: str) -> None:
         self.step += 1
@@ -66,9 +67,8 @@ class _Tour:
         argv = [*args, "--local", str(self.port)]
         self.show(argv)
         sys.stdout.flush()
-        command = typer.main.get_command(app)
         try:
-            result: Any = command.main(args=argv, prog_name="rpq", standalone_mode=False)
+            result: Any = self.command.main(args=argv, prog_name="rpq", standalone_mode=False)
         except SystemExit as exc:  # pragma: no cover - standalone_mode=False returns instead
             result = exc.code
         code = int(result or 0)
@@ -104,8 +104,14 @@ def demo(
             metavar="DIR", help="Folder with the example handlers [default: the checkout's examples/]."
         ),
     ] = None,
+    fast: Annotated[
+        bool,
+        typer.Option(
+            "--fast", help="Short jobs for a CI smoke run (too short to watch the live status line)."
+        ),
+    ] = False,
 ) -> None:
-    """Start a local emulator with the example handlers and walk through every kind of job (~10 s)."""
+    """Start a local emulator with the example handlers and walk through every kind of job (~5 s)."""
     from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, load_endpoint
 
     folder = _find_examples(examples)
@@ -118,6 +124,11 @@ def demo(
     except HandlerLoadError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    # The pauses are for a person watching: long enough to see a job run and tokens arrive.
+    slow_job = {"seconds": 0.1 if fast else 1.5}
+    tokens_input: dict[str, Any] = {"prompt": "why queues?", "max_tokens": 24}
+    if fast:
+        tokens_input["delay"] = 0.002  # the handler's default is 0.05 s per token
     started = time.monotonic()
     with Emulator(specs, workers=2) as emulator, Client(base_url=emulator.base_url) as client:
         tour = _Tour(console, emulator.port)
@@ -137,10 +148,10 @@ def demo(
         tour.section(
             "async job", "/run returns an id at once; `rpq` then follows the job with a live status line."
         )
-        tour.rpq("run", "slow", '{"seconds": 1.5}')
+        tour.rpq("run", "slow", json.dumps(slow_job))
 
         tour.section("streaming", "A generator handler: each yield is a chunk, printed as it arrives.")
-        tokens = _submit(tour, client, "tokens", {"prompt": "why queues?", "max_tokens": 24})
+        tokens = _submit(tour, client, "tokens", tokens_input)
         tour.rpq("stream", "tokens", tokens.id)
 
         tour.section(

@@ -10,42 +10,43 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import timedelta
 from typing import Annotated
 
 import typer
 from rich.live import Live
 
 from runpod_queue import Endpoint, Job, Policy
+from runpod_queue._contract import RUNSYNC_MIN_WAIT_MS
 from runpod_queue.cli._app import app
-from runpod_queue.cli._common import (
+from runpod_queue.cli._argv import RpqCommand
+from runpod_queue.cli._duration import within
+from runpod_queue.cli._errors import UsageProblem
+from runpod_queue.cli._input import parse_input
+from runpod_queue.cli._options import (
+    DURATIONS_HELP,
     ApiKeyOpt,
     BaseUrlOpt,
     DebugOpt,
     JsonOpt,
     LocalOpt,
-    RpqCommand,
-    Session,
-    UsageProblem,
-    exit_code_for,
-    parse_input,
-    session,
+    duration_option,
 )
+from runpod_queue.cli._render import exit_code_for
+from runpod_queue.cli._session import Session, session
 
 EndpointArg = Annotated[str, typer.Argument(metavar="ENDPOINT", help="Endpoint id.", show_default=False)]
 JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_default=False)]
-# No timeout means "until the job ends"; run_sync needs a number, so a week (RunPod's longest ttl).
-_FOREVER_MS = 7 * 24 * 3600 * 1000
+# No --timeout means "until the job ends"; run_sync needs a bound: a job cannot outlive RunPod's longest ttl.
+_UNTIL_IT_ENDS = timedelta(days=7)
+_RUNSYNC_MIN_WAIT = RUNSYNC_MIN_WAIT_MS / 1000
 
 
-def _policy(execution_timeout: int | None, ttl: int | None, low_priority: bool) -> Policy | None:
+def _policy(execution_timeout: float | None, ttl: float | None, low_priority: bool) -> Policy | None:
     if execution_timeout is None and ttl is None and not low_priority:
         return None
     try:
-        return Policy(
-            execution_timeout=None if execution_timeout is None else execution_timeout / 1000,
-            ttl=None if ttl is None else ttl / 1000,
-            low_priority=low_priority or None,
-        )
+        return Policy(execution_timeout=execution_timeout, ttl=ttl, low_priority=low_priority or None)
     except (TypeError, ValueError) as exc:  # Policy's own bounds, named as the options are
         message = str(exc).replace("Policy.execution_timeout", "--execution-timeout")
         raise UsageProblem(message.replace("Policy.ttl", "--ttl")) from None
@@ -64,16 +65,13 @@ def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None, first:
 
 TimeoutOpt = Annotated[
     float | None,
-    typer.Option(
-        metavar="S",
-        min=0,
-        help="Stop waiting after S seconds (exit 1; the job keeps running).",
-        show_default=False,
+    duration_option(
+        help="Stop waiting after this long (exit 1; the job keeps running). Default: until it ends."
     ),
 ]
 
 
-@app.command(cls=RpqCommand)
+@app.command(cls=RpqCommand, epilog=DURATIONS_HELP)
 def run(
     endpoint: EndpointArg,
     input: Annotated[
@@ -94,19 +92,15 @@ def run(
         str | None, typer.Option(help="URL RunPod POSTs the result to when the job ends.", show_default=False)
     ] = None,
     execution_timeout: Annotated[
-        int | None,
-        typer.Option(
-            metavar="MS",
-            help="policy.executionTimeout: ms a worker may run it (>= 5000).",
-            show_default=False,
+        float | None,
+        duration_option(
+            help="policy.executionTimeout: how long a worker may run the job (5s to 7d), e.g. 2m."
         ),
     ] = None,
     ttl: Annotated[
-        int | None,
-        typer.Option(
-            metavar="MS",
-            help="policy.ttl: ms the job may live, queue time included (>= 10000).",
-            show_default=False,
+        float | None,
+        duration_option(
+            help="policy.ttl: how long the job may live, queue time included (10s to 7d), e.g. 10m."
         ),
     ] = None,
     low_priority: Annotated[
@@ -125,6 +119,7 @@ def run(
             raise UsageProblem("--sync and --no-wait exclude each other")
         payload = parse_input(input)
         policy = _policy(execution_timeout, ttl, low_priority)
+        wait_for = within(timeout, "--timeout")
         ep = s.endpoint(endpoint)
         if no_wait:
             job = ep.run(payload, webhook=webhook, policy=policy)
@@ -135,25 +130,28 @@ def run(
                 s.note(f"queued; follow it with: rpq wait {endpoint} {job.id}")
             return
         if sync:
-            wait_s = _FOREVER_MS / 1000 if timeout is None else max(1.0, timeout)
+            # runsync holds at least a second; a shorter --timeout waits that second.
+            limit = _UNTIL_IT_ENDS if wait_for is None else max(_RUNSYNC_MIN_WAIT, wait_for)
             with s.progress(endpoint) as progress:
                 progress.status = "RUNSYNC"
                 job = ep.run_sync(
-                    payload, timeout=wait_s, webhook=webhook, policy=policy, on_update=progress.update
+                    payload, timeout=limit, webhook=webhook, policy=policy, on_update=progress.update
                 )
         else:
             queued = ep.run(payload, webhook=webhook, policy=policy)
-            job = _follow(s, ep, queued.id, timeout, first=queued)
+            job = _follow(s, ep, queued.id, wait_for, first=queued)
         s.finish(job)
 
 
-@app.command(cls=RpqCommand)
+@app.command(cls=RpqCommand, epilog=DURATIONS_HELP)
 def status(
     endpoint: EndpointArg,
     job: JobArg,
-    ttl: Annotated[
-        int | None,
-        typer.Option(metavar="MS", help="Shorten how long RunPod keeps the result.", show_default=False),
+    keep_result_for: Annotated[
+        float | None,
+        duration_option(
+            help="Keep a finished job's result only this much longer, e.g. 30s (RunPod's /status?ttl=)."
+        ),
     ] = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
@@ -163,12 +161,13 @@ def status(
 ) -> None:
     """Show a job's current state (exit 1 if it ended FAILED, CANCELLED or TIMED_OUT)."""
     with session(api_key, base_url, local, json_out, debug) as s:
-        snapshot = s.endpoint(endpoint).status(job, keep_result_for=None if ttl is None else ttl / 1000)
+        keep = within(keep_result_for, "--keep-result-for")
+        snapshot = s.endpoint(endpoint).status(job, keep_result_for=keep)
         s.show_job(snapshot)
         raise typer.Exit(exit_code_for(snapshot))
 
 
-@app.command(cls=RpqCommand)
+@app.command(cls=RpqCommand, epilog=DURATIONS_HELP)
 def wait(
     endpoint: EndpointArg,
     job: JobArg,
@@ -181,18 +180,15 @@ def wait(
 ) -> None:
     """Wait for a job to end, with a live status line; print its output."""
     with session(api_key, base_url, local, json_out, debug) as s:
-        result = _follow(s, s.endpoint(endpoint), job, timeout)
+        result = _follow(s, s.endpoint(endpoint), job, within(timeout, "--timeout"))
         s.finish(result)
 
 
-@app.command(cls=RpqCommand)
+@app.command(cls=RpqCommand, epilog=DURATIONS_HELP)
 def stream(
     endpoint: EndpointArg,
     job: JobArg,
-    timeout: Annotated[
-        float | None,
-        typer.Option(metavar="S", min=0, help="Give up after S seconds (exit 1).", show_default=False),
-    ] = None,
+    timeout: Annotated[float | None, duration_option(help="Give up after this long (exit 1).")] = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
     local: LocalOpt = None,
@@ -205,7 +201,7 @@ def stream(
         s.job_id = job
         ep = s.endpoint(endpoint)
         open_line = False
-        for chunk in ep.stream(job, timeout=timeout):
+        for chunk in ep.stream(job, timeout=within(timeout, "--timeout")):
             if s.json:
                 s.print_json(dict(chunk.raw))
             elif isinstance(chunk.output, str):
@@ -278,12 +274,15 @@ def purge(
             s.out.print(f"removed {removed} queued job{'' if removed == 1 else 's'}")
 
 
-@app.command(cls=RpqCommand)
+_MIN_INTERVAL = 0.1  # a health poll is cheap, but not free: RunPod rate-limits it
+
+
+@app.command(cls=RpqCommand, epilog=DURATIONS_HELP)
 def health(
     endpoint: EndpointArg,
     watch: Annotated[bool, typer.Option("--watch", help="Keep refreshing until Ctrl-C.")] = False,
     interval: Annotated[
-        float, typer.Option(metavar="S", min=0.1, help="Seconds between refreshes with --watch.")
+        float, duration_option(help="Time between refreshes with --watch (at least 100ms; default 2s).")
     ] = 2.0,
     count: Annotated[
         int | None,
@@ -297,6 +296,7 @@ def health(
 ) -> None:
     """Show the endpoint's job and worker counts as a table (--watch: keep it live)."""
     with session(api_key, base_url, local, json_out, debug) as s:
+        pause = within(interval, "--interval", low=_MIN_INTERVAL)
         ep = s.endpoint(endpoint)
         if not watch:
             snapshot = ep.health()
@@ -312,7 +312,7 @@ def health(
                 live.start()
             while count is None or shown < count:
                 if shown:
-                    time.sleep(interval)
+                    time.sleep(pause)
                 snapshot = ep.health()
                 shown += 1
                 if s.json:

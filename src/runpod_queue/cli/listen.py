@@ -81,7 +81,9 @@ def listen(
         str, typer.Option("--secret-env", help="Name of the environment variable holding the webhook secret.")
     ],
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8787,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0 picks a free one).")
+    ] = 8787,
 ) -> None:
     """Receive signed RunPod webhooks (see WebhookSigner); write each verified delivery once to --out.
 
@@ -90,6 +92,7 @@ def listen(
     """
     import uvicorn
 
+    from runpod_queue._net import listen_socket
     from runpod_queue.webhooks import WebhookReceiver, WebhookSigner, asgi_app
 
     secret = os.environ.get(secret_env)
@@ -110,19 +113,30 @@ def listen(
     except OSError as exc:
         typer.echo(f"error: cannot open {out}: {exc.strerror or exc}", err=True)
         raise typer.Exit(2) from None
+    try:
+        # Bound here, not by uvicorn: its bind failure is a sys.exit, and with --port 0 the port it got
+        # must be known to print it (a script or test reads it from the first line on stderr).
+        sock = listen_socket(host, port)
+    except OSError as exc:
+        log.close()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    bound = int(sock.getsockname()[1])
     receiver = WebhookReceiver(signer, log.write, store=store, with_delivery=True)
     server = uvicorn.Server(
         uvicorn.Config(
-            asgi_app(receiver), host=host, port=port, log_level="warning", access_log=False, ws="none"
+            asgi_app(receiver), host=host, port=bound, log_level="warning", access_log=False, ws="none"
         )
     )
+    shown_host = f"[{host}]" if ":" in host else host
     typer.echo(
-        f"listening on http://{host}:{port}/ — verified deliveries → {out}"
+        f"listening on http://{shown_host}:{bound}/ — verified deliveries → {out}"
         + (f" ({log.recovered} already there)" if log.recovered else ""),
         err=True,
     )
     try:
-        server.run()
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         log.close()
     typer.echo("stopped.", err=True)

@@ -28,10 +28,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from runpod_queue._models import Job
+from runpod_queue._units import Duration
 from runpod_queue.errors import WebhookVerificationError
 
 __all__ = [
@@ -62,22 +64,33 @@ class TokenClaims:
     expires_at: float
 
 
+def _lifetime(expires_in: Duration) -> float:
+    """A token's lifetime in seconds (a number or a ``timedelta``, as every duration in this package)."""
+    value = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        raise ValueError(
+            f"expires_in must be a positive number of seconds or a timedelta, got {expires_in!r}"
+        )
+    return float(value)
+
+
 class WebhookSigner:
-    """Makes and checks signed webhook URLs. The secret never appears in a URL, repr or message."""
+    """Makes and checks signed webhook URLs. The secret never appears in a URL, repr or message.
+
+    ``expires_in`` (seconds or a ``timedelta``; default 8 days) is how long a signed URL is accepted.
+    """
 
     __slots__ = ("_key", "expires_in")
 
-    def __init__(self, secret: str | bytes, *, expires_in: float = DEFAULT_EXPIRES_IN) -> None:
+    def __init__(self, secret: str | bytes, *, expires_in: Duration = DEFAULT_EXPIRES_IN) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(key, bytes) or len(key) < 16:
             raise ValueError(
                 "webhook secret must be at least 16 bytes; make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
-        if not isinstance(expires_in, int | float) or isinstance(expires_in, bool) or expires_in <= 0:
-            raise ValueError(f"expires_in must be a positive number of seconds, got {expires_in!r}")
         self._key = key
-        self.expires_in = float(expires_in)
+        self.expires_in = _lifetime(expires_in)
 
     def __repr__(self) -> str:
         return f"WebhookSigner(secret=***, expires_in={self.expires_in:g})"
@@ -85,14 +98,15 @@ class WebhookSigner:
     def _signature(self, payload: str) -> str:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
-    def token(self, *, expires_in: float | None = None, now: float | None = None) -> str:
-        """A fresh token: `<nonce>.<expiry unix seconds>.<hmac>`."""
+    def token(self, *, expires_in: Duration | None = None, now: float | None = None) -> str:
+        """A fresh token: `<nonce>.<expiry unix seconds>.<hmac>`; ``now`` is a Unix time (for tests)."""
         nonce = secrets.token_urlsafe(16)
-        expires_at = int((time.time() if now is None else now) + (expires_in or self.expires_in))
+        lifetime = self.expires_in if expires_in is None else _lifetime(expires_in)
+        expires_at = int((time.time() if now is None else now) + lifetime)
         payload = f"{nonce}.{expires_at}"
         return f"{payload}.{self._signature(payload)}"
 
-    def sign(self, base_url: str, *, expires_in: float | None = None) -> str:
+    def sign(self, base_url: str, *, expires_in: Duration | None = None) -> str:
         """`base_url` with a fresh token added to its query string (existing parameters kept)."""
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
