@@ -51,6 +51,9 @@ from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError
 __all__ = ["BatchRunner"]
 
 _HEALTH_ATTEMPTS = 3
+# Connections of a sync Endpoint's engine client at most: RunPod's 200 /run in flight plus the default 64
+# checks, well under the common 1024 open-file limit (with limits off, more would only queue in the pool).
+_MAX_ENGINE_CONNECTIONS = 300
 
 
 class BatchRunner:
@@ -203,12 +206,13 @@ class BatchRunner:
         self._run = None
         self._receiver = None
         started = time.monotonic()
-        client, owned = self._engine_client()
         settings = self.endpoint.client._settings
+        limits = runner_limits(self.rate_limits, settings.rate_limits)
+        client, owned = self._engine_client(limits)
         run: RunState | None = None
         try:
             endpoint = client.endpoint(self.endpoint.id)
-            limiter = AsyncLimiter(runner_limits(self.rate_limits, settings.rate_limits))
+            limiter = AsyncLimiter(limits)
             await self._check_endpoint(endpoint, settings.retries)  # a typo leaves no files behind
             journal = Journal(self.journal_path, endpoint_id=self.endpoint.id)
             try:
@@ -253,17 +257,22 @@ class BatchRunner:
 
     # -- the run -----------------------------------------------------------------------------------
 
-    def _engine_client(self) -> tuple[AsyncClient, AsyncClient | None]:
+    def _engine_client(self, limits: RateLimits) -> tuple[AsyncClient, AsyncClient | None]:
         """The async client the batch sends through, with transport retries off; and the one to close.
 
         An AsyncEndpoint's own client, sharing its pool, limiter and key. A sync Endpoint's pool and
         limiter belong to threads, not to an event loop: the engine gets a client of its own, with the
-        same settings and enough connections for every check and submission at once.
+        same settings and a connection for every /run and status check the limits let go at once (a
+        granted /run never waits for a connection after its ``submitting`` record).
         """
         if isinstance(self.endpoint, AsyncEndpoint):
             return self.endpoint.client.with_options(retries=Retries.off()), None
         settings = self.endpoint.client._settings
-        wanted = self.polling.concurrency * 2
+        run_limit = limits.limits.get("run") if limits.enabled else None
+        runs = self.max_in_flight
+        if run_limit is not None and run_limit.in_flight is not None:
+            runs = min(runs, run_limit.in_flight)
+        wanted = min(runs + self.polling.concurrency, _MAX_ENGINE_CONNECTIONS)
         engine = AsyncClient._from_settings(
             dataclasses.replace(
                 settings, retries=Retries.off(), max_connections=max(settings.max_connections, wanted)

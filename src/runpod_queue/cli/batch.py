@@ -177,6 +177,7 @@ def batch(
             parser=duration,
             metavar=DURATION_METAVAR,
             help="How long a job may go without a delivery before it is polled.",
+            show_default="30s",
             rich_help_panel=_WEBHOOKS,
         ),
     ] = 30.0,
