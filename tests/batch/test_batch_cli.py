@@ -116,11 +116,11 @@ def test_api_errors_exit_3_and_leave_nothing_behind(keyed: Emulator, tmp_path: P
 def test_durations_take_units_and_reach_the_policy(
     keyed: Emulator, recorder: Recorder, tmp_path: Path
 ) -> None:
-    inputs = write_inputs(tmp_path / "in.jsonl", 3, sleep=0.2)  # runs 200 ms: past a 100 ms timeout
+    inputs = write_inputs(tmp_path / "in.jsonl", 3, sleep=0.5)  # runs 500 ms: well past a 100 ms timeout
     out = tmp_path / "out.jsonl"
     env = {"RUNPOD_API_KEY": KEY}
-    # RunPod durations are scaled by 0.001 in this emulator: 10 m of ttl is 0.6 s, 100 s of timeout 0.1 s.
-    args = ["--base-url", keyed.base_url, "--policy-ttl", "10m", "--execution-timeout", "100s"]
+    # RunPod durations are scaled by 0.001 in this emulator: 1 h of ttl is 3.6 s, 100 s of timeout 0.1 s.
+    args = ["--base-url", keyed.base_url, "--policy-ttl", "1h", "--execution-timeout", "100s"]
     code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(out), "--retry-failed", "0", *args, env=env)
     assert code == 1, text
     assert {r["status"] for r in keys_once(out).values()} == {"TIMED_OUT"}

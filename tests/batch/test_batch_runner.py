@@ -21,6 +21,7 @@ from runpod_queue import (
     OperationLimit,
     Policy,
     RateLimits,
+    Retries,
 )
 from runpod_queue.batch import JournalError, PollOptions
 from runpod_queue.batch.journal import Journal
@@ -109,10 +110,11 @@ def test_failed_and_timed_out_jobs_are_retried_then_recorded(
 
 def test_faults_on_every_route_lose_nothing(recorder: Recorder, tmp_path: Path) -> None:
     faults = Faults(error_500=0.05, error_503=0.05, error_429=0.05, drop=0.03, seed=7)
-    # time_scale 0.01: retention (18 s) outlasts the pauses for the injected 429s (capped at 0.05 s by FAST).
+    # No pauses between resends (Retries(wait=False)): the test is about what is resent, not when.
+    # time_scale 0.01: results are kept 18 s, far longer than the test runs.
     with (
         Emulator({"ep": recorder}, workers=4, time_scale=0.01, rate_limits=False, faults=faults) as emu,
-        Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
+        Client(base_url=emu.base_url, retries=Retries(wait=False), rate_limits=False) as client,
     ):
         # Every tenth input fails its first run: /retry goes through the faults too.
         items = [(f"k{n}", {"n": n, "fail_first": n % 10 == 0}) for n in range(100)]

@@ -120,7 +120,9 @@ class RunState:
 
     def pause(self, op: str, retry_after: float | None) -> None:
         """A 429 despite the limiter (another client on the same key?): every request of that operation
-        waits, instead of each queued one collecting its own 429."""
+        waits, instead of each queued one collecting its own 429. ``Retries(wait=False)``: no pause."""
+        if not self.config.backoff.wait:
+            return
         pause = min(self.config.backoff.max_retry_after, retry_after if retry_after is not None else 1.0)
         until = time.monotonic() + pause
         self._pause_until[op] = max(self._pause_until.get(op, 0.0), until)
