@@ -65,7 +65,7 @@ def write_inputs(path: Path, count: int) -> None:
 
 
 def bench_rate(count: int) -> None:
-    from runpod_queue import BatchRunner, BatchSummary
+    from runpod_queue import BatchRunner, BatchSummary, Client
 
     proc, base = start_emulator(limits=True)
     samples: list[tuple[float, int]] = []
@@ -77,17 +77,17 @@ def bench_rate(count: int) -> None:
         with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
             inputs = Path(tmp) / "in.jsonl"
             write_inputs(inputs, count)
-            runner = BatchRunner(
-                "noop",
-                journal=Path(tmp) / "journal",
-                output=Path(tmp) / "out.jsonl",
-                base_url=base,
-                on_progress=progress,
-                progress_interval=0.01,
-            )
-            started = time.monotonic()
-            with open(inputs) as lines:
-                summary = runner.run(lines)
+            with Client(base_url=base) as client:
+                runner = BatchRunner(
+                    client.endpoint("noop"),
+                    journal=Path(tmp) / "journal",
+                    output=Path(tmp) / "out.jsonl",
+                    on_progress=progress,
+                    progress_interval=0.01,
+                )
+                started = time.monotonic()
+                with open(inputs) as lines:
+                    summary = runner.run(lines)
             elapsed = time.monotonic() - started
     finally:
         proc.terminate()
@@ -114,7 +114,8 @@ def bench_slow(count: int, *, webhooks: bool = False) -> float:
     the runner serves on loopback, and only late jobs are polled."""
     import random
 
-    from runpod_queue import BatchResult, BatchRunner, BatchSummary
+    from runpod_queue import BatchResult, BatchRunner, BatchSummary, Client, RateLimits
+    from runpod_queue.batch import WebhookOptions
 
     proc, base = start_emulator(limits=False)
     rng = random.Random(1)
@@ -125,25 +126,23 @@ def bench_slow(count: int, *, webhooks: bool = False) -> float:
         submitted.setdefault(summary.submitted, time.monotonic())
 
     def on_result(result: BatchResult) -> None:
-        ended = started + ((result.delay_time or 0) + (result.execution_time or 0)) / 1000
+        ended = started + (result.delay_time or 0) + (result.execution_time or 0)
         late.append(time.monotonic() - ended)
 
     try:
         with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
             items = [(n, {"sleep": rng.uniform(0.5, 2.0)}) for n in range(count)]
-            hook_port = free_port()
-            runner = BatchRunner(
-                "slow",
-                journal=Path(tmp) / "journal",
-                base_url=base,
-                rate_limits=False,
-                on_result=on_result,
-                on_progress=on_progress,
-                webhook_url=f"http://127.0.0.1:{hook_port}/" if webhooks else None,
-                listen=("127.0.0.1", hook_port) if webhooks else None,
-            )
-            started = time.monotonic()
-            summary = runner.run(items)
+            with Client(base_url=base, rate_limits=False) as client:
+                runner = BatchRunner(
+                    client.endpoint("slow"),
+                    journal=Path(tmp) / "journal",
+                    rate_limits=RateLimits.off(),
+                    on_result=on_result,
+                    on_progress=on_progress,
+                    webhooks=WebhookOptions(listen=("127.0.0.1", 0)) if webhooks else None,
+                )
+                started = time.monotonic()
+                summary = runner.run(items)
             elapsed = time.monotonic() - started
     finally:
         proc.terminate()
@@ -166,17 +165,19 @@ def bench_slow(count: int, *, webhooks: bool = False) -> float:
 
 def rss_child(count: int, base: str) -> None:
     """Runs in a fresh process: only the runner's own memory is measured."""
-    from runpod_queue import BatchRunner
+    from runpod_queue import BatchRunner, Client, RateLimits
 
-    with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp,
+        Client(base_url=base, rate_limits=False) as client,
+    ):
         inputs = Path(tmp) / "in.jsonl"
         write_inputs(inputs, count)
         runner = BatchRunner(
-            "noop",
+            client.endpoint("noop"),
             journal=Path(tmp) / "journal",
             output=Path(tmp) / "out.jsonl",
-            base_url=base,
-            rate_limits=False,
+            rate_limits=RateLimits.off(),
         )
         started = time.monotonic()
         with open(inputs) as lines:

@@ -11,6 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runpod_queue import BatchRunner, Client, Retries
+from runpod_queue.batch import PollOptions
+
+# The runner's own resends take their timing from the client's Retries: short pauses keep tests fast.
+FAST = Retries(backoff=0.01, max_backoff=0.05, max_retry_after=0.05)
+QUICK_POLLS = PollOptions(min_interval=0.01, max_interval=0.2)
+
 
 class Recorder:
     """A handler that remembers which job ids ran for which input ``n``: a second id for one ``n`` is a
@@ -35,6 +42,11 @@ class Recorder:
             raise RuntimeError("first try fails")
         return {"n": data.get("n"), "run": run}
 
+    def reset(self) -> None:
+        with self.lock:
+            self.ids.clear()
+            self.runs.clear()
+
     def executed(self) -> int:
         with self.lock:
             return sum(self.runs.values())
@@ -43,6 +55,13 @@ class Recorder:
         """Extra /run submissions beyond one per input."""
         with self.lock:
             return sum(len(ids) - 1 for ids in self.ids.values())
+
+
+def batch_runner(client: Client, tmp_path: Path, endpoint: str = "ep", **kwargs: Any) -> BatchRunner:
+    """A runner over ``client``'s endpoint with the journal and output in ``tmp_path`` and quick polling."""
+    kwargs.setdefault("output", tmp_path / "out.jsonl")
+    kwargs.setdefault("polling", QUICK_POLLS)
+    return BatchRunner(client.endpoint(endpoint), journal=tmp_path / "j.sqlite", **kwargs)
 
 
 def write_inputs(path: Path, count: int, **extra: Any) -> Path:

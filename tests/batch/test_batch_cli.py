@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,12 @@ load_commands()
 KEY = "rpq-batch-secret-4f1c9a"
 
 
-@pytest.fixture
-def keyed(recorder: Recorder) -> Emulator:
-    with Emulator({"ep": recorder}, api_key=KEY, workers=4, time_scale=0.001, rate_limits=False) as emu:
-        yield emu  # type: ignore[misc]
+@pytest.fixture(scope="module")
+def keyed(shared_recorder: Recorder) -> Iterator[Emulator]:
+    with Emulator(
+        {"ep": shared_recorder}, api_key=KEY, workers=4, time_scale=0.001, rate_limits=False
+    ) as emu:
+        yield emu
 
 
 def rpq(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
@@ -55,7 +58,7 @@ def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None
         str(keyed.port),
         "--api-key",
         KEY,
-        "--retries",
+        "--retry-failed",
         "0",
     )
     assert code == 1, text
@@ -70,7 +73,15 @@ def test_usage_errors_exit_2(keyed: Emulator, tmp_path: Path) -> None:
     assert code == 2 and "no such input file" in text
     inputs = write_inputs(tmp_path / "in.jsonl", 3)
     code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), "--policy-ttl", "5", *base)
-    assert code == 2 and "ttl" in text
+    assert code == 2 and "Policy.ttl must be at least 10 seconds, got 5" in text  # a bare number: seconds
+    code, text = rpq(
+        "batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), "--policy-ttl", "9000ms", *base
+    )
+    assert code == 2 and "got 9" in text
+    code, text = rpq(
+        "batch", str(inputs), "-e", "ep", "-o", str(tmp_path / "o"), "--execution-timeout", "2x", *base
+    )
+    assert code == 2 and "not a duration" in text
     code, text = rpq(
         "batch",
         str(inputs),
@@ -100,3 +111,16 @@ def test_api_errors_exit_3_and_leave_nothing_behind(keyed: Emulator, tmp_path: P
     )
     assert code == 3 and "404" in text and KEY not in text
     assert not out.exists() and not (tmp_path / "out.jsonl.journal").exists()
+
+
+def test_durations_take_units_and_reach_the_policy(
+    keyed: Emulator, recorder: Recorder, tmp_path: Path
+) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 3, sleep=0.5)  # runs 500 ms: well past a 100 ms timeout
+    out = tmp_path / "out.jsonl"
+    env = {"RUNPOD_API_KEY": KEY}
+    # RunPod durations are scaled by 0.001 in this emulator: 1 h of ttl is 3.6 s, 100 s of timeout 0.1 s.
+    args = ["--base-url", keyed.base_url, "--policy-ttl", "1h", "--execution-timeout", "100s"]
+    code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(out), "--retry-failed", "0", *args, env=env)
+    assert code == 1, text
+    assert {r["status"] for r in keys_once(out).values()} == {"TIMED_OUT"}

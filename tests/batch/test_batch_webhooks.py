@@ -1,100 +1,97 @@
 """Webhook-driven batches: every job carries a signed webhook, deliveries are the results, and only jobs
-whose delivery is late are polled."""
+whose delivery is late are polled. Every receiver binds port 0 and the test asks which port it got."""
 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from batch_support import Recorder, keys_once, lines, write_inputs
+from batch_support import FAST, Recorder, batch_runner, keys_once, lines, write_inputs
+from typer.testing import CliRunner
 
-from runpod_queue.batch import BatchRunner
+from runpod_queue import BatchRunner, Client
+from runpod_queue.batch import WebhookOptions
 from runpod_queue.batch import journal as jn
+from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator
 
+load_commands()
+ANY_PORT = ("127.0.0.1", 0)
 
-def free_port() -> int:
+
+def webhook_runner(client: Client, tmp_path: Path, *, url: str | None = None, **kwargs: Any) -> BatchRunner:
+    grace = kwargs.pop("grace", 30.0)
+    hooks = WebhookOptions(listen=ANY_PORT, url=url, grace=grace)
+    return batch_runner(client, tmp_path, webhooks=hooks, **kwargs)
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A URL nothing answers (a tunnel that is down): its port is bound, never listened on, so it refuses
+    connections for as long as the test runs and no other server can take it meanwhile."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def webhook_runner(emu: Emulator, tmp_path: Path, *, public: str | None = None, **kwargs: Any) -> BatchRunner:
-    port = free_port()
-    return BatchRunner(
-        "ep",
-        journal=tmp_path / "j.sqlite",
-        output=tmp_path / "out.jsonl",
-        base_url=emu.base_url,
-        rate_limits=False,
-        webhook_url=public or f"http://127.0.0.1:{port}/hooks",
-        listen=("127.0.0.1", port),
-        **kwargs,
-    )
+        sock.bind(ANY_PORT)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hooks"
 
 
 def test_deliveries_are_the_results_and_nothing_is_polled(
-    emu: Emulator, recorder: Recorder, tmp_path: Path
+    emu: Emulator, client: Client, recorder: Recorder, tmp_path: Path
 ) -> None:
-    inputs = write_inputs(tmp_path / "in.jsonl", 200)
-    runner = webhook_runner(emu, tmp_path, webhook_grace=30)
+    inputs = write_inputs(tmp_path / "in.jsonl", 50)
+    runner = webhook_runner(client, tmp_path)
+    before = len(emu.webhook_attempts)
     summary = runner.run(lines(inputs))
-    assert summary.ok and summary.completed == 200
-    assert summary.webhook_deliveries == 200
+    assert summary.ok and summary.completed == 50
+    assert summary.webhook_deliveries == 50
     assert summary.status_calls == 0  # every result came by webhook
     rows = keys_once(tmp_path / "out.jsonl")
-    assert len(rows) == 200 and all(r["status"] == "COMPLETED" for r in rows.values())
+    assert len(rows) == 50 and all(r["status"] == "COMPLETED" for r in rows.values())
     assert recorder.duplicates() == 0
-    # Every webhook was signed: the emulator's deliveries were all accepted on the first try.
-    attempts = emu.webhook_attempts
-    assert len(attempts) == 200 and all(a.status_code == 200 and "rpq_token=" in a.url for a in attempts)
+    # Every webhook was signed and went to the port the receiver got: all accepted on the first try.
+    address = runner.webhook_address
+    assert address is not None and address[1] != 0
+    attempts = emu.webhook_attempts[before:]
+    assert len(attempts) == 50 and all(a.status_code == 200 and "rpq_token=" in a.url for a in attempts)
+    assert all(a.url.startswith(f"http://127.0.0.1:{address[1]}/") for a in attempts)
 
 
-def test_a_failed_delivery_is_checked_then_retried_as_polling_would(
-    emu: Emulator, recorder: Recorder, tmp_path: Path
-) -> None:
-    inputs = write_inputs(tmp_path / "in.jsonl", 20, fail_first=True)
-    runner = webhook_runner(emu, tmp_path, webhook_grace=30, retries=1)
-    summary = runner.run(lines(inputs))
-    assert summary.ok and summary.completed == 20 and summary.retried == 20
+def test_a_failed_delivery_is_checked_then_retried_as_polling_would(client: Client, tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 10, fail_first=True)
+    summary = webhook_runner(client, tmp_path, retry_failed=1).run(lines(inputs))
+    assert summary.ok and summary.completed == 10 and summary.retried == 10
     # One status check per job, prompted by its FAILED delivery; the retried attempt's COMPLETED
     # delivery finished it.
-    assert summary.status_calls == 20
+    assert summary.status_calls == 10
     rows = keys_once(tmp_path / "out.jsonl")
     assert all(r["status"] == "COMPLETED" and r["attempts"] == 2 for r in rows.values())
 
 
 def test_jobs_whose_delivery_never_comes_are_polled_once_late(
-    emu: Emulator, recorder: Recorder, tmp_path: Path
+    client: Client, refused_url: str, tmp_path: Path
 ) -> None:
-    # The public URL leads nowhere (a tunnel that is down): the receiver never hears of any job.
-    dead = f"http://127.0.0.1:{free_port()}/hooks"
-    inputs = write_inputs(tmp_path / "in.jsonl", 30)
-    runner = webhook_runner(emu, tmp_path, public=dead, webhook_grace=0.2)
-    summary = runner.run(lines(inputs))
-    assert summary.ok and summary.completed == 30
-    assert summary.webhook_deliveries == 0 and summary.status_calls >= 30
-    assert len(keys_once(tmp_path / "out.jsonl")) == 30
+    inputs = write_inputs(tmp_path / "in.jsonl", 20)
+    summary = webhook_runner(client, tmp_path, url=refused_url, grace=0.05).run(lines(inputs))
+    assert summary.ok and summary.completed == 20
+    assert summary.webhook_deliveries == 0 and summary.status_calls >= 20
+    assert len(keys_once(tmp_path / "out.jsonl")) == 20
 
 
 def test_the_secret_is_kept_in_the_journal_so_a_resumed_batch_still_verifies(
-    emu: Emulator, tmp_path: Path
+    client: Client, tmp_path: Path
 ) -> None:
     inputs = write_inputs(tmp_path / "in.jsonl", 5)
-    webhook_runner(emu, tmp_path).run(lines(inputs))
+    webhook_runner(client, tmp_path).run(lines(inputs))
     journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
     secret = journal.meta("webhook_secret")
     journal.close()
     assert secret and len(secret) >= 32
     more = write_inputs(tmp_path / "in.jsonl", 8)
-    summary = webhook_runner(emu, tmp_path).run(lines(more))
+    summary = webhook_runner(client, tmp_path).run(lines(more))
     assert summary.ok and summary.reused == 5 and summary.webhook_deliveries == 3
     journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
     assert journal.meta("webhook_secret") == secret
@@ -103,100 +100,62 @@ def test_the_secret_is_kept_in_the_journal_so_a_resumed_batch_still_verifies(
 
 def test_forged_deliveries_do_not_finish_jobs(tmp_path: Path) -> None:
     release = threading.Event()
+    started: list[str] = []
 
     def held(job: dict[str, Any]) -> Any:
+        started.append(job["id"])
         release.wait(10)
         return "real"
 
-    with Emulator({"ep": held}, rate_limits=False) as emu:
-        port = free_port()
-        runner = webhook_runner(emu, tmp_path, public=f"http://127.0.0.1:{port}/", webhook_grace=30)
-        runner.listen = ("127.0.0.1", port)
+    with (
+        Emulator({"ep": held}, rate_limits=False) as emu,
+        Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
+    ):
+        runner = webhook_runner(client, tmp_path)
         worker = threading.Thread(target=runner.run, args=([{"n": 1}],))
         worker.start()
-        deadline = time.monotonic() + 10
-        while not runner._by_id:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        job_id = next(iter(runner._by_id))
-        fake = {"id": job_id, "status": "COMPLETED", "output": "forged"}
-        assert httpx.post(f"http://127.0.0.1:{port}/", json=fake).status_code == 401
-        assert httpx.post(f"http://127.0.0.1:{port}/?rpq_token=a.1.b", json=fake).status_code == 401
-        release.set()
-        worker.join(30)
+        try:
+            while not started:  # the job is running: its id is known and its result is not
+                release.wait(0.01)
+            address = runner.webhook_address
+            assert address is not None
+            hook = f"http://127.0.0.1:{address[1]}/"
+            fake = {"id": started[0], "status": "COMPLETED", "output": "forged"}
+            assert httpx.post(hook, json=fake).status_code == 401
+            assert httpx.post(f"{hook}?rpq_token=a.1.b", json=fake).status_code == 401
+        finally:
+            release.set()
+            worker.join(30)
     rows = keys_once(tmp_path / "out.jsonl")
     assert [r["output"] for r in rows.values()] == ["real"]
 
 
-def test_bad_webhook_arguments(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="go together"):
-        BatchRunner("ep", journal=tmp_path / "j", webhook_url="https://x.example/h")
-    with pytest.raises(ValueError, match="http"):
-        BatchRunner("ep", journal=tmp_path / "j", webhook_url="x.example/h", listen=("127.0.0.1", 1))
-
-
-def test_cli_webhook_batch(emu: Emulator, tmp_path: Path) -> None:
-    inputs = write_inputs(tmp_path / "in.jsonl", 25)
-    port = free_port()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runpod_queue.cli",
-            "batch",
-            str(inputs),
-            "--endpoint",
-            "ep",
-            "--out",
-            str(tmp_path / "out.jsonl"),
-            "--base-url",
-            emu.base_url,
-            "--no-rate-limits",
-            "--no-progress",
-            "--webhook-url",
-            f"http://127.0.0.1:{port}/",
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "webhook deliveries" in done.stdout
-    assert len(keys_once(tmp_path / "out.jsonl")) == 25
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "runpod_queue.cli",
-            "batch",
-            str(inputs),
-            "--endpoint",
-            "ep",
-            "--out",
-            str(tmp_path / "o2.jsonl"),
-            "--base-url",
-            emu.base_url,
-            "--listen",
-            "nonsense",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bad.returncode == 2 and "go together" in bad.stderr
-
-
-def test_a_listen_address_in_use_is_an_error_not_an_exit(emu: Emulator, tmp_path: Path) -> None:
+def test_a_listen_address_in_use_is_an_error_not_an_exit(client: Client, tmp_path: Path) -> None:
     with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+        busy.bind(ANY_PORT)
         busy.listen()
         port = busy.getsockname()[1]
-        runner = webhook_runner(emu, tmp_path, public=f"http://127.0.0.1:{port}/")
-        runner.listen = ("127.0.0.1", port)
+        taken = WebhookOptions(listen=("127.0.0.1", port))
         with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}"):
-            runner.run([{"n": 1}])
+            batch_runner(client, tmp_path, webhooks=taken).run([{"n": 1}])
     # Nothing was sent; the journal is usable by the next run.
-    retry = webhook_runner(emu, tmp_path)
-    assert retry.run([{"n": 1}]).completed == 1
+    assert webhook_runner(client, tmp_path).run([{"n": 1}]).completed == 1
+
+
+def test_cli_webhook_batch_on_any_port(emu: Emulator, tmp_path: Path) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 15)
+    base = ["batch", str(inputs), "-e", "ep", "--base-url", emu.base_url, "--no-rate-limits", "--no-progress"]
+    done = CliRunner().invoke(
+        app, [*base, "-o", str(tmp_path / "out.jsonl"), "--listen", "127.0.0.1:0", "--webhook-grace", "30s"]
+    )
+    assert done.exit_code == 0, done.output
+    assert "receiving webhooks on 127.0.0.1:" in done.output and "127.0.0.1:0 " not in done.output
+    assert "webhook deliveries" in done.output
+    assert len(keys_once(tmp_path / "out.jsonl")) == 15
+    for bad, message in [
+        (["--listen", "nonsense"], "HOST:PORT"),
+        (["--webhook-url", "https://t.example/h"], "needs --listen"),
+        (["--listen", "127.0.0.1:0", "--webhook-grace", "soon"], "not a duration"),
+    ]:
+        refused = CliRunner().invoke(app, [*base, "-o", str(tmp_path / "o2.jsonl"), *bad])
+        assert refused.exit_code == 2 and message in refused.output, refused.output

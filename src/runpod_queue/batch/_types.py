@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from runpod_queue._units import to_ms
+
 __all__ = ["FAILURE_STATUSES", "BatchResult", "BatchSummary", "key_text"]
 
 # Final statuses of our own, next to RunPod's COMPLETED / FAILED / TIMED_OUT / CANCELLED:
@@ -24,15 +26,19 @@ def key_text(key: Any) -> str:
 @dataclass(frozen=True, slots=True)
 class BatchResult:
     """One output line: ``{"key", "id", "status", "output" | "error", "delayTime", "executionTime",
-    "attempts"}``. ``id`` is None for items that never became a job (INVALID, REJECTED)."""
+    "attempts"}``. ``id`` is None for items that never became a job (INVALID, REJECTED).
+
+    ``delay_time`` (queue time) and ``execution_time`` are seconds, as everywhere on the Python side; the
+    output line keeps RunPod's names and milliseconds, so files written before 1.0 still resume.
+    """
 
     key: Any
     id: str | None
     status: str
     output: Any = None
     error: Any = None
-    delay_time: int | None = None
-    execution_time: int | None = None
+    delay_time: float | None = None
+    execution_time: float | None = None
     attempts: int = 0
 
     @property
@@ -45,8 +51,8 @@ class BatchResult:
             data["output"] = self.output
         else:
             data["error"] = self.error
-        data["delayTime"] = self.delay_time
-        data["executionTime"] = self.execution_time
+        data["delayTime"] = None if self.delay_time is None else to_ms(self.delay_time)
+        data["executionTime"] = None if self.execution_time is None else to_ms(self.execution_time)
         data["attempts"] = self.attempts
         return data
 
@@ -61,10 +67,17 @@ class BatchResult:
             status=str(data.get("status")),
             output=data.get("output"),
             error=data.get("error"),
-            delay_time=data.get("delayTime"),
-            execution_time=data.get("executionTime"),
+            delay_time=_seconds(data.get("delayTime")),
+            execution_time=_seconds(data.get("executionTime")),
             attempts=int(data.get("attempts") or 0),
         )
+
+
+def _seconds(ms: Any) -> float | None:
+    """An output line's milliseconds as seconds (None, or anything that is not a number, stays None)."""
+    if isinstance(ms, bool) or not isinstance(ms, int | float):
+        return None
+    return ms / 1000.0
 
 
 @dataclass(slots=True)
@@ -83,7 +96,7 @@ class BatchSummary:
     invalid: int = 0  # malformed input lines
     rejected: int = 0  # refused by the API at submission
     duplicates: int = 0  # input lines whose key was already used: skipped, reported
-    retried: int = 0  # /retry calls made
+    retried: int = 0  # /retry calls made (see retry_failed)
     ambiguous: int = 0  # submissions that may have created a job without us learning its id: resubmitted
     in_flight: int = 0  # items between being read and their result: waiting for a /run slot or running
     waiting: int = 0  # read, waiting for a /run slot (the endpoint's rate limit)

@@ -13,7 +13,7 @@ States of an item (``items.state``)::
 
 ``submitting`` is written immediately before a /run is sent and ``submitted`` immediately after its answer
 arrives, so only an item caught between the two is ambiguous. ``written`` says the item's output line was
-delivered; the output file itself is the final authority on resume (see ``runner._Output``).
+delivered; the output file itself is the final authority on resume (see ``output.OutputFile``).
 
 Keys are stored as their JSON text, so ``1`` and ``"1"`` are different keys, as they are in the input.
 """

@@ -7,7 +7,7 @@ import shlex
 import signal
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import typer
@@ -23,16 +23,26 @@ from runpod_queue.cli._common import (
     _configure_debug_logging,
     _resolve,
 )
+from runpod_queue.cli._duration import DURATION_METAVAR, duration
+
+if TYPE_CHECKING:
+    from runpod_queue import Policy
+    from runpod_queue.batch import BatchSummary, WebhookOptions
 
 # Exit codes, as for every command: 0 every item completed, 1 some items did not (failed, lost, invalid,
 # rejected, duplicate), 2 usage error, 3 API or connection error, 130 stopped (the same command resumes).
 EXIT_INTERRUPTED = 130
 _MAX_WARNINGS = 20
 _RUNNER = "Batch"
+_WEBHOOKS = "Webhooks"
 EXIT_HELP = (
     "Exit codes: 0 every item completed · 1 some did not (failed, lost, malformed, rejected, duplicate key) "
     "· 2 usage error · 3 API or connection error · 130 stopped: run the same command again to resume."
 )
+
+
+class _Usage(Exception):
+    """A bad option value, reported as a usage error (exit 2)."""
 
 
 def _count_lines(path: Path) -> int:
@@ -49,6 +59,33 @@ def _resume_command(inputs: Path, endpoint: str, out: Path, journal: Path, extra
     """The command that resumes this batch (never with the API key: it comes from the environment)."""
     args = ["rpq", "batch", str(inputs), "--endpoint", endpoint, "--out", str(out), "--journal", str(journal)]
     return shlex.join(args + extra)
+
+
+def _policy(ttl: float | None, execution_timeout: float | None) -> Policy | None:
+    from runpod_queue import Policy
+
+    if ttl is None and execution_timeout is None:
+        return None
+    try:
+        return Policy(execution_timeout=execution_timeout, ttl=ttl)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _webhooks(listen: str | None, webhook_url: str | None, grace: float) -> WebhookOptions | None:
+    from runpod_queue.batch import WebhookOptions
+
+    if listen is None:
+        if webhook_url is not None:
+            raise _Usage("--webhook-url needs --listen (where the receiver it leads to binds)")
+        return None
+    host, _, port_text = listen.rpartition(":")
+    if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise _Usage(f"--listen takes HOST:PORT (e.g. 127.0.0.1:8787; port 0: any free one), got {listen!r}")
+    try:
+        return WebhookOptions(listen=(host.strip("[]"), int(port_text)), url=webhook_url, grace=grace)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
 
 
 @app.command(cls=RpqCommand, epilog=EXIT_HELP)
@@ -78,19 +115,33 @@ def batch(
             min=1, help="Items between submission and result at any moment.", rich_help_panel=_RUNNER
         ),
     ] = 1000,
-    retries: Annotated[
+    retry_failed: Annotated[
         int,
         typer.Option(
-            min=0, help="/retry a FAILED or TIMED_OUT job this many times.", rich_help_panel=_RUNNER
+            "--retry-failed",
+            min=0,
+            metavar="N",
+            help="Send a FAILED or TIMED_OUT job to /retry up to N times.",
+            rich_help_panel=_RUNNER,
         ),
     ] = 2,
     policy_ttl: Annotated[
-        int | None,
-        typer.Option(help="Job policy ttl in ms (>= 10000), queue time included.", rich_help_panel=_RUNNER),
+        float | None,
+        typer.Option(
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="Job policy ttl (10s to 7d), queue time included, e.g. 10m.",
+            rich_help_panel=_RUNNER,
+        ),
     ] = None,
     execution_timeout: Annotated[
-        int | None,
-        typer.Option(help="Job policy executionTimeout in ms (>= 5000).", rich_help_panel=_RUNNER),
+        float | None,
+        typer.Option(
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="Job policy executionTimeout (5s to 7d), counted from when a worker starts it, e.g. 2m.",
+            rich_help_panel=_RUNNER,
+        ),
     ] = None,
     no_rate_limits: Annotated[
         bool,
@@ -100,30 +151,34 @@ def batch(
             rich_help_panel=_RUNNER,
         ),
     ] = False,
-    webhook_url: Annotated[
-        str | None,
-        typer.Option(
-            "--webhook-url",
-            help="Public URL that reaches --listen: every job gets a signed webhook there, and only jobs "
-            "whose delivery is late are polled.",
-            rich_help_panel="Webhooks",
-        ),
-    ] = None,
     listen: Annotated[
         str | None,
         typer.Option(
             "--listen",
             metavar="HOST:PORT",
-            help="Where the batch's webhook receiver binds (e.g. 127.0.0.1:8787 behind a tunnel).",
-            rich_help_panel="Webhooks",
+            help="Take results by webhook: every job gets a signed webhook to a receiver bound here (e.g. "
+            "127.0.0.1:8787 behind a tunnel; port 0: any free one), and only jobs whose delivery is late "
+            "are polled.",
+            rich_help_panel=_WEBHOOKS,
+        ),
+    ] = None,
+    webhook_url: Annotated[
+        str | None,
+        typer.Option(
+            "--webhook-url",
+            help="Public URL that reaches --listen (a tunnel or a public host); default: the --listen "
+            "address itself.",
+            rich_help_panel=_WEBHOOKS,
         ),
     ] = None,
     webhook_grace: Annotated[
         float,
         typer.Option(
-            min=0.001,
-            help="Seconds a job may go without a delivery before it is polled.",
-            rich_help_panel="Webhooks",
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="How long a job may go without a delivery before it is polled.",
+            show_default="30s",
+            rich_help_panel=_WEBHOOKS,
         ),
     ] = 30.0,
     progress: Annotated[
@@ -145,7 +200,7 @@ def batch(
     """
     from rich.console import Console
 
-    from runpod_queue import Policy
+    from runpod_queue import Client, RateLimits
     from runpod_queue.batch import BatchRunner, JournalError
     from runpod_queue.batch.progress import LiveProgress, summary_table
     from runpod_queue.errors import RunpodQueueError
@@ -158,32 +213,11 @@ def batch(
     journal_path = journal if journal is not None else out.with_name(out.name + ".journal")
     try:
         key, url = _resolve(api_key, base_url, local)
-    except UsageProblem as exc:
+        policy = _policy(policy_ttl, execution_timeout)
+        webhooks = _webhooks(listen, webhook_url, webhook_grace)
+    except (UsageProblem, _Usage) as exc:
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
-    try:
-        policy = (
-            Policy(
-                execution_timeout=None if execution_timeout is None else execution_timeout / 1000,
-                ttl=None if policy_ttl is None else policy_ttl / 1000,
-            )
-            if policy_ttl is not None or execution_timeout is not None
-            else None
-        )
-    except ValueError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
-
-    listen_at: tuple[str, int] | None = None
-    if (webhook_url is None) != (listen is None):
-        err.print("error: --webhook-url and --listen go together (the public URL, and where it is received)")
-        raise typer.Exit(EXIT_USAGE)
-    if listen is not None:
-        host, _, port_text = listen.rpartition(":")
-        if not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            err.print(f"error: --listen takes HOST:PORT (e.g. 127.0.0.1:8787), got {listen!r}")
-            raise typer.Exit(EXIT_USAGE)
-        listen_at = (host.strip("[]"), int(port_text))
 
     warnings = 0
 
@@ -196,27 +230,35 @@ def batch(
             err.print("[yellow]warning:[/] more warnings follow; see the summary", markup=True)
 
     live = LiveProgress(err) if progress and err.is_terminal else None
-    try:
-        runner = BatchRunner(
-            endpoint,
-            journal=journal_path,
-            output=out,
-            api_key=key,
-            base_url=url,
-            max_in_flight=max_in_flight,
-            retries=retries,
-            policy=policy,
-            rate_limits=not no_rate_limits,
-            total=_count_lines(inputs),
-            on_progress=live,
-            on_warning=warn,
-            webhook_url=webhook_url,
-            listen=listen_at,
-            webhook_grace=webhook_grace,
-        )
-    except ValueError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+    announced = False
+
+    def on_progress(summary: BatchSummary) -> None:
+        nonlocal announced
+        address = runner.webhook_address
+        if not announced and address is not None:  # the first snapshot comes once the receiver is up
+            announced = True
+            host, port = address
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            via = f" (public URL {webhook_url})" if webhook_url is not None else ""
+            err.print(f"receiving webhooks on {where}{via}")
+        if live is not None:
+            live(summary)
+
+    limits = RateLimits.off() if no_rate_limits else RateLimits.runpod()
+    client = Client(key, base_url=url, rate_limits=limits)
+    runner = BatchRunner(
+        client.endpoint(endpoint),
+        journal=journal_path,
+        output=out,
+        max_in_flight=max_in_flight,
+        retry_failed=retry_failed,
+        policy=policy,
+        rate_limits=limits,
+        webhooks=webhooks,
+        total=_count_lines(inputs),
+        on_progress=on_progress,
+        on_warning=warn,
+    )
 
     stops = 0
 
@@ -240,12 +282,14 @@ def batch(
         extra += ["--base-url", base_url]
     if no_rate_limits:
         extra.append("--no-rate-limits")
-    if webhook_url is not None and listen is not None:
-        extra += ["--webhook-url", webhook_url, "--listen", listen]
+    if listen is not None:
+        extra += ["--listen", listen]
+    if webhook_url is not None:
+        extra += ["--webhook-url", webhook_url]
     resume = _resume_command(inputs, endpoint, out, journal_path, extra)
     handler = _configure_debug_logging() if debug else None
     try:
-        with open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
+        with client, open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
             if live is not None:
                 with live:
                     summary = runner.run(lines)

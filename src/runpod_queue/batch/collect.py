@@ -1,0 +1,216 @@
+"""Collecting results: status checks handed out by the schedule, ``/retry`` for FAILED and TIMED_OUT jobs,
+and webhook deliveries.
+
+One dispatcher shares the status budget: the most overdue job goes to the next free check slot
+(``PollOptions.concurrency``), and the runner's limiter holds all checks together under ``/status``'s
+limit however many jobs are in flight. A verified COMPLETED delivery finishes its job at once; any other
+terminal delivery makes the job due for a status check, which decides on ``/retry`` as polling does and
+cannot be fooled by a late delivery of an earlier attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+
+from runpod_queue._contract import JobStatus
+from runpod_queue._models import Job
+from runpod_queue.batch._types import BatchResult
+from runpod_queue.batch.schedule import Watched
+from runpod_queue.batch.state import Fatal, RunState
+from runpod_queue.batch.submit import resend_is_safe
+from runpod_queue.errors import (
+    AuthenticationError,
+    BadRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    RunpodQueueError,
+)
+
+__all__ = ["Collector"]
+
+
+class Collector:
+    """Status checks, retries and deliveries for the jobs of one run."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+        self.checks: set[asyncio.Task[None]] = set()
+
+    # -- dispatching -------------------------------------------------------------------------------
+
+    async def dispatch(self) -> None:
+        """Hand the most overdue job to a status check whenever one of the slots is free.
+
+        One waiter on the schedule (not one per slot), so a newly due job wakes one task, not the pool.
+        """
+        run = self.run
+        slots = asyncio.Semaphore(run.config.poll_concurrency)
+        while True:
+            await slots.acquire()
+            await run.paused("status")
+            job = await self._next_due()
+            if job is None:
+                slots.release()
+                return
+            task = asyncio.create_task(self._guarded_check(job))
+            self.checks.add(task)
+            task.add_done_callback(self.checks.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+    async def _next_due(self) -> Watched | None:
+        run = self.run
+        while not run.stopping:
+            now = time.monotonic()
+            job = run.schedule.pop_due(now)
+            if job is not None:
+                return job
+            run.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.wake.wait(), run.schedule.wait(now))
+        return None
+
+    async def _guarded_check(self, job: Watched) -> None:
+        try:
+            await self._check(job)
+        except Fatal:
+            pass
+        except Exception as exc:  # a bug or a failing on_result callback: stop cleanly, report it
+            self.run.fail_batch(exc)
+
+    # -- one check ---------------------------------------------------------------------------------
+
+    async def _check(self, job: Watched) -> None:
+        run = self.run
+        s = run.summary
+        job.checking = True
+        try:
+            window = await run.limiter.acquire(run.endpoint.id, "status")
+            try:
+                snapshot = await run.endpoint.status(job.job_id)
+            finally:
+                run.limiter.release(window)
+        except RunpodQueueError as exc:
+            s.status_calls += 1
+            if not job.done:
+                self._check_failed(job, exc)
+            return
+        finally:
+            job.checking = False
+        s.status_calls += 1
+        if job.done:
+            return  # a webhook delivered its result while we asked
+        now = time.monotonic()
+        if not snapshot.is_terminal:
+            run.schedule.observed(job, snapshot.status, now)
+            return
+        run.schedule.ended(job, snapshot.delay_time, snapshot.execution_time, now)
+        retryable = snapshot.status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
+        if retryable and job.attempts <= run.config.retry_failed:
+            if run.stopping:
+                return  # the next run sees the failure again and retries it
+            await self._retry(job)
+            return
+        self._finish_job(job, snapshot)
+
+    def _check_failed(self, job: Watched, error: RunpodQueueError) -> None:
+        if isinstance(error, NotFoundError):
+            self._lost(job)
+        elif isinstance(error, AuthenticationError | PermissionDeniedError):
+            self.run.fail_batch(error)
+            self.run.schedule.at(job, time.monotonic())  # stays submitted in the journal for the next run
+            raise Fatal from error
+        else:
+            self._transient(job, error)
+
+    def _transient(self, job: Watched, exc: RunpodQueueError) -> None:
+        run = self.run
+        retry_after: float | None = None
+        if isinstance(exc, RateLimitError):
+            run.summary.rate_limited += 1
+            retry_after = exc.retry_after
+            run.pause("status", retry_after)
+        else:
+            run.summary.transient_errors += 1
+        job.failures += 1
+        run.schedule.check_failed(job, run.backoff(job.failures, retry_after), time.monotonic())
+
+    async def _retry(self, job: Watched) -> None:
+        run = self.run
+        run.journal.retrying(job.key)  # before sending: a crash never allows more retries than asked
+        job.attempts += 1
+        try:
+            with run.on_the_wire():
+                await run.endpoint.retry(job.job_id)
+        except BadRequestError:
+            pass  # no longer FAILED/TIMED_OUT: an earlier /retry whose answer was lost already took
+        except NotFoundError:
+            self._lost(job)
+            return
+        except (AuthenticationError, PermissionDeniedError) as exc:
+            run.fail_batch(exc)
+            raise Fatal from exc
+        except RunpodQueueError as exc:
+            if resend_is_safe(exc):  # the retry certainly did not happen: it does not count
+                run.journal.retry_unsent(job.key)
+                job.attempts -= 1
+            else:  # it may have happened: the next status check tells (a second /retry answers 400)
+                run.summary.retried += 1
+            self._transient(job, exc)
+            return
+        run.summary.retried += 1
+        run.schedule.retried(job, time.monotonic())
+
+    # -- endings -----------------------------------------------------------------------------------
+
+    def _lost(self, job: Watched) -> None:
+        run = self.run
+        run.schedule.finished(job)
+        run.by_id.pop(job.job_id, None)
+        run.summary.lost += 1
+        message = (
+            f"job {job.job_id} was gone (404) when collected: RunPod keeps a result 30 minutes after the job "
+            "ends (and removes a job whose ttl ran out), and it expired before this batch fetched it"
+        )
+        run.warn(f"line {job.line} (key {job.key}): lost to retention: {message}")
+        result = BatchResult(json.loads(job.key), job.job_id, "LOST", error=message, attempts=job.attempts)
+        run.finish(job.key, job.line, result)
+
+    def _finish_job(self, job: Watched, snapshot: Job) -> None:
+        run = self.run
+        run.schedule.finished(job)
+        run.by_id.pop(job.job_id, None)
+        if snapshot.status is JobStatus.COMPLETED:
+            run.summary.completed += 1
+        else:
+            run.summary.failed += 1
+        result = BatchResult(
+            json.loads(job.key),
+            job.job_id,
+            snapshot.status.value,
+            output=snapshot.output,
+            error=snapshot.error,
+            delay_time=snapshot.delay_time,
+            execution_time=snapshot.execution_time,
+            attempts=job.attempts,
+        )
+        run.finish(job.key, job.line, result)
+
+    # -- webhooks ----------------------------------------------------------------------------------
+
+    async def on_delivery(self, snapshot: Job) -> None:
+        """A verified delivery (called once per job id and status by the receiver)."""
+        run = self.run
+        run.summary.webhook_deliveries += 1
+        job = run.by_id.get(snapshot.id)
+        if job is None or job.done or not snapshot.is_terminal:
+            return
+        if snapshot.status is JobStatus.COMPLETED:
+            # Final: a COMPLETED job is never retried, so this cannot be a late word on an older attempt.
+            run.schedule.ended(job, snapshot.delay_time, snapshot.execution_time, time.monotonic())
+            self._finish_job(job, snapshot)
+        elif not job.checking:
+            run.schedule.at(job, time.monotonic())  # the status check decides: /retry or record
