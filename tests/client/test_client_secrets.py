@@ -65,10 +65,3 @@ def test_the_key_is_not_in_auth_errors(connect: Callable[..., Api], emu: Emulato
         repr(api.client),
     ]
     assert not [t for t in rendered if secret in t]
-
-
-def test_async_default_path_is_aiohttp_not_httpx_pool() -> None:
-    from runpod_queue import AsyncClient
-
-    client = AsyncClient(API_KEY, base_url="http://127.0.0.1:9/v2")
-    assert client._direct is not None and client._http is None
