@@ -107,10 +107,13 @@ def attempts(call: Call, rules: AttemptRules, deadline: float | None = None) -> 
     last_error: APIConnectionError | APIStatusError | None = None
     while True:
         attempt += 1
-        try:
-            budget = attempt_budget(rules.timeout, call.hold, deadline, clock())
-        except Expired:
-            raise Expired from last_error
+        if call.hold == 0.0 and deadline is None:
+            budget = rules.timeout  # the common case, without a call
+        else:
+            try:
+                budget = attempt_budget(rules.timeout, call.hold, deadline, clock())
+            except Expired:
+                raise Expired from last_error
         started = clock() if debug else 0.0
         error: APIConnectionError | APIStatusError
         try:

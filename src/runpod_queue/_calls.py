@@ -7,6 +7,7 @@ quoted here, so no id can change the path it is sent to.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,10 +62,13 @@ class Call:
         return JSON_HEADERS if self.content is not None else None
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.~-]+").fullmatch  # nothing to quote: ids nearly always are
+
+
 def _id(name: str, value: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{name} must be a non-empty string, got {value!r}")
-    return quote(value, safe="")
+    return value if _PLAIN(value) else quote(value, safe="")
 
 
 def _body(input: Any, webhook: str | None, policy: Policy | None, s3_config: S3Config | None) -> bytes:

@@ -36,6 +36,10 @@ class MalformedError(ValueError):
     """An answer that breaks the contract; the wire layer turns it into APIResponseError."""
 
 
+# A dict lookup instead of JobStatus(value): parsing a status is on every call's path.
+_STATUSES: dict[str, JobStatus] = {status.value: status for status in JobStatus}
+
+
 def _freeze(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return data if isinstance(data, MappingProxyType) else MappingProxyType(dict(data))
 
@@ -130,14 +134,13 @@ class Job:
         status = data.get("status")
         if status is None:
             raise MalformedError("missing 'status'")
-        try:
-            status = JobStatus(status)
-        except ValueError:
-            raise MalformedError(f"unknown 'status' {status!r}") from None
+        known = _STATUSES.get(status) if isinstance(status, str) else None
+        if known is None:
+            raise MalformedError(f"unknown 'status' {status!r}")
         worker = data.get("workerId")
         return cls(
             id=job_id,
-            status=status,
+            status=known,
             output=data.get("output"),
             error=data.get("error"),
             delay_time=_opt_seconds(data, "delayTime"),

@@ -20,7 +20,7 @@ import httpx
 from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sleep
 from runpod_queue._aiohttp import AiohttpTransport
 from runpod_queue._answers import parse_health, parse_job, parse_purge
-from runpod_queue._attempts import AttemptRules, request
+from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
 from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
@@ -226,7 +226,7 @@ class AsyncEndpoint:
     ) -> Job:
         """See ``Endpoint.run``."""
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
-        return await self._client._run(request(call, self._client._rules, parse_job))
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     async def run_sync(
         self,
@@ -255,7 +255,7 @@ class AsyncEndpoint:
     async def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
         """See ``Endpoint.status``."""
         call = status_call(self.id, job_id, keep_result_for=keep_result_for)
-        return await self._client._run(request(call, self._client._rules, parse_job))
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     # The timeout mirrors Endpoint.wait; as a deadline it also bounds retries and pauses.
     async def wait(
@@ -281,12 +281,13 @@ class AsyncEndpoint:
 
     async def retry(self, job_id: str) -> Job:
         """See ``Endpoint.retry``."""
-        return await self._client._run(request(retry_call(self.id, job_id), self._client._rules, parse_job))
+        call = retry_call(self.id, job_id)
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     async def purge_queue(self) -> int:
         """See ``Endpoint.purge_queue``."""
-        return await self._client._run(request(purge_call(self.id), self._client._rules, parse_purge))
+        return parse_purge(await self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     async def health(self) -> Health:
         """See ``Endpoint.health``."""
-        return await self._client._run(request(health_call(self.id), self._client._rules, parse_health))
+        return parse_health(await self._client._run(attempts(health_call(self.id), self._client._rules)))

@@ -18,7 +18,7 @@ import httpx
 
 from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sleep
 from runpod_queue._answers import parse_health, parse_job, parse_purge
-from runpod_queue._attempts import AttemptRules, request
+from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
 from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
@@ -211,7 +211,7 @@ class Endpoint:
     ) -> Job:
         """Queue a job; returns at once with its id (IN_QUEUE). Never re-sent after an ambiguous failure."""
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
-        return self._client._run(request(call, self._client._rules, parse_job))
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def run_sync(
         self,
@@ -243,7 +243,7 @@ class Endpoint:
         """The job's current snapshot; ``keep_result_for`` (s) shortens how long RunPod keeps a finished
         job's result from now (RunPod's ``/status?ttl=``)."""
         call = status_call(self.id, job_id, keep_result_for=keep_result_for)
-        return self._client._run(request(call, self._client._rules, parse_job))
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def wait(self, job_id: str, *, timeout: Duration | None = None, on_update: OnUpdate | None = None) -> Job:
         """Block until the job is terminal and return it; ``timeout`` (s, wall clock) raises
@@ -263,11 +263,12 @@ class Endpoint:
 
     def retry(self, job_id: str) -> Job:
         """Requeue a FAILED or TIMED_OUT job under the same id (BadRequestError otherwise)."""
-        return self._client._run(request(retry_call(self.id, job_id), self._client._rules, parse_job))
+        call = retry_call(self.id, job_id)
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def purge_queue(self) -> int:
         """Remove every IN_QUEUE job (running ones continue); returns how many were removed."""
-        return self._client._run(request(purge_call(self.id), self._client._rules, parse_purge))
+        return parse_purge(self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     def health(self) -> Health:
-        return self._client._run(request(health_call(self.id), self._client._rules, parse_health))
+        return parse_health(self._client._run(attempts(health_call(self.id), self._client._rules)))
