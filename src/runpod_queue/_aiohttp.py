@@ -33,10 +33,14 @@ class AiohttpTransport:
         self._headers = dict(headers)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
         # The client's base budget comes back on nearly every call: convert it once.
         self._last: tuple[Budget, aiohttp.ClientTimeout] | None = None
 
     def _open(self) -> aiohttp.ClientSession:
+        if self._closed:
+            # As httpx does: a closed client is a bug to fix, and a silently reopened session would leak.
+            raise RuntimeError("the client has been closed")
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
             keepalive_timeout=4.0,  # under common 5 s server idle timeouts, so a reused socket is alive
@@ -73,6 +77,7 @@ class AiohttpTransport:
             raise aiohttp_failure(exc) from exc
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -200,10 +200,13 @@ class HttpxAsyncTransport:
     def __init__(self, transport: httpx.AsyncBaseTransport, headers: Mapping[str, str]) -> None:
         self._transport = transport
         self._headers = dict(headers)
+        self._closed = False
 
     async def send(
         self, method: str, url: str, content: bytes | None, headers: Mapping[str, str] | None, budget: Budget
     ) -> Answer:
+        if self._closed:  # as the sync client and aiohttp's: a closed transport does not quietly reopen
+            raise RuntimeError("the client has been closed")
         request = httpx.Request(
             method,
             url,
@@ -222,4 +225,5 @@ class HttpxAsyncTransport:
         return Answer(response.status_code, body, response.headers, response.reason_phrase, method, url)
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._transport.aclose()

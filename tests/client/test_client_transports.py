@@ -104,6 +104,18 @@ def test_error_answers_read_the_same(
     assert str(rate.value.request.url).endswith("/v2/ep/status/j1")
 
 
+def test_a_closed_client_refuses_to_send(
+    make: Callable[..., Api], serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    server = serve((200, {"id": "j1", "status": "COMPLETED"}))
+    api = make(base_url=server.base_url)
+    assert api.endpoint("ep").status("j1").is_completed
+    api.close()
+    with pytest.raises(RuntimeError, match="closed"):  # misuse, not an API error: nothing is reopened
+        api.endpoint("ep").status("j1")
+    assert len(server.requests) == 1
+
+
 def test_the_default_async_client_does_not_ride_on_httpx(
     monkeypatch: pytest.MonkeyPatch, serve: Callable[[tuple[int, Any] | str], LoopbackServer]
 ) -> None:
