@@ -48,7 +48,13 @@ def test_debug_logs_each_request_without_the_key(
     assert any("/status/" in r.getMessage() and "attempt 2" in r.getMessage() for r in ours)
     assert all(r.levelno == logging.DEBUG for r in ours)
     texts = [r.getMessage() for r in caplog.records] + [str(info.value), repr(info.value), str(dropped.value)]
-    texts += [repr(api.client), repr(ep.ep), repr(job)]
+    texts += [
+        repr(api.client),
+        repr(ep.ep),
+        repr(job),
+        repr(ep.ep.stream(job.id)),
+        repr(api.client._settings),
+    ]
     assert not [t for t in texts if API_KEY in t]
 
 
