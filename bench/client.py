@@ -1,9 +1,14 @@
 """Client benchmarks against the emulator (run in a subprocess, so its CPU does not share our GIL).
 
-1. Per-call overhead: `Endpoint.status` against raw `httpx.Client.get` on the same server and job,
-   interleaved rounds, medians (target: ratio <= 1.2).
-2. Submit and collect 1000 no-op jobs: `AsyncClient` (run + wait per job, bounded concurrency) against the
+1. Per-call overhead, sync: `Endpoint.status` against raw `httpx.Client.get` on the same server and job,
+   sequential, interleaved rounds, medians (target: ratio <= 1.2).
+2. Per-call overhead, async: `AsyncEndpoint.status` against raw `aiohttp.ClientSession.get`, 32 calls in
+   flight, limiter off, interleaved rounds, medians.
+3. Submit and collect 1000 no-op jobs: `AsyncClient` (run + wait per job, bounded concurrency) against the
    official `runpod` package's `AsyncioEndpoint` (run all with asyncio.gather, then output()).
+
+Per-call figures are this process's CPU time per call (`time.process_time`, the server runs in another
+process) — what the client itself costs — and wall time per call.
 
 Prints `name: value` lines, then the ratios. `python bench/client.py [--quick]`.
 """
@@ -19,7 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import httpx
 
@@ -59,11 +64,12 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.05)
 
 
-def per_call(fn: Callable[[], object], n: int) -> float:
-    started = time.perf_counter()
+def per_call(fn: Callable[[], object], n: int) -> tuple[float, float]:
+    """(CPU µs, wall µs) per call."""
+    cpu, wall = time.process_time(), time.perf_counter()
     for _ in range(n):
         fn()
-    return (time.perf_counter() - started) / n * 1e6
+    return (time.process_time() - cpu) / n * 1e6, (time.perf_counter() - wall) / n * 1e6
 
 
 def bench_status(base: str, calls: int, rounds: int) -> dict[str, float]:
@@ -71,7 +77,7 @@ def bench_status(base: str, calls: int, rounds: int) -> dict[str, float]:
     limits = RateLimits(limits={"status": OperationLimit(10**9, 400), "runsync": OperationLimit(10**9, 400)})
     with Client(API_KEY, base_url=base, rate_limits=limits) as client, httpx.Client() as raw:
         ep = client.endpoint("noop")
-        job = ep.run_sync({}, wait=10_000)
+        job = ep.run_sync({}, timeout=10)
         url = f"{base}/noop/status/{job.id}"
         headers = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -85,12 +91,67 @@ def bench_status(base: str, calls: int, rounds: int) -> dict[str, float]:
 
         per_call(raw_status, 200)  # warm both pools
         per_call(our_status, 200)
-        raw_us, our_us = [], []
+        raw_runs, our_runs = [], []
         for _ in range(rounds):
-            raw_us.append(per_call(raw_status, calls))
-            our_us.append(per_call(our_status, calls))
-    raw_med, our_med = statistics.median(raw_us), statistics.median(our_us)
-    return {"status_raw_httpx_us": raw_med, "status_endpoint_us": our_med, "status_ratio": our_med / raw_med}
+            raw_runs.append(per_call(raw_status, calls))
+            our_runs.append(per_call(our_status, calls))
+    return _figures("status", "raw_httpx", raw_runs, "endpoint", our_runs)
+
+
+def _figures(
+    prefix: str, raw_name: str, raw: list[tuple[float, float]], our_name: str, ours: list[tuple[float, float]]
+) -> dict[str, float]:
+    raw_cpu, our_cpu = statistics.median(r[0] for r in raw), statistics.median(o[0] for o in ours)
+    return {
+        f"{prefix}_{raw_name}_cpu_us": raw_cpu,
+        f"{prefix}_{our_name}_cpu_us": our_cpu,
+        f"{prefix}_{raw_name}_wall_us": statistics.median(r[1] for r in raw),
+        f"{prefix}_{our_name}_wall_us": statistics.median(o[1] for o in ours),
+        f"{prefix}_ratio": our_cpu / raw_cpu,
+    }
+
+
+async def _concurrently(fn: Callable[[], Awaitable[object]], n: int, in_flight: int) -> tuple[float, float]:
+    """(CPU µs, wall µs) per call, ``n`` calls made by ``in_flight`` tasks."""
+
+    async def worker(count: int) -> None:
+        for _ in range(count):
+            await fn()
+
+    share = n // in_flight
+    cpu, wall = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker(share) for _ in range(in_flight)))
+    done = share * in_flight
+    return (time.process_time() - cpu) / done * 1e6, (time.perf_counter() - wall) / done * 1e6
+
+
+async def bench_async_status(base: str, calls: int, rounds: int, in_flight: int = 32) -> dict[str, float]:
+    import aiohttp
+
+    async with (
+        AsyncClient(API_KEY, base_url=base, rate_limits=False) as client,
+        aiohttp.ClientSession() as session,
+    ):
+        ep = client.endpoint("noop")
+        job = await ep.run_sync({}, timeout=10)
+        url = f"{base}/noop/status/{job.id}"
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+
+        async def raw_status() -> object:
+            async with session.get(url, headers=headers) as response:
+                response.raise_for_status()
+                return await response.json()
+
+        async def our_status() -> object:
+            return await ep.status(job.id)
+
+        await _concurrently(raw_status, 200, in_flight)  # warm both pools
+        await _concurrently(our_status, 200, in_flight)
+        raw_runs, our_runs = [], []
+        for _ in range(rounds):
+            raw_runs.append(await _concurrently(raw_status, calls, in_flight))
+            our_runs.append(await _concurrently(our_status, calls, in_flight))
+    return _figures("async_status", "raw_aiohttp", raw_runs, "endpoint", our_runs)
 
 
 async def ours_batch(base: str, jobs: int, concurrency: int) -> float:
@@ -138,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     proc, base = start_server()
     try:
         figures = bench_status(base, calls, rounds)
+        figures |= asyncio.run(bench_async_status(base, calls * 2, rounds))
         ours = [asyncio.run(ours_batch(base, jobs, concurrency=100)) for _ in range(repeats)]
         theirs = [asyncio.run(runpod_batch(base, jobs)) for _ in range(repeats)]
     finally:
@@ -150,7 +212,11 @@ def main(argv: list[str] | None = None) -> None:
     for name, value in figures.items():
         if not name.endswith("_ratio"):
             print(f"{name}: {value:.4g}" if isinstance(value, float) else f"{name}: {value}")
-    print(f"status_ratio: {figures['status_ratio']:.3f}  (Endpoint.status / raw httpx, target <= 1.2)")
+    print(f"status_ratio: {figures['status_ratio']:.3f}  (Endpoint.status / raw httpx, CPU, target <= 1.2)")
+    print(
+        f"async_status_ratio: {figures['async_status_ratio']:.3f}  "
+        "(AsyncEndpoint.status / raw aiohttp, 32 in flight, CPU)"
+    )
     ratio = figures["batch_ratio"]
     print(f"batch_ratio: {ratio:.3f}  (AsyncClient / runpod AsyncioEndpoint, lower is better)")
 

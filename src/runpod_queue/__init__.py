@@ -7,9 +7,9 @@ from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
 from runpod_queue._retry import Retries
 from runpod_queue._version import __version__ as __version__
-from runpod_queue.aio import AsyncClient, AsyncEndpoint
+from runpod_queue.aio import AsyncClient, AsyncEndpoint, AsyncJobStream
 from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary
-from runpod_queue.client import Client, Endpoint
+from runpod_queue.client import Client, Endpoint, JobStream
 from runpod_queue.errors import (
     APIConnectionError,
     APIResponseError,
@@ -37,6 +37,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncClient",
     "AsyncEndpoint",
+    "AsyncJobStream",
     "AuthenticationError",
     "BadRequestError",
     "BatchResult",
@@ -50,6 +51,7 @@ __all__ = [
     "JobCounts",
     "JobFailedError",
     "JobStatus",
+    "JobStream",
     "JournalError",
     "NotFoundError",
     "OperationLimit",

@@ -7,6 +7,7 @@ Snapshots are frozen so a Job handed to a callback or stored in a list can never
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,6 +36,10 @@ class MalformedError(ValueError):
     """An answer that breaks the contract; the wire layer turns it into APIResponseError."""
 
 
+# A dict lookup instead of JobStatus(value): parsing a status is on every call's path.
+_STATUSES: dict[str, JobStatus] = {status.value: status for status in JobStatus}
+
+
 def _freeze(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return data if isinstance(data, MappingProxyType) else MappingProxyType(dict(data))
 
@@ -43,7 +48,7 @@ def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise MalformedError(f"{key!r} should be a number, got {value!r}")
     return int(value)
 
@@ -129,14 +134,13 @@ class Job:
         status = data.get("status")
         if status is None:
             raise MalformedError("missing 'status'")
-        try:
-            status = JobStatus(status)
-        except ValueError:
-            raise MalformedError(f"unknown 'status' {status!r}") from None
+        known = _STATUSES.get(status) if isinstance(status, str) else None
+        if known is None:
+            raise MalformedError(f"unknown 'status' {status!r}")
         worker = data.get("workerId")
         return cls(
             id=job_id,
-            status=status,
+            status=known,
             output=data.get("output"),
             error=data.get("error"),
             delay_time=_opt_seconds(data, "delayTime"),

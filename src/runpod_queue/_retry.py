@@ -14,8 +14,6 @@ import random
 import time
 from dataclasses import dataclass
 
-import httpx
-
 from runpod_queue.errors import APIConnectionError, APIStatusError
 
 __all__ = [
@@ -25,7 +23,6 @@ __all__ = [
     "may_resend",
     "parse_retry_after",
     "retry_on_status",
-    "was_not_sent",
 ]
 
 
@@ -80,31 +77,6 @@ def may_resend(safety: Safety, error: APIConnectionError | APIStatusError) -> bo
     if isinstance(error, APIConnectionError):
         return safety is Safety.IDEMPOTENT or not error.sent
     return retry_on_status(safety, error.status_code)
-
-
-def _aiohttp_not_sent(exc: BaseException) -> bool | None:
-    """Classify by the aiohttp exception behind an httpx-aiohttp error (it maps some of them loosely:
-    a server disconnect after sending becomes ConnectTimeout). None: no aiohttp cause."""
-    try:
-        import aiohttp
-    except ImportError:  # pragma: no cover - aiohttp is a dependency
-        return None
-    cause = exc.__cause__
-    while cause is not None:
-        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            return True
-        if isinstance(cause, aiohttp.ClientError):
-            return False
-        cause = cause.__cause__
-    return None
-
-
-def was_not_sent(exc: httpx.TransportError) -> bool:
-    """True only when the request certainly never reached the server (safe to re-send anything)."""
-    verdict = _aiohttp_not_sent(exc)
-    if verdict is not None:
-        return verdict
-    return isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -1,116 +1,47 @@
-"""The asyncio client: the same operations as ``client.py`` with ``await`` / ``async for``.
+"""The asyncio client: the same flows as ``client.py``, driven with ``await`` / ``async for``.
 
-By default it sends through aiohttp directly: httpx's own async pool gets slower with every request in
-flight (perf-notes.md), and httpx over ``httpx_aiohttp.AiohttpTransport`` measured about twice raw
-aiohttp's cost per call (see ``_AiohttpSender``). The shell mirrors the sync one line for line; every
-decision lives in ``_wire``.
+Requests go through one transport seam (``_transport``): aiohttp by default (``_aiohttp``; httpx's own async
+pool gets slower with every request in flight, perf-notes.md), or any ``httpx.AsyncBaseTransport`` given as
+``transport=``. Everything above the seam is the same code whichever runs, so tests over a mock transport
+exercise the default path's logic too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import inspect
-import logging
-import random
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-import aiohttp
 import httpx
 
-from runpod_queue import _wire
+from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sleep
+from runpod_queue._aiohttp import AiohttpTransport
+from runpod_queue._answers import parse_health, parse_job, parse_purge
+from runpod_queue._attempts import AttemptRules, attempts
+from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
 from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
+from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._retry import Retries
+from runpod_queue._settings import ClientSettings, client_settings, default_headers
+from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
 from runpod_queue._units import Duration
-from runpod_queue._wire import Call, Emit, Expired, Flow, Notify, Send, Sleep
-from runpod_queue.errors import APIConnectionError, APIStatusError, RunpodQueueError
 
-__all__ = ["AsyncClient", "AsyncEndpoint"]
+__all__ = ["AsyncClient", "AsyncEndpoint", "AsyncJobStream"]
 
 T = TypeVar("T")
 AsyncOnUpdate = Callable[[Job], Awaitable[object] | object]
 
 
-class _AiohttpSender:
-    """Requests straight through one aiohttp session, answers as httpx.Response for the shared ``_wire``.
-
-    Measured on loopback (sequential status calls): raw aiohttp ~270 us per call, httpx.AsyncClient over
-    httpx_aiohttp's transport ~510 us — httpx's request/auth/redirect machinery and the transport's
-    header and stream adaptation cost as much as the HTTP exchange itself. This skips that layer; errors
-    are raised as httpx transport errors chained to the aiohttp cause, so classification (was the request
-    sent?) is the same as on every other path.
-    """
-
-    def __init__(self, headers: dict[str, str], max_connections: int) -> None:
-        self._headers = headers
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _open(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self._max_connections,
-            keepalive_timeout=4.0,  # under common 5 s server idle timeouts, so a reused socket is alive
-        )
-        self._session = aiohttp.ClientSession(connector=connector, headers=self._headers)
-        return self._session
-
-    async def send(
-        self,
-        method: str,
-        url: str,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        budget: httpx.Timeout,
-    ) -> httpx.Response:
-        session = self._session or self._open()
-        limits = aiohttp.ClientTimeout(
-            sock_connect=budget.connect, sock_read=budget.read, connect=budget.pool
-        )
-        try:
-            async with session.request(
-                method, url, data=content, headers=headers, timeout=limits, allow_redirects=False
-            ) as answer:
-                body = await answer.read()
-                status, raw_headers, reason = answer.status, answer.raw_headers, answer.reason
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            request = httpx.Request(method, url)
-            raise _httpx_error(exc)(str(exc) or type(exc).__name__, request=request) from exc
-        return httpx.Response(
-            status,
-            headers=raw_headers,
-            content=body,
-            request=httpx.Request(method, url),
-            extensions={"reason_phrase": (reason or "").encode()},
-        )
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _httpx_error(exc: BaseException) -> type[httpx.TransportError]:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return httpx.ConnectError
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return httpx.ConnectTimeout
-    if isinstance(exc, TimeoutError):
-        return httpx.ReadTimeout
-    return httpx.ReadError
-
-
 class AsyncClient:
     """Asyncio client; use from one event loop, as ``async with AsyncClient() as client:``.
 
-    Same arguments as ``Client``. Without ``transport`` requests go straight through aiohttp (see
-    ``_AiohttpSender``); with one (an ``httpx.AsyncBaseTransport``: a mock, or
-    ``httpx_aiohttp.AiohttpTransport``) through ``httpx.AsyncClient``.
+    Same arguments as ``Client``. Without ``transport`` requests go through aiohttp; with one (any
+    ``httpx.AsyncBaseTransport``: ``httpx.MockTransport``, ``httpx.AsyncHTTPTransport``, ...) through it.
     """
 
     def __init__(
@@ -118,36 +49,32 @@ class AsyncClient:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        timeout: float = 30.0,
+        timeout: Duration = 30.0,
         retries: Retries | None = None,
         rate_limits: RateLimits | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
-        key, self.base_url = _wire.resolve_settings(api_key, base_url)
-        self._timeout = _wire.base_timeout(timeout)
-        self._retries = retries if retries is not None else Retries()
-        limits = _wire.limits_config(rate_limits)
-        self._settings = _wire.ClientSettings(
-            key, self.base_url, float(timeout), self._retries, limits, max_connections
+        self._settings = settings = client_settings(
+            api_key, base_url, timeout, retries, rate_limits, max_connections
+        )
+        self.base_url = settings.base_url
+        self._rules = AttemptRules.of(settings)
+        self._limiter = AsyncLimiter(settings.rate_limits)
+        self._long_poll: dict[str, bool] = {}
+        headers = default_headers(settings.api_key)
+        self._transport: AsyncTransport = (
+            AiohttpTransport(headers, settings.max_connections)
+            if transport is None
+            else HttpxAsyncTransport(transport, headers)
         )
         self._owner = True
-        self._limiter = AsyncLimiter(limits)
-        self._long_poll: dict[str, bool] = {}
-        self._rng = random.Random()
-        headers = _wire.default_headers(key)
-        self._http: httpx.AsyncClient | None = None
-        self._direct: _AiohttpSender | None = None
-        if transport is None:
-            self._direct = _AiohttpSender(headers, max_connections)
-        else:
-            self._http = httpx.AsyncClient(headers=headers, timeout=self._timeout, transport=transport)
 
     def endpoint(self, endpoint_id: str) -> AsyncEndpoint:
         return AsyncEndpoint(self, endpoint_id)
 
     @classmethod
-    def _from_settings(cls, settings: _wire.ClientSettings) -> AsyncClient:
+    def _from_settings(cls, settings: ClientSettings) -> AsyncClient:
         """An async client with a sync client's connection settings (the batch runner's async engine
         over a user's ``Client``)."""
         return cls(
@@ -159,41 +86,17 @@ class AsyncClient:
             max_connections=settings.max_connections,
         )
 
-    def with_options(self, *, timeout: float | None = None, retries: Retries | None = None) -> AsyncClient:
+    def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> AsyncClient:
         """See ``Client.with_options``: same pool, limiter and key; other per-request settings."""
         derived = copy.copy(self)
         derived._owner = False
-        if timeout is not None:
-            derived._timeout = _wire.base_timeout(timeout)
-        if retries is not None:
-            derived._retries = retries
-        derived._settings = dataclasses.replace(
-            self._settings,
-            timeout=self._settings.timeout if timeout is None else float(timeout),
-            retries=derived._retries,
-        )
+        derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
+        derived._rules = AttemptRules.of(derived._settings, self._rules.rng)
         return derived
 
     async def aclose(self) -> None:
-        if not self._owner:
-            return
-        if self._direct is not None:
-            await self._direct.aclose()
-        if self._http is not None:
-            await self._http.aclose()
-
-    async def _send(
-        self,
-        method: str,
-        url: str,
-        content: bytes | None,
-        headers: Mapping[str, str] | None,
-        budget: httpx.Timeout,
-    ) -> httpx.Response:
-        if self._direct is not None:
-            return await self._direct.send(method, url, content, headers, budget)
-        assert self._http is not None
-        return await self._http.request(method, url, content=content, headers=headers, timeout=budget)
+        if self._owner:
+            await self._transport.aclose()
 
     async def __aenter__(self) -> Self:
         return self
@@ -206,65 +109,37 @@ class AsyncClient:
     def __repr__(self) -> str:
         return f"AsyncClient(base_url={self.base_url!r})"
 
-    async def _execute(self, endpoint_id: str, call: Call, deadline: float | None = None) -> httpx.Response:
-        url = self.base_url + call.path
-        if call.limit is not None and call.content is not None and len(call.content) > call.limit:
-            too_large = _wire.payload_error(call, httpx.Request(call.method, url))
-            assert too_large is not None
-            raise too_large
-        headers = _wire.JSON_HEADERS if call.content is not None else None
-        limiter = self._limiter
-        attempt = 0
-        # The deadline may pass between a failed attempt and the next one: the caller then learns why
-        # the earlier attempts failed (the WaitTimeoutError's cause), not just that time ran out.
-        last_error: APIConnectionError | APIStatusError | None = None
-        while True:
-            attempt += 1
-            try:
-                timeout = _wire.attempt_timeout(self._timeout, call.hold, deadline)
-                window = await limiter.acquire(endpoint_id, call.op, deadline)
-            except (Expired, TimeoutError):
-                raise Expired from last_error
-            started = time.perf_counter()
-            error: APIConnectionError | APIStatusError
-            outcome: int | str = "interrupted"
-            try:
-                response = await self._send(call.method, url, call.content, headers, timeout)
-            except httpx.TransportError as exc:
-                error = _wire.transport_error(exc, call)
-                outcome = type(exc).__name__
-            else:
-                outcome = response.status_code
-                if response.is_success:
-                    return response
-                error = _wire.error_for_response(response)
-            finally:
-                limiter.release(window)
-                if _wire.logger.isEnabledFor(logging.DEBUG):
-                    _wire.log_attempt(call, outcome, attempt, time.perf_counter() - started)
-            last_error = error
-            delay = _wire.retry_delay(call, self._retries, attempt, error, self._rng, deadline)
-            if delay > 0:
-                await asyncio.sleep(delay)
-
-    async def _step(self, endpoint_id: str, action: Send) -> tuple[Any, BaseException | None]:
+    # The driver: the only code here that does I/O. It mirrors Client's line for line.
+    async def _exchange(self, action: Exchange) -> Answer:
+        call = action.call
         try:
-            return action.parse(await self._execute(endpoint_id, action.call, action.deadline)), None
-        except (RunpodQueueError, Expired) as exc:
-            return None, exc
+            window = await self._limiter.acquire(call.endpoint_id, call.op, action.deadline)
+        except TimeoutError:
+            raise Expired from None
+        try:
+            return await self._transport.send(
+                call.method, action.url, call.content, call.headers, action.budget
+            )
+        finally:
+            self._limiter.release(window)
 
-    async def _complete(self, endpoint_id: str, flow: Flow[T], on_update: AsyncOnUpdate | None = None) -> T:
+    async def _advance(
+        self, flow: Flow[T], on_update: AsyncOnUpdate | None = None
+    ) -> StreamChunk | Finished[T]:
+        """Run the flow's actions until it emits a chunk (returned) or ends (``Finished``)."""
         value: Any = None
         error: BaseException | None = None
         while True:
             try:
                 action = flow.send(value) if error is None else flow.throw(error)
             except StopIteration as stop:
-                result: T = stop.value
-                return result
+                return Finished(stop.value)
             value = error = None
-            if isinstance(action, Send):
-                value, error = await self._step(endpoint_id, action)
+            if isinstance(action, Exchange):
+                try:
+                    value = await self._exchange(action)
+                except BaseException as exc:  # the flow decides; what it does not handle comes back out
+                    error = exc
             elif isinstance(action, Sleep):
                 await asyncio.sleep(action.seconds)
             elif isinstance(action, Notify):
@@ -272,24 +147,54 @@ class AsyncClient:
                     outcome = on_update(action.job)
                     if inspect.isawaitable(outcome):
                         await outcome
-            elif isinstance(action, Emit):  # pragma: no cover - only stream flows emit
-                raise RuntimeError("unexpected stream chunk")
+            else:
+                return action.chunk
 
-    async def _stream(self, endpoint_id: str, flow: Flow[None]) -> AsyncIterator[StreamChunk]:
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            try:
-                action = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration:
-                return
-            value = error = None
-            if isinstance(action, Send):
-                value, error = await self._step(endpoint_id, action)
-            elif isinstance(action, Sleep):
-                await asyncio.sleep(action.seconds)
-            elif isinstance(action, Emit):
-                yield action.chunk
+    async def _run(self, flow: Flow[T], on_update: AsyncOnUpdate | None = None) -> T:
+        step = await self._advance(flow, on_update)
+        if not isinstance(step, Finished):  # pragma: no cover - only stream flows emit
+            raise RuntimeError("a flow that is not a stream emitted a chunk")
+        return step.value
+
+
+class AsyncJobStream(AsyncIterator[StreamChunk]):
+    """``JobStream`` for ``async for``: the chunks of one job, each once, in order; ``job`` is the
+    terminal ``Job`` once iteration has ended (None before, or after an error)."""
+
+    __slots__ = ("_client", "_done", "_flow", "job", "job_id")
+
+    def __init__(self, client: AsyncClient, job_id: str, flow: Flow[Job]) -> None:
+        self._client = client
+        self._flow = flow
+        self._done = False
+        self.job_id = job_id
+        self.job: Job | None = None
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> StreamChunk:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            step = await self._client._advance(self._flow)
+        except BaseException:
+            self._done = True
+            raise
+        if isinstance(step, Finished):
+            self._done = True
+            self.job = step.value
+            raise StopAsyncIteration
+        return step
+
+    async def aclose(self) -> None:
+        """Stop early: no further request is sent."""
+        self._done = True
+        self._flow.close()
+
+    def __repr__(self) -> str:
+        ended = f", ended {self.job.status.value}" if self.job is not None else ""
+        return f"AsyncJobStream({self.job_id!r}{ended})"
 
 
 class AsyncEndpoint:
@@ -311,9 +216,6 @@ class AsyncEndpoint:
         """The client this endpoint sends through."""
         return self._client
 
-    async def _job(self, call: Call) -> Job:
-        return _wire.parse_job(await self._client._execute(self.id, call))
-
     async def run(
         self,
         input: Any,
@@ -323,9 +225,8 @@ class AsyncEndpoint:
         s3_config: S3Config | None = None,
     ) -> Job:
         """See ``Endpoint.run``."""
-        return await self._job(
-            _wire.run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
-        )
+        call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     async def run_sync(
         self,
@@ -338,49 +239,55 @@ class AsyncEndpoint:
         on_update: AsyncOnUpdate | None = None,
     ) -> Job:
         """See ``Endpoint.run_sync``; ``on_update`` may be a coroutine function."""
-        flow = _wire.run_sync_flow(
+        client = self._client
+        flow = run_sync_flow(
+            client._rules,
             self.id,
             input,
             timeout=timeout,
             webhook=webhook,
             policy=policy,
             s3_config=s3_config,
-            long_poll=self._client._long_poll,
+            long_poll=client._long_poll,
         )
-        return await self._client._complete(self.id, flow, on_update)
+        return await client._run(flow, on_update)
 
     async def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
         """See ``Endpoint.status``."""
-        return await self._job(_wire.status_call(self.id, job_id, keep_result_for=keep_result_for))
+        call = status_call(self.id, job_id, keep_result_for=keep_result_for)
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     # The timeout mirrors Endpoint.wait; as a deadline it also bounds retries and pauses.
     async def wait(
         self,
         job_id: str,
         *,
-        timeout: float | None = None,  # noqa: ASYNC109
+        timeout: Duration | None = None,  # noqa: ASYNC109
         on_update: AsyncOnUpdate | None = None,
     ) -> Job:
         """See ``Endpoint.wait``; ``on_update`` may be a coroutine function."""
-        flow = _wire.wait_flow(self.id, job_id, timeout, self._client._long_poll)
-        return await self._client._complete(self.id, flow, on_update)
+        client = self._client
+        flow = wait_flow(client._rules, self.id, job_id, timeout, client._long_poll)
+        return await client._run(flow, on_update)
 
-    def stream(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[StreamChunk]:
-        """See ``Endpoint.stream``; use with ``async for``."""
-        return self._client._stream(self.id, _wire.stream_flow(self.id, job_id, timeout))
+    def stream(self, job_id: str, *, timeout: Duration | None = None) -> AsyncJobStream:
+        """See ``Endpoint.stream``; use with ``async for``, then read ``.job``."""
+        flow = stream_flow(self._client._rules, self.id, job_id, timeout)
+        return AsyncJobStream(self._client, job_id, flow)
 
     async def cancel(self, job_id: str) -> Job:
         """See ``Endpoint.cancel``."""
-        return await self._client._complete(self.id, _wire.cancel_flow(self.id, job_id))
+        return await self._client._run(cancel_flow(self._client._rules, self.id, job_id))
 
     async def retry(self, job_id: str) -> Job:
         """See ``Endpoint.retry``."""
-        return await self._job(_wire.retry_call(self.id, job_id))
+        call = retry_call(self.id, job_id)
+        return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     async def purge_queue(self) -> int:
         """See ``Endpoint.purge_queue``."""
-        return _wire.parse_purge(await self._client._execute(self.id, _wire.purge_call(self.id)))
+        return parse_purge(await self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     async def health(self) -> Health:
         """See ``Endpoint.health``."""
-        return _wire.parse_health(await self._client._execute(self.id, _wire.health_call(self.id)))
+        return parse_health(await self._client._run(attempts(health_call(self.id), self._client._rules)))

@@ -1,32 +1,35 @@
-"""The synchronous client: a thin shell over ``_wire`` whose only job is to send and sleep.
+"""The synchronous client: a driver that runs the shared flows with blocking I/O, and nothing else.
 
-``Client`` owns the connection pool, the retry settings and the rate limiter shared by every thread;
-``Endpoint`` is a cheap handle for one endpoint id. Options given to a call apply to that call only.
+``Client`` owns the transport (connection pool), the retry settings and the rate limiter shared by every
+thread; ``Endpoint`` is a cheap handle for one endpoint id. Every decision — what to send, what an answer
+means, when to retry or give up — is made in the flows (``_attempts``, ``_flows``), which ``AsyncClient``
+runs the same way with ``await``.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import logging
-import random
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
 
-from runpod_queue import _wire
+from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sleep
+from runpod_queue._answers import parse_health, parse_job, parse_purge
+from runpod_queue._attempts import AttemptRules, attempts
+from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
 from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
+from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import RateLimits, SyncLimiter
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._retry import Retries
+from runpod_queue._settings import client_settings, default_headers
+from runpod_queue._transport import Answer, HttpxTransport, SyncTransport
 from runpod_queue._units import Duration
-from runpod_queue._wire import Call, Emit, Expired, Flow, Notify, Send, Sleep
-from runpod_queue.errors import APIConnectionError, APIStatusError, RunpodQueueError
 
-__all__ = ["Client", "Endpoint"]
+__all__ = ["Client", "Endpoint", "JobStream"]
 
 T = TypeVar("T")
 OnUpdate = Callable[[Job], object]
@@ -36,8 +39,9 @@ class Client:
     """Sync client for RunPod queue endpoints; thread-safe, reuses connections, closes with ``with``.
 
     ``api_key`` defaults to ``$RUNPOD_API_KEY`` and ``base_url`` to ``$RUNPOD_ENDPOINT_BASE_URL`` or
-    RunPod's own. ``timeout`` bounds each request (long-polls get their hold on top). ``retries`` and
-    ``rate_limits`` (``False`` turns limiting off) apply to every call; ``transport`` is for tests.
+    RunPod's own. ``timeout`` (s) bounds each request (long-polls get their hold on top). ``retries`` and
+    ``rate_limits`` (``False`` turns limiting off) apply to every call; ``transport`` (an
+    ``httpx.BaseTransport``) is for tests.
     """
 
     def __init__(
@@ -45,56 +49,40 @@ class Client:
         api_key: str | None = None,
         *,
         base_url: str | None = None,
-        timeout: float = 30.0,
+        timeout: Duration = 30.0,
         retries: Retries | None = None,
         rate_limits: RateLimits | bool = True,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
     ) -> None:
-        key, self.base_url = _wire.resolve_settings(api_key, base_url)
-        self._timeout = _wire.base_timeout(timeout)
-        self._retries = retries if retries is not None else Retries()
-        limits = _wire.limits_config(rate_limits)
-        self._settings = _wire.ClientSettings(
-            key, self.base_url, float(timeout), self._retries, limits, max_connections
+        self._settings = settings = client_settings(
+            api_key, base_url, timeout, retries, rate_limits, max_connections
+        )
+        self.base_url = settings.base_url
+        self._rules = AttemptRules.of(settings)
+        self._limiter = SyncLimiter(settings.rate_limits)
+        self._long_poll: dict[str, bool] = {}
+        self._transport: SyncTransport = HttpxTransport(
+            default_headers(settings.api_key), transport, settings.max_connections
         )
         self._owner = True
-        self._limiter = SyncLimiter(limits)
-        self._long_poll: dict[str, bool] = {}
-        self._rng = random.Random()
-        self._http = httpx.Client(
-            headers=_wire.default_headers(key),
-            timeout=self._timeout,
-            transport=transport,
-            limits=httpx.Limits(
-                max_connections=max_connections,
-                max_keepalive_connections=max_connections,
-                keepalive_expiry=4.0,  # under common 5 s server idle timeouts, so a reused socket is alive
-            ),
-        )
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         return Endpoint(self, endpoint_id)
 
-    def with_options(self, *, timeout: float | None = None, retries: Retries | None = None) -> Client:
-        """A client with other per-request settings that shares this one's connection pool, rate limiter
-        and API key (as openai-python's ``with_options``); closing it leaves the pool to this client."""
+    def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> Client:
+        """A client with another per-request ``timeout`` (s) and/or ``retries`` that shares this one's
+        connection pool, rate limiter and API key (as openai-python's ``with_options``); closing it leaves
+        the pool to this client."""
         derived = copy.copy(self)
         derived._owner = False
-        if timeout is not None:
-            derived._timeout = _wire.base_timeout(timeout)
-        if retries is not None:
-            derived._retries = retries
-        derived._settings = dataclasses.replace(
-            self._settings,
-            timeout=self._settings.timeout if timeout is None else float(timeout),
-            retries=derived._retries,
-        )
+        derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
+        derived._rules = AttemptRules.of(derived._settings, self._rules.rng)
         return derived
 
     def close(self) -> None:
         if self._owner:
-            self._http.close()
+            self._transport.close()
 
     def __enter__(self) -> Self:
         return self
@@ -107,83 +95,91 @@ class Client:
     def __repr__(self) -> str:
         return f"Client(base_url={self.base_url!r})"
 
-    # The one place that does I/O.
-    def _execute(self, endpoint_id: str, call: Call, deadline: float | None = None) -> httpx.Response:
-        url = self.base_url + call.path
-        if call.limit is not None and call.content is not None and len(call.content) > call.limit:
-            too_large = _wire.payload_error(call, httpx.Request(call.method, url))
-            assert too_large is not None
-            raise too_large
-        headers = _wire.JSON_HEADERS if call.content is not None else None
-        limiter = self._limiter
-        attempt = 0
-        # The deadline may pass between a failed attempt and the next one: the caller then learns why
-        # the earlier attempts failed (the WaitTimeoutError's cause), not just that time ran out.
-        last_error: APIConnectionError | APIStatusError | None = None
-        while True:
-            attempt += 1
-            try:
-                timeout = _wire.attempt_timeout(self._timeout, call.hold, deadline)
-                window = limiter.acquire(endpoint_id, call.op, deadline)
-            except (Expired, TimeoutError):
-                raise Expired from last_error
-            started = time.perf_counter()
-            error: APIConnectionError | APIStatusError
-            outcome: int | str = "interrupted"
-            try:
-                response = self._http.request(
-                    call.method, url, content=call.content, headers=headers, timeout=timeout
-                )
-            except httpx.TransportError as exc:
-                error = _wire.transport_error(exc, call)
-                outcome = type(exc).__name__
-            else:
-                outcome = response.status_code
-                if response.is_success:
-                    return response
-                error = _wire.error_for_response(response)
-            finally:
-                limiter.release(window)
-                if _wire.logger.isEnabledFor(logging.DEBUG):
-                    _wire.log_attempt(call, outcome, attempt, time.perf_counter() - started)
-            last_error = error
-            delay = _wire.retry_delay(call, self._retries, attempt, error, self._rng, deadline)
-            if delay > 0:
-                time.sleep(delay)
+    # The driver: the only code here that does I/O.
+    def _exchange(self, action: Exchange) -> Answer:
+        call = action.call
+        try:
+            window = self._limiter.acquire(call.endpoint_id, call.op, action.deadline)
+        except TimeoutError:
+            raise Expired from None
+        try:
+            return self._transport.send(call.method, action.url, call.content, call.headers, action.budget)
+        finally:
+            self._limiter.release(window)
 
-    def _drive(
-        self, endpoint_id: str, flow: Flow[T], on_update: OnUpdate | None
-    ) -> Generator[StreamChunk, None, T]:
+    def _advance(self, flow: Flow[T], on_update: OnUpdate | None = None) -> StreamChunk | Finished[T]:
+        """Run the flow's actions until it emits a chunk (returned) or ends (``Finished``)."""
         value: Any = None
         error: BaseException | None = None
         while True:
             try:
                 action = flow.send(value) if error is None else flow.throw(error)
             except StopIteration as stop:
-                result: T = stop.value
-                return result
+                return Finished(stop.value)
             value = error = None
-            if isinstance(action, Send):
+            if isinstance(action, Exchange):
                 try:
-                    value = action.parse(self._execute(endpoint_id, action.call, action.deadline))
-                except (RunpodQueueError, Expired) as exc:
+                    value = self._exchange(action)
+                except BaseException as exc:  # the flow decides; what it does not handle comes back out
                     error = exc
             elif isinstance(action, Sleep):
                 time.sleep(action.seconds)
             elif isinstance(action, Notify):
                 if on_update is not None:
                     on_update(action.job)
-            elif isinstance(action, Emit):
-                yield action.chunk
+            else:
+                return action.chunk
 
-    def _complete(self, endpoint_id: str, flow: Flow[T], on_update: OnUpdate | None = None) -> T:
-        steps = self._drive(endpoint_id, flow, on_update)
+    def _run(self, flow: Flow[T], on_update: OnUpdate | None = None) -> T:
+        step = self._advance(flow, on_update)
+        if not isinstance(step, Finished):  # pragma: no cover - only stream flows emit
+            raise RuntimeError("a flow that is not a stream emitted a chunk")
+        return step.value
+
+
+class JobStream(Iterator[StreamChunk]):
+    """The chunks of one job, each once, in order (``Endpoint.stream``). Iteration ends when the job
+    reaches any terminal state; ``job`` is then that terminal ``Job`` (None until the end, and after a
+    WaitTimeoutError or any other error: the error says what happened).
+
+    The terminal Job is the last ``/stream`` answer's view of the job — status, and output/error when the
+    answer has them; when a FAILED job's answer carries no error, one ``/status`` call fetches it.
+    """
+
+    __slots__ = ("_client", "_done", "_flow", "job", "job_id")
+
+    def __init__(self, client: Client, job_id: str, flow: Flow[Job]) -> None:
+        self._client = client
+        self._flow = flow
+        self._done = False
+        self.job_id = job_id
+        self.job: Job | None = None
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> StreamChunk:
+        if self._done:
+            raise StopIteration
         try:
-            while True:
-                next(steps)
-        except StopIteration as stop:
-            result: T = stop.value
-            return result
+            step = self._client._advance(self._flow)
+        except BaseException:
+            self._done = True
+            raise
+        if isinstance(step, Finished):
+            self._done = True
+            self.job = step.value
+            raise StopIteration
+        return step
+
+    def close(self) -> None:
+        """Stop early: no further request is sent."""
+        self._done = True
+        self._flow.close()
+
+    def __repr__(self) -> str:
+        ended = f", ended {self.job.status.value}" if self.job is not None else ""
+        return f"JobStream({self.job_id!r}{ended})"
 
 
 class Endpoint:
@@ -205,9 +201,6 @@ class Endpoint:
         """The client this endpoint sends through."""
         return self._client
 
-    def _job(self, call: Call) -> Job:
-        return _wire.parse_job(self._client._execute(self.id, call))
-
     def run(
         self,
         input: Any,
@@ -217,7 +210,8 @@ class Endpoint:
         s3_config: S3Config | None = None,
     ) -> Job:
         """Queue a job; returns at once with its id (IN_QUEUE). Never re-sent after an ambiguous failure."""
-        return self._job(_wire.run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config))
+        call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def run_sync(
         self,
@@ -232,44 +226,49 @@ class Endpoint:
         """Run and wait up to ``timeout`` seconds (default 90, at least 1) for the terminal Job, polling
         past RunPod's 300 s runsync window if needed; WaitTimeoutError (with the job) when it runs out. A
         FAILED job is returned, not raised: call ``raise_for_status()``."""
-        flow = _wire.run_sync_flow(
+        client = self._client
+        flow = run_sync_flow(
+            client._rules,
             self.id,
             input,
             timeout=timeout,
             webhook=webhook,
             policy=policy,
             s3_config=s3_config,
-            long_poll=self._client._long_poll,
+            long_poll=client._long_poll,
         )
-        return self._client._complete(self.id, flow, on_update)
+        return client._run(flow, on_update)
 
     def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
         """The job's current snapshot; ``keep_result_for`` (s) shortens how long RunPod keeps a finished
         job's result from now (RunPod's ``/status?ttl=``)."""
-        return self._job(_wire.status_call(self.id, job_id, keep_result_for=keep_result_for))
+        call = status_call(self.id, job_id, keep_result_for=keep_result_for)
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
-    def wait(self, job_id: str, *, timeout: float | None = None, on_update: OnUpdate | None = None) -> Job:
+    def wait(self, job_id: str, *, timeout: Duration | None = None, on_update: OnUpdate | None = None) -> Job:
         """Block until the job is terminal and return it; ``timeout`` (s, wall clock) raises
         WaitTimeoutError on time. ``on_update`` sees every new snapshot."""
-        flow = _wire.wait_flow(self.id, job_id, timeout, self._client._long_poll)
-        return self._client._complete(self.id, flow, on_update)
+        client = self._client
+        return client._run(wait_flow(client._rules, self.id, job_id, timeout, client._long_poll), on_update)
 
-    def stream(self, job_id: str, *, timeout: float | None = None) -> Iterator[StreamChunk]:
-        """Yield each streamed chunk once, in order; ends on every terminal state (check ``status`` for
-        how the job ended). ``timeout`` (s) bounds the whole stream."""
-        return self._client._drive(self.id, _wire.stream_flow(self.id, job_id, timeout), None)
+    def stream(self, job_id: str, *, timeout: Duration | None = None) -> JobStream:
+        """Iterate over the job's streamed chunks, each once, in order; ``timeout`` (s) bounds the whole
+        stream. When iteration ends, the returned stream's ``.job`` is the terminal Job, so how the job
+        ended (COMPLETED, FAILED, CANCELLED, TIMED_OUT) needs no second call."""
+        return JobStream(self._client, job_id, stream_flow(self._client._rules, self.id, job_id, timeout))
 
     def cancel(self, job_id: str) -> Job:
         """Cancel a queued or running job; idempotent (an already cancelled job is returned as is)."""
-        return self._client._complete(self.id, _wire.cancel_flow(self.id, job_id))
+        return self._client._run(cancel_flow(self._client._rules, self.id, job_id))
 
     def retry(self, job_id: str) -> Job:
         """Requeue a FAILED or TIMED_OUT job under the same id (BadRequestError otherwise)."""
-        return self._job(_wire.retry_call(self.id, job_id))
+        call = retry_call(self.id, job_id)
+        return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def purge_queue(self) -> int:
         """Remove every IN_QUEUE job (running ones continue); returns how many were removed."""
-        return _wire.parse_purge(self._client._execute(self.id, _wire.purge_call(self.id)))
+        return parse_purge(self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     def health(self) -> Health:
-        return _wire.parse_health(self._client._execute(self.id, _wire.health_call(self.id)))
+        return parse_health(self._client._run(attempts(health_call(self.id), self._client._rules)))

@@ -15,6 +15,8 @@ from client_support import API_KEY, Api, echo
 from runpod_queue import (
     APIConnectionError,
     APIResponseError,
+    APIStatusError,
+    APITimeoutError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
@@ -23,6 +25,7 @@ from runpod_queue import (
     RateLimitError,
     Retries,
     ServerError,
+    WaitTimeoutError,
 )
 from runpod_queue.emulator import Emulator, Faults, Timings
 
@@ -53,10 +56,9 @@ def test_not_found_after_the_retention_window(connect: Callable[..., Api], short
         ep.wait(job.id, timeout=5)  # the job is gone: raise, do not poll until the timeout
 
 
-def test_wait_on_unknown_job_raises_not_found_and_keeps_long_polling(api: Api) -> None:
+def test_wait_on_unknown_job_raises_not_found(api: Api) -> None:
     with pytest.raises(NotFoundError):
         api.endpoint("echo").wait("no-such-job", timeout=5)
-    assert api.client._long_poll.get("echo", True) is True  # a missing job is not a missing route
 
 
 def test_bad_key_is_an_authentication_error(connect: Callable[..., Api], emu: Emulator) -> None:
@@ -154,12 +156,17 @@ JOB = {"id": "j1", "status": "IN_QUEUE"}
         ("status", {"id": "j1", "status": "EXPLODED"}, "unknown 'status'"),
         ("status", [1, 2], "expected a JSON object"),
         ("status", {"id": "j1", "status": "COMPLETED", "delayTime": "soon"}, "'delayTime'"),
+        ("status", b'{"id": "j1", "status": "COMPLETED", "delayTime": Infinity}', "'delayTime'"),
+        ("status", b'{"id": "j1", "status": "COMPLETED", "executionTime": NaN}', "'executionTime'"),
+        ("status", b'{"id": "j1", "status": "COMPLETED", "retries": 1e999}', "'retries'"),
+        ("status", b"[" * 100_000 + b"]" * 100_000, "not JSON"),
         ("run", {"error": None}, "missing 'id'"),
         ("health", {"jobs": {}}, "missing 'workers'"),
         ("health", {"jobs": {"inQueue": "3"}, "workers": {}}, "'inQueue'"),
         ("purge_queue", {"status": "completed"}, "'removed'"),
         ("stream", {"status": "IN_PROGRESS", "stream": [{"nope": 1}]}, "without 'output'"),
         ("stream", {"stream": []}, "missing 'status'"),
+        ("stream", {"status": "DONE", "stream": []}, "unknown 'status'"),
     ],
 )
 def test_garbage_answers_are_api_response_errors(
@@ -196,20 +203,32 @@ def test_payload_too_large_is_raised_before_sending(mock: Callable[..., tuple[Ap
     assert len(script.requests) == 1
 
 
-def test_status_codes_map_to_the_error_tree(mock: Callable[..., tuple[Api, Script]]) -> None:
-    cases: list[tuple[int, type[Exception]]] = [
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
         (400, BadRequestError),
+        (401, AuthenticationError),
         (403, PermissionDeniedError),
         (404, NotFoundError),
         (413, PayloadTooLargeError),
-        (418, Exception),
-    ]
-    for code, cls in cases:
-        api, _ = mock((code, {"error": f"server says {code}"}))
-        with pytest.raises(cls) as info:
-            api.endpoint("ep").retry("j1")
-        assert f"server says {code}" in str(info.value)
-        assert getattr(info.value, "status_code", None) == code
+        (418, APIStatusError),  # no subclass of its own: the base class itself
+        (429, RateLimitError),
+        (500, ServerError),
+        (502, ServerError),
+    ],
+)
+def test_status_codes_map_to_the_error_tree(
+    mock: Callable[..., tuple[Api, Script]], code: int, cls: type[APIStatusError]
+) -> None:
+    api, script = mock((code, {"error": f"server says {code}"}))
+    with pytest.raises(APIStatusError) as info:
+        api.endpoint("ep").retry("j1")
+    assert type(info.value) is cls
+    assert info.value.status_code == code and info.value.response is not None
+    assert info.value.response.status_code == code
+    assert f"server says {code}" in info.value.message and f"server says {code}" in str(info.value)
+    # retry creates a job again: of these, only a 429 is re-sent (every attempt, here)
+    assert len(script.requests) == (Retries().attempts if code == 429 else 1)
 
 
 def test_server_error_with_empty_body(mock: Callable[..., tuple[Api, Script]]) -> None:
@@ -251,7 +270,9 @@ def test_run_is_not_resent_after_a_read_error(mock: Callable[..., tuple[Api, Scr
     api, script = mock(httpx.ReadError("connection reset"), (200, JOB))
     with pytest.raises(APIConnectionError) as info:
         api.endpoint("ep").run({})
+    assert type(info.value) is APIConnectionError
     assert info.value.sent is True and len(script.requests) == 1
+    assert isinstance(info.value.__cause__, httpx.ReadError)  # the transport's own error, for the traceback
 
 
 def test_run_is_resent_when_the_connection_was_never_made(mock: Callable[..., tuple[Api, Script]]) -> None:
@@ -264,6 +285,13 @@ def test_status_is_retried_after_a_timeout(mock: Callable[..., tuple[Api, Script
     api, script = mock(httpx.ReadTimeout("slow"), (200, {"id": "j1", "status": "COMPLETED"}))
     assert api.endpoint("ep").status("j1").is_completed
     assert len(script.requests) == 2
+
+
+def test_a_timeout_is_an_api_timeout_error(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, _ = mock(httpx.ReadTimeout("slow"), retries=Retries.off())
+    with pytest.raises(APITimeoutError) as info:
+        api.endpoint("ep").status("j1")
+    assert info.value.sent is True
 
 
 def test_cancel_retried_after_it_went_through_returns_the_cancelled_job(
@@ -292,15 +320,29 @@ def test_wait_falls_back_to_polling_when_status_sync_is_missing(
         "/v2/ep/status/j1",
         "/v2/ep/status/j1",
     ]
-    assert api.client._long_poll == {"ep": False}
+    assert ep_wait_paths(api, script) == ["/v2/ep/status/j1"]  # remembered: no status-sync tried again
+
+
+def test_a_missing_job_is_not_a_missing_route(mock: Callable[..., tuple[Api, Script]]) -> None:
+    api, script = mock((404, {"error": "no such job"}))
+    with pytest.raises(NotFoundError):
+        api.endpoint("ep").wait("j1", timeout=10)
+    assert [r.url.path for r in script.requests] == ["/v2/ep/status-sync/j1", "/v2/ep/status/j1"]
+    script.answers = [(200, {"id": "j1", "status": "COMPLETED"})]
+    assert ep_wait_paths(api, script) == ["/v2/ep/status-sync/j1"]  # long-polls are still used
+
+
+def ep_wait_paths(api: Api, script: Script) -> list[str]:
+    """The paths one more wait on job j1 (answered COMPLETED) sends."""
+    script.answers = [(200, {"id": "j1", "status": "COMPLETED"})]
+    before = len(script.requests)
+    assert api.endpoint("ep").wait("j1", timeout=10).is_completed
+    return [r.url.path for r in script.requests[before:]]
 
 
 def test_wait_timeout_is_kept_while_the_server_keeps_failing(mock: Callable[..., tuple[Api, Script]]) -> None:
-    from runpod_queue import WaitTimeoutError
-
-    api, _ = mock((503, b""), retries=Retries(attempts=1_000_000, backoff=0.05, max_backoff=0.05))
-    started = time.monotonic()
+    api, script = mock((503, b""), retries=Retries(attempts=1_000_000, backoff=0.02, max_backoff=0.02))
     with pytest.raises(WaitTimeoutError) as info:
-        api.endpoint("ep").wait("j1", timeout=0.3)
-    assert time.monotonic() - started < 2.0
-    assert isinstance(info.value.__cause__, ServerError)
+        api.endpoint("ep").wait("j1", timeout=0.2)
+    assert isinstance(info.value.__cause__, ServerError)  # why time ran out, not just that it did
+    assert len(script.requests) > 1

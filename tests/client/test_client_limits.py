@@ -1,5 +1,5 @@
-"""The client-side rate limiter: pure bookkeeping, in-flight caps under concurrency, and a 3000-job burst
-against the emulator's real limits with zero 429s."""
+"""The client-side rate limiter: pure bookkeeping, in-flight caps under concurrency against the emulator,
+and bursts over several rate windows with zero 429s against a server that counts as RunPod does."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from client_support import API_KEY, Api, echo, slow
+from client_support import API_KEY, Api, LoopbackServer, slow
 
-from runpod_queue import AsyncClient, OperationLimit, RateLimits, Retries
+from runpod_queue import OperationLimit, RateLimitError, RateLimits, Retries
 from runpod_queue._limits import AsyncLimiter, SyncLimiter, Window
-from runpod_queue.emulator import Emulator, EndpointSpec
+from runpod_queue.emulator import Emulator
 
 
 def test_window_counts_a_request_until_a_window_after_its_answer() -> None:
@@ -99,8 +99,6 @@ def capped() -> Iterator[Emulator]:
 def _wait_from_12_threads(api: Api) -> set[str]:
     """12 threads wait on one 0.4 s job: each status-sync long-poll is held until it ends, so without a
     client-side cap 12 are in flight at once against a server cap of 3."""
-    from runpod_queue import RateLimitError
-
     ep = api.endpoint("slow")
     job = ep.run({"s": 0.4})
     barrier = threading.Barrier(12)
@@ -127,15 +125,64 @@ def test_without_the_limiter_the_same_load_gets_429(connect: Callable[..., Api],
     assert "429" in _wait_from_12_threads(api)
 
 
-def test_burst_of_3000_runs_gets_no_429_against_real_limits() -> None:
-    """3000 /run calls through one AsyncClient, retries off so any 429 would raise. The run limit is
-    1000 per 10 s, so this takes about 20 s: the limiter waits instead of failing."""
+class WindowServer:
+    """A loopback server that enforces a rate window the way RunPod does — counting each request when it
+    arrives, over a sliding window, plus an in-flight cap — and answers 429 past either. The window is
+    short (RunPod's is 10 s), so a burst spanning several windows takes a fraction of a second."""
 
-    async def main(base_url: str) -> set[str]:
-        async with AsyncClient(API_KEY, base_url=base_url, retries=Retries.off()) as client:
-            ep = client.endpoint("burst")
-            jobs = await asyncio.gather(*(ep.run({"i": i}) for i in range(3000)))
-            return {job.id for job in jobs}
+    def __init__(self, limit: OperationLimit, window: float) -> None:
+        self.limit, self.window = limit, window
+        self.lock = threading.Lock()
+        self.stamps: list[float] = []
+        self.in_flight = self.rejected = 0
+        self.server = LoopbackServer(self.answer)
 
-    with Emulator({"burst": EndpointSpec(handler=echo, workers=0)}, api_key=API_KEY, rate_limits=True) as emu:
-        assert len(asyncio.run(main(emu.base_url))) == 3000
+    def answer(self, method: str, path: str) -> tuple[int, object]:
+        with self.lock:
+            now = time.monotonic()
+            self.stamps = [t for t in self.stamps if t > now - self.window]
+            if len(self.stamps) >= self.limit.per_window or self.in_flight >= (self.limit.in_flight or 0):
+                self.rejected += 1
+                return 429, {"error": "too many requests"}
+            self.stamps.append(now)
+            self.in_flight += 1
+        time.sleep(0.002)  # long enough for requests to overlap
+        with self.lock:
+            self.in_flight -= 1
+        return 200, {"id": f"job-{time.monotonic_ns()}", "status": "IN_QUEUE"}
+
+
+@pytest.fixture
+def window_server() -> Iterator[WindowServer]:
+    s = WindowServer(OperationLimit(per_window=10, in_flight=3), window=0.1)
+    yield s
+    s.server.close()
+
+
+def _burst(api: Api, runs: int) -> int:
+    """``runs`` /run calls from 12 threads at once; how many got an answer."""
+    ep = api.endpoint("burst")
+    with ThreadPoolExecutor(12) as pool:
+        return len(set(pool.map(lambda i: ep.run({"i": i}).id, range(runs))))
+
+
+def test_a_burst_over_several_windows_gets_no_429(
+    connect: Callable[..., Api], window_server: WindowServer
+) -> None:
+    """Retries off, so a single 429 would raise: the limiter waits instead, window after window."""
+    limits = RateLimits(limits={"run": window_server.limit}, window=window_server.window, margin=0.0)
+    api = connect(
+        api_key=API_KEY, base_url=window_server.server.base_url, retries=Retries.off(), rate_limits=limits
+    )
+    assert _burst(api, 35) == 35
+    assert window_server.rejected == 0 and len(window_server.server.requests) == 35
+
+
+def test_without_the_limiter_the_same_burst_gets_429(
+    connect: Callable[..., Api], window_server: WindowServer
+) -> None:
+    api = connect(
+        api_key=API_KEY, base_url=window_server.server.base_url, retries=Retries.off(), rate_limits=False
+    )
+    with pytest.raises(RateLimitError):
+        _burst(api, 35)

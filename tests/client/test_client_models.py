@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from runpod_queue import Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
-from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status, was_not_sent
+from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status
+from runpod_queue._transport import was_not_sent
 
 RUNPOD_ERROR = json.dumps(
     {

@@ -48,7 +48,13 @@ def test_debug_logs_each_request_without_the_key(
     assert any("/status/" in r.getMessage() and "attempt 2" in r.getMessage() for r in ours)
     assert all(r.levelno == logging.DEBUG for r in ours)
     texts = [r.getMessage() for r in caplog.records] + [str(info.value), repr(info.value), str(dropped.value)]
-    texts += [repr(api.client), repr(ep.ep), repr(job)]
+    texts += [
+        repr(api.client),
+        repr(ep.ep),
+        repr(job),
+        repr(ep.ep.stream(job.id)),
+        repr(api.client._settings),
+    ]
     assert not [t for t in texts if API_KEY in t]
 
 
@@ -65,10 +71,3 @@ def test_the_key_is_not_in_auth_errors(connect: Callable[..., Api], emu: Emulato
         repr(api.client),
     ]
     assert not [t for t in rendered if secret in t]
-
-
-def test_async_default_path_is_aiohttp_not_httpx_pool() -> None:
-    from runpod_queue import AsyncClient
-
-    client = AsyncClient(API_KEY, base_url="http://127.0.0.1:9/v2")
-    assert client._direct is not None and client._http is None

@@ -1,0 +1,136 @@
+"""The transport seam: every transport — httpx (sync), aiohttp (the async default) and an httpx async
+transport given as ``transport=`` — reports answers and failures the same way, over real loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from client_support import API_KEY, Api, AsyncApi, LoopbackServer, Portal, SyncApi, closed_port_url
+
+from runpod_queue import (
+    APIConnectionError,
+    APITimeoutError,
+    AsyncClient,
+    RateLimitError,
+    Retries,
+    ServerError,
+)
+
+
+@pytest.fixture(params=["httpx-sync", "aiohttp", "httpx-async"])
+def make(request: pytest.FixtureRequest, portal: Portal) -> Iterator[Callable[..., Api]]:
+    made: list[Api] = []
+
+    def make_api(**kwargs: Any) -> Api:
+        kwargs.setdefault("api_key", API_KEY)
+        kwargs.setdefault("retries", Retries(wait=False))
+        api: Api
+        if request.param == "httpx-sync":
+            api = SyncApi(**kwargs)
+        elif request.param == "aiohttp":
+            api = AsyncApi(portal, **kwargs)
+        else:
+            api = AsyncApi(portal, transport=httpx.AsyncHTTPTransport(), **kwargs)
+        made.append(api)
+        return api
+
+    yield make_api
+    for api in made:
+        api.close()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[[tuple[int, Any] | str], LoopbackServer]]:
+    servers: list[LoopbackServer] = []
+
+    def start(reply: tuple[int, Any] | str) -> LoopbackServer:
+        servers.append(LoopbackServer(lambda method, path: reply))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_a_refused_connection_was_not_sent(make: Callable[..., Api]) -> None:
+    api = make(base_url=closed_port_url(), retries=Retries.off())
+    with pytest.raises(APIConnectionError) as info:
+        api.endpoint("ep").run({})
+    assert type(info.value) is APIConnectionError and info.value.sent is False
+    assert "could not connect" in str(info.value) and info.value.__cause__ is not None
+
+
+def test_a_hang_up_after_sending_may_have_been_acted_on(
+    make: Callable[..., Api], serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    server = serve("drop")
+    api = make(base_url=server.base_url)
+    with pytest.raises(APIConnectionError) as info:
+        api.endpoint("ep").run({})
+    assert type(info.value) is APIConnectionError and info.value.sent is True
+    assert "not re-sent" in str(info.value) and len(server.requests) == 1  # a job may exist: sent once
+    with pytest.raises(APIConnectionError):
+        api.endpoint("ep").status("j1")
+    assert len(server.requests) == 1 + Retries().attempts  # status is safe to send again
+
+
+def test_no_answer_in_time_is_a_timeout(
+    make: Callable[..., Api], serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    server = serve("hang")
+    api = make(base_url=server.base_url, timeout=0.05, retries=Retries.off())
+    with pytest.raises(APITimeoutError) as info:
+        api.endpoint("ep").status("j1")
+    assert info.value.sent is True
+
+
+def test_error_answers_read_the_same(
+    make: Callable[..., Api], serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    busy = make(base_url=serve((503, b"")).base_url, retries=Retries.off())
+    with pytest.raises(ServerError) as info:
+        busy.endpoint("ep").health()
+    assert info.value.status_code == 503 and info.value.response is not None
+    assert info.value.response.content == b"" and info.value.message == "Service Unavailable"
+    limited = make(base_url=serve((429, {"error": "slow down"})).base_url, retries=Retries.off())
+    with pytest.raises(RateLimitError) as rate:
+        limited.endpoint("ep").status("j1")
+    assert rate.value.message == "slow down" and rate.value.response is not None
+    assert rate.value.response.headers["content-type"] == "application/json"
+    assert str(rate.value.request.url).endswith("/v2/ep/status/j1")
+
+
+def test_a_closed_client_refuses_to_send(
+    make: Callable[..., Api], serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    server = serve((200, {"id": "j1", "status": "COMPLETED"}))
+    api = make(base_url=server.base_url)
+    assert api.endpoint("ep").status("j1").is_completed
+    api.close()
+    with pytest.raises(RuntimeError, match="closed"):  # misuse, not an API error: nothing is reopened
+        api.endpoint("ep").status("j1")
+    assert len(server.requests) == 1
+
+
+def test_the_default_async_client_does_not_ride_on_httpx(
+    monkeypatch: pytest.MonkeyPatch, serve: Callable[[tuple[int, Any] | str], LoopbackServer]
+) -> None:
+    """httpx's async pool slows down with every request in flight (perf-notes.md): the default must not
+    touch it."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("httpx's async machinery was used")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", refuse)
+    monkeypatch.setattr(httpx.AsyncHTTPTransport, "handle_async_request", refuse)
+    server = serve((200, {"id": "j1", "status": "COMPLETED"}))
+
+    async def main() -> bool:
+        async with AsyncClient(API_KEY, base_url=server.base_url) as client:
+            return (await client.endpoint("ep").status("j1")).is_completed
+
+    assert asyncio.run(main())
