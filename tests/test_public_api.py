@@ -36,6 +36,7 @@ PUBLIC = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "Policy",
+    "PollOptions",
     "RateLimitError",
     "RateLimits",
     "Retries",
@@ -44,6 +45,7 @@ PUBLIC = [
     "ServerError",
     "StreamChunk",
     "WaitTimeoutError",
+    "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
 ]

@@ -8,7 +8,7 @@ from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, Strea
 from runpod_queue._retry import Retries
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.aio import AsyncClient, AsyncEndpoint, AsyncJobStream
-from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary
+from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 from runpod_queue.client import Client, Endpoint, JobStream
 from runpod_queue.errors import (
     APIConnectionError,
@@ -58,6 +58,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "Policy",
+    "PollOptions",
     "RateLimitError",
     "RateLimits",
     "Retries",
@@ -66,6 +67,7 @@ __all__ = [
     "ServerError",
     "StreamChunk",
     "WaitTimeoutError",
+    "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
 ]
