@@ -129,7 +129,7 @@ def test_faults_on_every_route_lose_nothing(recorder: Recorder, tmp_path: Path) 
 
 def test_results_past_retention_are_reported_lost(recorder: Recorder, tmp_path: Path) -> None:
     # RunPod keeps a result 30 minutes; here 0.1 s (100 s of RunPod time at time_scale 0.001).
-    timings = Timings(retention_run_ms=100_000)
+    timings = Timings(retention_run=100)
     with (
         Emulator({"ep": recorder}, workers=4, time_scale=0.001, rate_limits=False, timings=timings) as emu,
         Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
@@ -245,7 +245,7 @@ def test_many_jobs_in_flight_share_one_status_budget(recorder: Recorder, tmp_pat
     limits = {"run": OperationLimit(1000, 200), "status": OperationLimit(100, 20)}
     spec = EndpointSpec(handler=recorder, workers=0)
     with (
-        Emulator({"ep": spec}, time_scale=0.001, rate_limits=limits) as emu,
+        Emulator({"ep": spec}, time_scale=0.001, rate_limits=RateLimits(limits=limits)) as emu,
         Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
     ):
         ticks: list[BatchSummary] = []

@@ -34,7 +34,7 @@ from runpod_queue.emulator import Emulator, Faults, Timings
 
 @pytest.fixture(scope="module")
 def short_retention() -> Iterator[Emulator]:
-    timings = Timings(retention_run_ms=1_000, retention_sync_ms=1_000)  # 10 ms at this time scale
+    timings = Timings(retention_run=1, retention_sync=1)  # 10 ms at this time scale
     with Emulator({"echo": echo}, api_key=API_KEY, time_scale=0.01, timings=timings) as emulator:
         yield emulator
 

@@ -92,7 +92,9 @@ CAPPED = {"status-sync": OperationLimit(1000, 3)}
 
 @pytest.fixture(scope="module")
 def capped() -> Iterator[Emulator]:
-    with Emulator({"slow": slow}, api_key=API_KEY, time_scale=0.01, rate_limits=CAPPED) as emulator:
+    with Emulator(
+        {"slow": slow}, api_key=API_KEY, time_scale=0.01, rate_limits=RateLimits(limits=CAPPED)
+    ) as emulator:
         yield emulator
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import gc
 import importlib.util
 import re
@@ -13,6 +14,12 @@ import typer
 from runpod_queue.cli._app import app
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class ClockChoice(enum.StrEnum):
+    real = "real"
+    virtual = "virtual"
+    auto = "auto"
 
 
 @app.command()
@@ -37,8 +44,21 @@ def serve(
     workers: Annotated[int, typer.Option(min=0, help="In-process workers per endpoint.")] = 1,
     time_scale: Annotated[
         float,
-        typer.Option(min=0.0001, max=1000, help="Multiply every RunPod duration (ttl, retention, ...)."),
+        typer.Option(
+            min=0.0001,
+            max=1000,
+            help="Multiply every RunPod duration (ttl, retention, ...); real clock only.",
+        ),
     ] = 1.0,
+    clock: Annotated[
+        ClockChoice,
+        typer.Option(
+            help="real: wall-clock time. virtual: time moves only through POST /_emulator/advance "
+            '{"seconds": N}. auto: virtual, and a held runsync/status-sync/stream request that only time '
+            "can end skips ahead to the next timer.",
+            case_sensitive=False,
+        ),
+    ] = ClockChoice.real,
     no_rate_limits: Annotated[
         bool, typer.Option("--no-rate-limits", help="Switch RunPod's rate limits off.")
     ] = False,
@@ -104,10 +124,18 @@ def serve(
         if aggregate and not spec.return_aggregate_stream:
             spec = replace(spec, return_aggregate_stream=True)
         endpoints[loaded.endpoint_id] = spec
+    if clock is not ClockChoice.real and time_scale != 1:
+        typer.echo(
+            f"error: --time-scale applies to --clock real only; a {clock.value} clock moves only when "
+            "advanced (POST /_emulator/advance): drop --time-scale",
+            err=True,
+        )
+        raise typer.Exit(2)
     emulator = Emulator(
         endpoints,
         api_key=api_key,
         workers=workers,
+        clock=clock.value,
         time_scale=time_scale,
         rate_limits=not no_rate_limits,
         host=host,
@@ -122,12 +150,17 @@ def serve(
         nonlocal processes
         auth = "API key required" if api_key else "any API key accepted"
         typer.echo(f"RunPod emulator at {emu.base_url}  ({auth})")
-        for endpoint_id in emu.endpoint_ids:
-            fed = " (external workers)" if emu.core.endpoints[endpoint_id].spec.handler is None else ""
+        for endpoint_id, spec in emu.endpoint_specs.items():
+            fed = " (external workers)" if spec.handler is None else ""
             typer.echo(f"  endpoint {endpoint_id:<20} {emu.base_url}/{endpoint_id}{fed}")
+        if emu.clock.kind != "real":
+            typer.echo(
+                f"  clock    {emu.clock.kind}: move it with POST {emu.root_url}/_emulator/advance "
+                '{"seconds": N}'
+            )
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
-            emu.app.external.on_stop_pod.append(processes.request_replace)
+            emu.external.on_stop_pod.append(processes.request_replace)
             for endpoint_id, file_name in worker_files.items():
                 for _ in range(replicas):
                     worker = processes.start(endpoint_id, file_name)

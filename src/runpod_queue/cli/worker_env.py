@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from runpod_queue.cli._app import app
+from runpod_queue.cli._duration import DURATION_METAVAR, duration
 
 
 @app.command("worker-env")
@@ -32,8 +33,14 @@ def worker_env(
         str | None, typer.Option(help="RUNPOD_POD_ID for the worker (default: a fresh random id).")
     ] = None,
     ping_interval: Annotated[
-        int, typer.Option(min=1000, help="Ping interval in ms (the worker sleeps whole seconds).")
-    ] = 1000,
+        float,
+        typer.Option(
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="How often the worker pings: 1s, 1500ms, 10s (a bare number is seconds); 1s to 60s "
+            "(the worker sleeps whole seconds).",
+        ),
+    ] = 1.0,
 ) -> None:
     """Print `export` lines for a worker written with `runpod.serverless.start` (eval them, then run it).
 
@@ -42,8 +49,13 @@ def worker_env(
         python my_worker.py
     """
     from runpod_queue.emulator.external import worker_environment
-    from runpod_queue.emulator.queue import new_worker_id
+    from runpod_queue.emulator.jobs import new_worker_id
 
+    if not 1.0 <= ping_interval <= 60.0:
+        raise typer.BadParameter(
+            f"{ping_interval:g} s is outside 1s..60s (a bare number is seconds: write 1500ms for 1.5 s)",
+            param_hint="--ping-interval",
+        )
     shown_host = f"[{host}]" if ":" in host else host
     needs_key = bool(os.environ.get(_KEY_VAR)) if api_key is None else api_key
     env = worker_environment(
@@ -51,7 +63,7 @@ def worker_env(
         endpoint_id,
         worker_id=worker_id or new_worker_id(),
         api_key=_KEY_PLACEHOLDER if needs_key else None,
-        ping_interval_ms=ping_interval,
+        ping_interval=ping_interval,
     )
     typer.echo(f"# official runpod worker -> emulated endpoint {endpoint_id} at {shown_host}:{port}")
     typer.echo("# RUNPOD_SKIP_* switch off the start-up fitness checks (one dials 8.8.8.8: fatal offline)")

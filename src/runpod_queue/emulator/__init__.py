@@ -5,14 +5,16 @@ See the README's "Emulator" section for the rules it applies where RunPod's docu
 
 from __future__ import annotations
 
-from runpod_queue.emulator._config import Clock, EndpointSpec, Faults, Handler, Timings
+from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator.app import EmulatorApp
+from runpod_queue.emulator.clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator.delivery import WebhookAttempt
 from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
 from runpod_queue.emulator.server import Emulator
 
 __all__ = [
     "Clock",
+    "ClockKind",
     "Emulator",
     "EmulatorApp",
     "EndpointSpec",
@@ -20,7 +22,9 @@ __all__ = [
     "Handler",
     "HandlerLoadError",
     "LoadedEndpoint",
+    "RealClock",
     "Timings",
+    "VirtualClock",
     "WebhookAttempt",
     "load_endpoint",
 ]

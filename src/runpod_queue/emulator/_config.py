@@ -1,98 +1,105 @@
-"""Emulator configuration: durations, fault injection, per-endpoint options, and the clock seam."""
+"""Emulator configuration: RunPod's durations (`Timings`), fault injection and per-endpoint options."""
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from runpod_queue import _contract as contract
+from runpod_queue._units import Duration, seconds
 
-__all__ = ["Clock", "EndpointSpec", "Faults", "Handler", "Timings"]
+__all__ = ["EndpointSpec", "Faults", "Handler", "Timings"]
 
 Handler = Callable[[dict[str, Any]], Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Timings:
-    """Every RunPod lifecycle duration the emulator applies, in unscaled milliseconds.
+    """Every RunPod lifecycle duration the emulator applies, in seconds (a number or a `timedelta`).
 
-    `Emulator(time_scale=…)` multiplies all of them, so a test of the 30-minute retention can take
-    milliseconds; override one field to change a single rule. Rate-limit windows are not here: they are
-    never scaled (see `rate_limits`).
+    On a real clock `Emulator(time_scale=…)` multiplies all of them, so a 30-minute retention can pass
+    in milliseconds; on a virtual clock they are virtual seconds. Override one field to change a single
+    rule. Rate-limit windows are not here (see `RateLimits`): they are never scaled.
     """
 
-    retention_run_ms: float = contract.RETENTION_RUN_MS
-    retention_sync_ms: float = contract.RETENTION_SYNC_MS
-    webhook_retry_gap_ms: float = contract.WEBHOOK_RETRY_GAP_MS
-    default_execution_timeout_ms: float = contract.DEFAULT_EXECUTION_TIMEOUT_MS
-    default_ttl_ms: float = contract.DEFAULT_TTL_MS
-    runsync_default_wait_ms: float = contract.RUNSYNC_DEFAULT_WAIT_MS
+    retention_run: float
+    retention_sync: float
+    webhook_retry_gap: float
+    default_execution_timeout: float
+    default_ttl: float
+    runsync_default_wait: float
     # [ours] How long an empty /stream or /status-sync poll is held when the caller gives no ?wait=.
-    stream_default_wait_ms: float = 10_000
-    status_sync_default_wait_ms: float = contract.RUNSYNC_DEFAULT_WAIT_MS
-    # Worker protocol (issue 5): how long an empty job-take / job-stop poll is held, and how long a
-    # worker may go without a ping before it is considered lost.
-    job_take_hold_ms: float = 20_000
-    worker_lost_after_ms: float = 30_000
+    stream_default_wait: float
+    status_sync_default_wait: float
+    # Worker protocol: how long an empty job-take / job-stop poll is held (never over 60 real seconds:
+    # the official worker gives up at 90), and how long a silent external worker counts as alive.
+    job_take_hold: float
+    worker_lost_after: float
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        retention_run: Duration = contract.RETENTION_RUN_MS / 1000,
+        retention_sync: Duration = contract.RETENTION_SYNC_MS / 1000,
+        webhook_retry_gap: Duration = contract.WEBHOOK_RETRY_GAP_MS / 1000,
+        default_execution_timeout: Duration = contract.DEFAULT_EXECUTION_TIMEOUT_MS / 1000,
+        default_ttl: Duration = contract.DEFAULT_TTL_MS / 1000,
+        runsync_default_wait: Duration = contract.RUNSYNC_DEFAULT_WAIT_MS / 1000,
+        stream_default_wait: Duration = 10.0,
+        status_sync_default_wait: Duration = contract.RUNSYNC_DEFAULT_WAIT_MS / 1000,
+        job_take_hold: Duration = 20.0,
+        worker_lost_after: Duration = 30.0,
+    ) -> None:
+        given = locals()
         for f in fields(self):
-            value = getattr(self, f.name)
-            if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"Timings.{f.name} must be a number of milliseconds >= 0, got {value!r}")
+            object.__setattr__(self, f.name, seconds(given[f.name], f"Timings.{f.name}"))
 
 
-class Clock:
-    """The emulator's only source of time: a monotonic clock plus the factor applied to RunPod durations."""
-
-    __slots__ = ("scale",)
-
-    def __init__(self, scale: float = 1.0) -> None:
-        if not isinstance(scale, int | float) or isinstance(scale, bool) or not (0 < scale <= 1000):
-            raise ValueError(f"time_scale must be a number in (0, 1000], got {scale!r}")
-        self.scale = float(scale)
-
-    @staticmethod
-    def now() -> float:
-        """Monotonic seconds; used for deadlines and for delayTime / executionTime."""
-        return time.monotonic()
-
-    def seconds(self, duration_ms: float) -> float:
-        """Real seconds the emulator waits for a RunPod duration of `duration_ms`."""
-        return duration_ms * self.scale / 1000.0
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Faults:
     """Fault injection on the public routes, for testing clients. Off by default.
 
     Each probability is checked independently per request (in this order: 429, 503, 500, drop). A
     dropped request is *processed* and then its connection closed before a full answer is sent: the
-    ambiguous case a client must not blindly retry for /run. `latency_ms` is added before processing
-    (uniform in [0, latency_ms]).
+    ambiguous case a client must not blindly retry for /run. `latency` (seconds, real time: it stands for
+    the network) is added before processing, uniform in [0, latency].
     """
 
-    error_429: float = 0.0
-    error_503: float = 0.0
-    error_500: float = 0.0
-    drop: float = 0.0
-    latency_ms: float = 0.0
-    seed: int | None = None
+    error_429: float
+    error_503: float
+    error_500: float
+    drop: float
+    latency: float
+    seed: int | None
 
-    def __post_init__(self) -> None:
-        for name in ("error_429", "error_503", "error_500", "drop"):
-            value = getattr(self, name)
+    def __init__(
+        self,
+        *,
+        error_429: float = 0.0,
+        error_503: float = 0.0,
+        error_500: float = 0.0,
+        drop: float = 0.0,
+        latency: Duration = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        for name, value in (
+            ("error_429", error_429),
+            ("error_503", error_503),
+            ("error_500", error_500),
+            ("drop", drop),
+        ):
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
                 raise ValueError(f"Faults.{name} is a probability in [0, 1], got {value!r}")
-        if not isinstance(self.latency_ms, int | float) or self.latency_ms < 0 or math.isnan(self.latency_ms):
-            raise ValueError(f"Faults.latency_ms must be >= 0, got {self.latency_ms!r}")
+            object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "latency", seconds(latency, "Faults.latency"))
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"Faults.seed must be an int or None, got {type(seed).__name__}")
+        object.__setattr__(self, "seed", seed)
 
     @property
     def active(self) -> bool:
-        return bool(self.error_429 or self.error_503 or self.error_500 or self.drop or self.latency_ms)
+        return bool(self.error_429 or self.error_503 or self.error_500 or self.drop or self.latency)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,16 +1,22 @@
-"""Server-side rate limits: a sliding 10 s window and an in-flight cap per (endpoint, operation).
+"""Server-side rate limits: a sliding window and an in-flight cap per (endpoint, operation).
 
-Windows are real time, never scaled by `time_scale`: a client's limiter is tested against them.
+Configured with the client's `RateLimits` type (its `limits`, `window` and `enabled`; the client-side
+`margin` does not apply to the server). Windows run on the emulator's clock but are never multiplied by
+`time_scale`: a client's limiter is tested against them. On a virtual clock they slide only as virtual
+time moves.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
+from runpod_queue._contract import OperationLimit
+from runpod_queue._limits import RateLimits
+
+if TYPE_CHECKING:
+    from runpod_queue.emulator.clock import Clock
 
 __all__ = ["OperationGate", "RateLimiter"]
 
@@ -26,9 +32,8 @@ class OperationGate:
         self._stamps: deque[float] = deque()
         self.in_flight = 0
 
-    def try_acquire(self, extra_allowance: int = 0) -> float | None:
+    def try_acquire(self, now: float, extra_allowance: int = 0) -> float | None:
         """Admit one request (returns None) or say how many seconds until one would be admitted."""
-        now = time.monotonic()
         stamps = self._stamps
         horizon = now - self.window
         while stamps and stamps[0] <= horizon:
@@ -48,19 +53,24 @@ class OperationGate:
 
 
 class RateLimiter:
-    """The gates of every endpoint; `enabled=False` admits everything (`--no-rate-limits`)."""
+    """The gates of every endpoint; a disabled `RateLimits` admits everything (`--no-rate-limits`)."""
 
-    def __init__(
-        self,
-        limits: Mapping[str, OperationLimit] | None = None,
-        *,
-        enabled: bool = True,
-        window: float = RATE_WINDOW_S,
-        per_worker_allowance: int = 50,
-    ) -> None:
-        self.enabled = enabled
-        self.limits = dict(LIMITS if limits is None else limits)
-        self.window = window
+    def __init__(self, config: RateLimits, clock: Clock, *, per_worker_allowance: int = 50) -> None:
+        if not isinstance(config, RateLimits):
+            raise TypeError(
+                f"rate_limits must be a RateLimits or a bool, got {type(config).__name__}; "
+                "e.g. RateLimits(limits={**RateLimits.runpod().limits, 'run': OperationLimit(5, None)})"
+            )
+        if isinstance(per_worker_allowance, bool) or not isinstance(per_worker_allowance, int):
+            raise TypeError(f"per_worker_allowance must be an int, got {type(per_worker_allowance).__name__}")
+        if per_worker_allowance < 0:
+            raise ValueError(
+                f"per_worker_allowance must be >= 0 requests per window, got {per_worker_allowance}"
+            )
+        self.enabled = config.enabled
+        self.limits = dict(config.limits)
+        self.window = config.window
+        self.clock = clock
         self.per_worker_allowance = per_worker_allowance
         self._gates: dict[tuple[str, str], OperationGate] = {}
 

@@ -1,7 +1,9 @@
-"""Webhook delivery with RunPod's retries: the first POST plus up to 2 more, ~10 s (scaled) apart.
+"""Webhook delivery with RunPod's retries: the first POST plus up to 2 more, 10 s apart on the clock.
 
 Only a 200 answer counts as delivered, as RunPod documents; any other status or a connection error is
-retried. A delivery that finally fails is logged and recorded, and never changes the job.
+retried. A delivery that finally fails is logged and recorded, and never changes the job. The gap between
+attempts is a clock timer (virtual on a virtual clock); each POST itself is real I/O, reported to the
+clock so that `advance()` waits for it before moving on.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
 
 from runpod_queue._contract import WEBHOOK_ATTEMPTS
-from runpod_queue.emulator.queue import Core, JobRecord
+
+if TYPE_CHECKING:
+    from runpod_queue.emulator.clock import Clock, TimerHandle
 
 __all__ = ["WebhookAttempt", "WebhookDelivery"]
 
@@ -22,13 +27,16 @@ log = logging.getLogger("runpod_queue.emulator")
 
 @dataclass(frozen=True, slots=True)
 class WebhookAttempt:
-    """One POST to a webhook, as recorded in `Emulator.webhook_attempts`."""
+    """One POST to a webhook, as recorded in `Emulator.webhook_attempts`.
+
+    `at` is when it was sent, in seconds on the emulator's clock (`Emulator.now`)."""
 
     job_id: str
     url: str
     attempt: int
     status_code: int | None
     error: str | None
+    at: float
 
     @property
     def delivered(self) -> bool:
@@ -36,26 +44,50 @@ class WebhookAttempt:
 
 
 class WebhookDelivery:
-    def __init__(self, core: Core, *, timeout_s: float = 10.0, attempts: int = WEBHOOK_ATTEMPTS) -> None:
-        self.core = core
+    """Sends webhooks for the core (`send`); `retry_gap` is in clock seconds (already scaled)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        retry_gap: float,
+        timeout_s: float = 10.0,
+        attempts: int = WEBHOOK_ATTEMPTS,
+    ) -> None:
+        self.clock = clock
+        self.retry_gap = retry_gap
         self.timeout_s = timeout_s
         self.attempts_allowed = attempts
         self.attempts: list[WebhookAttempt] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._client: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        core.on_webhook = self.schedule
+        self._retries: set[TimerHandle] = set()
 
-    def schedule(self, job: JobRecord, payload: bytes) -> None:
-        assert self.core.loop is not None and job.webhook is not None
-        task = self.core.loop.create_task(self._deliver(job.id, job.webhook, payload))
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def send(self, job_id: str, url: str, payload: bytes) -> None:
+        """Deliver `payload` to `url` (the first attempt starts now, on the loop)."""
+        self._attempt(job_id, url, payload, 1)
+
+    def _attempt(self, job_id: str, url: str, payload: bytes, attempt: int) -> None:
+        assert self._loop is not None
+        # Reported before the task runs, so an advance() that fired this retry waits for its answer.
+        self.clock.io_started()
+        task = self._loop.create_task(self._post(job_id, url, payload, attempt))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, job_id: str, url: str, payload: bytes) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
-        gap = self.core.clock.seconds(self.core.timings.webhook_retry_gap_ms)
-        for attempt in range(1, self.attempts_allowed + 1):
+    def _retry(self, holder: list[TimerHandle], job_id: str, url: str, payload: bytes, attempt: int) -> None:
+        self._retries.discard(holder[0])
+        self._attempt(job_id, url, payload, attempt)
+
+    async def _post(self, job_id: str, url: str, payload: bytes, attempt: int) -> None:
+        try:
+            if self._client is None:
+                self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+            at = self.clock.now()
             status_code: int | None = None
             error: str | None = None
             try:
@@ -65,7 +97,7 @@ class WebhookDelivery:
                 status_code = response.status_code
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"
-            self.attempts.append(WebhookAttempt(job_id, url, attempt, status_code, error))
+            self.attempts.append(WebhookAttempt(job_id, url, attempt, status_code, error, at))
             if status_code == 200:
                 return
             log.warning(
@@ -76,9 +108,19 @@ class WebhookDelivery:
                 error or f"HTTP {status_code}",
             )
             if attempt < self.attempts_allowed:
-                await asyncio.sleep(gap)
+                holder: list[TimerHandle] = []
+                handle = self.clock.call_later(
+                    self.retry_gap, self._retry, holder, job_id, url, payload, attempt + 1
+                )
+                holder.append(handle)
+                self._retries.add(handle)
+        finally:
+            self.clock.io_ended()
 
     async def aclose(self) -> None:
+        for handle in list(self._retries):
+            handle.cancel()
+        self._retries.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -7,9 +7,14 @@ cancellations and pings every `RUNPOD_PING_INTERVAL`. Each route here turns thos
 ttl, retention and webhooks apply unchanged.
 
 A worker is known by the id in its URLs (`RUNPOD_POD_ID`) and exists from its first request. It is
-lost when it has been silent (no request of any kind) for `Core.worker_lost_after_s()`: the scaled
-`Timings.worker_lost_after_ms`, never under 2.5 s (the official worker cannot ping more often than once
-a second). Its jobs are then requeued once, and failed the second time (`Core.requeue_lost`).
+lost when it has been silent (no request of any kind, no poll held open) for `Core.worker_lost_after()`
+(`Timings.worker_lost_after` on the emulator's clock; on a real clock scaled, never under 2.5 s: the
+official worker cannot ping more often than once a second). Its jobs are then requeued once, and failed
+the second time (`Core.requeue_lost`). Sweeps are clock timers set for the moment the next worker could
+fall silent, so a virtual clock finds a lost worker exactly when `advance()` passes that moment.
+
+Holds run on the emulator's clock too, with a real-time cap of 60 s on top: the official worker gives up
+on a poll after 90 s, whatever the clock says.
 """
 
 from __future__ import annotations
@@ -23,17 +28,21 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
-from runpod_queue.emulator.queue import Core, EndpointState, JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
+from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.app import EmulatorApp, Request
+    from runpod_queue.emulator.clock import TimerHandle
+    from runpod_queue.emulator.core import Core
 
 __all__ = ["ExternalWorkers", "worker_environment"]
 
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_BATCH: Final = 64
+# Real seconds: the official worker abandons a job-take or job-stop poll after 90 s.
 _MAX_HOLD_S: Final = 60.0
+_FIRST: Final = asyncio.FIRST_COMPLETED
 _DONE_LIMIT: Final = 25_000_000
 
 
@@ -43,15 +52,16 @@ def worker_environment(
     *,
     worker_id: str,
     api_key: str | None = None,
-    ping_interval_ms: int = 1000,
+    ping_interval: float = 1.0,
 ) -> dict[str, str]:
     """The environment an unmodified official worker needs to serve `endpoint_id` on this emulator.
 
     `root_url` is the server's address without `/v2`. The URL templates keep RunPod's `$ID` and
     `$RUNPOD_POD_ID` placeholders (the worker fills them in) and already carry a `?` query, since the
     worker appends `&job_in_progress=…` / `&isStream=…`. The start-up fitness checks are switched off:
-    one of them dials 8.8.8.8 and kills the worker when offline. The ping interval is in ms but the
-    worker sleeps whole seconds, so anything under 1000 would make it ping in a busy loop.
+    one of them dials 8.8.8.8 and kills the worker when offline. `ping_interval` is seconds (the variable
+    the worker reads is ms); it sleeps whole seconds, so anything under 1 s would make it ping in a busy
+    loop and is raised to 1 s.
     """
     base = f"{root_url.rstrip('/')}/v2/{endpoint_id}"
     return {
@@ -59,7 +69,7 @@ def worker_environment(
         "RUNPOD_WEBHOOK_POST_OUTPUT": f"{base}/job-done/$RUNPOD_POD_ID/$ID?gpu=emulator",
         "RUNPOD_WEBHOOK_POST_STREAM": f"{base}/job-stream/$RUNPOD_POD_ID/$ID?gpu=emulator",
         "RUNPOD_WEBHOOK_PING": f"{base}/ping/$RUNPOD_POD_ID",
-        "RUNPOD_PING_INTERVAL": str(max(1000, int(ping_interval_ms))),
+        "RUNPOD_PING_INTERVAL": str(max(1000, round(ping_interval * 1000))),
         "RUNPOD_POD_ID": worker_id,
         "RUNPOD_ENDPOINT_ID": endpoint_id,
         # Pings start only when a key is set; the emulator ignores its value when it accepts any key.
@@ -103,39 +113,35 @@ class _Worker:
 
 
 class ExternalWorkers:
-    """Serves the worker protocol on an `EmulatorApp` and watches its external workers' liveness."""
+    """Serves the worker protocol (`routes`) over a `Core` and watches its external workers' liveness."""
 
-    def __init__(self, app: EmulatorApp) -> None:
-        self.core: Core = app.core
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.clock = core.clock
         self.workers: dict[tuple[str, str], _Worker] = {}
-        self._sweeper: asyncio.TimerHandle | None = None
-        # Called (on the server loop) with (endpoint id, worker id) when a worker asks for stopPod.
+        self._sweeper: TimerHandle | None = None
+        self._sweep_at: float | None = None
+        # Called (on the server loop) with (endpoint id, worker id) when a worker asks for stopPod: a
+        # process manager (`rpq serve --runpod-worker`) listens to replace the process.
         self.on_stop_pod: list[Callable[[str, str], None]] = []
-        app.worker_routes.update(
-            {
-                "job-take": self.job_take,
-                "job-take-batch": self.job_take_batch,
-                "job-done": self.job_done,
-                "job-stream": self.job_stream,
-                "job-stop": self.job_stop,
-                "ping": self.ping,
-            }
-        )
-        self.core.on_terminal_hooks.append(self._on_terminal)
+        #: operation → route, served under /v2/<endpoint>/<operation>/… (never rate-limited or faulted).
+        self.routes: dict[str, Route] = {
+            "job-take": self.job_take,
+            "job-take-batch": self.job_take_batch,
+            "job-done": self.job_done,
+            "job-stream": self.job_stream,
+            "job-stop": self.job_stop,
+            "ping": self.ping,
+        }
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
-    def lost_after_s(self) -> float:
-        return self.core.worker_lost_after_s()
+    def _hold(self) -> float:
+        """Clock seconds an empty job-take / job-stop poll is held (the real 60 s cap applies on top)."""
+        return self.core.span(self.core.timings.job_take_hold)
 
-    def _hold_s(self) -> float:
-        # Capped: the official worker abandons a job-take or job-stop poll after 90 s.
-        return min(self.core.clock.seconds(self.core.timings.job_take_hold_ms), _MAX_HOLD_S)
-
-    def _touch(self, request: Request, *, index: int = 0) -> _Worker:
+    def _touch(self, request: EndpointRequest, *, index: int = 0) -> _Worker:
         """The worker named in the path (registered on first sight), marked as alive now."""
-        from runpod_queue.emulator.app import HTTPError
-
         if len(request.rest) <= index or not request.rest[index]:
             raise HTTPError(404, "worker routes need the worker id in the path: …/<operation>/<worker_id>")
         ep = request.endpoint
@@ -144,92 +150,107 @@ class ExternalWorkers:
         worker = self.workers.get(key)
         if worker is None:
             worker = self.workers[key] = _Worker(self._new_slot(ep, worker_id))
-            self._ensure_sweeper()
         elif worker.slot.retired and not self.on_stop_pod:
             # It asked for stopPod and nobody manages its process: the platform would start a fresh
             # worker; here the same process carries on, so it comes back as a new worker under its old
             # id. (When a process manager listens, it replaces the process; until then no jobs.)
             worker.slot = self._new_slot(ep, worker_id)
             worker.sync_slot()
-        worker.slot.last_seen = self.core.clock.now()
+        self._seen(worker)
         if worker.lost:
             worker.lost = False
             if worker.slot not in ep.workers and not worker.slot.retired:
                 ep.workers.append(worker.slot)
         return worker
 
+    def _seen(self, worker: _Worker) -> None:
+        now = self.clock.now()
+        worker.slot.last_seen = now
+        self._sweep_by(now + self.core.worker_lost_after())
+
     def _new_slot(self, ep: EndpointState, worker_id: str) -> WorkerSlot:
         slot = WorkerSlot(ep, external=True, worker_id=worker_id)
-        slot.last_seen = self.core.clock.now()
+        slot.last_seen = self.clock.now()
         ep.workers.append(slot)
         return slot
 
-    def _on_terminal(self, job: JobRecord) -> None:
-        """A job ended by the queue (cancel, executionTimeout) while a worker runs it: tell the worker."""
-        worker = self._holder(job)
-        if worker is not None:
-            del worker.held[job.id]
-            worker.sync_slot()
-            worker.signal_stop(job.id)
+    def _stopper(self, worker: _Worker, job: JobRecord) -> Callable[[], None]:
+        """`JobRecord.stop_run` for a job this worker took: the queue ended it (cancel, timeout, ttl)."""
 
-    def _holder(self, job: JobRecord) -> _Worker | None:
-        slot = job.worker
-        if slot is None or not slot.external:
-            return None
-        worker = self.workers.get((job.endpoint.id, slot.id))
-        if worker is None or job.id not in worker.held:
-            return None
-        return worker
+        def stop() -> None:
+            if worker.held.pop(job.id, None) is not None:
+                worker.sync_slot()
+                worker.signal_stop(job.id)
+
+        return stop
 
     # -- liveness -------------------------------------------------------------------------------
 
-    def _ensure_sweeper(self) -> None:
-        if self._sweeper is None and self.core.loop is not None:
-            self._sweeper = self.core.loop.call_later(self._sweep_every(), self._sweep)
-
-    def _sweep_every(self) -> float:
-        return max(0.05, min(1.0, self.lost_after_s() / 5))
+    def _sweep_by(self, due: float) -> None:
+        """Make sure a sweep runs no later than `due` (clock seconds)."""
+        if self._sweep_at is not None and self._sweep_at <= due:
+            return
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at = due
+        self._sweeper = self.clock.call_later(max(0.0, due - self.clock.now()), self._sweep)
 
     def _sweep(self) -> None:
-        """Requeue the jobs of workers gone silent; tell workers about jobs removed under them."""
-        self._sweeper = None
-        now = self.core.clock.now()
-        lost_after = self.lost_after_s()
+        """Requeue the jobs of workers gone silent; forget workers lost long ago; plan the next sweep."""
+        self._sweeper = self._sweep_at = None
+        now = self.clock.now()
+        lost_after = self.core.worker_lost_after()
+        next_due: float | None = None
         for worker in list(self.workers.values()):
             for job_id, (job, attempt) in list(worker.held.items()):
                 if not self.core.is_current(job, attempt):
-                    # ttl ran out mid-run (the job is gone) or the run was otherwise superseded.
+                    # The run was superseded without its stop reaching us: tell the worker anyway.
                     del worker.held[job_id]
                     worker.signal_stop(job_id)
             if worker.polls:
-                worker.slot.last_seen = now
+                worker.slot.last_seen = now  # waiting on us is a sign of life; its end is another
+                continue
             silent = now - worker.slot.last_seen
-            if silent > lost_after and not worker.lost:
-                worker.lost = True
-                held, worker.held = worker.held, {}
-                worker.sync_slot()
-                for job_id, (job, attempt) in held.items():
-                    # Should the worker come back, it must not keep running a job that moved on.
-                    worker.stops.append(job_id)
-                    worker.pending_stop.add(job_id)
-                    if self.core.is_current(job, attempt):
-                        log.warning("worker %s is lost; requeueing job %s", worker.slot.id, job_id)
-                        self.core.requeue_lost(job)
-            elif silent > 2 * lost_after and worker.lost:
+            if not worker.lost:
+                if silent >= lost_after:
+                    self._lose(worker)
+                    due = worker.slot.last_seen + 2 * lost_after
+                else:
+                    worker.sync_slot()
+                    due = worker.slot.last_seen + lost_after
+            elif silent >= 2 * lost_after:
                 # Shown as unhealthy for a while, then forgotten, as the platform drops dead workers.
                 ep = worker.slot.endpoint
                 if worker.slot in ep.workers:
                     ep.workers.remove(worker.slot)
                 del self.workers[(ep.id, worker.slot.id)]
+                continue
             else:
-                worker.sync_slot()
-        if self.workers:
-            self._ensure_sweeper()
+                due = worker.slot.last_seen + 2 * lost_after
+            next_due = due if next_due is None else min(next_due, due)
+        if next_due is not None:
+            self._sweep_by(next_due)
+
+    def _lose(self, worker: _Worker) -> None:
+        worker.lost = True
+        held, worker.held = worker.held, {}
+        worker.sync_slot()
+        for job_id, (job, attempt) in held.items():
+            # Should the worker come back, it must not keep running a job that moved on.
+            worker.stops.append(job_id)
+            worker.pending_stop.add(job_id)
+            if self.core.is_current(job, attempt):
+                log.warning("worker %s is lost; requeueing job %s", worker.slot.id, job_id)
+                self.core.requeue_lost(job)
+
+    def _poll_ended(self, worker: _Worker) -> None:
+        worker.polls -= 1
+        self._seen(worker)
 
     async def aclose(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-            self._sweeper = None
+            self._sweeper = self._sweep_at = None
         for worker in self.workers.values():
             for fut in worker.stop_waiters:
                 if not fut.done():
@@ -237,15 +258,13 @@ class ExternalWorkers:
 
     # -- job-take -------------------------------------------------------------------------------
 
-    async def job_take(self, request: Request) -> tuple[int, Any]:
+    async def job_take(self, request: EndpointRequest) -> tuple[int, Any]:
         jobs = await self._take(request, 1)
         if not jobs:
             return 204, None
         return 200, jobs[0]
 
-    async def job_take_batch(self, request: Request) -> tuple[int, Any]:
-        from runpod_queue.emulator.app import HTTPError
-
+    async def job_take_batch(self, request: EndpointRequest) -> tuple[int, Any]:
         raw = request.query.get("batch_size", "1")
         try:
             size = int(raw)
@@ -258,7 +277,7 @@ class ExternalWorkers:
             return 204, None
         return 200, jobs
 
-    async def _take(self, request: Request, size: int) -> list[Any]:
+    async def _take(self, request: EndpointRequest, size: int) -> list[Any]:
         """Up to `size` jobs for this worker, at once if any are queued, else after a long-poll."""
         worker = self._touch(request)
         core = self.core
@@ -275,32 +294,30 @@ class ExternalWorkers:
         try:
             return await self._take_held(request, worker, size)
         finally:
-            worker.polls -= 1
-            worker.slot.last_seen = core.clock.now()
+            self._poll_ended(worker)
 
-    async def _take_held(self, request: Request, worker: _Worker, size: int) -> list[Any]:
+    async def _take_held(self, request: EndpointRequest, worker: _Worker, size: int) -> list[Any]:
         ep = request.endpoint
         core = self.core
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._hold_s()
+        real_deadline = loop.time() + _MAX_HOLD_S
+        expired: asyncio.Future[None] = loop.create_future()
+        timer = self.clock.call_later(self._hold(), _resolve, expired)
         disconnect: asyncio.Future[Any] | None = None
-        if worker.slot.retired:
-            # Replaced, waiting for its process to be stopped: hold the poll (no busy loop), no job.
-            disconnect = asyncio.ensure_future(request.receive())
-            try:
-                await asyncio.wait({disconnect}, timeout=self._hold_s())
-            finally:
-                disconnect.cancel()
-            return []
         try:
+            if worker.slot.retired:
+                # Replaced, waiting for its process to be stopped: hold the poll (no busy loop), no job.
+                disconnect = asyncio.ensure_future(request.receive())
+                await asyncio.wait({disconnect, expired}, timeout=_MAX_HOLD_S, return_when=_FIRST)
+                return []
             while True:
                 jobs = self._claim(worker, size)
                 if jobs:
                     if ep.in_queue and ep.take_waiters:
                         core.dispatch(ep)  # more work left: pass the wake-up on
                     return jobs
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                remaining = real_deadline - loop.time()
+                if expired.done() or remaining <= 0:
                     return []
                 if disconnect is None:
                     # A worker killed while its poll is held must not be handed a job.
@@ -308,7 +325,7 @@ class ExternalWorkers:
                 fut: asyncio.Future[None] = loop.create_future()
                 ep.take_waiters.append(fut)
                 try:
-                    await _first(fut, disconnect, remaining)
+                    await asyncio.wait({fut, disconnect, expired}, timeout=remaining, return_when=_FIRST)
                 finally:
                     if not fut.done():
                         fut.cancel()
@@ -319,6 +336,9 @@ class ExternalWorkers:
                         core.dispatch(ep)  # we were woken for a job we cannot take
                     return []
         finally:
+            timer.cancel()
+            if not expired.done():
+                expired.cancel()
             if disconnect is not None and not disconnect.done():
                 disconnect.cancel()
 
@@ -330,6 +350,7 @@ class ExternalWorkers:
             if job is None:
                 break
             self.core.start(job, worker.slot)
+            job.stop_run = self._stopper(worker, job)
             worker.held[job.id] = (job, job.attempt)
             jobs.append(job.handler_job())
         if jobs:
@@ -338,17 +359,13 @@ class ExternalWorkers:
 
     # -- results --------------------------------------------------------------------------------
 
-    def _held_job(self, request: Request, worker: _Worker) -> tuple[JobRecord, int] | None:
-        from runpod_queue.emulator.app import HTTPError
-
+    def _held_job(self, request: EndpointRequest, worker: _Worker) -> tuple[JobRecord, int] | None:
         if len(request.rest) < 2:
             raise HTTPError(404, "use …/<operation>/<worker_id>/<job_id>")
         return worker.held.get(request.rest[1])
 
-    async def _payload(self, request: Request, limit: int, what: str) -> dict[str, Any]:
+    async def _payload(self, request: EndpointRequest, limit: int, what: str) -> dict[str, Any]:
         """The body the worker sent: JSON, though labelled application/x-www-form-urlencoded."""
-        from runpod_queue.emulator.app import HTTPError
-
         body = await request.body(limit, what)
         try:
             data = orjson.loads(body) if body else {}
@@ -358,7 +375,7 @@ class ExternalWorkers:
             raise HTTPError(400, f"{what} body must be a JSON object")
         return data
 
-    async def job_done(self, request: Request) -> tuple[int, Any]:
+    async def job_done(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
         data = await self._payload(request, _DONE_LIMIT, "job-done")
         entry = self._held_job(request, worker)
@@ -385,13 +402,13 @@ class ExternalWorkers:
         if data.get("stopPod"):
             slot = worker.slot
             core.release_worker(slot, replace=True)
-            for hook in self.on_stop_pod:
-                hook(slot.endpoint.id, slot.id)
+            for listener in self.on_stop_pod:
+                listener(slot.endpoint.id, slot.id)
         else:
             core.dispatch(job.endpoint)
         return 200, {}
 
-    async def job_stream(self, request: Request) -> tuple[int, Any]:
+    async def job_stream(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
         data = await self._payload(request, _DONE_LIMIT, "job-stream")
         entry = self._held_job(request, worker)
@@ -416,23 +433,26 @@ class ExternalWorkers:
 
     # -- job-stop and ping ----------------------------------------------------------------------
 
-    async def job_stop(self, request: Request) -> tuple[int, Any]:
+    async def job_stop(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
         await request.body(1_000, "job-stop")
         if not worker.stops:
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
+            expired: asyncio.Future[None] = loop.create_future()
+            timer = self.clock.call_later(self._hold(), _resolve, expired)
             worker.stop_waiters.append(fut)
-            disconnect = asyncio.ensure_future(request.receive())
+            disconnect: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
             worker.polls += 1
             try:
-                await _first(fut, disconnect, self._hold_s())
+                await asyncio.wait({fut, disconnect, expired}, timeout=_MAX_HOLD_S, return_when=_FIRST)
             finally:
-                worker.polls -= 1
-                worker.slot.last_seen = self.core.clock.now()
+                self._poll_ended(worker)
+                timer.cancel()
                 disconnect.cancel()
-                if not fut.done():
-                    fut.cancel()
+                for pending in (fut, expired):
+                    if not pending.done():
+                        pending.cancel()
                 with contextlib.suppress(ValueError):
                     worker.stop_waiters.remove(fut)
             if disconnect.done() and not disconnect.cancelled():
@@ -442,7 +462,7 @@ class ExternalWorkers:
         stops, worker.stops = worker.stops, []
         return 200, {"jobsToStop": stops}
 
-    async def ping(self, request: Request) -> tuple[int, Any]:
+    async def ping(self, request: EndpointRequest) -> tuple[int, Any]:
         """A sign of life; its `job_id` list also re-sends stops that did not take.
 
         The official worker drops a stop that arrives before the job's task exists (taken, not yet
@@ -457,7 +477,6 @@ class ExternalWorkers:
         return 200, {}
 
 
-async def _first(wake: asyncio.Future[None], disconnect: asyncio.Future[Any], hold_s: float) -> None:
-    """Wait for a wake-up, the client going away, or the hold running out, whichever comes first."""
-    pending: set[asyncio.Future[Any]] = {wake, disconnect}
-    await asyncio.wait(pending, timeout=hold_s, return_when=asyncio.FIRST_COMPLETED)
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

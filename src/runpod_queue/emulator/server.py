@@ -3,23 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
 import uvicorn
 
-from runpod_queue._contract import OperationLimit
+from runpod_queue._limits import RateLimits
 from runpod_queue._net import listen_socket
-from runpod_queue.emulator._config import Clock, EndpointSpec, Faults, Handler, Timings
-from runpod_queue.emulator._ratelimit import RateLimiter
+from runpod_queue._units import seconds as _seconds
+from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator.app import EmulatorApp
+from runpod_queue.emulator.assembly import assemble
+from runpod_queue.emulator.clock import Clock, ClockKind, VirtualClock, make_clock
+from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookAttempt
-from runpod_queue.emulator.queue import Core
+from runpod_queue.emulator.external import ExternalWorkers
 
 __all__ = ["Emulator"]
 
@@ -42,19 +47,49 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
         return asyncio.new_event_loop
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, told to stop through an event instead of noticing within its 0.1 s tick."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864_000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 0.1)
+
+    def request_stop(self) -> None:
+        """Thread-safe: stop serving now (running requests are cut; workers' polls need no goodbye)."""
+        self.should_exit = True
+        self.force_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                loop.call_soon_threadsafe(wake.set)
+
+
 class Emulator:
     """A local RunPod queue endpoint server.
 
     ```python
-    with Emulator({"echo": echo}, api_key="k", workers=2, time_scale=0.01) as emu:
-        emu.base_url   # "http://127.0.0.1:<free port>/v2"
+    with Emulator({"echo": echo}, api_key="k", workers=2, clock="virtual") as emu:
+        emu.base_url       # "http://127.0.0.1:<free port>/v2"
+        emu.advance(600)   # ten virtual minutes pass: ttl, timeouts, retention, webhook retries, ...
     ```
 
-    `endpoints` maps an endpoint id to a handler or an `EndpointSpec`. `time_scale` multiplies every
-    RunPod lifecycle duration (`timings`); rate-limit windows are never scaled — pass
-    `rate_limits=False` to switch limits off or a mapping of operation → `OperationLimit` to change them.
-    Binds 127.0.0.1 by default. An endpoint given `None` (or `EndpointSpec(handler=None)`) is fed only
-    by external workers over HTTP: unmodified official workers, see `rpq worker-env`.
+    `endpoints` maps an endpoint id to a handler or an `EndpointSpec`; an endpoint given `None` (or
+    `EndpointSpec(handler=None)`) is fed only by external workers over HTTP (see `rpq worker-env`).
+    `clock` is "real" (default), "virtual" (time moves only through `advance`) or "auto" (virtual, and
+    a held client long-poll that only time can end skips ahead; see `emulator.clock`). `time_scale`
+    multiplies every RunPod duration (`timings`, seconds) on a real clock only. `rate_limits` is the
+    client's `RateLimits` (its `limits`, `window`, `enabled`): `True` for RunPod's table, `False` for
+    none. Binds 127.0.0.1 by default.
     """
 
     def __init__(
@@ -63,8 +98,9 @@ class Emulator:
         *,
         api_key: str | None = None,
         workers: int = 1,
+        clock: ClockKind = "real",
         time_scale: float = 1.0,
-        rate_limits: bool | Mapping[str, OperationLimit] = True,
+        rate_limits: RateLimits | bool = True,
         per_worker_allowance: int = 50,
         faults: Faults | None = None,
         timings: Timings | None = None,
@@ -81,25 +117,82 @@ class Emulator:
             specs[endpoint_id] = value if isinstance(value, EndpointSpec) else EndpointSpec(handler=value)
         if api_key is not None and (not isinstance(api_key, str) or not api_key):
             raise ValueError("api_key must be a non-empty string or None (None accepts any key)")
-        self.clock = Clock(time_scale)
-        self.timings = timings or Timings()
-        self.core = Core(specs, default_workers=workers, clock=self.clock, timings=self.timings)
+        if timings is not None and not isinstance(timings, Timings):
+            raise TypeError(f"timings must be a Timings, got {type(timings).__name__}")
         if isinstance(rate_limits, bool):
-            limiter = RateLimiter(enabled=rate_limits, per_worker_allowance=per_worker_allowance)
+            limits = RateLimits.runpod() if rate_limits else RateLimits.off()
+        elif isinstance(rate_limits, RateLimits):
+            limits = rate_limits
         else:
-            limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
-        self.app = EmulatorApp(self.core, api_key=api_key, limiter=limiter, faults=faults)
+            raise TypeError(
+                f"rate_limits must be a RateLimits or a bool, got {type(rate_limits).__name__}: wrap a "
+                "table as RateLimits(limits={...}) (runpod_queue._limits.RateLimits)"
+            )
+        self.clock: Clock = make_clock(clock, time_scale)
+        self.timings = timings or Timings()
+        self._parts = assemble(
+            specs,
+            clock=self.clock,
+            timings=self.timings,
+            rate_limits=limits,
+            per_worker_allowance=per_worker_allowance,
+            default_workers=workers,
+            api_key=api_key,
+            faults=faults,
+        )
+        self.app: EmulatorApp = self._parts.app
         self.host = host
         self.port = port
         self.log_level = log_level
-        self._server: uvicorn.Server | None = None
+        self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self._error: BaseException | None = None
 
     def __repr__(self) -> str:
         state = self.base_url if self._server is not None else "stopped"
-        return f"<Emulator endpoints={sorted(self.core.endpoints)} {state}>"
+        return f"<Emulator endpoints={sorted(self.core.endpoints)} clock={self.clock.kind} {state}>"
+
+    @property
+    def core(self) -> Core:
+        """The state machine (for tools that need more than HTTP; not a stable API)."""
+        return self._parts.core
+
+    @property
+    def external(self) -> ExternalWorkers:
+        """The worker protocol; `external.on_stop_pod` lists callbacks for workers asking for stopPod."""
+        return self._parts.external
+
+    # -- time -----------------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Seconds since start on the emulator's clock (virtual seconds on a virtual clock)."""
+        return self.clock.now()
+
+    def advance(self, seconds: float | timedelta) -> float:
+        """Move a virtual clock forward and return the new `now`, after the timers that fell due have
+        fired (in time order) and their effects settled. Thread-safe; blocks until done.
+
+        A real clock raises `RuntimeError`. From code running on the emulator's own loop, use
+        `await emu.clock.advance(seconds)` instead (this method would wait on itself)."""
+        amount = _seconds(seconds, "advance(seconds)")
+        clock = self.clock
+        if not isinstance(clock, VirtualClock):
+            raise RuntimeError(
+                "advance() needs a virtual clock: this emulator runs on the real clock; create it with "
+                "Emulator(..., clock='virtual') (or 'auto')"
+            )
+        loop = self.app.loop
+        if loop is None or loop.is_closed() or not loop.is_running():
+            return clock.advance_idle(amount)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("advance() called on the emulator's loop: use `await emu.clock.advance(...)`")
+        return asyncio.run_coroutine_threadsafe(clock.advance(amount), loop).result()
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -118,13 +211,18 @@ class Emulator:
         return sorted(self.core.endpoints)
 
     @property
+    def endpoint_specs(self) -> dict[str, EndpointSpec]:
+        """Endpoint id → its spec (`handler` None: fed by external workers only)."""
+        return {eid: ep.spec for eid, ep in sorted(self.core.endpoints.items())}
+
+    @property
     def webhook_attempts(self) -> list[WebhookAttempt]:
         """Every webhook POST made so far, in order (a snapshot)."""
-        return list(self.app.delivery.attempts)
+        return list(self._parts.delivery.attempts)
 
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while running (thread-safe)."""
-        loop = self.core.loop
+        loop = self.app.loop
         if loop is None or not loop.is_running():
             self.app.set_faults(faults)
         else:
@@ -132,7 +230,7 @@ class Emulator:
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10.0) -> Any:
         """Run a coroutine on the server's loop and return its result (for tests and tools)."""
-        loop = self.core.loop
+        loop = self.app.loop
         if loop is None:
             raise RuntimeError("the emulator is not running")
         return asyncio.run_coroutine_threadsafe(fn(), loop).result(timeout)
@@ -144,7 +242,7 @@ class Emulator:
         self.port = sock.getsockname()[1]
         return sock
 
-    def _make_server(self) -> uvicorn.Server:
+    def _make_server(self) -> _Server:
         config = uvicorn.Config(
             self.app,
             http="httptools",
@@ -156,7 +254,7 @@ class Emulator:
             backlog=2048,
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        return uvicorn.Server(config)
+        return _Server(config)
 
     def start(self) -> Emulator:
         """Start serving in a background thread; returns when the port accepts connections."""
@@ -187,8 +285,7 @@ class Emulator:
         """Stop the server and its workers. Idempotent."""
         server, thread = self._server, self._thread
         if server is not None:
-            server.should_exit = True
-            server.force_exit = True
+            server.request_stop()
         if thread is not None:
             thread.join(timeout=10)
         if self._socket is not None:

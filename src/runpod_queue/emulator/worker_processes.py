@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from runpod_queue.emulator.external import worker_environment
-from runpod_queue.emulator.queue import new_worker_id
+from runpod_queue.emulator.jobs import new_worker_id
 
 __all__ = ["ManagedWorker", "WorkerProcesses"]
 
@@ -77,7 +77,7 @@ class WorkerProcesses:
         root_url: str,
         *,
         api_key: str | None = None,
-        ping_interval_ms: int = 1000,
+        ping_interval: float = 1.0,
         output: Path | None = None,
         quiet: bool = False,
         restart_exited: bool = True,
@@ -85,7 +85,7 @@ class WorkerProcesses:
     ) -> None:
         self.root_url = root_url
         self.api_key = api_key
-        self.ping_interval_ms = ping_interval_ms
+        self.ping_interval = ping_interval  # seconds; the worker's RUNPOD_PING_INTERVAL is ms
         self.output = output
         self.quiet = quiet
         self.restart_exited = restart_exited
@@ -125,7 +125,7 @@ class WorkerProcesses:
                 worker.endpoint_id,
                 worker_id=worker.worker_id,
                 api_key=self.api_key,
-                ping_interval_ms=self.ping_interval_ms,
+                ping_interval=self.ping_interval,
             )
         )
         env.update(worker.env)

@@ -6,7 +6,8 @@ its own, see `_Lane`), so a slow or blocking handler never stalls the HTTP serve
 Results are normalised exactly as `runpod.serverless` does (a dict's `error` fails the job,
 `refresh_worker` replaces the worker, `{}` means no output, an exception becomes RunPod's JSON error
 string, a generator's exception the `handler: … traceback: …` string) and then go through the same
-`Core.complete` an external worker's job-done does.
+`Core.complete` an external worker's job-done does: each run reports to the `RunReports` (the core)
+that started it, so the runner needs nothing from the core to be built.
 """
 
 from __future__ import annotations
@@ -24,14 +25,28 @@ import traceback
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT
-from runpod_queue.emulator.queue import Core, JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator.jobs import JobRecord, WorkerSlot, encode_json
 
-__all__ = ["InProcessRunner", "RunOutcome", "exception_error_string", "normalize_result"]
+__all__ = ["InProcessRunner", "RunOutcome", "RunReports", "exception_error_string", "normalize_result"]
 
 _EMPTY_LIST = b"[]"
+
+
+class RunReports(Protocol):
+    """Where a run's chunks and end go (the core, which satisfies this)."""
+
+    def is_current(self, job: JobRecord, attempt: int) -> bool: ...
+
+    def push_chunk(self, job: JobRecord, attempt: int, chunk_json: bytes) -> None: ...
+
+    def complete(
+        self, job: JobRecord, attempt: int, *, output_json: bytes | None, error: str | None
+    ) -> bool: ...
+
+    def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None: ...
 
 
 @dataclass(slots=True)
@@ -222,11 +237,11 @@ class _Lane:
                     self.cond.wait()
                 item = self.pending.popleft()
                 self.busy_since = time.monotonic()
-            job, attempt, worker, handler, payload, sink = item
+            job, attempt, worker, handler, payload, sink, reports = item
             outcome = _run_sync(handler, payload, sink, worker.id)
             with self.cond:
                 self.busy_since = None
-            post(("done", job, attempt, worker, outcome))
+            post(("done", job, attempt, worker, outcome, reports))
 
     def stuck(self, now: float) -> bool:
         with self.cond:
@@ -254,10 +269,11 @@ class _Lane:
 
 class InProcessRunner:
     """Starts handler runs for the core's in-process workers: async code on the loop, sync code on
-    its endpoint's lane (see `_Lane`)."""
+    its endpoint's lane (see `_Lane`). The lane patience check is real time on purpose: it is about
+    threads, not about RunPod's clock."""
 
-    def __init__(self, core: Core) -> None:
-        self.core = core
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._lanes: dict[str, _Lane] = {}
         self._watching: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -265,7 +281,9 @@ class InProcessRunner:
         self._outbox_lock = threading.Lock()
         self._drain_scheduled = False
         self._runs_on_loop: dict[Any, bool] = {}
-        core.start_in_process = self.start
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
 
     # -- thread → loop hand-off -----------------------------------------------------------------
 
@@ -276,7 +294,7 @@ class InProcessRunner:
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
-        loop = self.core.loop
+        loop = self._loop
         assert loop is not None
         # RuntimeError: the loop closed during shutdown, nothing left to report to.
         with contextlib.suppress(RuntimeError):
@@ -288,17 +306,19 @@ class InProcessRunner:
             self._drain_scheduled = False
         for item in items:
             if item[0] == "chunk":
-                self.core.push_chunk(item[1], item[2], item[3])
+                _, job, attempt, data, reports = item
+                reports.push_chunk(job, attempt, data)
             else:
-                _, job, attempt, worker, result = item
+                _, job, attempt, worker, result, reports = item
                 if isinstance(result, RunOutcome):
-                    self._finish(job, attempt, worker, result)
+                    _finish(reports, job, attempt, worker, result)
                 else:
-                    self._spawn(self._await_result(job, attempt, worker, result))
+                    self._spawn(self._await_result(reports, job, attempt, worker, result))
 
     # -- runs -----------------------------------------------------------------------------------
 
-    def start(self, job: JobRecord, worker: WorkerSlot) -> None:
+    def start(self, job: JobRecord, worker: WorkerSlot, core: RunReports) -> None:
+        """Run the endpoint's handler for `job` on `worker`; its chunks and end go to `core`."""
         handler = job.endpoint.spec.handler
         assert handler is not None
         runs_on_loop = self._runs_on_loop.get(handler)
@@ -306,8 +326,8 @@ class InProcessRunner:
             runs_on_loop = inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler)
             self._runs_on_loop[handler] = runs_on_loop
         if runs_on_loop:
-            task = self._spawn(self._run_async(job, worker, job.attempt))
-            worker.run_cancel = task.cancel
+            task = self._spawn(self._run_async(core, job, worker, job.attempt))
+            job.stop_run = task.cancel
             return
         endpoint_id = job.endpoint.id
         lane = self._lanes.get(endpoint_id)
@@ -316,22 +336,22 @@ class InProcessRunner:
         attempt = job.attempt
 
         def emit(data: bytes) -> None:
-            self.post(("chunk", job, attempt, data))
+            self.post(("chunk", job, attempt, data, core))
 
         def cancel() -> None:
             # Not started yet: it never will be. Running: a generator stops at its next yield; a plain
             # function runs on (the lane's patience moves the others away) and its result is discarded.
             sink.stopped = True
 
-        worker.run_cancel = cancel
+        job.stop_run = cancel
         sink = _StreamSink(emit, job.endpoint.spec.return_aggregate_stream)
-        lane.submit((job, attempt, worker, handler, job.handler_job(), sink))
+        lane.submit((job, attempt, worker, handler, job.handler_job(), sink, core))
         self._watch(endpoint_id)
 
     def _watch(self, endpoint_id: str) -> None:
         if endpoint_id not in self._watching:
             self._watching.add(endpoint_id)
-            loop = self.core.loop
+            loop = self._loop
             assert loop is not None
             loop.call_later(LANE_PATIENCE_S, self._check_lane, endpoint_id)
 
@@ -349,38 +369,37 @@ class InProcessRunner:
             self._watch(endpoint_id)
 
     def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        loop = self.core.loop
+        loop = self._loop
         assert loop is not None
         task: asyncio.Task[None] = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _finish(self, job: JobRecord, attempt: int, worker: WorkerSlot, outcome: RunOutcome) -> None:
-        if outcome.cancelled:
-            return
-        self.core.complete(job, attempt, output_json=outcome.output_json, error=outcome.error)
-        self.core.release_worker(worker, replace=outcome.stop_pod)
-
-    async def _run_async(self, job: JobRecord, worker: WorkerSlot, attempt: int) -> None:
+    async def _run_async(self, core: RunReports, job: JobRecord, worker: WorkerSlot, attempt: int) -> None:
         """An `async def` handler or an async generator, on the loop."""
         handler = job.endpoint.spec.handler
         assert handler is not None
         try:
             result = handler(job.handler_job())
         except Exception as err:  # e.g. a signature that does not take the job
-            self._finish(job, attempt, worker, RunOutcome(error=exception_error_string(err, worker.id)))
+            _finish(core, job, attempt, worker, RunOutcome(error=exception_error_string(err, worker.id)))
             return
-        await self._await_result(job, attempt, worker, result)
+        await self._await_result(core, job, attempt, worker, result)
 
-    async def _await_result(self, job: JobRecord, attempt: int, worker: WorkerSlot, result: Any) -> None:
+    async def _await_result(
+        self, core: RunReports, job: JobRecord, attempt: int, worker: WorkerSlot, result: Any
+    ) -> None:
         """Finish a coroutine or an async generator on the loop: what an async handler returns, or what a
         sync callable handed back from its lane."""
+        if not core.is_current(job, attempt):
+            _close_unawaited(result)  # the run was stopped while its sync part ran: discard it
+            return
         task = asyncio.current_task()
         assert task is not None
-        worker.run_cancel = task.cancel
+        job.stop_run = task.cancel
         sink = _StreamSink(
-            lambda data: self.core.push_chunk(job, attempt, data), job.endpoint.spec.return_aggregate_stream
+            lambda data: core.push_chunk(job, attempt, data), job.endpoint.spec.return_aggregate_stream
         )
         try:
             if inspect.isasyncgen(result):
@@ -393,7 +412,7 @@ class InProcessRunner:
         except asyncio.CancelledError:
             # Cancelled by the queue (cancel, executionTimeout, ttl): the queue already moved on.
             return
-        self._finish(job, attempt, worker, outcome)
+        _finish(core, job, attempt, worker, outcome)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -401,3 +420,17 @@ class InProcessRunner:
         for lane in self._lanes.values():
             lane.close()
         self._lanes.clear()
+
+
+def _finish(core: RunReports, job: JobRecord, attempt: int, worker: WorkerSlot, outcome: RunOutcome) -> None:
+    if outcome.cancelled:
+        return
+    core.complete(job, attempt, output_json=outcome.output_json, error=outcome.error)
+    core.release_worker(worker, replace=outcome.stop_pod)
+
+
+def _close_unawaited(result: Any) -> None:
+    """Close a coroutine or async generator that will never run, so Python does not warn about it."""
+    close = getattr(result, "close", None) if inspect.iscoroutine(result) else None
+    if close is not None:
+        close()

@@ -1,0 +1,97 @@
+"""Builds one emulator's object graph, in one place, so every dependency is visible here.
+
+```
+clock ─┬─> WebhookDelivery ─┐
+       ├─> InProcessRunner ─┼─> Core ─┬─> ExternalWorkers ─┐
+       │    timings ────────┘         │                    ├─> EmulatorApp
+       ├─> RateLimiter ───────────────┼────────────────────┤
+       └─> Control ───────────────────┴────────────────────┘
+```
+
+Arrows point from what is built first to what receives it in its constructor; nothing reaches back to
+install hooks. The app's lifespan runs `startup(loop)` (binds what schedules on the loop) and
+`shutdown()`, both defined here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from runpod_queue._limits import RateLimits
+from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
+from runpod_queue.emulator._ratelimit import RateLimiter
+from runpod_queue.emulator.app import EmulatorApp
+from runpod_queue.emulator.clock import Clock
+from runpod_queue.emulator.control import Control
+from runpod_queue.emulator.core import Core
+from runpod_queue.emulator.delivery import WebhookDelivery
+from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.workers import InProcessRunner
+
+__all__ = ["Emulation", "assemble"]
+
+
+@dataclass(slots=True)
+class Emulation:
+    """The parts of one emulator, wired."""
+
+    clock: Clock
+    timings: Timings
+    core: Core
+    runner: InProcessRunner
+    delivery: WebhookDelivery
+    external: ExternalWorkers
+    limiter: RateLimiter
+    control: Control
+    app: EmulatorApp
+
+
+def assemble(
+    endpoints: Mapping[str, EndpointSpec],
+    *,
+    clock: Clock,
+    timings: Timings,
+    rate_limits: RateLimits,
+    per_worker_allowance: int,
+    default_workers: int,
+    api_key: str | None,
+    faults: Faults | None,
+) -> Emulation:
+    """Build the emulator's parts; `endpoints` and every argument are already validated values."""
+    runner = InProcessRunner()
+    delivery = WebhookDelivery(clock, retry_gap=timings.webhook_retry_gap * clock.scale)
+    core = Core(
+        endpoints,
+        default_workers=default_workers,
+        clock=clock,
+        timings=timings,
+        runner=runner,
+        webhooks=delivery,
+    )
+    external = ExternalWorkers(core)
+    limiter = RateLimiter(rate_limits, clock, per_worker_allowance=per_worker_allowance)
+    control = Control(clock)
+
+    def startup(loop: asyncio.AbstractEventLoop) -> None:
+        clock.bind(loop)
+        runner.bind(loop)
+        delivery.bind(loop)
+
+    async def shutdown() -> None:
+        await runner.aclose()
+        await delivery.aclose()
+        await external.aclose()
+
+    app = EmulatorApp(
+        core,
+        limiter=limiter,
+        worker_routes=external.routes,
+        control=control,
+        api_key=api_key,
+        faults=faults,
+        on_startup=startup,
+        on_shutdown=shutdown,
+    )
+    return Emulation(clock, timings, core, runner, delivery, external, limiter, control, app)

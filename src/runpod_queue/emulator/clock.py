@@ -1,0 +1,354 @@
+"""The emulator's only source of time and timers: the real clock, or a virtual one that moves when told.
+
+Every lifecycle rule (ttl, executionTimeout, retention, webhook retry gaps, long-poll holds, rate-limit
+windows, lost-worker detection) reads `Clock.now()` and schedules with `Clock.call_later()`, so a virtual
+clock moves all of them together. Three kinds:
+
+- **real** (`RealClock`): monotonic time; `scale` (the emulator's `time_scale`) shortens RunPod's
+  durations, never the clock itself.
+- **virtual** (`VirtualClock()`): starts at 0 and moves only through `advance(seconds)`, which fires the
+  timers that fall due in time order, each seeing `now()` equal to its due time. Real time passing does
+  not move it: a job queued with a 10 s ttl stays queued for as long as nobody advances.
+- **auto** (`VirtualClock(auto=True)`): virtual, plus time skipping as in Temporal's test server. Whenever
+  a client request is held waiting on the clock (a runsync, status-sync or stream long-poll — never a
+  worker's job-take or job-stop poll), no job is in progress and no webhook POST is under way, time
+  jumps to the earliest pending timer (the hold's own end is one). A wait that nothing but time can end
+  returns at once; a finished job's retention is not skipped just because nobody asks (no hold, no jump).
+  `advance()` works too.
+
+The emulator reports what the auto rule needs through `hold_started/ended` (client long-polls),
+`work_started/ended` (jobs in progress), `io_started/ended` (its own I/O, e.g. webhook POSTs) and
+`activity()` (something may start work soon). They cost one method call on a real clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final, Literal, Protocol
+
+from runpod_queue._units import seconds as _seconds
+
+__all__ = ["Clock", "ClockKind", "RealClock", "TimerHandle", "VirtualClock", "make_clock"]
+
+log = logging.getLogger("runpod_queue.emulator")
+
+ClockKind = Literal["real", "virtual", "auto"]
+_KINDS: Final = ("real", "virtual", "auto")
+# Loop turns a virtual clock lets pass before it trusts that woken code has run: a future resolved by
+# a timer wakes its task on the next turn, and asyncio.wait() adds a hop or two.
+_SETTLE_TURNS: Final = 4
+# Virtual due times are kept on a nanosecond grid, so 0.1 + 9.9 and 10.0 are the same instant.
+_GRID: Final = 9
+
+
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Clock:
+    """What the emulator asks of time. Subclasses: `RealClock`, `VirtualClock`."""
+
+    kind: ClockKind
+    #: Clock seconds per RunPod second: `time_scale` on a real clock, 1 on a virtual one.
+    scale: float = 1.0
+
+    def now(self) -> float:
+        """Seconds since the clock started."""
+        raise NotImplementedError
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Call `callback(*args)` on the emulator's loop `delay` clock seconds from now."""
+        raise NotImplementedError
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop the emulator serves on."""
+        raise NotImplementedError
+
+    async def advance(self, seconds: float) -> float:
+        """Move a virtual clock forward (run on the emulator's loop); returns the new `now()`."""
+        raise RuntimeError(
+            "this emulator runs on the real clock, which cannot be advanced: create it with "
+            "Emulator(..., clock='virtual') (or 'auto'; `rpq serve --clock virtual`)"
+        )
+
+    # What the auto rule watches; nothing to do on other clocks.
+    def hold_started(self) -> None:
+        pass
+
+    def hold_ended(self) -> None:
+        pass
+
+    def work_started(self) -> None:
+        pass
+
+    def work_ended(self) -> None:
+        pass
+
+    def io_started(self) -> None:
+        pass
+
+    def io_ended(self) -> None:
+        pass
+
+    def activity(self) -> None:
+        pass
+
+
+class RealClock(Clock):
+    """Monotonic wall-clock time; RunPod durations are multiplied by `scale` before they are scheduled."""
+
+    kind: ClockKind = "real"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= 1000):
+            raise ValueError(f"time_scale must be a number in (0, 1000], got {scale!r}")
+        self.scale = float(scale)
+        self._origin = time.monotonic()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __repr__(self) -> str:
+        return f"<RealClock scale={self.scale:g} now={self.now():.3f}>"
+
+    def now(self) -> float:
+        return time.monotonic() - self._origin
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        loop = self._loop
+        assert loop is not None, "the clock is not bound to a loop yet"
+        return loop.call_later(delay, callback, *args)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+
+class _Timer:
+    """A pending virtual timer; cancelled ones stay in the heap until they come up (or a compaction)."""
+
+    __slots__ = ("args", "callback", "cancelled", "clock", "queued")
+
+    def __init__(self, clock: VirtualClock, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+        self.clock = clock
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+        self.queued = False  # in the clock's heap (not handed to the loop as already due)
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            if self.queued:
+                self.clock._cancelled += 1
+
+
+class VirtualClock(Clock):
+    """Virtual time: moves only through `advance()` (and, with `auto=True`, by the skipping rule above).
+
+    Runs on the emulator's loop: `call_later` and the activity reports come from code on it, `advance`
+    is a coroutine for it (`Emulator.advance` is the thread-safe way in from a test).
+    """
+
+    def __init__(self, *, auto: bool = False) -> None:
+        self.kind = "auto" if auto else "virtual"
+        self.auto = auto
+        self._now = 0.0
+        self._heap: list[tuple[float, int, _Timer]] = []
+        self._seq = itertools.count()
+        self._cancelled = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._holds = 0
+        self._work = 0
+        self._io = 0
+        self._io_idle: asyncio.Future[None] | None = None
+        self._advancing = 0
+        # Auto: a check is pending; `_epoch` changes on every report, so a check that sees it move
+        # starts counting its quiet turns again.
+        self._checking = False
+        self._epoch = 0
+
+    def __repr__(self) -> str:
+        return f"<VirtualClock {self.kind} now={self._now:g} timers={self.pending()}>"
+
+    def now(self) -> float:
+        return self._now
+
+    def pending(self) -> int:
+        """Timers not yet fired or cancelled."""
+        return len(self._heap) - self._cancelled
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        timer = _Timer(self, callback, args)
+        if delay <= 0 and self._loop is not None and not self._advancing:
+            # Already due: runs on the next loop turn, as asyncio would run it.
+            self._loop.call_soon(self._fire_one, timer)
+            return timer
+        due = round(self._now + max(delay, 0.0), _GRID)
+        timer.queued = True
+        heapq.heappush(self._heap, (due, next(self._seq), timer))
+        return timer
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    # -- moving time ----------------------------------------------------------------------------
+
+    async def advance(self, seconds: float) -> float:
+        """Fire every timer due within `seconds`, in time order, letting each one's effects settle."""
+        amount = _seconds(seconds, "advance(seconds)")
+        target = round(self._now + amount, _GRID)
+        self._advancing += 1
+        try:
+            await self._settle()
+            while True:
+                due = self._next_due()
+                if due is None or due > target:
+                    break
+                self._fire_due(due)
+                await self._settle()
+            self._now = max(self._now, target)
+        finally:
+            self._advancing -= 1
+            self._poke()
+        return self._now
+
+    def advance_idle(self, seconds: float) -> float:
+        """Move a clock that has no timers and no loop (an emulator not started yet)."""
+        amount = _seconds(seconds, "advance(seconds)")
+        if self.pending():
+            raise RuntimeError("the emulator is not running: start it before advancing its clock")
+        self._now = round(self._now + amount, _GRID)
+        return self._now
+
+    def _next_due(self) -> float | None:
+        heap = self._heap
+        while heap and heap[0][2].cancelled:
+            heapq.heappop(heap)[2].queued = False
+            self._cancelled -= 1
+        return heap[0][0] if heap else None
+
+    def _fire_due(self, due: float) -> None:
+        """Set now to `due` and run every timer due then (timers they add for `due` included)."""
+        self._now = due
+        heap = self._heap
+        while heap and heap[0][0] <= due:
+            _, _, timer = heapq.heappop(heap)
+            timer.queued = False
+            if timer.cancelled:
+                self._cancelled -= 1
+                continue
+            self._run(timer)
+        self._compact()
+
+    def _fire_one(self, timer: _Timer) -> None:
+        if not timer.cancelled:
+            self._run(timer)
+
+    def _run(self, timer: _Timer) -> None:
+        timer.cancelled = True  # fired: a late cancel() must not count it as a cancelled entry
+        try:
+            timer.callback(*timer.args)
+        except Exception:  # as asyncio does: one failing callback must not stop the clock
+            log.exception("emulator timer callback %r failed", timer.callback)
+
+    def _compact(self) -> None:
+        # Cancelled entries (a finished job's ttl, say) would pile up while virtual time stands still.
+        if self._cancelled > 256 and self._cancelled * 2 > len(self._heap):
+            for entry in self._heap:
+                if entry[2].cancelled:
+                    entry[2].queued = False
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    async def _settle(self) -> None:
+        """Let code woken by the timers just fired run, and the emulator's own I/O finish."""
+        for _ in range(_SETTLE_TURNS):
+            await asyncio.sleep(0)
+        while self._io:
+            loop = asyncio.get_running_loop()
+            self._io_idle = idle = loop.create_future()
+            await idle
+            for _ in range(_SETTLE_TURNS):
+                await asyncio.sleep(0)
+
+    # -- activity reports and the auto rule -----------------------------------------------------
+
+    def hold_started(self) -> None:
+        self._holds += 1
+        self._poke()
+
+    def hold_ended(self) -> None:
+        self._holds -= 1
+        self._poke()
+
+    def work_started(self) -> None:
+        self._work += 1
+        self._poke()
+
+    def work_ended(self) -> None:
+        self._work -= 1
+        self._poke()
+
+    def io_started(self) -> None:
+        self._io += 1
+        self._poke()
+
+    def io_ended(self) -> None:
+        self._io -= 1
+        if not self._io and self._io_idle is not None:
+            idle, self._io_idle = self._io_idle, None
+            if not idle.done():
+                idle.set_result(None)
+        self._poke()
+
+    def activity(self) -> None:
+        self._poke()
+
+    def _quiet(self) -> bool:
+        """The auto rule: someone waits on the clock and nothing else can change anything."""
+        return bool(self._holds) and not self._work and not self._io and not self._advancing
+
+    def _poke(self) -> None:
+        if not self.auto:
+            return
+        self._epoch += 1
+        if not self._checking and self._quiet() and self._loop is not None:
+            self._checking = True
+            self._loop.call_soon(self._check, self._epoch, 0)
+
+    def _check(self, epoch: int, turns: int) -> None:
+        """Jump once the auto rule has held for `_SETTLE_TURNS` loop turns with nothing reported."""
+        assert self._loop is not None
+        if not self._quiet():
+            self._checking = False
+            return
+        if epoch != self._epoch:
+            self._loop.call_soon(self._check, self._epoch, 0)
+            return
+        if turns < _SETTLE_TURNS:
+            self._loop.call_soon(self._check, epoch, turns + 1)
+            return
+        self._checking = False
+        due = self._next_due()
+        if due is None:
+            return
+        self._fire_due(due)
+        self._poke()
+
+
+def make_clock(kind: str, time_scale: float = 1.0) -> Clock:
+    """The clock for `Emulator(clock=kind, time_scale=...)`; `time_scale` is for real clocks only."""
+    if kind not in _KINDS:
+        raise ValueError(f"clock must be one of {', '.join(map(repr, _KINDS))}, got {kind!r}")
+    if kind == "real":
+        return RealClock(time_scale)
+    if isinstance(time_scale, bool) or not isinstance(time_scale, int | float) or time_scale != 1:
+        raise ValueError(
+            f"time_scale={time_scale!r} applies to clock='real' only: a {kind} clock moves only when "
+            "advanced (or, with 'auto', when a held request waits on nothing but time); drop time_scale"
+        )
+    return VirtualClock(auto=kind == "auto")

@@ -1,0 +1,66 @@
+"""The emulator's own routes, under `/_emulator/`: operations on the emulator, not RunPod's API.
+
+They need the same API key as the rest of the server, are never rate-limited or fault-injected, and
+answer errors as `{"error": ...}` like every other route. `routes` maps (method, name) to a handler, so a
+new route is one entry here.
+
+- `POST /_emulator/advance` with `{"seconds": N}`: move a virtual clock forward (`Emulator.advance`);
+  answers `{"now": <seconds since start on the clock>}`. A real clock answers 409.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from runpod_queue.emulator._http import HTTPError, Request, Route, json_object, type_name
+from runpod_queue.emulator.clock import Clock
+
+__all__ = ["Control"]
+
+
+class Control:
+    """Serves `/_emulator/<name>`."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.routes: dict[tuple[str, str], Route] = {
+            ("POST", "advance"): self.advance,
+        }
+
+    async def handle(self, request: Request) -> tuple[int, Any]:
+        """Route `/_emulator/<name>` (`request.rest` is `[name]`)."""
+        name = request.rest[0] if len(request.rest) == 1 else ""
+        route = self.routes.get((request.method, name))
+        if route is not None:
+            return await route(request)
+        methods = sorted(m for m, n in self.routes if n == name)
+        if methods:
+            raise HTTPError(405, f"/_emulator/{name} takes {' or '.join(methods)}, not {request.method}")
+        known = ", ".join(sorted(f"{m} /_emulator/{n}" for m, n in self.routes))
+        raise HTTPError(404, f"no emulator route /_emulator/{'/'.join(request.rest)}; routes: {known}")
+
+    async def advance(self, request: Request) -> tuple[int, Any]:
+        if self.clock.kind == "real":
+            raise HTTPError(
+                409,
+                "this emulator runs on the real clock, which cannot be advanced: start it with "
+                "`rpq serve --clock virtual` (or --clock auto; Emulator(clock='virtual') in Python)",
+            )
+        data = json_object(await request.body(10_000, "/_emulator/advance"), '{"seconds": 10}')
+        unknown = data.keys() - {"seconds"}
+        if unknown or "seconds" not in data:
+            raise HTTPError(
+                400, f'send {{"seconds": N}} (N >= 0, a number of seconds); got fields {sorted(data)}'
+            )
+        value = data["seconds"]
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise HTTPError(
+                400, f'"seconds" must be a number of seconds >= 0, got {type_name(value)} {value!r}'
+            )
+        return 200, {"now": await self.clock.advance(float(value))}

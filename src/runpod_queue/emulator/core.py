@@ -1,0 +1,465 @@
+"""The queue's state machine: queue order, ttl, executionTimeout, retention, cancel, retry, purge, health.
+
+Everything here runs on the server's event loop (one thread), so no locks: handler threads report back
+through the in-process runner, which hands their results to the loop. Time comes from the `Clock` only;
+RunPod durations (seconds) are multiplied by `clock.scale` (the real clock's `time_scale`) when they are
+scheduled.
+
+`Core` receives its collaborators: the clock, the timings, the in-process runner (`RunStarter`) and the
+webhook sender (`WebhookSender`). External workers are not one of them: they drive the core through its
+public methods (`start`, `complete`, `requeue_lost`, ...), wait on `EndpointState.take_waiters` and learn
+that a run was stopped through the `JobRecord.stop_run` they set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from typing import Any, Final, Protocol
+
+import orjson
+
+from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._config import EndpointSpec, Timings
+from runpod_queue.emulator.clock import Clock, TimerHandle
+from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
+
+__all__ = ["Core", "RunStarter", "WebhookSender"]
+
+# The official worker pings at most once a second: on a real clock, a shorter silence must not mark an
+# external worker lost (or unhealthy), whatever the time scale. A virtual clock does not move while the
+# worker is busy pinging, so it needs no floor.
+_MIN_LOST_AFTER_REAL_S: Final = 2.5
+
+
+class RunStarter(Protocol):
+    """Runs handlers for in-process workers; reports each run's end back to `core`."""
+
+    def start(self, job: JobRecord, worker: WorkerSlot, core: Core) -> None: ...
+
+
+class WebhookSender(Protocol):
+    def send(self, job_id: str, url: str, payload: bytes) -> None: ...
+
+
+class Core:
+    """The queue logic of every endpoint of one emulator."""
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, EndpointSpec],
+        *,
+        default_workers: int,
+        clock: Clock,
+        timings: Timings,
+        runner: RunStarter,
+        webhooks: WebhookSender,
+    ) -> None:
+        self.clock = clock
+        self.timings = timings
+        self._scale = clock.scale
+        self._runner = runner
+        self._webhooks = webhooks
+        self.endpoints: dict[str, EndpointState] = {
+            eid: EndpointState(eid, spec, default_workers if spec.workers is None else spec.workers)
+            for eid, spec in endpoints.items()
+        }
+        for ep in self.endpoints.values():
+            for _ in range(ep.in_process_workers):
+                self._add_worker(ep)
+
+    def span(self, duration: float) -> float:
+        """Clock seconds a RunPod duration (seconds) lasts: `time_scale` applies on a real clock."""
+        return duration * self._scale
+
+    def worker_lost_after(self) -> float:
+        """Clock seconds of silence after which an external worker is lost."""
+        lost = self.span(self.timings.worker_lost_after)
+        return max(lost, _MIN_LOST_AFTER_REAL_S) if self.clock.kind == "real" else lost
+
+    def _add_worker(self, ep: EndpointState) -> WorkerSlot:
+        worker = WorkerSlot(ep)
+        ep.workers.append(worker)
+        ep.idle.append(worker)
+        return worker
+
+    def _later(self, duration: float, callback: Any, *args: Any) -> TimerHandle:
+        return self.clock.call_later(duration * self._scale, callback, *args)
+
+    # -- submission -----------------------------------------------------------------------------
+
+    def submit(
+        self,
+        ep: EndpointState,
+        job_input: Any,
+        *,
+        webhook: str | None = None,
+        execution_timeout: float | None = None,
+        ttl: float | None = None,
+        low_priority: bool = False,
+        s3_config: dict[str, str] | None = None,
+        sync: bool = False,
+        raw_body: bytes | None = None,
+    ) -> JobRecord:
+        """Queue a job; `execution_timeout` and `ttl` are RunPod seconds (None: the Timings default)."""
+        job_id = new_job_id(sync)
+        timings = self.timings
+        job = JobRecord(
+            job_id,
+            ep,
+            job_input,
+            webhook=webhook,
+            execution_timeout=timings.default_execution_timeout
+            if execution_timeout is None
+            else execution_timeout,
+            ttl=timings.default_ttl if ttl is None else ttl,
+            low_priority=low_priority,
+            s3_config=s3_config,
+            sync=sync,
+            now=self.clock.now(),
+        )
+        job.raw_body = raw_body if raw_body is not None else encode_json({"input": job_input})
+        ep.jobs[job_id] = job
+        self._enqueue(job)
+        return job
+
+    def _enqueue(self, job: JobRecord, *, front: bool = False) -> None:
+        ep = job.endpoint
+        job.status = JobStatus.IN_QUEUE
+        ep.in_queue += 1
+        job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
+        entry = (job, job.attempt)
+        q = ep.low_queue if job.low_priority else ep.queue
+        if front:
+            q.appendleft(entry)
+        else:
+            q.append(entry)
+        self.clock.activity()
+        self.dispatch(ep)
+
+    def dispatch(self, ep: EndpointState) -> None:
+        """Hand queued jobs to idle in-process workers, then wake one external worker's held job-take."""
+        while ep.idle and ep.in_queue:
+            job = ep.next_queued()
+            if job is None:
+                break
+            worker = ep.idle.popleft()
+            self.start(job, worker)
+            self._runner.start(job, worker, self)
+        while ep.take_waiters and ep.in_queue:
+            fut = ep.take_waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                break
+
+    def start(self, job: JobRecord, worker: WorkerSlot) -> None:
+        """IN_QUEUE → IN_PROGRESS on `worker`."""
+        ep = job.endpoint
+        now = self.clock.now()
+        ep.in_queue -= 1
+        ep.in_progress += 1
+        self.clock.work_started()
+        job.status = JobStatus.IN_PROGRESS
+        job.started_at = now
+        job.delay_ms = int((now - job.queued_at) * 1000)
+        job.worker = worker
+        worker.job = job
+        job.timer_handle = self._later(
+            job.policy_execution_timeout, self._execution_timed_out, job, job.attempt
+        )
+
+    def _leave_progress(self, job: JobRecord) -> None:
+        job.endpoint.in_progress -= 1
+        job.stop_run = None
+        self.clock.work_ended()
+
+    # -- results --------------------------------------------------------------------------------
+
+    def is_current(self, job: JobRecord, attempt: int) -> bool:
+        return job.attempt == attempt and job.status is JobStatus.IN_PROGRESS and job.id in job.endpoint.jobs
+
+    def push_chunk(self, job: JobRecord, attempt: int, chunk_json: bytes) -> None:
+        if not self.is_current(job, attempt):
+            return
+        job.chunks.append(chunk_json)
+        _wake(job, stream_only=True)
+
+    def set_progress(self, job: JobRecord, attempt: int, output_json: bytes) -> None:
+        if self.is_current(job, attempt):
+            job.progress_json = output_json
+
+    def complete(
+        self,
+        job: JobRecord,
+        attempt: int,
+        *,
+        output_json: bytes | None,
+        error: str | None,
+    ) -> bool:
+        """A run ended with a result (COMPLETED) or an error (FAILED). False if the run was stale."""
+        if not self.is_current(job, attempt):
+            return False
+        job.output_json = output_json
+        job.error = error
+        self._finish(job, JobStatus.FAILED if error is not None else JobStatus.COMPLETED)
+        return True
+
+    def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None:
+        """A worker finished its run (or was abandoned): make it idle again, or replace it."""
+        if worker.retired:
+            return
+        worker.job = None
+        ep = worker.endpoint
+        if replace:
+            self._retire(worker)
+            if not worker.external:
+                self._add_worker(ep)
+        elif not worker.external:
+            ep.idle.append(worker)
+        self.dispatch(ep)
+
+    def _retire(self, worker: WorkerSlot) -> None:
+        worker.retired = True
+        ep = worker.endpoint
+        if worker in ep.workers:
+            ep.workers.remove(worker)
+        if worker in ep.idle:
+            ep.idle.remove(worker)
+        ep.replaced_workers += 1
+
+    def _abandon_run(self, job: JobRecord) -> None:
+        """Stop the run of an IN_PROGRESS job we are ending (cancel, timeout, ttl)."""
+        stop, job.stop_run = job.stop_run, None
+        if stop is not None:
+            stop()
+        worker = job.worker
+        if worker is None or worker.external or worker.job is not job:
+            # An external worker learns it through job-stop (its `stop_run`) and stays the same worker.
+            return
+        worker.job = None
+        # The handler may not stop (a sync function cannot be interrupted): as RunPod replaces a worker
+        # whose job timed out, the slot gets a fresh worker and the old thread's result is discarded.
+        self.release_worker(worker, replace=True)
+
+    def _finish(self, job: JobRecord, status: JobStatus) -> None:
+        ep = job.endpoint
+        previous = job.status
+        now = self.clock.now()
+        if previous is JobStatus.IN_QUEUE:
+            ep.in_queue -= 1
+        elif previous is JobStatus.IN_PROGRESS:
+            self._leave_progress(job)
+            if job.started_at is not None:
+                job.execution_ms = int((now - job.started_at) * 1000)
+        job.status = status
+        job.finished_at = now
+        job.progress_json = None
+        if status is JobStatus.COMPLETED:
+            ep.completed += 1
+        elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+            ep.failed += 1
+        _cancel_timer(job, "ttl_handle")
+        _cancel_timer(job, "timer_handle")
+        retention = self.timings.retention_sync if job.sync else self.timings.retention_run
+        if job.retention_override is not None:
+            retention = min(retention, job.retention_override)
+        job.expires_at = now + self.span(retention)
+        job.retention_handle = self._later(retention, self._remove, job)
+        if job.webhook is not None:
+            payload = job.status_dict()
+            payload["input"] = orjson.Fragment(job.original_input_json())
+            payload["webhook"] = job.webhook
+            self._webhooks.send(job.id, job.webhook, encode_json(payload))
+        _wake(job)
+
+    def _remove(self, job: JobRecord) -> None:
+        ep = job.endpoint
+        if ep.jobs.get(job.id) is job:
+            del ep.jobs[job.id]
+        for name in ("ttl_handle", "timer_handle", "retention_handle"):
+            _cancel_timer(job, name)
+        _wake(job)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def _ttl_expired(self, job: JobRecord, attempt: int) -> None:
+        if job.attempt != attempt or job.id not in job.endpoint.jobs:
+            return
+        if job.status is JobStatus.IN_QUEUE:
+            self._finish(job, JobStatus.TIMED_OUT)
+        elif job.status is JobStatus.IN_PROGRESS:
+            # Mid-run: the platform removes the job; status answers 404 from now on.
+            self._abandon_run(job)
+            self._leave_progress(job)
+            job.status = JobStatus.CANCELLED
+            self._remove(job)
+
+    def _execution_timed_out(self, job: JobRecord, attempt: int) -> None:
+        if not self.is_current(job, attempt):
+            return
+        self._abandon_run(job)
+        self._finish(job, JobStatus.TIMED_OUT)
+
+    # -- operations -----------------------------------------------------------------------------
+
+    def cancel(self, job: JobRecord) -> str | None:
+        """Cancel; returns an error message when the job's state does not allow it."""
+        if job.status is JobStatus.IN_QUEUE:
+            self._finish(job, JobStatus.CANCELLED)
+            return None
+        if job.status is JobStatus.IN_PROGRESS:
+            self._abandon_run(job)
+            self._finish(job, JobStatus.CANCELLED)
+            return None
+        return (
+            f"job {job.id} is already {job.status.value}; only IN_QUEUE or IN_PROGRESS jobs can be cancelled"
+        )
+
+    def retry(self, job: JobRecord) -> str | None:
+        """Requeue a FAILED or TIMED_OUT job under the same id, its old result removed."""
+        if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+            return f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried"
+        _cancel_timer(job, "retention_handle")
+        job.attempt += 1
+        job.output_json = None
+        job.progress_json = None
+        job.error = None
+        job.chunks.clear()
+        job.worker = None
+        job.started_at = job.finished_at = job.expires_at = None
+        job.delay_ms = job.execution_ms = None
+        job.queued_at = self.clock.now()
+        self._enqueue(job)
+        return None
+
+    def requeue_lost(self, job: JobRecord) -> None:
+        """A worker vanished holding this job: requeue it once, then fail it, as the platform does."""
+        if job.status is not JobStatus.IN_PROGRESS:
+            return
+        ep = job.endpoint
+        if job.retries >= 1:
+            job.error = "job timed out after 1 retries"
+            self._finish(job, JobStatus.FAILED)
+            return
+        self._leave_progress(job)
+        _cancel_timer(job, "timer_handle")
+        _cancel_timer(job, "ttl_handle")
+        job.retries += 1
+        ep.retried += 1
+        job.attempt += 1
+        job.worker = None
+        job.started_at = None
+        job.delay_ms = None
+        job.progress_json = None
+        job.chunks.clear()
+        self._enqueue(job, front=True)
+
+    def purge(self, ep: EndpointState) -> int:
+        """Remove every IN_QUEUE job (they answer 404 afterwards); running jobs are untouched."""
+        removed = 0
+        for q in (ep.queue, ep.low_queue):
+            while q:
+                job, attempt = q.popleft()
+                if job.attempt == attempt and job.status is JobStatus.IN_QUEUE and job.id in ep.jobs:
+                    ep.in_queue -= 1
+                    job.status = JobStatus.CANCELLED
+                    self._remove(job)
+                    removed += 1
+        return removed
+
+    def shorten_retention(self, job: JobRecord, ttl: float) -> None:
+        """`/status?ttl=`: keep the result at most `ttl` RunPod seconds from now (never longer)."""
+        if job.status.is_terminal:
+            new_expiry = self.clock.now() + self.span(ttl)
+            if job.expires_at is None or new_expiry < job.expires_at:
+                _cancel_timer(job, "retention_handle")
+                job.expires_at = new_expiry
+                job.retention_handle = self._later(ttl, self._remove, job)
+        elif job.retention_override is None or ttl < job.retention_override:
+            job.retention_override = ttl
+
+    def health(self, ep: EndpointState) -> dict[str, Any]:
+        now = self.clock.now()
+        lost_after = self.worker_lost_after()
+        idle = running = unhealthy = 0
+        for worker in ep.workers:
+            if worker.external and now - worker.last_seen >= lost_after:
+                unhealthy += 1
+            elif worker.job is not None:
+                running += 1
+            else:
+                idle += 1
+        return {
+            "jobs": {
+                "completed": ep.completed,
+                "failed": ep.failed,
+                "inProgress": ep.in_progress,
+                "inQueue": ep.in_queue,
+                "retried": ep.retried,
+            },
+            "workers": {
+                "idle": idle,
+                "initializing": 0,
+                "ready": idle,
+                "running": running,
+                "throttled": 0,
+                "unhealthy": unhealthy,
+            },
+        }
+
+    # -- waiting --------------------------------------------------------------------------------
+
+    async def wait_terminal(self, job: JobRecord, wait: float) -> None:
+        """Return when the job is terminal or removed, or after `wait` RunPod seconds (a client's hold)."""
+        if job.status.is_terminal or job.id not in job.endpoint.jobs or wait <= 0:
+            return
+        await self._park(job, "waiters", wait)
+
+    async def wait_stream(self, job: JobRecord, wait: float) -> None:
+        """Return when the job has unread chunks, ends, is removed, or after `wait` RunPod seconds."""
+        if job.chunks or job.status.is_terminal or job.id not in job.endpoint.jobs or wait <= 0:
+            return
+        await self._park(job, "stream_waiters", wait)
+
+    async def _park(self, job: JobRecord, attr: str, wait: float) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters = getattr(job, attr)
+        if waiters is None:
+            waiters = []
+            setattr(job, attr, waiters)
+        waiters.append(fut)
+        handle = self._later(wait, _resolve, fut)
+        clock = self.clock
+        clock.hold_started()
+        try:
+            await fut
+        finally:
+            clock.hold_ended()
+            handle.cancel()
+            if not fut.done():
+                fut.cancel()
+            current = getattr(job, attr)
+            if current is not None and fut in current:
+                current.remove(fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _wake(job: JobRecord, *, stream_only: bool = False) -> None:
+    attrs = ("stream_waiters",) if stream_only else ("waiters", "stream_waiters")
+    for attr in attrs:
+        waiters = getattr(job, attr)
+        if waiters:
+            setattr(job, attr, None)
+            for fut in waiters:
+                _resolve(fut)
+
+
+def _cancel_timer(job: JobRecord, attr: str) -> None:
+    handle = getattr(job, attr)
+    if handle is not None:
+        handle.cancel()
+        setattr(job, attr, None)

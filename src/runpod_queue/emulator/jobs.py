@@ -1,0 +1,235 @@
+"""What the queue holds: jobs, endpoints, workers, their ids, and the JSON the answers are made of.
+
+Plain records: the state machine that moves them is `core.Core`. Times in here are seconds on the
+emulator's clock; `delay_ms` / `execution_ms` are the wire's milliseconds, computed once per run.
+
+A run of a job is identified by `(job, attempt)`: retry and requeue bump `attempt`, so a late result
+from an abandoned run (a sync handler that could not be interrupted, a lost external worker) is dropped
+instead of overwriting the new run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import secrets
+import string
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+import orjson
+
+from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._config import EndpointSpec
+
+if TYPE_CHECKING:
+    from runpod_queue.emulator.clock import TimerHandle
+
+__all__ = ["EndpointState", "JobRecord", "WorkerSlot", "encode_json", "new_job_id", "new_worker_id"]
+
+_JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_WORKER_ALPHABET: Final = string.ascii_lowercase + string.digits
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON as the official worker's `json.dumps` would accept it (non-str keys become strings)."""
+    return orjson.dumps(value, option=_JSON_OPTS)
+
+
+_ids = random.Random()
+
+
+def new_job_id(sync: bool) -> str:
+    """A UUID4-shaped id with RunPod's `-u1` suffix (`sync-` prefix for runsync).
+
+    From a seeded PRNG, not `uuid.uuid4()`: its os.urandom syscall drops the GIL on every job, which
+    measurably slows the server loop when handler threads are waiting for it. Ids need only be unique.
+    """
+    h = f"{_ids.getrandbits(128) & _UUID4_MASK | _UUID4_BITS:032x}"
+    return f"{'sync-' if sync else ''}{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}-u1"
+
+
+_UUID4_MASK: Final = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_UUID4_BITS: Final = (0x4000 << 64) | (0x8000 << 48)
+
+
+def new_worker_id() -> str:
+    # RunPod worker ids are 14 lowercase alphanumerics.
+    return "".join(secrets.choice(_WORKER_ALPHABET) for _ in range(14))
+
+
+class WorkerSlot:
+    """One worker of an endpoint. In-process workers run handlers; external ones are HTTP processes."""
+
+    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired")
+
+    def __init__(self, endpoint: EndpointState, *, external: bool = False, worker_id: str | None = None):
+        self.endpoint = endpoint
+        self.id = worker_id or new_worker_id()
+        self.external = external
+        self.job: JobRecord | None = None
+        self.retired = False
+        self.last_seen = 0.0
+
+
+class JobRecord:
+    """One job as the queue holds it."""
+
+    __slots__ = (
+        "attempt",
+        "chunks",
+        "delay_ms",
+        "endpoint",
+        "error",
+        "execution_ms",
+        "expires_at",
+        "finished_at",
+        "id",
+        "input",
+        "low_priority",
+        "output_json",
+        "policy_execution_timeout",
+        "policy_ttl",
+        "progress_json",
+        "queued_at",
+        "raw_body",
+        "retention_handle",
+        "retention_override",
+        "retries",
+        "s3_config",
+        "started_at",
+        "status",
+        "stop_run",
+        "stream_waiters",
+        "sync",
+        "timer_handle",
+        "ttl_handle",
+        "waiters",
+        "webhook",
+        "worker",
+    )
+
+    def __init__(
+        self,
+        job_id: str,
+        endpoint: EndpointState,
+        job_input: Any,
+        *,
+        webhook: str | None,
+        execution_timeout: float,
+        ttl: float,
+        low_priority: bool,
+        s3_config: dict[str, str] | None,
+        sync: bool,
+        now: float,
+    ) -> None:
+        self.id = job_id
+        self.endpoint = endpoint
+        self.input = job_input
+        # The request body as received: the original input is re-read from it for a retry or a
+        # webhook, since a handler may have mutated `input` in place.
+        self.raw_body: bytes | None = None
+        self.webhook = webhook
+        # RunPod seconds (the wire's ms / 1000), before time_scale.
+        self.policy_execution_timeout = execution_timeout
+        self.policy_ttl = ttl
+        self.low_priority = low_priority
+        self.s3_config = s3_config
+        self.sync = sync
+        self.status = JobStatus.IN_QUEUE
+        self.attempt = 0
+        self.queued_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.delay_ms: int | None = None
+        self.execution_ms: int | None = None
+        self.worker: WorkerSlot | None = None
+        self.retries = 0
+        self.output_json: bytes | None = None
+        self.progress_json: bytes | None = None
+        self.error: str | None = None
+        self.chunks: list[bytes] = []
+        self.waiters: list[asyncio.Future[None]] | None = None
+        self.stream_waiters: list[asyncio.Future[None]] | None = None
+        self.ttl_handle: TimerHandle | None = None
+        self.timer_handle: TimerHandle | None = None
+        self.retention_handle: TimerHandle | None = None
+        self.retention_override: float | None = None
+        self.expires_at: float | None = None
+        # Stops the current run (cancel, executionTimeout, ttl mid-run); set by whoever runs it: the
+        # in-process runner cancels the handler, the external workers queue a job-stop.
+        self.stop_run: Callable[[], object] | None = None
+
+    # -- answers ---------------------------------------------------------------------------------
+
+    def status_dict(self) -> dict[str, Any]:
+        """The job as GET /status shows it; `output` is embedded pre-encoded."""
+        body: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        if self.delay_ms is not None:
+            body["delayTime"] = self.delay_ms
+        if self.execution_ms is not None:
+            body["executionTime"] = self.execution_ms
+        if self.output_json is not None:
+            body["output"] = orjson.Fragment(self.output_json)
+        elif self.progress_json is not None and self.status is JobStatus.IN_PROGRESS:
+            body["output"] = orjson.Fragment(self.progress_json)
+        if self.error is not None:
+            body["error"] = self.error
+        if self.worker is not None:
+            body["workerId"] = self.worker.id
+        if self.retries:
+            body["retries"] = self.retries
+        return body
+
+    def original_input(self) -> Any:
+        assert self.raw_body is not None
+        return orjson.loads(self.raw_body)["input"]
+
+    def original_input_json(self) -> bytes:
+        return encode_json(self.original_input())
+
+    def handler_job(self) -> dict[str, Any]:
+        """The `job` dict a handler receives: a fresh copy of the input for every run."""
+        if self.attempt == 0 and self.input is not None:
+            # First run: hand over the parsed input itself; later runs re-read the original.
+            data, self.input = self.input, None
+        else:
+            data = self.original_input()
+        job: dict[str, Any] = {"id": self.id, "input": data}
+        if self.webhook is not None:
+            job["webhook"] = self.webhook
+        if self.s3_config is not None:
+            job["s3Config"] = dict(self.s3_config)
+        return job
+
+
+class EndpointState:
+    """One endpoint: its queue, its workers, its jobs and its health counters."""
+
+    def __init__(self, endpoint_id: str, spec: EndpointSpec, workers: int) -> None:
+        self.id = endpoint_id
+        self.spec = spec
+        self.jobs: dict[str, JobRecord] = {}
+        self.queue: deque[tuple[JobRecord, int]] = deque()
+        self.low_queue: deque[tuple[JobRecord, int]] = deque()
+        self.workers: list[WorkerSlot] = []
+        self.idle: deque[WorkerSlot] = deque()
+        self.in_process_workers = workers if spec.handler is not None else 0
+        self.in_queue = 0
+        self.in_progress = 0
+        self.completed = 0
+        self.failed = 0
+        self.retried = 0
+        self.replaced_workers = 0
+        # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.
+        self.take_waiters: deque[asyncio.Future[None]] = deque()
+
+    def next_queued(self) -> JobRecord | None:
+        """Pop the next runnable job: normal priority first, then lowPriority; stale entries skipped."""
+        for q in (self.queue, self.low_queue):
+            while q:
+                job, attempt = q.popleft()
+                if job.attempt == attempt and job.status is JobStatus.IN_QUEUE and job.id in self.jobs:
+                    return job
+        return None
