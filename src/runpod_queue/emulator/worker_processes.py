@@ -159,17 +159,8 @@ class WorkerProcesses:
 
     def stop(self, worker: ManagedWorker, timeout: float = 3.0) -> None:
         """SIGTERM the group (the official worker finishes running jobs), SIGKILL what is left."""
-        proc = worker.proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            _signal_group(worker, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=timeout)
-        # The ping process may outlive its parent: always clear the whole group.
-        _signal_group(worker, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+        if worker.proc is not None:
+            _stop_process(worker.proc, timeout)
 
     def close(self, timeout: float = 3.0) -> None:
         """Stop the supervisor and every worker process. Idempotent."""
@@ -213,8 +204,16 @@ class WorkerProcesses:
             if self._stopping.is_set():
                 return
             if asked:
-                self.stop(worker, timeout=2.0)
-            elif self.restart_exited and worker.proc is not None and not worker.alive:
+                # The successor first: it imports for a second or two while the old one shuts down
+                # (the queue hands the retired worker no jobs meanwhile).
+                old = worker.proc
+                worker.worker_id = new_worker_id()
+                worker.restarts += 1
+                self._spawn(worker)
+                if old is not None:
+                    _stop_process(old, timeout=2.0)
+                continue
+            if self.restart_exited and worker.proc is not None and not worker.alive:
                 if worker.restart_at is None:
                     _signal_group(worker, signal.SIGKILL)  # a dead parent's ping process
                     quick = now - worker.started_at < _QUICK_EXIT_S
@@ -249,8 +248,21 @@ class WorkerProcesses:
 
 
 def _signal_group(worker: ManagedWorker, sig: signal.Signals) -> None:
-    proc = worker.proc
-    if proc is None:
-        return
+    if worker.proc is not None:
+        _signal_process_group(worker.proc, sig)
+
+
+def _signal_process_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _stop_process(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    if proc.poll() is None:
+        _signal_process_group(proc, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=timeout)
+    # The ping process may outlive its parent: always clear the whole group.
+    _signal_process_group(proc, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
