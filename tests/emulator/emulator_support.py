@@ -10,7 +10,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -117,12 +117,18 @@ def ENDPOINTS() -> dict[str, Any]:
 
 
 class Http:
-    """A small wrapper: `http.post("echo", "run", json=...)` → response."""
+    """A small wrapper: `http.post("echo", "run", json=...)` → response.
+
+    Plain http on loopback: `verify=False` skips loading the CA bundle (~70 ms per client)."""
 
     def __init__(self, emu: Emulator, key: str | None = KEY) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.emu = emu
-        self.client = httpx.Client(base_url=emu.base_url, headers=headers, timeout=10)
+        self.client = httpx.Client(base_url=emu.base_url, headers=headers, timeout=10, verify=False)
+
+    def control(self, name: str, method: str = "POST", **kwargs: Any) -> httpx.Response:
+        """A request to the emulator's own `/_emulator/<name>` route."""
+        return self.client.request(method, f"{self.emu.root_url}/_emulator/{name}", **kwargs)
 
     def post(self, endpoint: str, path: str, **kwargs: Any) -> httpx.Response:
         return self.client.post(f"/{endpoint}/{path}", **kwargs)
@@ -167,3 +173,20 @@ def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         time.sleep(0.005)
+
+
+T = TypeVar("T")
+
+
+def answered_while_advancing(emu: Emulator, call: Callable[[], T], *, step: float) -> T:
+    """Send a request the emulator holds on its virtual clock (from a thread), advancing the clock by
+    `step` until it is answered: the test cannot know the moment the hold starts, only that it ends."""
+    answers: list[T] = []
+    thread = threading.Thread(target=lambda: answers.append(call()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while thread.is_alive():
+        assert time.monotonic() < deadline, "the held request was never answered"
+        emu.advance(step)
+        thread.join(0.01)
+    return answers[0]

@@ -13,9 +13,9 @@ from runpod_queue.emulator import Timings
 
 WORKERS = Path(__file__).parent / "workers"
 API_KEY = "test-external-key"
-# Held polls of 0.5 s keep idle workers cheap and shutdown quick; a worker silent for 2.5 s (the floor,
-# pings come every 1 s) is lost.
-TIMINGS = Timings(job_take_hold_ms=500, worker_lost_after_ms=2500)
+# On a virtual clock: polls are held for an hour of virtual time (60 real seconds at most), so a live
+# worker always has one open and only a dead one can fall silent for the 30 s after which it is lost.
+TIMINGS = Timings(job_take_hold=3600, worker_lost_after=30)
 
 T = TypeVar("T")
 

@@ -1,6 +1,8 @@
 """The worker protocol route by route, with the test playing the worker over HTTP (no processes).
 
-Durations are scaled down (time_scale 0.01): a held job-take lasts 0.5 s, a worker silent for 0.3 s is lost.
+The emulator runs on a virtual clock with RunPod's timings: a held job-take or job-stop lasts 20 s, a
+worker silent for 30 s is lost, and both happen only when a test advances the clock. Each test has an
+endpoint of its own, so moving the shared clock only touches other tests' leftovers.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from emulator_support import answered_while_advancing
 from external_support import wait_for
 
 from runpod_queue import Client, JobStatus, Policy, S3Config
-from runpod_queue.emulator import Emulator, EndpointSpec, Timings
+from runpod_queue.emulator import Emulator, EndpointSpec
 
 KEY = "protocol-key"
 _ids = iter(f"ep{i}" for i in range(100))
@@ -32,14 +35,7 @@ def _blocking(job: dict[str, Any]) -> Any:
 def emu() -> Iterator[Emulator]:
     endpoints: dict[str, Any] = {eid: EndpointSpec(handler=None) for eid in (f"ep{i}" for i in range(100))}
     endpoints["mixed"] = EndpointSpec(handler=_blocking, workers=1)
-    with Emulator(
-        endpoints,
-        api_key=KEY,
-        time_scale=0.01,
-        timings=Timings(job_take_hold_ms=50_000, worker_lost_after_ms=30_000),
-        rate_limits=False,
-    ) as emulator:
-        emulator.core.min_worker_lost_after_s = 0.0
+    with Emulator(endpoints, api_key=KEY, clock="virtual", rate_limits=False) as emulator:
         yield emulator
     _release.set()
 
@@ -62,7 +58,7 @@ class FakeWorker:
     def __init__(self, emu: Emulator, endpoint_id: str, worker_id: str) -> None:
         self.base = f"{emu.base_url}/{endpoint_id}"
         self.id = worker_id
-        self.http = httpx.Client(headers={"Authorization": KEY}, timeout=10)
+        self.http = httpx.Client(headers={"Authorization": KEY}, timeout=10, verify=False)
 
     def take(self, in_progress: int = 0) -> httpx.Response:
         return self.http.get(f"{self.base}/job-take/{self.id}?gpu=x&job_in_progress={in_progress}")
@@ -104,10 +100,18 @@ def worker(emu: Emulator, ep: str) -> Iterator[FakeWorker]:
     w.http.close()
 
 
-def test_empty_take_is_held_then_204(worker: FakeWorker) -> None:
-    answer = worker.take()
-    assert answer.status_code == 204
-    assert answer.content == b""
+def test_empty_take_is_held_20_s_then_204(client: Client, emu: Emulator, worker: FakeWorker, ep: str) -> None:
+    answers: list[httpx.Response] = []
+    poller = threading.Thread(target=lambda: answers.append(worker.take()))
+    poller.start()
+    # The worker exists from its first request, and its hold starts in the same step.
+    wait_for(lambda: client.endpoint(ep).health().workers.idle == 1, what="the worker to register")
+    emu.advance(19.999)
+    assert not answers
+    emu.advance(0.001)
+    poller.join(10)
+    assert answers[0].status_code == 204
+    assert answers[0].content == b""
 
 
 def test_take_hands_the_job_with_its_extras(client: Client, worker: FakeWorker, ep: str) -> None:
@@ -197,17 +201,17 @@ def test_progress_update_then_result(client: Client, worker: FakeWorker, ep: str
     assert (final.status, final.output) == (JobStatus.COMPLETED, "all")
 
 
-def test_take_batch_answers_a_list(client: Client, worker: FakeWorker, ep: str) -> None:
+def test_take_batch_answers_a_list(client: Client, emu: Emulator, worker: FakeWorker, ep: str) -> None:
     ids = {client.endpoint(ep).run({"i": i}).id for i in range(3)}
     first = worker.take_batch(2).json()
     second = worker.take_batch(2).json()
     assert [len(first), len(second)] == [2, 1]
     assert {j["id"] for j in first + second} == ids
-    assert worker.take_batch(2).status_code == 204
+    assert answered_while_advancing(emu, lambda: worker.take_batch(2), step=20).status_code == 204
 
 
 def test_cancel_reaches_job_stop_and_a_late_result_is_ignored(
-    client: Client, worker: FakeWorker, ep: str
+    client: Client, emu: Emulator, worker: FakeWorker, ep: str
 ) -> None:
     job = client.endpoint(ep).run({})
     worker.take_job()
@@ -215,10 +219,12 @@ def test_cancel_reaches_job_stop_and_a_late_result_is_ignored(
     assert worker.stop().json() == {"jobsToStop": [job.id]}
     assert worker.done(job.id, {"output": "too late"}).status_code == 200
     assert client.endpoint(ep).status(job.id).status is JobStatus.CANCELLED
-    assert worker.stop().status_code == 204
+    assert answered_while_advancing(emu, worker.stop, step=20).status_code == 204
 
 
-def test_stop_is_resent_while_pings_still_list_the_job(client: Client, worker: FakeWorker, ep: str) -> None:
+def test_stop_is_resent_while_pings_still_list_the_job(
+    client: Client, emu: Emulator, worker: FakeWorker, ep: str
+) -> None:
     job = client.endpoint(ep).run({})
     worker.take_job()
     client.endpoint(ep).cancel(job.id)
@@ -226,20 +232,23 @@ def test_stop_is_resent_while_pings_still_list_the_job(client: Client, worker: F
     worker.ping(job.id)  # the worker dropped the stop and still runs it
     assert worker.stop().json() == {"jobsToStop": [job.id]}
     worker.ping()  # it stopped
-    assert worker.stop().status_code == 204
+    assert answered_while_advancing(emu, worker.stop, step=20).status_code == 204
 
 
-def test_execution_timeout_and_ttl_reach_job_stop(client: Client, worker: FakeWorker, ep: str) -> None:
+def test_execution_timeout_and_ttl_reach_job_stop_at_once(
+    client: Client, emu: Emulator, worker: FakeWorker, ep: str
+) -> None:
     endpoint = client.endpoint(ep)
     slow = endpoint.run({}, policy=Policy(execution_timeout=5))
     worker.take_job()
-    stops = wait_for(lambda: (r := worker.stop()).status_code == 200 and r.json(), what="a stop")
-    assert stops == {"jobsToStop": [slow.id]}
+    emu.advance(5)
+    assert worker.stop().json() == {"jobsToStop": [slow.id]}
     assert endpoint.status(slow.id).status is JobStatus.TIMED_OUT
     expiring = endpoint.run({}, policy=Policy(ttl=10))
     worker.take_job()
-    stops = wait_for(lambda: (r := worker.stop()).status_code == 200 and r.json(), what="a stop")
-    assert stops == {"jobsToStop": [expiring.id]}
+    emu.advance(10)  # mid-run: the job is removed and the worker told to drop it
+    assert worker.stop().json() == {"jobsToStop": [expiring.id]}
+    assert worker.http.get(f"{worker.base}/status/{expiring.id}").status_code == 404
 
 
 def test_lost_worker_job_requeued_once_then_failed(client: Client, emu: Emulator, ep: str) -> None:
@@ -247,20 +256,46 @@ def test_lost_worker_job_requeued_once_then_failed(client: Client, emu: Emulator
     first, second = FakeWorker(emu, ep, "first"), FakeWorker(emu, ep, "second")
     job = endpoint.run({})
     first.take_job()  # ... and then falls silent
-    requeued = wait_for(lambda: (s := endpoint.status(job.id)).retries == 1 and s, what="the requeue")
-    assert requeued.status is JobStatus.IN_QUEUE
+    emu.advance(29.999)
+    assert endpoint.status(job.id).status is JobStatus.IN_PROGRESS
+    assert endpoint.health().workers.unhealthy == 0
+    emu.advance(0.001)  # silent for 30 s: lost
+    requeued = endpoint.status(job.id)
+    assert (requeued.status, requeued.retries) == (JobStatus.IN_QUEUE, 1)
     health = endpoint.health()
     assert (health.jobs.retried, health.workers.unhealthy) == (1, 1)
     assert second.take_job()["id"] == job.id
     assert first.done(job.id, {"output": "stale"}).status_code == 200  # the lost run's result is dropped
     assert endpoint.status(job.id).status is JobStatus.IN_PROGRESS
     assert first.stop().json() == {"jobsToStop": [job.id]}  # back from the dead: told to drop it
-    failed = endpoint.wait(job.id, timeout=10)  # the second worker falls silent too
+    emu.advance(30)  # the second worker falls silent too
+    failed = endpoint.status(job.id)
     assert failed.status is JobStatus.FAILED
     assert failed.error == "job timed out after 1 retries"
     assert failed.retries == 1
     for w in (first, second):
         w.http.close()
+
+
+def test_a_worker_holding_a_poll_is_never_lost(client: Client, emu: Emulator, ep: str) -> None:
+    endpoint = client.endpoint(ep)
+    busy = FakeWorker(emu, ep, "busy")
+    stops: list[httpx.Response] = []
+    poller = threading.Thread(target=lambda: stops.append(busy.stop()))
+    poller.start()  # its first request: it registers and its 20 s hold starts in the same step
+    wait_for(lambda: endpoint.health().workers.idle == 1, what="the poll")
+    job = endpoint.run({})
+    busy.take_job()
+    emu.advance(19.999)
+    assert endpoint.status(job.id).retries is None
+    emu.advance(0.001)
+    poller.join(10)
+    assert stops[0].status_code == 204
+    emu.advance(29.999)  # silent since the poll ended, 20 s later than its last other request
+    assert endpoint.status(job.id).retries is None
+    emu.advance(0.001)
+    assert endpoint.status(job.id).retries == 1
+    busy.http.close()
 
 
 def test_take_with_nothing_in_progress_requeues_what_the_worker_held(
@@ -287,13 +322,11 @@ def test_a_take_whose_worker_went_away_is_not_handed_a_job(
     assert worker.take_job()["id"] == job.id
 
 
-def test_stop_pod_counts_the_worker_replaced(
-    client: Client, emu: Emulator, worker: FakeWorker, ep: str
-) -> None:
+def test_stop_pod_replaces_the_worker(client: Client, worker: FakeWorker, ep: str) -> None:
     job = client.endpoint(ep).run({})
     worker.take_job()
     worker.done(job.id, {"output": 1, "stopPod": True})
-    assert emu.core.endpoints[ep].replaced_workers == 1
+    assert client.endpoint(ep).status(job.id).output == 1  # the job ends normally
     assert client.endpoint(ep).health().workers.idle == 0
     worker.ping()  # nobody manages its process: the same process comes back as a fresh worker
     assert client.endpoint(ep).health().workers.idle == 1
@@ -313,10 +346,12 @@ def test_in_process_and_external_workers_share_an_endpoint(emu: Emulator, client
     external.http.close()
 
 
-def test_worker_routes_need_the_key(emu: Emulator, ep: str) -> None:
-    answer = httpx.get(f"{emu.base_url}/{ep}/job-take/w?gpu=x&job_in_progress=0")
+def test_worker_routes_need_the_key(worker: FakeWorker) -> None:
+    answer = worker.http.get(
+        f"{worker.base}/job-take/w?gpu=x&job_in_progress=0", headers={"Authorization": ""}
+    )
     assert answer.status_code == 401
-    bearer = httpx.get(f"{emu.base_url}/{ep}/ping/w", headers={"Authorization": f"Bearer {KEY}"})
+    bearer = worker.http.get(f"{worker.base}/ping/w", headers={"Authorization": f"Bearer {KEY}"})
     assert bearer.status_code == 200
 
 

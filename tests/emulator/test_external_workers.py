@@ -1,8 +1,9 @@
 """Unmodified `runpod.serverless.start` worker processes against the emulator, over real HTTP.
 
 One emulator and one set of worker processes serve the module (importing `runpod` costs ~1.5 s per
-process). Every process is started in its own group and killed with it; the last test checks none is
-left behind.
+process), all started at once. Every process is started in its own group and killed with it; the last
+test checks none is left behind. The emulator runs on a virtual clock: nothing times out while workers
+start, and a killed worker is found lost by advancing the clock, not by waiting.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def emu() -> Iterator[Emulator]:
     with Emulator(
         {name: EndpointSpec(handler=None) for name in ENDPOINTS},
         api_key=API_KEY,
+        clock="virtual",
         timings=TIMINGS,
         rate_limits=False,
     ) as emulator:
@@ -44,11 +46,14 @@ def procs(emu: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[W
         processes.start("stream", WORKERS / "worker_stream.py")
         processes.start("stream-agg", WORKERS / "worker_stream.py", env={"RPQ_TEST_AGGREGATE": "1"})
         processes.start("batch", WORKERS / "worker_batch.py")
-        emu.app.external.on_stop_pod.append(processes.request_replace)
+        for _ in range(2):
+            processes.start("lost", WORKERS / "worker_basic.py")
+        emu.external.on_stop_pod.append(processes.request_replace)
         processes.start_supervisor(every_s=0.1)
         yield processes
     finally:
-        processes.close()
+        # A SIGTERM'd worker first waits for its held polls (long on this clock): no need to be gentle.
+        processes.close(timeout=0.5)
     for worker in processes.workers:
         assert worker.proc is not None and worker.proc.poll() is not None
         assert not live_group_members(worker.proc.pid)  # the ping process went with it
@@ -133,11 +138,12 @@ def test_progress_update_visible_while_running_ignored_after(
     assert final.status is JobStatus.COMPLETED
     assert final.output == {"done": True}
     # A progress update that arrives after the result (the worker sends them from a thread) is ignored.
-    late = httpx.post(
-        f"{emu.base_url}/basic/job-done/{final.worker_id}/{job.id}?gpu=x&isStream=false",
-        content=json.dumps({"status": "IN_PROGRESS", "output": {"pct": 99}}),
-        headers={"Authorization": API_KEY, "Content-Type": "application/x-www-form-urlencoded"},
-    )
+    with httpx.Client(verify=False) as http:
+        late = http.post(
+            f"{emu.base_url}/basic/job-done/{final.worker_id}/{job.id}?gpu=x&isStream=false",
+            content=json.dumps({"status": "IN_PROGRESS", "output": {"pct": 99}}),
+            headers={"Authorization": API_KEY, "Content-Type": "application/x-www-form-urlencoded"},
+        )
     assert late.status_code == 200
     again = ep.status(job.id)
     assert (again.status, again.output) == (JobStatus.COMPLETED, {"done": True})
@@ -172,15 +178,12 @@ def test_cancel_of_a_running_job_reaches_the_worker(client: Client, tmp_path: Pa
     assert ep.health().workers.idle == 1
 
 
-def test_refresh_worker_replaces_the_worker(client: Client, emu: Emulator, procs: WorkerProcesses) -> None:
+def test_refresh_worker_replaces_the_worker(client: Client, procs: WorkerProcesses) -> None:
     ep = client.endpoint("basic")
-    state = emu.core.endpoints["basic"]
     before_ids = _worker_ids(procs, "basic")
-    replaced = state.replaced_workers
     job = ep.run_sync({"mode": "refresh"})
     assert job.status is JobStatus.COMPLETED
     assert job.output == {"ok": True}  # refresh_worker is an instruction, not output
-    assert state.replaced_workers == replaced + 1
     # The supervisor starts a fresh process under a new id; jobs keep flowing.
     after = ep.run_sync({"mode": "echo", "value": 2})
     assert after.status is JobStatus.COMPLETED
@@ -191,23 +194,34 @@ def test_refresh_worker_replaces_the_worker(client: Client, emu: Emulator, procs
 # -- lost workers ---------------------------------------------------------------------------------
 
 
-def test_killed_worker_job_requeued_once_then_failed(client: Client, procs: WorkerProcesses) -> None:
+def test_killed_worker_job_requeued_once_then_failed(
+    client: Client, emu: Emulator, procs: WorkerProcesses
+) -> None:
     ep = client.endpoint("lost")
-    first = procs.start("lost", WORKERS / "worker_basic.py")
+    pair = [w for w in procs.workers if w.endpoint_id == "lost"]
     job = ep.run({"mode": "hang"})
-    wait_for(lambda: ep.status(job.id).worker_id == first.worker_id, what="the first worker to take the job")
-    second = procs.start("lost", WORKERS / "worker_basic.py")
+    holder = wait_for(lambda: ep.status(job.id).worker_id, what="a worker to take the job")
+    first = next(w for w in pair if w.worker_id == holder)
+    second = next(w for w in pair if w is not first)
     procs.kill(first)
-    wait_for(lambda: ep.health().workers.unhealthy == 1, what="the killed worker to be unhealthy")
+    # Silent for 30 s of virtual time → lost. Steps of 10 s: the emulator notices the closed connections
+    # in real time, so the silence starts at some step; a live worker keeps a poll open and never is.
     retried = wait_for(
+        lambda: emu.advance(10) and (s := ep.status(job.id)).retries == 1 and s,
+        what="the killed worker to be found lost",
+    )
+    assert ep.health().workers.unhealthy == 1
+    assert ep.health().jobs.retried == 1
+    taken = wait_for(
         lambda: (s := ep.status(job.id)).worker_id == second.worker_id and s,
         what="the job to be requeued to the second worker",
     )
-    assert retried.retries == 1
-    assert retried.status is JobStatus.IN_PROGRESS
-    assert ep.health().jobs.retried == 1
+    assert (retried.retries, taken.status) == (1, JobStatus.IN_PROGRESS)
     procs.kill(second)
-    failed = ep.wait(job.id, timeout=30)
+    failed = wait_for(
+        lambda: emu.advance(10) and (s := ep.status(job.id)).is_terminal and s,
+        what="the second loss",
+    )
     assert failed.status is JobStatus.FAILED
     assert failed.error == "job timed out after 1 retries"
     assert failed.retries == 1

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from typing import Any
 
 from emulator_support import KEY, Http, gate, started
@@ -134,12 +133,10 @@ def test_n_workers_run_n_jobs_at_once() -> None:
 def test_a_blocking_sync_handler_stalls_neither_the_server_nor_other_endpoints(http: Http) -> None:
     job_id = http.run("blocking", {}, policy={"executionTimeout": 3_600_000})
     assert started("blocking").wait(5)
-    began = time.monotonic()
+    # 40 round trips while the handler holds its thread: a stalled server would time them out.
     for _ in range(20):
         assert http.health("blocking")["workers"]["running"] >= 1
         assert http.post("echo", "runsync", json={"input": {"x": 1}}).json()["status"] == "COMPLETED"
-    # 40 round trips while the handler holds its thread; generous bound, this is not a timing test.
-    assert time.monotonic() - began < 4
     assert http.status("blocking", job_id)["status"] == "IN_PROGRESS"
     gate("blocking").set()
     assert http.wait("blocking", job_id)["status"] == "COMPLETED"

@@ -1,21 +1,55 @@
-"""The state machine: queue order, ttl, executionTimeout, retention, cancel, retry, purge, health."""
+"""The state machine: queue order, ttl, executionTimeout, retention, cancel, retry, purge, health.
+
+Every rule that is about time runs on a virtual clock: the test moves time with `emu.advance()` and
+checks the job just before and exactly at the instant the rule says, with no sleeping.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from emulator_support import CANCELLED, KEY, SEEN, Http, echo, eventually, gate, held, started
+from emulator_support import (
+    CANCELLED,
+    KEY,
+    SEEN,
+    Http,
+    async_held,
+    blocking,
+    echo,
+    eventually,
+    gate,
+    held,
+    started,
+)
 
 from runpod_queue.emulator import Emulator, EndpointSpec, Timings
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"}
 
 
+@contextmanager
+def virtual(endpoints: dict[str, Any], **options: Any) -> Iterator[tuple[Emulator, Http]]:
+    """A fresh emulator on a virtual clock (now == 0) and a client for it."""
+    with Emulator(endpoints, clock="virtual", **options) as emu:
+        http = Http(emu, key=None)
+        try:
+            yield emu, http
+        finally:
+            http.close()
+
+
+def _gone(http: Http, endpoint: str, job_id: str) -> bool:
+    return http.get(endpoint, f"status/{job_id}").status_code == 404
+
+
 @pytest.fixture
-def one_worker() -> Any:
+def one_worker() -> Iterator[Http]:
     """A fresh emulator whose `one` endpoint has a single worker (for ordering)."""
-    with Emulator({"one": EndpointSpec(held, workers=1)}, api_key=KEY, time_scale=0.01) as emu:
+    with Emulator({"one": EndpointSpec(held, workers=1)}, api_key=KEY, clock="virtual") as emu:
         client = Http(emu)
         yield client
         client.close()
@@ -35,73 +69,182 @@ def test_low_priority_jobs_run_after_normal_ones(one_worker: Http) -> None:
     assert SEEN == ["blocker", "normal1", "normal2", "low"]
 
 
-def test_ttl_running_out_in_the_queue_times_the_job_out(http: Http) -> None:
-    job_id = http.run("idle", {}, policy={"ttl": 10_000})  # 10 ms at this scale
-    body = http.wait("idle", job_id)
-    assert body["status"] == "TIMED_OUT"
-    assert http.health("idle")["jobs"]["inQueue"] == 0
+# -- ttl ------------------------------------------------------------------------------------------
 
 
-def test_ttl_running_out_mid_run_removes_the_job(http: Http) -> None:
-    job_id = http.run("aheld", {"gate": "ttlrun"}, policy={"ttl": 20_000, "executionTimeout": 600_000})
-    assert started("ttlrun").wait(5)
-    eventually(lambda: http.get("aheld", f"status/{job_id}").status_code == 404)
-    assert "ttlrun" in CANCELLED or eventually(lambda: "ttlrun" in CANCELLED) is None
-    assert http.health("aheld")["jobs"]["inProgress"] == 0
+def test_ttl_running_out_in_the_queue_times_the_job_out() -> None:
+    with virtual({"q": EndpointSpec(echo, workers=0)}) as (emu, http):
+        job_id = http.run("q", {}, policy={"ttl": 10_000})
+        emu.advance(9.999)
+        assert http.status("q", job_id) == {"id": job_id, "status": "IN_QUEUE"}
+        emu.advance(0.001)
+        assert http.status("q", job_id) == {"id": job_id, "status": "TIMED_OUT"}
+        assert http.health("q")["jobs"] == {
+            "completed": 0,
+            "failed": 1,
+            "inProgress": 0,
+            "inQueue": 0,
+            "retried": 0,
+        }
 
 
-def test_execution_timeout_counts_from_start_and_cancels_an_async_handler(http: Http) -> None:
-    job_id = http.run("aheld", {"gate": "exec"}, policy={"executionTimeout": 20_000})
-    body = http.wait("aheld", job_id)
-    assert body["status"] == "TIMED_OUT"
-    assert "executionTime" in body
-    eventually(lambda: "exec" in CANCELLED)
+def test_default_ttl_is_a_day() -> None:
+    with virtual({"q": EndpointSpec(echo, workers=0)}) as (emu, http):
+        job_id = http.run("q", {})
+        emu.advance(timedelta(days=1) - timedelta(milliseconds=1))
+        assert http.status("q", job_id)["status"] == "IN_QUEUE"
+        emu.advance(0.001)
+        assert http.status("q", job_id)["status"] == "TIMED_OUT"
 
 
-def test_execution_timeout_of_a_blocking_sync_handler_replaces_the_worker(http: Http) -> None:
-    job_id = http.run("blocking", {}, policy={"executionTimeout": 20_000})
-    body = http.wait("blocking", job_id)
-    assert body["status"] == "TIMED_OUT"
-    old_worker = body["workerId"]
-    # The endpoint still serves: a fresh worker took the stuck one's place.
-    gate("blocking").set()
-    job2 = http.run("blocking", {})
-    done = http.wait("blocking", job2)
-    assert done["status"] == "COMPLETED" and done["workerId"] != old_worker
+def test_ttl_running_out_mid_run_removes_the_job_and_cancels_its_handler() -> None:
+    with virtual({"a": async_held}) as (emu, http):
+        job_id = http.run("a", {"gate": "ttlrun"}, policy={"ttl": 20_000, "executionTimeout": 600_000})
+        assert started("ttlrun").wait(5)
+        emu.advance(19.999)
+        assert http.status("a", job_id)["status"] == "IN_PROGRESS"
+        emu.advance(0.001)
+        assert _gone(http, "a", job_id)
+        eventually(lambda: "ttlrun" in CANCELLED)
+        assert http.health("a")["jobs"]["inProgress"] == 0
 
 
-def test_results_are_kept_for_the_retention_window_then_404(http: Http) -> None:
-    emu = http.emu
-    with Emulator({"e": echo}, time_scale=0.0005) as fast:  # 30 min → 0.9 s, 1 min → 30 ms
-        client = Http(fast, key=None)
-        run_id = client.run("e", {})
-        assert client.wait("e", run_id)["status"] == "COMPLETED"
-        sync_id = client.post("e", "runsync", json={"input": {}}).json()["id"]
-        eventually(lambda: client.get("e", f"status/{sync_id}").status_code == 404)
-        assert client.get("e", f"status/{run_id}").status_code == 200  # run jobs live 30x longer
-        eventually(lambda: client.get("e", f"status/{run_id}").status_code == 404)
-        answer = client.get("e", f"status/{run_id}").json()
-        assert "retention" in answer["error"]
-        client.close()
-    assert emu is not None
+# -- executionTimeout -----------------------------------------------------------------------------
 
 
-def test_status_ttl_shortens_retention(http: Http) -> None:
-    job_id = http.run("echo", {})
-    http.wait("echo", job_id)
-    assert http.get("echo", f"status/{job_id}", params={"ttl": 1000}).status_code == 200  # 1 ms here
-    eventually(lambda: http.get("echo", f"status/{job_id}").status_code == 404)
+def test_execution_timeout_counts_from_start_and_cancels_an_async_handler() -> None:
+    with virtual({"a": EndpointSpec(async_held, workers=1)}) as (emu, http):
+        first = http.run("a", {"gate": "exec-first"})
+        assert started("exec-first").wait(5)
+        timed = http.run("a", {"gate": "exec"}, policy={"executionTimeout": 5_000})
+        emu.advance(3)  # queued behind the first job: its executionTimeout has not started
+        gate("exec-first").set()
+        http.wait("a", first)
+        assert started("exec").wait(5)
+        emu.advance(4.999)
+        assert http.status("a", timed)["status"] == "IN_PROGRESS"
+        emu.advance(0.001)
+        body = http.status("a", timed)
+        assert body["status"] == "TIMED_OUT"
+        assert (body["delayTime"], body["executionTime"]) == (3000, 5000)
+        eventually(lambda: "exec" in CANCELLED)
+
+
+def test_execution_timeout_of_a_blocking_sync_handler_replaces_the_worker() -> None:
+    with virtual({"b": blocking}) as (emu, http):
+        job_id = http.run("b", {}, policy={"executionTimeout": 5_000})
+        assert started("blocking").wait(5)
+        emu.advance(5)
+        body = http.status("b", job_id)
+        assert body["status"] == "TIMED_OUT"
+        # The endpoint still serves: a fresh worker took the stuck one's place.
+        gate("blocking").set()
+        done = http.wait("b", http.run("b", {}))
+        assert done["status"] == "COMPLETED" and done["workerId"] != body["workerId"]
+
+
+def test_default_execution_timeout_is_ten_minutes() -> None:
+    with virtual({"a": async_held}) as (emu, http):
+        job_id = http.run("a", {"gate": "exec-default"})
+        assert started("exec-default").wait(5)
+        emu.advance(599.999)
+        assert http.status("a", job_id)["status"] == "IN_PROGRESS"
+        emu.advance(0.001)
+        assert http.status("a", job_id)["status"] == "TIMED_OUT"
+
+
+# -- retention ------------------------------------------------------------------------------------
+
+
+def test_results_are_kept_30_min_after_run_and_1_min_after_runsync() -> None:
+    with virtual({"e": echo}) as (emu, http):
+        run_id = http.run("e", {})
+        assert http.wait("e", run_id)["status"] == "COMPLETED"
+        sync_id = http.post("e", "runsync", json={"input": {}}).json()["id"]
+        emu.advance(59.999)
+        assert http.status("e", sync_id)["status"] == "COMPLETED"
+        emu.advance(0.001)
+        assert _gone(http, "e", sync_id)
+        emu.advance(1800 - 60 - 0.001)
+        assert http.status("e", run_id)["status"] == "COMPLETED"
+        emu.advance(0.001)
+        answer = http.get("e", f"status/{run_id}")
+        assert answer.status_code == 404 and "retention" in answer.json()["error"]
+
+
+def test_status_ttl_shortens_retention_but_never_lengthens_it() -> None:
+    with virtual({"e": echo}) as (emu, http):
+        short, long = http.run("e", {}), http.run("e", {})
+        http.wait("e", short)
+        http.wait("e", long)
+        assert http.get("e", f"status/{short}", params={"ttl": 1000}).status_code == 200
+        assert http.get("e", f"status/{long}", params={"ttl": 7_200_000}).status_code == 200  # 2 h
+        emu.advance(0.999)
+        assert http.status("e", short)["status"] == "COMPLETED"
+        emu.advance(0.001)
+        assert _gone(http, "e", short)
+        emu.advance(1800 - 1)
+        assert _gone(http, "e", long)  # still the 30 min retention
+
+
+def test_status_ttl_given_before_the_end_applies_from_the_end() -> None:
+    with virtual({"q": EndpointSpec(echo, workers=0)}) as (emu, http):
+        job_id = http.run("q", {}, policy={"ttl": 10_000})
+        assert http.get("q", f"status/{job_id}", params={"ttl": 2000}).status_code == 200
+        emu.advance(10)  # TIMED_OUT now: kept 2 s from here, not 30 min
+        emu.advance(1.999)
+        assert http.status("q", job_id)["status"] == "TIMED_OUT"
+        emu.advance(0.001)
+        assert _gone(http, "q", job_id)
 
 
 def test_overridden_timings_apply_to_one_rule() -> None:
-    with Emulator({"e": echo}, timings=Timings(retention_run_ms=5)) as emu:
-        client = Http(emu, key=None)
-        job_id = client.run("e", {})
-        eventually(lambda: client.get("e", f"status/{job_id}").status_code == 404)
-        client.close()
+    with virtual({"e": echo}, timings=Timings(retention_run=timedelta(seconds=5))) as (emu, http):
+        run_id = http.run("e", {})
+        http.wait("e", run_id)
+        sync_id = http.post("e", "runsync", json={"input": {}}).json()["id"]
+        emu.advance(5)
+        assert _gone(http, "e", run_id)
+        assert http.status("e", sync_id)["status"] == "COMPLETED"  # runsync keeps its 1 min
 
 
-# -- cancel -------------------------------------------------------------------------------------
+def test_timings_are_seconds_and_say_so_when_wrong() -> None:
+    assert Timings(retention_run=timedelta(minutes=2)).retention_run == 120.0
+    assert Timings().retention_run == 1800.0 and Timings().job_take_hold == 20.0
+    with pytest.raises(ValueError, match=r"Timings.retention_sync must be at least 0 seconds"):
+        Timings(retention_sync=-1)
+    with pytest.raises(TypeError, match=r"Timings.webhook_retry_gap must be a number of seconds"):
+        Timings(webhook_retry_gap="10s")  # type: ignore[arg-type]
+
+
+def test_time_scale_shortens_rules_on_a_real_clock() -> None:
+    # The one real-clock lifecycle check: 30 min retention at time_scale 1e-5 is 18 ms of real time.
+    with Emulator({"e": echo}, time_scale=0.00001) as emu:
+        http = Http(emu, key=None)
+        job_id = http.run("e", {})
+        eventually(lambda: _gone(http, "e", job_id))
+        http.close()
+
+
+# -- delayTime / executionTime ----------------------------------------------------------------------
+
+
+def test_delay_and_execution_times_are_virtual_ms() -> None:
+    with virtual({"one": EndpointSpec(held, workers=1)}) as (emu, http):
+        first = http.run("one", {"gate": "t1"})
+        assert started("t1").wait(5)
+        second = http.run("one", {"gate": "t2"})
+        emu.advance(2.5)  # the second job waits in the queue behind the first
+        gate("t1").set()
+        assert started("t2").wait(5)
+        emu.advance(1.25)
+        gate("t2").set()
+        first_body, second_body = http.wait("one", first), http.wait("one", second)
+        assert (first_body["delayTime"], first_body["executionTime"]) == (0, 2500)
+        assert (second_body["delayTime"], second_body["executionTime"]) == (2500, 1250)
+
+
+# -- cancel ---------------------------------------------------------------------------------------
 
 
 def test_cancel_in_queue(http: Http) -> None:
@@ -130,38 +273,43 @@ def test_cancel_of_a_finished_job_is_refused_and_changes_nothing(
     assert http.status(endpoint, job_id)["status"] == expect
 
 
-def test_cancel_of_cancelled_and_timed_out_jobs_is_refused(http: Http) -> None:
-    cancelled = http.run("idle", {})
-    http.post("idle", f"cancel/{cancelled}")
-    assert http.post("idle", f"cancel/{cancelled}").status_code == 400
-    timed_out = http.run("idle", {}, policy={"ttl": 10_000})
-    http.wait("idle", timed_out)
-    assert http.post("idle", f"cancel/{timed_out}").status_code == 400
+def test_cancel_of_cancelled_and_timed_out_jobs_is_refused() -> None:
+    with virtual({"q": EndpointSpec(echo, workers=0)}) as (emu, http):
+        cancelled = http.run("q", {})
+        http.post("q", f"cancel/{cancelled}")
+        assert http.post("q", f"cancel/{cancelled}").status_code == 400
+        timed_out = http.run("q", {}, policy={"ttl": 10_000})
+        emu.advance(10)
+        answer = http.post("q", f"cancel/{timed_out}")
+        assert answer.status_code == 400 and "TIMED_OUT" in answer.json()["error"]
 
 
-# -- retry --------------------------------------------------------------------------------------
+# -- retry ----------------------------------------------------------------------------------------
 
 
 def test_retry_of_a_failed_job_keeps_its_id_and_input(http: Http) -> None:
     job_id = http.run("faildict", {"p": 1})
     first = http.wait("faildict", job_id)
     assert first["status"] == "FAILED"
+    failed_before = http.health("faildict")["jobs"]["failed"]
     assert http.post("faildict", f"retry/{job_id}").json() == {"id": job_id, "status": "IN_QUEUE"}
     second = http.wait("faildict", job_id)
     assert second["status"] == "FAILED" and second["error"] == "prompt is required"
-    assert http.health("faildict")["jobs"]["failed"] >= 2
+    assert http.health("faildict")["jobs"]["failed"] == failed_before + 1
 
 
-def test_retry_of_a_timed_out_job_requeues_it_without_its_old_state() -> None:
-    with Emulator({"q": EndpointSpec(echo, workers=0)}, time_scale=0.05) as emu:  # ttl 10 s → 0.5 s
-        http = Http(emu, key=None)
+def test_retry_of_a_timed_out_job_requeues_it_and_its_ttl_counts_again() -> None:
+    with virtual({"q": EndpointSpec(echo, workers=0)}) as (emu, http):
         job_id = http.run("q", {"keep": True}, policy={"ttl": 10_000})
-        assert http.wait("q", job_id)["status"] == "TIMED_OUT"
+        emu.advance(10)
+        assert http.status("q", job_id)["status"] == "TIMED_OUT"
         assert http.post("q", f"retry/{job_id}").status_code == 200
-        body = http.status("q", job_id)
-        assert body == {"id": job_id, "status": "IN_QUEUE"}
+        assert http.status("q", job_id) == {"id": job_id, "status": "IN_QUEUE"}
         assert http.health("q")["jobs"]["inQueue"] == 1
-        http.close()
+        emu.advance(9.999)
+        assert http.status("q", job_id)["status"] == "IN_QUEUE"
+        emu.advance(0.001)
+        assert http.status("q", job_id)["status"] == "TIMED_OUT"
 
 
 @pytest.mark.parametrize("state", ["COMPLETED", "IN_QUEUE", "IN_PROGRESS", "CANCELLED"])
@@ -182,7 +330,7 @@ def test_retry_is_refused_unless_failed_or_timed_out(http: Http, state: str) -> 
     assert http.status(endpoint, job_id)["status"] == state
 
 
-# -- purge & health -----------------------------------------------------------------------------
+# -- purge & health -------------------------------------------------------------------------------
 
 
 def test_purge_removes_only_queued_jobs(one_worker: Http) -> None:
@@ -220,19 +368,3 @@ def test_health_counts_add_up(one_worker: Http) -> None:
     health = http.health("one")
     assert health["jobs"] == {"completed": 3, "failed": 0, "inProgress": 0, "inQueue": 0, "retried": 0}
     assert health["workers"]["idle"] == 1 and health["workers"]["ready"] == 1
-
-
-def test_delay_and_execution_times_are_measured_in_ms(one_worker: Http) -> None:
-    http = one_worker
-    first = http.run("one", {"gate": "t1"})
-    assert started("t1").wait(5)
-    second = http.run("one", {"gate": "t2"})
-    import time
-
-    time.sleep(0.05)  # the second job waits in the queue behind the first for at least this long
-    gate("t1").set()
-    gate("t2").set()
-    first_body, second_body = http.wait("one", first), http.wait("one", second)
-    assert first_body["executionTime"] >= 50
-    assert second_body["delayTime"] >= 50
-    assert all(k in second_body for k in ("delayTime", "executionTime", "workerId"))

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from emulator_support import KEY, Http, echo, gate, held, started
 
-from runpod_queue._contract import OperationLimit
+from runpod_queue import OperationLimit, RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec
 
 # -- payload limits -----------------------------------------------------------------------------
@@ -45,15 +45,21 @@ def test_chunked_body_without_length_is_counted_too(http: Http) -> None:
 # -- rate limits --------------------------------------------------------------------------------
 
 
-def test_requests_over_the_window_get_429_with_retry_after() -> None:
-    limits = {"run": OperationLimit(5, None), "status": OperationLimit(3, None)}
-    with Emulator({"e": echo, "f": echo}, rate_limits=limits) as emu:
+def test_requests_over_the_window_get_429_with_retry_after_from_the_window() -> None:
+    limits = RateLimits(limits={"run": OperationLimit(5, None), "status": OperationLimit(3, None)})
+    with Emulator({"e": echo, "f": echo}, rate_limits=limits, clock="virtual") as emu:
         http = Http(emu, key=None)
-        codes = [http.post("e", "run", json={"input": {}}).status_code for _ in range(7)]
+        codes = [http.post("e", "run", json={"input": {}}).status_code for _ in range(5)]
+        emu.advance(4)
+        codes += [http.post("e", "run", json={"input": {}}).status_code for _ in range(2)]
         assert codes == [200] * 5 + [429] * 2
         limited = http.post("e", "run", json={"input": {}})
         assert "rate limit" in limited.json()["error"]
-        assert 1 <= int(limited.headers["retry-after"]) <= 10
+        assert limited.headers["retry-after"] == "6"  # the first of the five leaves the window at 10 s
+        emu.advance(5.5)
+        assert http.post("e", "run", json={"input": {}}).headers["retry-after"] == "1"  # 0.5 s, rounded up
+        emu.advance(0.5)
+        assert http.post("e", "run", json={"input": {}}).status_code == 200
         # Per endpoint: another endpoint has its own window.
         assert http.post("f", "run", json={"input": {}}).status_code == 200
         # Per operation: health has no limit, status its own.
@@ -61,9 +67,37 @@ def test_requests_over_the_window_get_429_with_retry_after() -> None:
         http.close()
 
 
+def test_the_client_side_margin_does_not_apply_to_the_server() -> None:
+    limits = RateLimits(limits={"run": OperationLimit(1, None)}, window=2.0, margin=5.0)
+    with Emulator({"e": echo}, rate_limits=limits, clock="virtual") as emu:
+        http = Http(emu, key=None)
+        assert http.post("e", "run", json={"input": {}}).status_code == 200
+        assert http.post("e", "run", json={"input": {}}).headers["retry-after"] == "2"
+        emu.advance(2)
+        assert http.post("e", "run", json={"input": {}}).status_code == 200
+        http.close()
+
+
+def test_the_window_allows_more_while_workers_run() -> None:
+    # max(base, running workers x per_worker_allowance): two running workers allow 2 x 3 runs.
+    limits = RateLimits(limits={"run": OperationLimit(2, None)})
+    with Emulator(
+        {"h": EndpointSpec(held, workers=2)}, rate_limits=limits, per_worker_allowance=3, clock="virtual"
+    ) as emu:
+        http = Http(emu, key=None)
+        for name in ("pw1", "pw2"):
+            http.run("h", {"gate": name})
+            assert started(name).wait(5)
+        codes = [http.post("h", "run", json={"input": {"gate": "pw3"}}).status_code for _ in range(5)]
+        assert codes == [200] * 4 + [429]  # 2 already counted in the window, 6 allowed
+        for name in ("pw1", "pw2", "pw3"):
+            gate(name).set()
+        http.close()
+
+
 def test_in_flight_cap_answers_429_while_the_cap_is_full() -> None:
-    limits = {"runsync": OperationLimit(100, 1)}
-    with Emulator({"h": EndpointSpec(held, workers=2)}, rate_limits=limits, time_scale=0.01) as emu:
+    limits = RateLimits(limits={"runsync": OperationLimit(100, 1)})
+    with Emulator({"h": EndpointSpec(held, workers=2)}, rate_limits=limits, clock="virtual") as emu:
         http = Http(emu, key=None)
         results: list[int] = []
         first = threading.Thread(
@@ -84,18 +118,28 @@ def test_in_flight_cap_answers_429_while_the_cap_is_full() -> None:
 
 
 def test_rate_limits_can_be_switched_off() -> None:
-    with Emulator({"e": echo}, rate_limits=False) as emu:
-        http = Http(emu, key=None)
-        assert all(http.post("e", "purge-queue").status_code == 200 for _ in range(10))
-        http.close()
+    for off in (False, RateLimits.off()):
+        with Emulator({"e": echo}, rate_limits=off) as emu:
+            http = Http(emu, key=None)
+            assert all(http.post("e", "purge-queue").status_code == 200 for _ in range(10))
+            http.close()
 
 
-def test_purge_queue_limit_is_two_per_window(http: Http) -> None:
-    with Emulator({"e": echo}) as emu:
+def test_rate_limits_must_be_the_rate_limits_type() -> None:
+    with pytest.raises(TypeError, match=r"RateLimits\(limits=\{\.\.\.\}\)"):
+        Emulator({"e": echo}, rate_limits={"run": OperationLimit(5, None)})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="per_worker_allowance must be >= 0"):
+        Emulator({"e": echo}, per_worker_allowance=-1)
+
+
+def test_purge_queue_limit_is_two_per_window() -> None:
+    with Emulator({"e": echo}, clock="virtual") as emu:
         client = Http(emu, key=None)
         codes = [client.post("e", "purge-queue").status_code for _ in range(3)]
+        emu.advance(10)
+        codes.append(client.post("e", "purge-queue").status_code)
         client.close()
-    assert codes == [200, 200, 429]
+    assert codes == [200, 200, 429, 200]
 
 
 # -- auth ---------------------------------------------------------------------------------------
@@ -106,7 +150,7 @@ def test_purge_queue_limit_is_two_per_window(http: Http) -> None:
     [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "wrong"}, {"Authorization": "Bearer"}],
 )
 def test_missing_or_wrong_key_gets_401_on_every_route(emu: Emulator, headers: dict[str, str]) -> None:
-    with httpx.Client(base_url=emu.base_url, headers=headers) as client:
+    with httpx.Client(base_url=emu.base_url, headers=headers, verify=False) as client:
         for method, path in [
             ("POST", "/echo/run"),
             ("GET", "/echo/status/x"),
@@ -121,12 +165,12 @@ def test_missing_or_wrong_key_gets_401_on_every_route(emu: Emulator, headers: di
 
 @pytest.mark.parametrize("value", [f"Bearer {KEY}", KEY, f"bearer {KEY}"])
 def test_bearer_and_bare_keys_are_accepted(emu: Emulator, value: str) -> None:
-    with httpx.Client(base_url=emu.base_url, headers={"Authorization": value}) as client:
+    with httpx.Client(base_url=emu.base_url, headers={"Authorization": value}, verify=False) as client:
         assert client.get("/echo/health").status_code == 200
 
 
 def test_without_a_key_configured_any_key_is_accepted() -> None:
-    with Emulator({"e": echo}) as emu, httpx.Client(base_url=emu.base_url) as client:
+    with Emulator({"e": echo}) as emu, httpx.Client(base_url=emu.base_url, verify=False) as client:
         assert client.get("/e/health").status_code == 200
         assert client.get("/e/health", headers={"Authorization": "Bearer anything"}).status_code == 200
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -12,7 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import HandlerLoadError, load_endpoint
 
 HERE = Path(__file__).parent / "handlers"
@@ -71,34 +72,80 @@ def _serve(*args: str) -> subprocess.Popen[str]:
     )
 
 
+def _base_url(proc: subprocess.Popen[str]) -> tuple[str, str]:
+    """The base URL `rpq serve --port 0` prints once its port is bound, and that first line."""
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    match = re.search(r"(http://127\.0\.0\.1:\d+/v2)", first)
+    assert match, first
+    return match.group(1), first
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    return err
+
+
 def test_rpq_serve_prints_its_url_serves_and_stops_cleanly_on_ctrl_c() -> None:
     proc = _serve(
         f"echo={HERE / 'simple.py'}", f"{HERE / 'simple.py'}:shout", "--port", "0", "--api-key", "sk-1"
     )
     try:
+        base, first = _base_url(proc)
         assert proc.stdout is not None
-        first = proc.stdout.readline()
-        match = re.search(r"(http://127\.0\.0\.1:\d+/v2)", first)
-        assert match, first
-        base = match.group(1)
         lines = [proc.stdout.readline(), proc.stdout.readline()]
         assert any("/v2/echo" in line for line in lines) and any("/v2/shout" in line for line in lines)
         assert "sk-1" not in first + "".join(lines)
-        answer = httpx.post(
-            f"{base}/echo/runsync", json={"input": {"a": 1}}, headers={"Authorization": "sk-1"}
-        )
-        assert answer.json()["output"] == {"simple": {"a": 1}}
-        assert httpx.get(f"{base}/echo/health").status_code == 401
+        with httpx.Client(verify=False) as http:
+            answer = http.post(
+                f"{base}/echo/runsync", json={"input": {"a": 1}}, headers={"Authorization": "sk-1"}
+            )
+            assert answer.json()["output"] == {"simple": {"a": 1}}
+            assert http.get(f"{base}/echo/health").status_code == 401
     finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
+        _stop(proc)
 
 
-def test_rpq_serve_refuses_a_bad_handler_with_exit_2() -> None:
-    proc = _serve("nope.py", "--port", "0")
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 2
-    assert "does not exist" in err and "Traceback" not in err
-    assert json is not None
+def test_rpq_serve_clock_virtual_moves_time_only_through_the_advance_route() -> None:
+    proc = _serve(
+        f"echo={HERE / 'simple.py'}",
+        "--workers",
+        "0",
+        "--clock",
+        "virtual",
+        "--port",
+        "0",
+        "--api-key",
+        "sk-2",
+    )
+    try:
+        base, _ = _base_url(proc)
+        root = base.removesuffix("/v2")
+        with httpx.Client(headers={"Authorization": "Bearer sk-2"}, verify=False) as http:
+            job_id = http.post(f"{base}/echo/run", json={"input": {}, "policy": {"ttl": 10_000}}).json()["id"]
+            assert http.post(f"{root}/_emulator/advance", json={"seconds": 9.5}).json() == {"now": 9.5}
+            assert http.get(f"{base}/echo/status/{job_id}").json()["status"] == "IN_QUEUE"
+            assert http.post(f"{root}/_emulator/advance", json={"seconds": 0.5}).json() == {"now": 10.0}
+            assert http.get(f"{base}/echo/status/{job_id}").json()["status"] == "TIMED_OUT"
+            bad = http.post(f"{root}/_emulator/advance", json={"seconds": "soon"})
+            assert bad.status_code == 400 and "seconds" in bad.json()["error"]
+            anonymous = http.post(
+                f"{root}/_emulator/advance", json={"seconds": 1}, headers={"Authorization": ""}
+            )
+            assert anonymous.status_code == 401
+    finally:
+        _stop(proc)
+
+
+def test_rpq_serve_refuses_bad_settings_with_exit_2() -> None:
+    load_commands()
+    missing = CliRunner().invoke(app, ["serve", "nope.py", "--port", "0"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+    scaled = CliRunner().invoke(
+        app, ["serve", str(HERE / "simple.py"), "--clock", "virtual", "--time-scale", "0.5", "--port", "0"]
+    )
+    assert scaled.exit_code == 2
+    assert "--time-scale applies to --clock real only" in scaled.output

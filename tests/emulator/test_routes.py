@@ -6,7 +6,7 @@ import re
 
 import httpx
 import pytest
-from emulator_support import Http, gate, started
+from emulator_support import Http, answered_while_advancing, gate, held, started
 
 from runpod_queue.emulator import Emulator
 
@@ -32,11 +32,19 @@ def test_runsync_returns_the_finished_job_with_a_sync_id(http: Http) -> None:
     assert body["id"].startswith("sync-")
 
 
-def test_runsync_returns_id_and_state_when_not_done_within_wait(http: Http) -> None:
-    body = http.post("held", "runsync", params={"wait": 1000}, json={"input": {"gate": "rs"}}).json()
-    assert set(body) == {"id", "status"} and body["status"] == "IN_PROGRESS"
-    gate("rs").set()
-    assert http.wait("held", body["id"])["output"] == {"released": "rs"}
+def test_runsync_returns_id_and_state_when_not_done_within_wait() -> None:
+    with Emulator({"held": held}, clock="virtual") as emu:
+        http = Http(emu, key=None)
+        answer = answered_while_advancing(
+            emu,
+            lambda: http.post("held", "runsync", params={"wait": 1000}, json={"input": {"gate": "rs"}}),
+            step=1,
+        )
+        body = answer.json()
+        assert set(body) == {"id", "status"} and body["status"] == "IN_PROGRESS"
+        gate("rs").set()
+        assert http.wait("held", body["id"])["output"] == {"released": "rs"}
+        http.close()
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
@@ -56,11 +64,17 @@ def test_status_sync_holds_until_terminal(http: Http, method: str) -> None:
     assert response.json()["status"] == "COMPLETED"
 
 
-def test_status_sync_returns_current_state_after_wait(http: Http) -> None:
-    job_id = http.run("held", {"gate": "ssw"})
-    assert started("ssw").wait(5)
-    body = http.get("held", f"status-sync/{job_id}", params={"wait": 1000}).json()
-    assert body["status"] == "IN_PROGRESS" and "workerId" in body
+def test_status_sync_returns_current_state_after_wait() -> None:
+    with Emulator({"held": held}, clock="virtual") as emu:
+        http = Http(emu, key=None)
+        job_id = http.run("held", {"gate": "ssw"})
+        assert started("ssw").wait(5)
+        answer = answered_while_advancing(
+            emu, lambda: http.get("held", f"status-sync/{job_id}", params={"wait": 1000}), step=1
+        )
+        body = answer.json()
+        assert body["status"] == "IN_PROGRESS" and "workerId" in body
+        http.close()
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])

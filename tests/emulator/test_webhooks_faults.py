@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from emulator_support import Http, echo, eventually
 
-from runpod_queue.emulator import Emulator, EndpointSpec, Faults
+from runpod_queue.emulator import Emulator, EndpointSpec, Faults, WebhookAttempt
 
 
 class Receiver:
@@ -35,9 +36,10 @@ class Receiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # port 0: the OS picks a free one
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=abc"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for the next poll (0.5 s by default).
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.01,), daemon=True)
         self.thread.start()
 
     def close(self) -> None:
@@ -54,9 +56,13 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def webhook_emu() -> Iterator[Emulator]:
-    # 10 s between attempts becomes 10 ms.
-    with Emulator({"e": echo, "idle": EndpointSpec(echo, workers=0)}, time_scale=0.001) as emu:
+    """Virtual clock: the 10 s between attempts passes only when a test advances it."""
+    with Emulator({"e": echo, "idle": EndpointSpec(echo, workers=0)}, clock="virtual") as emu:
         yield emu
+
+
+def _attempts(emu: Emulator, job_id: str) -> list[WebhookAttempt]:
+    return [a for a in emu.webhook_attempts if a.job_id == job_id]
 
 
 def test_terminal_state_is_posted_with_input_and_webhook(webhook_emu: Emulator, receiver: Receiver) -> None:
@@ -69,14 +75,27 @@ def test_terminal_state_is_posted_with_input_and_webhook(webhook_emu: Emulator, 
     http.close()
 
 
-def test_failed_deliveries_are_retried_twice_then_succeed(webhook_emu: Emulator, receiver: Receiver) -> None:
+def test_failed_deliveries_are_retried_10_s_apart_then_succeed(
+    webhook_emu: Emulator, receiver: Receiver
+) -> None:
     receiver.script = [500, 204]  # anything but 200 counts as failed, as RunPod documents
     http = Http(webhook_emu, key=None)
     job_id = http.run("e", {}, webhook=receiver.url)
-    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
-    attempts = [a for a in webhook_emu.webhook_attempts if a.job_id == job_id]
-    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 500), (2, 204), (3, 200)]
+    eventually(lambda: len(_attempts(webhook_emu, job_id)) == 1)  # the first POST goes out at once
+    webhook_emu.advance(9.999)
+    assert len(_attempts(webhook_emu, job_id)) == 1
+    webhook_emu.advance(0.001)  # advance returns once the POST it triggered has been answered
+    assert len(_attempts(webhook_emu, job_id)) == 2
+    webhook_emu.advance(10)
+    attempts = _attempts(webhook_emu, job_id)
+    assert [(a.attempt, a.status_code, a.at) for a in attempts] == [
+        (1, 500, 0.0),
+        (2, 204, 10.0),
+        (3, 200, 20.0),
+    ]
     assert attempts[-1].delivered
+    webhook_emu.advance(3600)
+    assert len(_attempts(webhook_emu, job_id)) == 3
     http.close()
 
 
@@ -86,7 +105,9 @@ def test_a_delivery_that_always_fails_stops_after_three_and_never_changes_the_jo
     receiver.script = [503, 503, 503, 503]
     http = Http(webhook_emu, key=None)
     job_id = http.run("e", {"z": 1}, webhook=receiver.url)
-    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
+    eventually(lambda: len(_attempts(webhook_emu, job_id)) == 1)
+    webhook_emu.advance(600)
+    assert [a.at for a in _attempts(webhook_emu, job_id)] == [0.0, 10.0, 20.0]
     assert http.status("e", job_id)["status"] == "COMPLETED"
     assert len(receiver.deliveries) == 3
     http.close()
@@ -97,8 +118,10 @@ def test_connection_errors_are_retried_too(webhook_emu: Emulator) -> None:
     dead = Receiver()
     dead.close()  # nothing listens on that port any more
     job_id = http.run("e", {}, webhook=dead.url)
-    eventually(lambda: len([a for a in webhook_emu.webhook_attempts if a.job_id == job_id]) == 3)
-    attempts = [a for a in webhook_emu.webhook_attempts if a.job_id == job_id]
+    eventually(lambda: len(_attempts(webhook_emu, job_id)) == 1)
+    webhook_emu.advance(20)
+    attempts = _attempts(webhook_emu, job_id)
+    assert [a.at for a in attempts] == [0.0, 10.0, 20.0]
     assert all(a.status_code is None and a.error for a in attempts)
     assert http.status("e", job_id)["status"] == "COMPLETED"
     http.close()
@@ -109,11 +132,13 @@ def test_cancelled_and_timed_out_jobs_are_delivered(webhook_emu: Emulator, recei
     cancelled = http.run("idle", {}, webhook=receiver.url)
     http.post("idle", f"cancel/{cancelled}")
     timed_out = http.run("idle", {}, webhook=receiver.url, policy={"ttl": 10_000})
-    eventually(lambda: len(receiver.deliveries) == 2)
-    assert {(d["id"], d["status"]) for d in receiver.deliveries} == {
+    eventually(lambda: len(receiver.deliveries) == 1)
+    webhook_emu.advance(10)
+    assert [(d["id"], d["status"]) for d in receiver.deliveries] == [
         (cancelled, "CANCELLED"),
         (timed_out, "TIMED_OUT"),
-    }
+    ]
+    assert [a.at for a in webhook_emu.webhook_attempts] == [0.0, 10.0]
     http.close()
 
 
@@ -122,13 +147,14 @@ def test_cancelled_and_timed_out_jobs_are_delivered(webhook_emu: Emulator, recei
 
 @pytest.mark.parametrize("field,code", [("error_500", 500), ("error_503", 503), ("error_429", 429)])
 def test_injected_error_answers(field: str, code: int) -> None:
-    with Emulator({"e": echo}, faults=Faults(**{field: 1.0})) as emu:
+    with Emulator({"q": EndpointSpec(echo, workers=0)}, faults=Faults(**{field: 1.0})) as emu:
         http = Http(emu, key=None)
-        response = http.post("e", "run", json={"input": {}})
+        response = http.post("q", "run", json={"input": {}})
         assert response.status_code == code and "injected" in response.json()["error"]
         if code == 429:
             assert response.headers["retry-after"] == "1"
-        assert not emu.core.endpoints["e"].jobs  # the job was never taken
+        emu.set_faults(Faults())
+        assert http.health("q")["jobs"]["inQueue"] == 0  # the job was never taken
         http.close()
 
 
@@ -160,7 +186,7 @@ def test_faults_are_off_by_default_and_seeded_probabilities_repeat() -> None:
 
 
 def test_added_latency_still_answers() -> None:
-    with Emulator({"e": echo}, faults=Faults(latency_ms=20, seed=1)) as emu:
+    with Emulator({"e": echo}, faults=Faults(latency=timedelta(milliseconds=20), seed=1)) as emu:
         http = Http(emu, key=None)
         assert http.post("e", "runsync", json={"input": {"l": 1}}).json()["output"] == {"l": 1}
         http.close()
@@ -169,5 +195,5 @@ def test_added_latency_still_answers() -> None:
 def test_invalid_fault_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="probability"):
         Faults(error_500=1.5)
-    with pytest.raises(ValueError, match="latency_ms"):
-        Faults(latency_ms=-1)
+    with pytest.raises(ValueError, match=r"Faults\.latency must be at least 0 seconds"):
+        Faults(latency=-1)
