@@ -47,7 +47,9 @@ def test_chunked_body_without_length_is_counted_too(http: Http) -> None:
 
 def test_requests_over_the_window_get_429_with_retry_after_from_the_window() -> None:
     limits = RateLimits(limits={"run": OperationLimit(5, None), "status": OperationLimit(3, None)})
-    with Emulator({"e": echo, "f": echo}, rate_limits=limits, clock="virtual") as emu:
+    # No workers: a running one would lift the window to per_worker_allowance (see the test below).
+    idle = EndpointSpec(echo, workers=0)
+    with Emulator({"e": idle, "f": idle}, rate_limits=limits, clock="virtual") as emu:
         http = Http(emu, key=None)
         codes = [http.post("e", "run", json={"input": {}}).status_code for _ in range(5)]
         emu.advance(4)
@@ -69,7 +71,7 @@ def test_requests_over_the_window_get_429_with_retry_after_from_the_window() -> 
 
 def test_the_client_side_margin_does_not_apply_to_the_server() -> None:
     limits = RateLimits(limits={"run": OperationLimit(1, None)}, window=2.0, margin=5.0)
-    with Emulator({"e": echo}, rate_limits=limits, clock="virtual") as emu:
+    with Emulator({"e": EndpointSpec(echo, workers=0)}, rate_limits=limits, clock="virtual") as emu:
         http = Http(emu, key=None)
         assert http.post("e", "run", json={"input": {}}).status_code == 200
         assert http.post("e", "run", json={"input": {}}).headers["retry-after"] == "2"

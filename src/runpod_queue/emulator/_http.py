@@ -29,6 +29,7 @@ __all__ = [
     "drop",
     "json_object",
     "respond",
+    "respond_empty",
     "type_name",
 ]
 
@@ -116,7 +117,13 @@ class EndpointRequest(Request):
     __slots__ = ("endpoint",)
 
     def __init__(self, scope: Scope, receive: Receive, endpoint: EndpointState, rest: list[str]):
-        super().__init__(scope, receive, rest)
+        # Request.__init__ spelled out: one frame less on every public request.
+        self.scope = scope
+        self.receive = receive
+        self.method = scope["method"]
+        self.rest = rest
+        self.raw_query = scope.get("query_string", b"")
+        self._query = None
         self.endpoint = endpoint
 
 

@@ -154,6 +154,7 @@ class EmulatorApp:
         on_shutdown: Callable[[], Awaitable[None]],
     ) -> None:
         self.core = core
+        self._now = core.clock.now
         self.limiter = limiter
         self.control = control
         self._on_startup = on_startup
@@ -269,7 +270,7 @@ class EmulatorApp:
                 return await respond(send, injected[0], injected[1], injected[2])
         gate = self.limiter.gate(endpoint.id, limit_name) if limit_name else None
         if gate is not None:
-            wait = gate.try_acquire(self.core.clock.now(), self._worker_allowance(endpoint))
+            wait = gate.try_acquire(self._now(), self._worker_allowance(endpoint))
             if wait is not None:
                 return await respond(
                     send,

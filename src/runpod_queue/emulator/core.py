@@ -58,6 +58,7 @@ class Core:
         self.clock = clock
         self.timings = timings
         self._scale = clock.scale
+        self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
         self._runner = runner
         self._webhooks = webhooks
         self.endpoints: dict[str, EndpointState] = {
@@ -134,7 +135,8 @@ class Core:
             q.appendleft(entry)
         else:
             q.append(entry)
-        self.clock.activity()
+        if self._reports:
+            self.clock.activity()
         self.dispatch(ep)
 
     def dispatch(self, ep: EndpointState) -> None:
@@ -158,7 +160,8 @@ class Core:
         now = self.clock.now()
         ep.in_queue -= 1
         ep.in_progress += 1
-        self.clock.work_started()
+        if self._reports:
+            self.clock.work_started()
         job.status = JobStatus.IN_PROGRESS
         job.started_at = now
         job.delay_ms = int((now - job.queued_at) * 1000)
@@ -171,7 +174,8 @@ class Core:
     def _leave_progress(self, job: JobRecord) -> None:
         job.endpoint.in_progress -= 1
         job.stop_run = None
-        self.clock.work_ended()
+        if self._reports:
+            self.clock.work_ended()
 
     # -- results --------------------------------------------------------------------------------
 
@@ -429,12 +433,14 @@ class Core:
             setattr(job, attr, waiters)
         waiters.append(fut)
         handle = self._later(wait, _resolve, fut)
-        clock = self.clock
-        clock.hold_started()
+        clock = self.clock if self._reports else None
+        if clock is not None:
+            clock.hold_started()
         try:
             await fut
         finally:
-            clock.hold_ended()
+            if clock is not None:
+                clock.hold_ended()
             handle.cancel()
             if not fut.done():
                 fut.cancel()
