@@ -1,22 +1,18 @@
 """Server-side rate limits: a sliding window and an in-flight cap per (endpoint, operation).
 
 Configured with the client's `RateLimits` type (its `limits`, `window` and `enabled`; the client-side
-`margin` does not apply to the server). Windows run on the emulator's clock but are never multiplied by
-`time_scale`: a client's limiter is tested against them. On a virtual clock they slide only as virtual
-time moves.
+`margin` does not apply to the server). Windows run on the emulator's clock (the caller passes `now`) but
+are never multiplied by `time_scale`: a client's limiter is tested against them. On a virtual clock they
+slide only as virtual time moves.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import TYPE_CHECKING
 
 from runpod_queue._contract import OperationLimit
 from runpod_queue._limits import RateLimits
-
-if TYPE_CHECKING:
-    from runpod_queue.emulator.clock import Clock
 
 __all__ = ["OperationGate", "RateLimiter"]
 
@@ -55,7 +51,7 @@ class OperationGate:
 class RateLimiter:
     """The gates of every endpoint; a disabled `RateLimits` admits everything (`--no-rate-limits`)."""
 
-    def __init__(self, config: RateLimits, clock: Clock, *, per_worker_allowance: int = 50) -> None:
+    def __init__(self, config: RateLimits, *, per_worker_allowance: int = 50) -> None:
         if not isinstance(config, RateLimits):
             raise TypeError(
                 f"rate_limits must be a RateLimits or a bool, got {type(config).__name__}; "
@@ -70,7 +66,6 @@ class RateLimiter:
         self.enabled = config.enabled
         self.limits = dict(config.limits)
         self.window = config.window
-        self.clock = clock
         self.per_worker_allowance = per_worker_allowance
         self._gates: dict[tuple[str, str], OperationGate] = {}
 

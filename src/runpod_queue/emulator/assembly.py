@@ -1,16 +1,18 @@
 """Builds one emulator's object graph, in one place, so every dependency is visible here.
 
 ```
-clock ─┬─> WebhookDelivery ─┐
-       ├─> InProcessRunner ─┼─> Core ─┬─> ExternalWorkers ─┐
-       │    timings ────────┘         │                    ├─> EmulatorApp
-       ├─> RateLimiter ───────────────┼────────────────────┤
-       └─> Control ───────────────────┴────────────────────┘
+delivery = WebhookDelivery(clock, retry_gap)       # sends webhooks; no core
+runner   = InProcessRunner()                       # runs handlers; reports to the core that starts a run
+core     = Core(endpoints, clock, timings, runner, webhooks=delivery)
+external = ExternalWorkers(core)                   # the worker protocol; drives the core, not the reverse
+limiter  = RateLimiter(rate_limits)
+control  = Control(clock)                          # /_emulator/*
+app      = EmulatorApp(core, limiter, external.routes, control, api_key, faults, startup, shutdown)
 ```
 
-Arrows point from what is built first to what receives it in its constructor; nothing reaches back to
-install hooks. The app's lifespan runs `startup(loop)` (binds what schedules on the loop) and
-`shutdown()`, both defined here.
+Each part receives what it uses in its constructor, in this order; nothing reaches back to install
+hooks. The app's lifespan runs `startup(loop)` (binds what schedules on the loop) and `shutdown()`, both
+defined here.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def assemble(
         webhooks=delivery,
     )
     external = ExternalWorkers(core)
-    limiter = RateLimiter(rate_limits, clock, per_worker_allowance=per_worker_allowance)
+    limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
     control = Control(clock)
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:

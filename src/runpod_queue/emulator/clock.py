@@ -169,6 +169,8 @@ class VirtualClock(Clock):
         self._io = 0
         self._io_idle: asyncio.Future[None] | None = None
         self._advancing = 0
+        # Two advances at once (a test thread and an HTTP caller) must not interleave: time would go back.
+        self._advance_lock = asyncio.Lock()
         # Auto: a check is pending; `_epoch` changes on every report, so a check that sees it move
         # starts counting its quiet turns again.
         self._checking = False
@@ -203,21 +205,22 @@ class VirtualClock(Clock):
     async def advance(self, seconds: float) -> float:
         """Fire every timer due within `seconds`, in time order, letting each one's effects settle."""
         amount = _seconds(seconds, "advance(seconds)")
-        target = round(self._now + amount, _GRID)
-        self._advancing += 1
-        try:
-            await self._settle()
-            while True:
-                due = self._next_due()
-                if due is None or due > target:
-                    break
-                self._fire_due(due)
+        async with self._advance_lock:
+            target = round(self._now + amount, _GRID)
+            self._advancing += 1
+            try:
                 await self._settle()
-            self._now = max(self._now, target)
-        finally:
-            self._advancing -= 1
-            self._poke()
-        return self._now
+                while True:
+                    due = self._next_due()
+                    if due is None or due > target:
+                        break
+                    self._fire_due(due)
+                    await self._settle()
+                self._now = max(self._now, target)
+            finally:
+                self._advancing -= 1
+                self._poke()
+            return self._now
 
     def advance_idle(self, seconds: float) -> float:
         """Move a clock that has no timers and no loop (an emulator not started yet)."""

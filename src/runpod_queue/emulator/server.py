@@ -130,6 +130,8 @@ class Emulator:
             raise ValueError("api_key must be a non-empty string or None (None accepts any key)")
         if timings is not None and not isinstance(timings, Timings):
             raise TypeError(f"timings must be a Timings, got {type(timings).__name__}")
+        if faults is not None and not isinstance(faults, Faults):
+            raise TypeError(f"faults must be a Faults, got {type(faults).__name__}")
         if isinstance(rate_limits, bool):
             limits = RateLimits.runpod() if rate_limits else RateLimits.off()
         elif isinstance(rate_limits, RateLimits):
