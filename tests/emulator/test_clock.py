@@ -59,6 +59,19 @@ def test_timers_due_at_the_same_instant_fire_in_the_order_they_were_set() -> Non
     assert _run(main()) == [0, 1, 2, 3, 4, 99]
 
 
+def test_overlapping_advances_run_one_after_the_other() -> None:
+    async def main() -> tuple[list[float], list[float]]:
+        clock = VirtualClock()
+        clock.bind(asyncio.get_running_loop())
+        seen: list[float] = []
+        for due in (1, 2, 3, 4):
+            clock.call_later(due, lambda: seen.append(clock.now()))
+        ends = await asyncio.gather(clock.advance(2), clock.advance(2))
+        return seen, list(ends)
+
+    assert _run(main()) == ([1.0, 2.0, 3.0, 4.0], [2.0, 4.0])
+
+
 def test_advance_rejects_negative_and_non_numbers_naming_the_unit() -> None:
     async def main(value: Any) -> float:
         return await VirtualClock().advance(value)
