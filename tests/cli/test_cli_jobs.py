@@ -287,6 +287,10 @@ def test_health_watch_refreshes(rpq: Invoke) -> None:
     assert tables.stdout.count("endpoint echo") == 2
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_waiting_exits_130_and_names_the_job(emu: Emulator, client: Client) -> None:
     job = client.endpoint("slow").run({"seconds": 30})
     until_running(client, "slow", job.id)
@@ -296,6 +300,9 @@ def test_ctrl_c_while_waiting_exits_130_and_names_the_job(emu: Emulator, client:
         stderr=subprocess.PIPE,
         text=True,
         env={"PATH": "", "RUNPOD_API_KEY": API_KEY},
+        # A shell without job control starts background commands with SIGINT ignored, and a child
+        # inherits that: give the command the disposition a terminal's Ctrl-C meets.
+        preexec_fn=_default_sigint,
     )
     try:
         assert process.stderr is not None
