@@ -103,4 +103,6 @@ LIMITS: Final[dict[str, OperationLimit]] = {
     "stream": OperationLimit(2000, 400),
     "cancel": OperationLimit(100, 20),
     "purge-queue": OperationLimit(2, None),
+    # every route under /v2/<endpoint>/openai/ (send-requests.mdx: `/openai/*`)
+    "openai": OperationLimit(2000, 400),
 }

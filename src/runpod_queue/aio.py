@@ -13,7 +13,7 @@ import copy
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import httpx
 
@@ -26,10 +26,14 @@ from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
+from runpod_queue._openai import async_openai_client, openai_base_url
 from runpod_queue._retry import Retries
 from runpod_queue._settings import ClientSettings, client_settings, default_headers
 from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
 from runpod_queue._units import Duration
+
+if TYPE_CHECKING:
+    import openai as openai_sdk
 
 __all__ = ["AsyncClient", "AsyncEndpoint", "AsyncJobStream"]
 
@@ -215,6 +219,17 @@ class AsyncEndpoint:
     def client(self) -> AsyncClient:
         """The client this endpoint sends through."""
         return self._client
+
+    @property
+    def openai_base_url(self) -> str:
+        """The base URL of this endpoint's OpenAI-compatible routes, for ``openai.OpenAI(base_url=...)``."""
+        return openai_base_url(self._client.base_url, self.id)
+
+    def openai(self, **options: Any) -> openai_sdk.AsyncOpenAI:
+        """An ``openai.AsyncOpenAI`` for this endpoint's OpenAI-compatible routes (worker-vllm), with this
+        client's key and base URL; ``options`` go to its constructor (``max_retries``, ``timeout``...).
+        Needs the ``openai`` extra (``pip install 'runpod-queue[openai]'``), else ConfigurationError."""
+        return async_openai_client(self._client._settings.api_key, self._client.base_url, self.id, options)
 
     async def run(
         self,

@@ -38,6 +38,7 @@ from runpod_queue.emulator._http import (
     respond_empty,
     type_name,
 )
+from runpod_queue.emulator.openai import OpenAIRoutes
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._ratelimit import RateLimiter
@@ -177,6 +178,8 @@ class EmulatorApp:
         }
         # The worker protocol: never rate-limited or fault-injected.
         self.worker_routes = dict(worker_routes)
+        # `/openai/v1/*`: queue jobs too, but with OpenAI's error bodies and streaming answers.
+        self.openai = OpenAIRoutes(core, limiter)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -236,9 +239,16 @@ class EmulatorApp:
             return await respond(
                 send, 404, {"error": f"endpoint {parts[2]!r} not found (this emulator serves: {known})"}
             )
+        operation = parts[3]
+        if operation == "openai":  # answers its own errors, the 401 included, in OpenAI's shape
+            return await self.openai(
+                EndpointRequest(scope, receive, endpoint, parts[4:]),
+                send,
+                authorized=self._authorized(scope),
+                worker_allowance=self._worker_allowance,
+            )
         if not self._authorized(scope):
             return await _unauthorized(send)
-        operation = parts[3]
         rest = parts[4:]
         if rest and rest[-1] == "":
             rest.pop()
