@@ -51,7 +51,8 @@ def held_stream(job: dict[str, Any]) -> Iterator[Any]:
     yield f"data: {json.dumps(_chunk('first'))}\n\n"
     FIRST_SENT.set()
     RELEASE.wait(10)
-    yield f"data: {json.dumps(_chunk(' second', 'stop'))}\n\ndata: [DONE]\n\n"
+    # No `data: [DONE]`: the emulator ends the stream with it once the job has ended.
+    yield f"data: {json.dumps(_chunk(' second', 'stop'))}\n\n"
 
 
 def object_chunks(job: dict[str, Any]) -> Iterator[Any]:
