@@ -240,6 +240,8 @@ def test_chunk_objects_and_plain_outputs_are_framed_as_events(client: Client) ->
     assert raw.headers["content-type"].startswith("text/event-stream")
     assert raw.text.endswith("data: [DONE]\n\n")
     assert raw.text.count("data: ") == 2
+    # Not streaming: a plain function's return value is the body.
+    assert [m.id for m in oai(client, "plain").models.list()] == ["plain"]
 
 
 def test_handler_errors_are_openai_errors(client: Client) -> None:

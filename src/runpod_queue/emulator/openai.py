@@ -80,7 +80,7 @@ class OpenAIRoutes:
                 send,
                 401,
                 "missing or invalid API key: send 'Authorization: Bearer <key>' (the openai package "
-                "sends its api_key so)",
+                "sends its api_key that way)",
                 "invalid_request_error",
                 "invalid_api_key",
             )
@@ -162,10 +162,7 @@ class OpenAIRoutes:
             return await respond(send, 200, body)
         if job.output_json is None:
             return await _error(send, 500, "the handler returned no output", "server_error")
-        output = orjson.loads(job.output_json)
-        if isinstance(output, list) and len(output) == 1:  # an aggregate of one yield
-            return await respond(send, 200, encode_json(output[0]))
-        await respond(send, 200, job.output_json)
+        await respond(send, 200, job.output_json)  # a plain function's return value
 
     async def _stream(self, job: JobRecord, send: Send) -> None:
         """A streaming call: each yielded chunk is forwarded as it arrives, then `data: [DONE]`.
