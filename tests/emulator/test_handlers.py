@@ -136,7 +136,8 @@ def test_a_blocking_sync_handler_stalls_neither_the_server_nor_other_endpoints(h
     # 40 round trips while the handler holds its thread: a stalled server would time them out.
     for _ in range(20):
         assert http.health("blocking")["workers"]["running"] >= 1
-        assert http.post("echo", "runsync", json={"input": {"x": 1}}).json()["status"] == "COMPLETED"
+        answer = http.post("echo", "runsync", json={"input": {"x": 1}})
+        assert answer.status_code == 200 and answer.json()["status"] == "COMPLETED", answer.text
     assert http.status("blocking", job_id)["status"] == "IN_PROGRESS"
     gate("blocking").set()
     assert http.wait("blocking", job_id)["status"] == "COMPLETED"

@@ -172,6 +172,16 @@ def test_results_are_kept_30_min_after_run_and_1_min_after_runsync() -> None:
         assert answer.status_code == 404 and "retention" in answer.json()["error"]
 
 
+def test_runsync_answers_its_result_even_when_retention_ended_before_the_answer() -> None:
+    # Retention 0: the result is gone from /status at once, but the held runsync still gets it (under
+    # load the answer can resume after a short retention ran out; it answered 404 "ttl ran out").
+    with virtual({"e": echo}, timings=Timings(retention_sync=0)) as (_, http):
+        answer = http.post("e", "runsync", json={"input": {"x": 1}})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["status"] == "COMPLETED" and answer.json()["output"] == {"x": 1}
+        assert _gone(http, "e", answer.json()["id"])
+
+
 def test_status_ttl_shortens_retention_but_never_lengthens_it() -> None:
     with virtual({"e": echo}) as (emu, http):
         short, long = http.run("e", {}), http.run("e", {})

@@ -398,7 +398,9 @@ class EmulatorApp:
     def _status_answer(
         self, request: EndpointRequest, job: JobRecord, *, partial: bool = False
     ) -> tuple[int, Any]:
-        if request.endpoint.jobs.get(job.id) is not job:
+        # A finished job answers its held request even when its retention has already run out by the
+        # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
+        if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
             raise HTTPError(404, f"job {job.id} was removed: its ttl ran out while it was running")
         if partial and not job.status.is_terminal:
             return 200, {"id": job.id, "status": job.status.value}
@@ -421,7 +423,9 @@ class EmulatorApp:
     async def stream(self, request: EndpointRequest) -> tuple[int, Any]:
         job = self._job(request)
         await self.core.wait_stream(job, self._wait_query(request, self.core.timings.stream_default_wait))
-        if request.endpoint.jobs.get(job.id) is not job:
+        # A finished job answers its held request even when its retention has already run out by the
+        # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
+        if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
             raise HTTPError(404, f"job {job.id} was removed: its ttl ran out while it was running")
         chunks = job.chunks
         job.chunks = []
