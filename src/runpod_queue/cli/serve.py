@@ -86,6 +86,14 @@ def serve(
     replicas: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes per file with --runpod-worker.")
     ] = 1,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse unknown request keys with a 400 (RunPod ignores them; by default the emulator "
+            "ignores them too, with a warning).",
+        ),
+    ] = False,
 ) -> None:
     """Serve a local emulator of RunPod queue endpoints, one per handler. Stops on Ctrl-C."""
     from dataclasses import replace
@@ -140,6 +148,7 @@ def serve(
         rate_limits=not no_rate_limits,
         host=host,
         port=port,
+        strict=strict,
     )
 
     from runpod_queue.emulator.worker_processes import WorkerProcesses

@@ -60,6 +60,7 @@ def assemble(
     default_workers: int,
     api_key: str | None,
     faults: Faults | None,
+    strict: bool = False,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
     runner = InProcessRunner()
@@ -93,6 +94,7 @@ def assemble(
         control=control,
         api_key=api_key,
         faults=faults,
+        strict=strict,
         on_startup=startup,
         on_shutdown=shutdown,
     )

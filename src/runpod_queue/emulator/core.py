@@ -19,10 +19,11 @@ from typing import Any, Final, Protocol
 
 import orjson
 
-from runpod_queue._contract import JobStatus
+from runpod_queue._contract import RESULT_LIMIT, JobStatus
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator.clock import Clock, TimerHandle
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
+from runpod_queue.emulator.notices import Notices
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -54,8 +55,10 @@ class Core:
         timings: Timings,
         runner: RunStarter,
         webhooks: WebhookSender,
+        notices: Notices | None = None,
     ) -> None:
         self.clock = clock
+        self.notices = notices or Notices()
         self.timings = timings
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
@@ -203,10 +206,23 @@ class Core:
         """A run ended with a result (COMPLETED) or an error (FAILED). False if the run was stale."""
         if not self.is_current(job, attempt):
             return False
+        if output_json is not None and len(output_json) > RESULT_LIMIT:
+            self.drop_result(job, len(output_json))
+            output_json = None
         job.output_json = output_json
         job.error = error
         self._finish(job, JobStatus.FAILED if error is not None else JobStatus.COMPLETED)
         return True
+
+    def drop_result(self, job: JobRecord, size: int) -> None:
+        """A result over RunPod's 20 MB: RunPod loses it (the job still ends COMPLETED, without
+        `output`); the emulator does the same, but loudly."""
+        job.warning = (
+            f"job {job.id} on endpoint {job.endpoint.id}: its result is {size / 1_000_000:.1f} MB, over "
+            f"RunPod's {RESULT_LIMIT // 1_000_000} MB limit, so it was dropped (the job ends without output, "
+            "as on RunPod). Upload big results to object storage (s3Config) and return a URL"
+        )
+        self.notices.warn(job.warning)
 
     def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None:
         """A worker finished its run (or was abandoned): make it idle again, or replace it."""
@@ -270,7 +286,9 @@ class Core:
         job.expires_at = now + self.span(retention)
         job.retention_handle = self._later(retention, self._remove, job)
         if job.webhook is not None:
+            # RunPod's delivery has no workerId (runpod-python issue 409 shows a real one).
             payload = job.status_dict()
+            payload.pop("workerId", None)
             payload["input"] = orjson.Fragment(job.original_input_json())
             payload["webhook"] = job.webhook
             self._webhooks.send(job.id, job.webhook, encode_json(payload))

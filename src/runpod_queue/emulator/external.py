@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
+from runpod_queue._contract import RESULT_LIMIT, STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json
 
@@ -43,7 +43,9 @@ _MAX_BATCH: Final = 64
 # Real seconds: the official worker abandons a job-take or job-stop poll after 90 s.
 _MAX_HOLD_S: Final = 60.0
 _FIRST: Final = asyncio.FIRST_COMPLETED
-_DONE_LIMIT: Final = 25_000_000
+# Read past RunPod's 20 MB result limit (RESULT_LIMIT) so an oversized result is identified and its job
+# ended as RunPod ends it; beyond this the body is refused unread.
+_DONE_LIMIT: Final = 100_000_000
 
 
 def worker_environment(
@@ -365,8 +367,11 @@ class ExternalWorkers:
         return worker.held.get(request.rest[1])
 
     async def _payload(self, request: EndpointRequest, limit: int, what: str) -> dict[str, Any]:
+        return self._parse(await request.body(limit, what), what)
+
+    @staticmethod
+    def _parse(body: bytes, what: str) -> dict[str, Any]:
         """The body the worker sent: JSON, though labelled application/x-www-form-urlencoded."""
-        body = await request.body(limit, what)
         try:
             data = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError as exc:
@@ -377,7 +382,10 @@ class ExternalWorkers:
 
     async def job_done(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
-        data = await self._payload(request, _DONE_LIMIT, "job-done")
+        body = await request.body(_DONE_LIMIT, "job-done")
+        if len(body) > RESULT_LIMIT:
+            return self._oversized(request, worker, len(body))
+        data = self._parse(body, "job-done")
         entry = self._held_job(request, worker)
         if entry is None:
             # Not (or no longer) this worker's run: cancelled, timed out, requeued after a loss, or a
@@ -407,6 +415,25 @@ class ExternalWorkers:
         else:
             core.dispatch(job.endpoint)
         return 200, {}
+
+    def _oversized(self, request: EndpointRequest, worker: _Worker, size: int) -> tuple[int, Any]:
+        """A job-done body over 20 MB: refused with a 400, as RunPod refuses it. The official worker only
+        logs the error (it retries 5xx alone), so the result is lost and the job ends COMPLETED without
+        output (runpod-python `rp_http.py`); the emulator ends it so, and warns."""
+        entry = self._held_job(request, worker)
+        if entry is not None:
+            job, attempt = entry
+            del worker.held[job.id]
+            worker.sync_slot()
+            self.core.drop_result(job, size)
+            self.core.complete(job, attempt, output_json=None, error=None)
+            self.core.dispatch(job.endpoint)
+        raise HTTPError(
+            400,
+            f"job-done body is {size / 1_000_000:.1f} MB; RunPod accepts at most "
+            f"{RESULT_LIMIT // 1_000_000} MB: the result is dropped. Upload big results to object "
+            "storage (s3Config) and return a URL",
+        )
 
     async def job_stream(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)

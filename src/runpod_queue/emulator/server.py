@@ -100,7 +100,9 @@ class Emulator:
     a held client long-poll that only time can end skips ahead; see `emulator.clock`). `time_scale`
     multiplies every RunPod duration (`timings`, seconds) on a real clock only. `rate_limits` is the
     client's `RateLimits` (its `limits`, `window`, `enabled`): `True` for RunPod's table, `False` for
-    none. Binds 127.0.0.1 by default.
+    none. Binds 127.0.0.1 by default. Request bodies are lenient, as RunPod's: unknown keys are
+    ignored with a warning (`warnings`, the log, an `X-Rpq-Warning` header); `strict=True` refuses
+    them with a 400 instead.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
+        strict: bool = False,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -152,6 +155,7 @@ class Emulator:
             default_workers=workers,
             api_key=api_key,
             faults=faults,
+            strict=bool(strict),
         )
         self.app: EmulatorApp = self._parts.app
         self.host = host
@@ -170,6 +174,12 @@ class Emulator:
     def core(self) -> Core:
         """The state machine (for tools that need more than HTTP; not a stable API)."""
         return self._parts.core
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the emulator accepted or dropped where RunPod does so silently (unknown request keys,
+        results over 20 MB), oldest first; each is also logged and sent as `X-Rpq-Warning`."""
+        return self.core.notices.snapshot()
 
     @property
     def external(self) -> ExternalWorkers:
