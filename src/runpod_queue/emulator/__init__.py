@@ -10,6 +10,7 @@ from runpod_queue.emulator.app import EmulatorApp
 from runpod_queue.emulator.clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator.delivery import WebhookAttempt
 from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
+from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.server import Emulator
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Handler",
     "HandlerLoadError",
     "LoadedEndpoint",
+    "Readings",
     "RealClock",
     "Timings",
     "VirtualClock",

@@ -347,7 +347,7 @@ class EmulatorApp:
         job = self._job(request)
         ttl_ms = request.int_query("ttl", low=1, high=contract.MAX_DURATION_MS)
         if ttl_ms is not None:
-            self.core.shorten_retention(job, ttl_ms / 1000)
+            self.core.status_ttl(job, ttl_ms / 1000)
         return 200, _warned(job.status_dict(), job, None)
 
     async def status_sync(self, request: EndpointRequest) -> tuple[int, Any]:

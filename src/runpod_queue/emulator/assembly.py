@@ -30,6 +30,7 @@ from runpod_queue.emulator.control import Control
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookDelivery
 from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
@@ -61,6 +62,7 @@ def assemble(
     api_key: str | None,
     faults: Faults | None,
     strict: bool = False,
+    readings: Readings | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
     runner = InProcessRunner()
@@ -72,6 +74,7 @@ def assemble(
         timings=timings,
         runner=runner,
         webhooks=delivery,
+        readings=readings,
     )
     external = ExternalWorkers(core)
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)

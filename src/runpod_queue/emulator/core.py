@@ -24,6 +24,7 @@ from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator.clock import Clock, TimerHandle
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
 from runpod_queue.emulator.notices import Notices
+from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -56,8 +57,10 @@ class Core:
         runner: RunStarter,
         webhooks: WebhookSender,
         notices: Notices | None = None,
+        readings: Readings | None = None,
     ) -> None:
         self.clock = clock
+        self.readings = readings or Readings()
         self.notices = notices or Notices()
         self.timings = timings
         self._scale = clock.scale
@@ -131,6 +134,7 @@ class Core:
         ep = job.endpoint
         job.status = JobStatus.IN_QUEUE
         ep.in_queue += 1
+        _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
         entry = (job, job.attempt)
         q = ep.low_queue if job.low_priority else ep.queue
@@ -278,7 +282,8 @@ class Core:
             ep.completed += 1
         elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             ep.failed += 1
-        _cancel_timer(job, "ttl_handle")
+        if self.readings.finished_ttl == "retention":
+            _cancel_timer(job, "ttl_handle")  # else the ttl still runs: it may end retention early
         _cancel_timer(job, "timer_handle")
         retention = self.timings.retention_sync if job.sync else self.timings.retention_run
         if job.retention_override is not None:
@@ -307,7 +312,13 @@ class Core:
     def _ttl_expired(self, job: JobRecord, attempt: int) -> None:
         if job.attempt != attempt or job.id not in job.endpoint.jobs:
             return
-        if job.status is JobStatus.IN_QUEUE:
+        if job.status.is_terminal:
+            self._remove(job)  # Readings.finished_ttl == "deleted"
+        elif job.status is JobStatus.IN_QUEUE and self.readings.queued_ttl == "deleted":
+            job.endpoint.in_queue -= 1
+            job.status = JobStatus.CANCELLED
+            self._remove(job)
+        elif job.status is JobStatus.IN_QUEUE:
             self._finish(job, JobStatus.TIMED_OUT)
         elif job.status is JobStatus.IN_PROGRESS:
             # Mid-run: the platform removes the job; status answers 404 from now on.
@@ -320,7 +331,11 @@ class Core:
         if not self.is_current(job, attempt):
             return
         self._abandon_run(job)
-        self._finish(job, JobStatus.TIMED_OUT)
+        if self.readings.execution_timeout == "FAILED":
+            job.error = f"job exceeded its executionTimeout ({job.policy_execution_timeout:g} s)"
+            self._finish(job, JobStatus.FAILED)
+        else:
+            self._finish(job, JobStatus.TIMED_OUT)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -388,6 +403,19 @@ class Core:
                     self._remove(job)
                     removed += 1
         return removed
+
+    def status_ttl(self, job: JobRecord, ttl: float) -> None:
+        """`/status?ttl=` (RunPod seconds), read as `Readings.status_ttl` says."""
+        if self.readings.status_ttl == "retention":
+            self.shorten_retention(job, ttl)
+        elif job.status.is_terminal:
+            # The job's ttl is now `ttl` from now: a finished job is kept exactly that long.
+            _cancel_timer(job, "retention_handle")
+            job.expires_at = self.clock.now() + self.span(ttl)
+            job.retention_handle = self._later(ttl, self._remove, job)
+        else:
+            _cancel_timer(job, "ttl_handle")
+            job.ttl_handle = self._later(ttl, self._ttl_expired, job, job.attempt)
 
     def shorten_retention(self, job: JobRecord, ttl: float) -> None:
         """`/status?ttl=`: keep the result at most `ttl` RunPod seconds from now (never longer)."""
