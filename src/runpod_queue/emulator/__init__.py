@@ -1,6 +1,7 @@
 """A faithful local emulator of a RunPod Serverless queue endpoint (needs the `emulator` extra).
 
-See the README's "Emulator" section for the rules it applies where RunPod's documentation is silent.
+See the README's "Emulator" section for its rules, each with its source (RunPod's docs, SDKs, issues)
+or marked as our own choice.
 """
 
 from __future__ import annotations
