@@ -112,3 +112,19 @@ def test_an_in_process_result_over_20_mb_ends_completed_without_output(lenient: 
     warning = answer.headers["x-rpq-warning"]
     assert "20 MB" in warning and "s3Config" in warning and job.id in warning
     assert warning in lenient.warnings
+
+
+def test_many_or_long_unknown_keys_make_a_short_header_and_one_log_line(
+    lenient: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, "runpod_queue.emulator")
+    body: dict[str, Any] = {"input": {}, **{f"extra{n:02d}": n for n in range(30)}, "k" * 500: 1}
+    with httpx.Client(base_url=lenient.base_url) as http:
+        first = http.post("/e/run", json=body)
+        second = http.post("/e/run", json=body)
+    assert first.status_code == second.status_code == 200
+    header = first.headers["x-rpq-warning"]
+    assert "extra09" in header and "extra10" not in header and "and 21 more" in header
+    assert len(header) < 400
+    logged = [r for r in caplog.records if "extra00" in r.getMessage()]
+    assert len(logged) == 1  # the same warning again is not logged again

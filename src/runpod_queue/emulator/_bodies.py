@@ -89,6 +89,15 @@ class Submission:
             self._unknown(s3, _S3_KEYS, "s3Config.", "in s3Config", strict)
             self.s3_config = {k: s3[k] for k in _S3_KEYS}
 
+    def warning(self, route: str, endpoint_id: str) -> str:
+        """The warning for the keys ignored: at most 10 named, each cut to 40 characters (a header)."""
+        names = [name if len(name) <= 40 else name[:37] + "..." for name in self.ignored[:10]]
+        more = f" and {len(self.ignored) - 10} more" if len(self.ignored) > 10 else ""
+        return (
+            f"ignored unknown request key(s) {', '.join(names)}{more} on /{route} to endpoint {endpoint_id}: "
+            "RunPod drops them silently (a typo? strict=True / --strict refuses them)"
+        )
+
     def _unknown(
         self, data: dict[str, Any], known: tuple[str, ...], prefix: str, where: str, strict: bool
     ) -> None:

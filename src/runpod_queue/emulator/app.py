@@ -288,12 +288,9 @@ class EmulatorApp:
         sub = Submission(json_object(body), strict=self.strict)
         warnings: list[str] = []
         if sub.ignored:
-            message = (
-                f"ignored unknown request key(s) {', '.join(sub.ignored)} on /{'runsync' if sync else 'run'} "
-                f"to endpoint {request.endpoint.id}: RunPod drops them silently (a typo? strict=True / "
-                "--strict refuses them)"
-            )
-            self.core.notices.warn(message)
+            message = sub.warning("runsync" if sync else "run", request.endpoint.id)
+            # Logged once per message: a client sending webhookV2 on every request must not flood the log.
+            self.core.notices.warn(message, log_once=True)
             warnings.append(message)
         job = self.core.submit(
             request.endpoint,

@@ -19,11 +19,12 @@ from typing import Any, Final, Protocol
 
 import orjson
 
-from runpod_queue._contract import RESULT_LIMIT, JobStatus
+from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator.clock import Clock, TimerHandle
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
 from runpod_queue.emulator.notices import Notices
+from runpod_queue.emulator.oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
@@ -219,13 +220,8 @@ class Core:
         return True
 
     def drop_result(self, job: JobRecord, size: int) -> None:
-        """A result over RunPod's 20 MB: RunPod loses it (the job still ends COMPLETED, without
-        `output`); the emulator does the same, but loudly."""
-        job.warning = (
-            f"job {job.id} on endpoint {job.endpoint.id}: its result is {size / 1_000_000:.1f} MB, over "
-            f"RunPod's {RESULT_LIMIT // 1_000_000} MB limit, so it was dropped (the job ends without output, "
-            "as on RunPod). Upload big results to object storage (s3Config) and return a URL"
-        )
+        """A result over RunPod's 20 MB is lost there (COMPLETED, no `output`); here too, but loudly."""
+        job.warning = dropped_warning(job, size)
         self.notices.warn(job.warning)
 
     def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None:

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 
-from runpod_queue._contract import RESULT_LIMIT, STREAM_CHUNK_LIMIT, JobStatus
+from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator.oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
 
 if TYPE_CHECKING:
     from runpod_queue.emulator.clock import TimerHandle
@@ -46,6 +47,7 @@ _FIRST: Final = asyncio.FIRST_COMPLETED
 # Read past RunPod's 20 MB result limit (RESULT_LIMIT) so an oversized result is identified and its job
 # ended as RunPod ends it; beyond this the body is refused unread.
 _DONE_LIMIT: Final = 100_000_000
+_STREAM_READ_LIMIT: Final = 25_000_000  # a chunk over 1 MB fails the job; past this it is refused unread
 
 
 def worker_environment(
@@ -384,7 +386,7 @@ class ExternalWorkers:
         worker = self._touch(request)
         body = await request.body(_DONE_LIMIT, "job-done")
         if len(body) > RESULT_LIMIT:
-            return self._oversized(request, worker, len(body))
+            return self._oversized(request, worker, body)
         data = self._parse(body, "job-done")
         entry = self._held_job(request, worker)
         if entry is None:
@@ -416,28 +418,24 @@ class ExternalWorkers:
             core.dispatch(job.endpoint)
         return 200, {}
 
-    def _oversized(self, request: EndpointRequest, worker: _Worker, size: int) -> tuple[int, Any]:
-        """A job-done body over 20 MB: refused with a 400, as RunPod refuses it. The official worker only
-        logs the error (it retries 5xx alone), so the result is lost and the job ends COMPLETED without
-        output (runpod-python `rp_http.py`); the emulator ends it so, and warns."""
+    def _oversized(self, request: EndpointRequest, worker: _Worker, body: bytes) -> tuple[int, Any]:
+        """A job-done body over 20 MB: a 400, and the job ends COMPLETED without output (see
+        `oversize`); an oversized progress update gets the 400 and ends nothing."""
         entry = self._held_job(request, worker)
-        if entry is not None:
+        if entry is not None and is_progress(body):
+            self.core.notices.warn(progress_warning(entry[0], len(body)))
+        elif entry is not None:
             job, attempt = entry
             del worker.held[job.id]
             worker.sync_slot()
-            self.core.drop_result(job, size)
+            self.core.drop_result(job, len(body))
             self.core.complete(job, attempt, output_json=None, error=None)
             self.core.dispatch(job.endpoint)
-        raise HTTPError(
-            400,
-            f"job-done body is {size / 1_000_000:.1f} MB; RunPod accepts at most "
-            f"{RESULT_LIMIT // 1_000_000} MB: the result is dropped. Upload big results to object "
-            "storage (s3Config) and return a URL",
-        )
+        raise refusal(len(body))
 
     async def job_stream(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
-        data = await self._payload(request, _DONE_LIMIT, "job-stream")
+        data = await self._payload(request, _STREAM_READ_LIMIT, "job-stream")
         entry = self._held_job(request, worker)
         if entry is None or "output" not in data:
             return 200, {}

@@ -28,9 +28,15 @@ class Notices:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._items: list[str] = []
+        self._logged: set[str] = set()
 
-    def warn(self, message: str) -> None:
-        log.warning("%s", message)
+    def warn(self, message: str, *, log_once: bool = False) -> None:
+        """Record `message`; with `log_once`, log it only the first time it is seen (up to 1000)."""
+        if not log_once:
+            log.warning("%s", message)
+        elif message not in self._logged and len(self._logged) < _KEEP:
+            self._logged.add(message)
+            log.warning("%s (logged once)", message)
         with self._lock:
             self._items.append(message)
             if len(self._items) > _KEEP:
