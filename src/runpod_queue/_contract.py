@@ -17,8 +17,10 @@ __all__ = [
     "LIMITS",
     "MAX_DURATION_MS",
     "MIN_EXECUTION_TIMEOUT_MS",
+    "MIN_HOLD_MS",
     "MIN_TTL_MS",
     "RATE_WINDOW_S",
+    "RESULT_LIMIT",
     "RETENTION_RUN_MS",
     "RETENTION_SYNC_MS",
     "RUNSYNC_DEFAULT_WAIT_MS",
@@ -68,11 +70,16 @@ MAX_DURATION_MS: Final = 7 * 24 * 3_600_000
 RUNSYNC_MIN_WAIT_MS: Final = 1_000
 RUNSYNC_MAX_WAIT_MS: Final = 300_000
 RUNSYNC_DEFAULT_WAIT_MS: Final = 90_000
+# The shortest hold a client asks of /stream (and, by our choice, /status-sync): RunPod's own tooling
+# documents `wait` 1000 to 300000 ms for /stream.
+MIN_HOLD_MS: Final = 1_000
 
 # Payload limits (bytes of the encoded request body). MB here is 10**6, as RunPod writes it.
 RUN_PAYLOAD_LIMIT: Final = 10_000_000
 RUNSYNC_PAYLOAD_LIMIT: Final = 20_000_000
 STREAM_CHUNK_LIMIT: Final = 1_000_000
+# A worker's result (the job-done body): over this, RunPod refuses it and the job ends without output.
+RESULT_LIMIT: Final = 20_000_000
 
 # How long a finished job's result stays readable (ms).
 RETENTION_RUN_MS: Final = 30 * 60_000

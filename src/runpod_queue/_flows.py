@@ -13,16 +13,19 @@ from runpod_queue._actions import Emit, Expired, Flow, Notify, Sleep
 from runpod_queue._answers import parse_job, parse_stream
 from runpod_queue._attempts import AttemptRules, attempts, request
 from runpod_queue._calls import cancel_call, runsync_call, status_call, status_sync_call, stream_call
-from runpod_queue._contract import RUNSYNC_MAX_WAIT_MS, RUNSYNC_MIN_WAIT_MS
+from runpod_queue._contract import MIN_HOLD_MS, RUNSYNC_MAX_WAIT_MS, RUNSYNC_MIN_WAIT_MS
 from runpod_queue._models import Job, Policy, S3Config
 from runpod_queue._units import Duration, seconds, to_ms
 from runpod_queue.errors import APIStatusError, BadRequestError, NotFoundError, WaitTimeoutError
 
 __all__ = ["cancel_flow", "run_sync_flow", "stream_flow", "wait_flow"]
 
-# Long-poll holds asked of the server, and the adaptive pause used when it does not hold.
+# Long-poll holds asked of the server, and the adaptive pause used when it does not hold. A hold is never
+# asked for below MIN_HOLD_MS (RunPod refuses /stream?wait= under 1000): closer to a deadline than that,
+# the flows poll /status without a hold.
 STATUS_SYNC_HOLD_MS = 30_000
 STREAM_HOLD_MS = 10_000
+MIN_HOLD_S = MIN_HOLD_MS / 1000
 PAUSE_MIN = 0.05
 PAUSE_MAX_LONG_POLL = 1.0
 PAUSE_MAX_POLL = 3.0
@@ -58,13 +61,13 @@ def wait_flow(
         remaining = None if deadline is None else deadline - clock()
         if remaining is not None and remaining <= 0:
             raise WaitTimeoutError(job_id, last, shown)
-        use_long_poll = long_poll.get(endpoint_id, True) and (remaining is None or remaining >= 1.0)
+        use_long_poll = long_poll.get(endpoint_id, True) and (remaining is None or remaining >= MIN_HOLD_S)
         started = clock()
         try:
             if use_long_poll:
                 hold = STATUS_SYNC_HOLD_MS
                 if remaining is not None:
-                    hold = min(hold, to_ms(remaining))
+                    hold = max(MIN_HOLD_MS, min(hold, to_ms(remaining)))
                 try:
                     call = status_sync_call(endpoint_id, job_id, wait_ms=hold)
                     job = yield from request(call, rules, parse_job, deadline)
@@ -140,10 +143,24 @@ def stream_flow(rules: AttemptRules, endpoint_id: str, job_id: str, timeout: Dur
         remaining = None if deadline is None else deadline - clock()
         if remaining is not None and remaining <= 0:
             raise WaitTimeoutError(job_id, last, shown)
-        hold = STREAM_HOLD_MS if remaining is None else max(0, min(STREAM_HOLD_MS, to_ms(remaining)))
+        hold = (
+            STREAM_HOLD_MS if remaining is None else max(MIN_HOLD_MS, min(STREAM_HOLD_MS, to_ms(remaining)))
+        )
         started = clock()
+        call_deadline = deadline
         try:
-            answer = yield from attempts(stream_call(endpoint_id, job_id, wait_ms=hold), rules, deadline)
+            if remaining is not None and remaining < MIN_HOLD_S:
+                # Too close to the deadline for a hold RunPod accepts: a plain status says whether the
+                # job ended; only then is /stream asked (it answers at once for an ended job).
+                now = yield from request(status_call(endpoint_id, job_id), rules, parse_job, deadline)
+                if not now.is_terminal:
+                    last = now
+                    remaining = deadline - clock() if deadline is not None else None
+                    yield Sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
+                    pause = min(pause * 1.5, PAUSE_MAX_LONG_POLL)
+                    continue
+                call_deadline = None  # the job ended: its remaining chunks must not be cut off
+            answer = yield from attempts(stream_call(endpoint_id, job_id, wait_ms=hold), rules, call_deadline)
         except Expired as exc:
             raise WaitTimeoutError(job_id, last, shown) from exc.__cause__
         job, chunks = parse_stream(answer, job_id)

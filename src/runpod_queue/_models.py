@@ -7,6 +7,7 @@ Snapshots are frozen so a Job handed to a callback or stored in a list can never
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,31 @@ class MalformedError(ValueError):
 
 # A dict lookup instead of JobStatus(value): parsing a status is on every call's path.
 _STATUSES: dict[str, JobStatus] = {status.value: status for status in JobStatus}
+
+log = logging.getLogger("runpod_queue")
+_UNKNOWN_LOGGED: set[str] = set()
+_UNKNOWN_LOG_CAP = 100  # a server inventing statuses must not grow this without bound
+
+
+def _status(value: Any) -> JobStatus | str:
+    """A known status as its ``JobStatus``; any other non-empty string kept as is.
+
+    RunPod's docs already name a status its API does not send (``RUNNING``), and a new one could appear
+    any day: a status the client does not know must not break a caller. It counts as not terminal, so
+    waits keep polling; it is logged once per spelling."""
+    known = _STATUSES.get(value) if isinstance(value, str) else None
+    if known is not None:
+        return known
+    if not isinstance(value, str) or not value:
+        raise MalformedError(f"'status' should be a non-empty string, got {value!r}")
+    if value not in _UNKNOWN_LOGGED and len(_UNKNOWN_LOGGED) < _UNKNOWN_LOG_CAP:
+        _UNKNOWN_LOGGED.add(value)
+        log.warning(
+            "RunPod sent job status %r, which this version of runpod-queue does not know: treating it as "
+            "not terminal (waits keep polling)",
+            value,
+        )
+    return value
 
 
 def _freeze(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -94,11 +120,13 @@ class Job:
     """One snapshot of a job, as ``/run``, ``/status`` or ``/runsync`` returned it.
 
     ``delay_time`` (queue time) and ``execution_time`` are seconds; RunPod's milliseconds stay in ``raw``
-    and in ``to_dict()``.
+    and in ``to_dict()``. ``status`` is a ``JobStatus`` for every status RunPod documents; one this
+    version does not know stays the plain string RunPod sent (``status_text`` is always the string) and
+    counts as pending.
     """
 
     id: str
-    status: JobStatus
+    status: JobStatus | str
     output: Any = None
     error: Any = None
     delay_time: float | None = None
@@ -114,7 +142,10 @@ class Job:
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"Job.id must be a non-empty string, got {self.id!r}")
         if not isinstance(self.status, JobStatus):
-            object.__setattr__(self, "status", JobStatus(self.status))
+            try:
+                object.__setattr__(self, "status", _status(self.status))
+            except MalformedError as exc:
+                raise ValueError(f"Job.{exc}") from None
         object.__setattr__(self, "raw", _freeze(self.raw))
         kind, message, trace = _parse_error(self.error)
         object.__setattr__(self, "error_type", kind)
@@ -134,9 +165,7 @@ class Job:
         status = data.get("status")
         if status is None:
             raise MalformedError("missing 'status'")
-        known = _STATUSES.get(status) if isinstance(status, str) else None
-        if known is None:
-            raise MalformedError(f"unknown 'status' {status!r}")
+        known = _status(status)
         worker = data.get("workerId")
         return cls(
             id=job_id,
@@ -154,7 +183,7 @@ class Job:
         """RunPod's field names and units (ms), every key of the original answer kept."""
         out = dict(self.raw)
         out["id"] = self.id
-        out["status"] = self.status.value
+        out["status"] = self.status_text
         for key, value in (
             ("output", self.output),
             ("error", self.error),
@@ -176,13 +205,24 @@ class Job:
         return cls.from_dict(json.loads(text))
 
     @property
+    def status_text(self) -> str:
+        """The status as RunPod spelt it, known or not."""
+        status = self.status
+        return status.value if isinstance(status, JobStatus) else status
+
+    @property
+    def is_known_status(self) -> bool:
+        """False for a status this version of runpod-queue does not know (it counts as pending)."""
+        return isinstance(self.status, JobStatus)
+
+    @property
     def is_terminal(self) -> bool:
         """COMPLETED, FAILED, CANCELLED or TIMED_OUT: the job will not change any more."""
         return self.status in TERMINAL_STATUSES
 
     @property
     def is_pending(self) -> bool:
-        """IN_QUEUE or IN_PROGRESS."""
+        """IN_QUEUE, IN_PROGRESS, or a status this version does not know."""
         return self.status not in TERMINAL_STATUSES
 
     @property

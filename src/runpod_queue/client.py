@@ -182,7 +182,7 @@ class JobStream(Iterator[StreamChunk]):
         self._flow.close()
 
     def __repr__(self) -> str:
-        ended = f", ended {self.job.status.value}" if self.job is not None else ""
+        ended = f", ended {self.job.status_text}" if self.job is not None else ""
         return f"JobStream({self.job_id!r}{ended})"
 
 

@@ -170,7 +170,7 @@ class JobFailedError(RunpodQueueError):
     def __init__(self, job: Job) -> None:
         self.job = job
         detail = job.error_message
-        text = f"job {job.id} ended {job.status.value}"
+        text = f"job {job.id} ended {job.status_text}"
         super().__init__(f"{text}: {detail}" if detail else text)
 
 
@@ -186,7 +186,7 @@ class WaitTimeoutError(RunpodQueueError):
         self.job_id = job_id
         self.job = job
         self.timeout = timeout
-        last = f", last seen {job.status.value}" if job is not None else ""
+        last = f", last seen {job.status_text}" if job is not None else ""
         super().__init__(f"job {job_id} not finished within {timeout:g} s{last}")
 
 

@@ -355,6 +355,19 @@ def test_worker_routes_need_the_key(worker: FakeWorker) -> None:
     assert bearer.status_code == 200
 
 
+def test_an_oversized_progress_update_is_refused_and_the_run_goes_on(
+    emu: Emulator, client: Client, worker: FakeWorker, ep: str
+) -> None:
+    job = client.endpoint(ep).run({})
+    worker.take_job()
+    big = worker.done(job.id, {"status": "IN_PROGRESS", "output": "x" * 20_000_001})
+    assert big.status_code == 400 and "20 MB" in big.json()["error"]
+    assert any(job.id in w and "progress update" in w for w in emu.warnings)
+    assert client.endpoint(ep).status(job.id).status is JobStatus.IN_PROGRESS
+    assert worker.done(job.id, {"output": "small"}).status_code == 200
+    assert client.endpoint(ep).wait(job.id, timeout=10).output == "small"
+
+
 def test_bad_job_done_body_is_a_400(client: Client, worker: FakeWorker, ep: str) -> None:
     job = client.endpoint(ep).run({})
     worker.take_job()

@@ -246,6 +246,20 @@ def test_official_endpoint_against_external_workers(emu: Emulator, procs: Worker
         runpod.api_key, runpod.endpoint_url_base = saved
 
 
+def test_a_result_over_20_mb_is_dropped_as_runpod_drops_it(emu: Emulator, client: Client) -> None:
+    """The worker's job-done body is refused with a 400 (it logs that and does not retry 5xx-only), so
+    the job ends COMPLETED without output, as on RunPod; the emulator says so everywhere it can."""
+    job = client.endpoint("basic").run_sync({"mode": "big", "size": 21_000_000}, timeout=60)
+    assert job.status is JobStatus.COMPLETED and job.output is None
+    assert any(job.id in w and "20 MB" in w and "s3Config" in w for w in emu.warnings)
+    with httpx.Client(base_url=emu.base_url, headers={"Authorization": API_KEY}) as http:
+        answer = http.get(f"/basic/status/{job.id}")
+    assert answer.json()["status"] == "COMPLETED" and "output" not in answer.json()
+    assert "20 MB" in answer.headers["x-rpq-warning"]
+    # The worker is free again: the next job runs.
+    assert client.endpoint("basic").run_sync({"mode": "echo", "value": 1}).output["echo"] == 1
+
+
 def test_no_worker_process_outlives_its_stop(procs: WorkerProcesses) -> None:
     extra = procs.start("lost", WORKERS / "worker_basic.py")
     wait_for(lambda: extra.alive, what="the worker to start")

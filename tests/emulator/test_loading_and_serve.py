@@ -105,8 +105,16 @@ def test_rpq_serve_prints_its_url_serves_and_stops_cleanly_on_ctrl_c() -> None:
             )
             assert answer.json()["output"] == {"simple": {"a": 1}}
             assert http.get(f"{base}/echo/health").status_code == 401
+            # A key RunPod ignores (the JS SDK's webhookV2) is ignored here too, and said so.
+            lenient = http.post(
+                f"{base}/echo/run",
+                json={"input": {}, "webhookV2": "http://127.0.0.1:9/h"},
+                headers={"Authorization": "sk-1"},
+            )
+            assert lenient.status_code == 200 and "webhookV2" in lenient.headers["x-rpq-warning"]
     finally:
-        _stop(proc)
+        err = _stop(proc)
+    assert "ignored unknown request key(s) webhookV2" in err
 
 
 def test_rpq_serve_clock_virtual_moves_time_only_through_the_advance_route() -> None:
@@ -140,6 +148,31 @@ def test_rpq_serve_clock_virtual_moves_time_only_through_the_advance_route() -> 
         _stop(proc)
 
 
+def test_rpq_serve_strict_and_a_contested_reading() -> None:
+    proc = _serve(
+        f"echo={HERE / 'simple.py'}",
+        "--workers",
+        "0",
+        "--clock",
+        "virtual",
+        "--port",
+        "0",
+        "--strict",
+        "--reading",
+        "queued_ttl=deleted",
+    )
+    try:
+        base, _ = _base_url(proc)
+        with httpx.Client(verify=False) as http:
+            typo = http.post(f"{base}/echo/run", json={"input": {}, "webhookV2": "http://127.0.0.1:9/h"})
+            assert typo.status_code == 400 and "webhookV2" in typo.json()["error"]
+            job_id = http.post(f"{base}/echo/run", json={"input": {}, "policy": {"ttl": 10_000}}).json()["id"]
+            http.post(f"{base.removesuffix('/v2')}/_emulator/advance", json={"seconds": 10})
+            assert http.get(f"{base}/echo/status/{job_id}").status_code == 404  # deleted, not TIMED_OUT
+    finally:
+        _stop(proc)
+
+
 def test_rpq_serve_refuses_bad_settings_with_exit_2() -> None:
     load_commands()
     missing = CliRunner().invoke(app, ["serve", "nope.py", "--port", "0"])
@@ -149,3 +182,6 @@ def test_rpq_serve_refuses_bad_settings_with_exit_2() -> None:
     )
     assert scaled.exit_code == 2
     assert "--time-scale applies to --clock real only" in scaled.output
+    for bad in ("queued_ttl", "nope=1", "queued_ttl=gone"):
+        refused = CliRunner().invoke(app, ["serve", str(HERE / "simple.py"), "--reading", bad, "--port", "0"])
+        assert refused.exit_code == 2 and "--reading" in refused.output

@@ -190,7 +190,7 @@ class Collector:
         result = BatchResult(
             json.loads(job.key),
             job.job_id,
-            snapshot.status.value,
+            snapshot.status_text,
             output=snapshot.output,
             error=snapshot.error,
             delay_time=snapshot.delay_time,

@@ -107,11 +107,12 @@ class Schedule:
         job.since = now
         self.at(job, now + self.first_interval())
 
-    def observed(self, job: Watched, status: JobStatus, now: float) -> None:
-        """A status check found the job not finished: note it and check again later."""
+    def observed(self, job: Watched, status: JobStatus | str, now: float) -> None:
+        """A status check found the job not finished: note it and check again later. A status this
+        version does not know counts as neither queued nor in progress (it is polled like them)."""
         job.failures = 0
         job.checked = now
-        self.set_status(job, status)
+        self.set_status(job, status if isinstance(status, JobStatus) else None)
         if status is JobStatus.IN_QUEUE:
             self._queued_seen = (job.since, now)
         self.at(job, now + self.interval(job, now))

@@ -119,8 +119,8 @@ class Progress:
     def update(self, job: Job) -> None:
         if job.is_pending and self.status in _ENDED:
             return  # a background poll answered after the wait saw the end
-        changed = job.status.value != self.status
-        self.status, self.job_id = job.status.value, job.id
+        changed = job.status_text != self.status
+        self.status, self.job_id = job.status_text, job.id
         # Off a terminal, one line per change; the terminal state itself is the caller's verdict line.
         if changed and self.enabled and self._live is None and not job.is_terminal:
             self.console.print(self._line(), highlight=False, soft_wrap=True)
@@ -163,9 +163,9 @@ class Printer:
             self.note(f"COMPLETED  job {job.id}  ({timing})", "green")
             return
         if not job.is_terminal:
-            self.note(f"{job.status.value}  job {job.id}")
+            self.note(f"{job.status_text}  job {job.id}")
             return
-        self.note(f"{job.status.value}  job {job.id}  ({timing})", "bold red")
+        self.note(f"{job.status_text}  job {job.id}  ({timing})", "bold red")
         if job.error is not None:
             self.note(f"  {_error_line(job)}", "red")
             if job.error_traceback and self.debug:
@@ -188,7 +188,7 @@ class Printer:
             return
         rows: list[tuple[str, Any]] = [
             ("id", job.id),
-            ("status", job.status.value),
+            ("status", job.status_text),
             ("queued", None if job.delay_time is None else _seconds(job.delay_time)),
             ("ran", None if job.execution_time is None else _seconds(job.execution_time)),
             ("worker", job.worker_id),

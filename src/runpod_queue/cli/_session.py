@@ -137,7 +137,7 @@ def session(
     except UsageProblem as exc:
         fail(EXIT_USAGE, str(exc))
     except WaitTimeoutError as exc:
-        last = f" (last seen {exc.job.status.value})" if exc.job is not None else ""
+        last = f" (last seen {exc.job.status_text})" if exc.job is not None else ""
         fail(
             EXIT_JOB,
             f"job {exc.job_id} did not finish within {exc.timeout:g} s{last}; it keeps running",

@@ -68,7 +68,7 @@ class DeliveryLog:
         job = delivery.job
         if job is not None:
             times = f"delay {job.delay_time} s, execution {job.execution_time} s"
-            typer.echo(f"{job.status.value:<10} {job.id}  ({times})")
+            typer.echo(f"{job.status_text:<10} {job.id}  ({times})")
 
     def close(self) -> None:
         self._file.close()

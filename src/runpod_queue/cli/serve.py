@@ -86,11 +86,28 @@ def serve(
     replicas: Annotated[
         int, typer.Option(min=1, max=64, help="Worker processes per file with --runpod-worker.")
     ] = 1,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Refuse unknown request keys with a 400 (RunPod ignores them; by default the emulator "
+            "ignores them too, with a warning).",
+        ),
+    ] = False,
+    reading: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reading",
+            metavar="NAME=VALUE",
+            help="Where RunPod's docs contradict each other, follow the other reading: queued_ttl=deleted, "
+            "finished_ttl=deleted, execution_timeout=FAILED, status_ttl=job_ttl. Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Serve a local emulator of RunPod queue endpoints, one per handler. Stops on Ctrl-C."""
     from dataclasses import replace
 
-    from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, load_endpoint
+    from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, Readings, load_endpoint
 
     handlers = handlers or []
     endpoints: dict[str, EndpointSpec] = {}
@@ -131,8 +148,25 @@ def serve(
             err=True,
         )
         raise typer.Exit(2)
+    chosen: dict[str, str] = {}
+    for item in reading or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in Readings.__dataclass_fields__:
+            typer.echo(
+                f"error: --reading {item!r}: use NAME=VALUE, NAME one of "
+                f"{', '.join(Readings.__dataclass_fields__)}",
+                err=True,
+            )
+            raise typer.Exit(2)
+        chosen[name] = value
+    try:
+        readings = Readings(**chosen)  # type: ignore[arg-type]
+    except ValueError as exc:
+        typer.echo(f"error: --reading: {exc}", err=True)
+        raise typer.Exit(2) from None
     emulator = Emulator(
         endpoints,
+        readings=readings,
         api_key=api_key,
         workers=workers,
         clock=clock.value,
@@ -140,6 +174,7 @@ def serve(
         rate_limits=not no_rate_limits,
         host=host,
         port=port,
+        strict=strict,
     )
 
     from runpod_queue.emulator.worker_processes import WorkerProcesses

@@ -1,6 +1,7 @@
 """A faithful local emulator of a RunPod Serverless queue endpoint (needs the `emulator` extra).
 
-See the README's "Emulator" section for the rules it applies where RunPod's documentation is silent.
+See the README's "Emulator" section for its rules, each with its source (RunPod's docs, SDKs, issues)
+or marked as our own choice.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from runpod_queue.emulator.app import EmulatorApp
 from runpod_queue.emulator.clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator.delivery import WebhookAttempt
 from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
+from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.server import Emulator
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "Handler",
     "HandlerLoadError",
     "LoadedEndpoint",
+    "Readings",
     "RealClock",
     "Timings",
     "VirtualClock",

@@ -23,6 +23,7 @@ import orjson
 
 from runpod_queue import _contract as contract
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._bodies import Submission
 from runpod_queue.emulator._config import Faults
 from runpod_queue.emulator._http import (
     EndpointRequest,
@@ -36,8 +37,8 @@ from runpod_queue.emulator._http import (
     json_object,
     respond,
     respond_empty,
-    type_name,
 )
+from runpod_queue.emulator.notices import Warned
 from runpod_queue.emulator.openai import OpenAIRoutes
 
 if TYPE_CHECKING:
@@ -50,92 +51,7 @@ __all__ = ["EmulatorApp"]
 
 log = logging.getLogger("runpod_queue.emulator")
 
-_POLICY_KEYS: Final = frozenset({"executionTimeout", "ttl", "lowPriority"})
-_S3_KEYS: Final = ("accessId", "accessSecret", "bucketName", "endpointUrl")
-_BODY_KEYS: Final = frozenset({"input", "webhook", "policy", "s3Config"})
 _MAX_WAIT_MS: Final = contract.RUNSYNC_MAX_WAIT_MS
-
-
-def _duration(policy: dict[str, Any], key: str, low: int, high: int) -> float | None:
-    """`policy.<key>` in ms (the wire's unit), returned as seconds."""
-    if key not in policy:
-        return None
-    value = policy[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise HTTPError(
-            400, f"policy.{key} must be an integer number of ms, got {type_name(value)} {value!r}"
-        )
-    if not low <= value <= high:
-        raise HTTPError(
-            400,
-            f"policy.{key}={int(value)} is out of range: allowed {low}..{high} ms "
-            f"({low // 1000} s to 7 days)",
-        )
-    return int(value) / 1000
-
-
-class _Submission:
-    """A /run or /runsync body, checked strictly; durations in seconds."""
-
-    __slots__ = ("execution_timeout", "input", "low_priority", "s3_config", "ttl", "webhook")
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        unknown = data.keys() - _BODY_KEYS
-        if unknown:
-            raise HTTPError(
-                400,
-                f"unknown field(s) {sorted(unknown)} in request body; "
-                "allowed: input, webhook, policy, s3Config",
-            )
-        if "input" not in data:
-            raise HTTPError(400, 'field "input" is required: send {"input": {...}}')
-        job_input = data["input"]
-        if not isinstance(job_input, dict):
-            raise HTTPError(400, f'field "input" must be a JSON object, got {type_name(job_input)}')
-        self.input = job_input
-        webhook = data.get("webhook")
-        if webhook is not None and (
-            not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))
-        ):
-            raise HTTPError(400, f'field "webhook" must be an http(s) URL string, got {webhook!r}')
-        self.webhook: str | None = webhook
-        self.execution_timeout: float | None = None
-        self.ttl: float | None = None
-        self.low_priority = False
-        policy = data.get("policy")
-        if policy is not None:
-            if not isinstance(policy, dict):
-                raise HTTPError(400, f'field "policy" must be a JSON object, got {type_name(policy)}')
-            unknown = policy.keys() - _POLICY_KEYS
-            if unknown:
-                raise HTTPError(
-                    400,
-                    f"unknown policy field(s) {sorted(unknown)}; allowed: executionTimeout, ttl, lowPriority",
-                )
-            self.execution_timeout = _duration(
-                policy, "executionTimeout", contract.MIN_EXECUTION_TIMEOUT_MS, contract.MAX_DURATION_MS
-            )
-            self.ttl = _duration(policy, "ttl", contract.MIN_TTL_MS, contract.MAX_DURATION_MS)
-            low = policy.get("lowPriority", False)
-            if not isinstance(low, bool):
-                raise HTTPError(
-                    400, f"policy.lowPriority must be true or false, got {type_name(low)} {low!r}"
-                )
-            self.low_priority = low
-        s3 = data.get("s3Config")
-        self.s3_config: dict[str, str] | None = None
-        if s3 is not None:
-            if not isinstance(s3, dict):
-                raise HTTPError(400, f'field "s3Config" must be a JSON object, got {type_name(s3)}')
-            missing = [k for k in _S3_KEYS if not isinstance(s3.get(k), str) or not s3[k]]
-            if missing:
-                raise HTTPError(400, f"s3Config needs non-empty strings for {', '.join(missing)}")
-            extra = s3.keys() - set(_S3_KEYS)
-            if extra:
-                raise HTTPError(
-                    400, f"unknown s3Config field(s) {sorted(extra)}; allowed: {', '.join(_S3_KEYS)}"
-                )
-            self.s3_config = {k: s3[k] for k in _S3_KEYS}
 
 
 class EmulatorApp:
@@ -151,6 +67,7 @@ class EmulatorApp:
         control: Control,
         api_key: str | None,
         faults: Faults | None = None,
+        strict: bool = False,
         on_startup: Callable[[asyncio.AbstractEventLoop], None],
         on_shutdown: Callable[[], Awaitable[None]],
     ) -> None:
@@ -163,6 +80,7 @@ class EmulatorApp:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key = api_key.encode() if api_key else None
         self.faults = faults or Faults()
+        self.strict = strict
         self._rng = random.Random(self.faults.seed)
         # operation → (route, allowed methods, needs a job id, rate-limit name or None)
         self.routes: dict[str, tuple[Route, frozenset[str], bool, str | None]] = {
@@ -321,6 +239,8 @@ class EmulatorApp:
             return await drop(send)
         if status == 204:
             return await respond_empty(send)
+        if isinstance(payload, Warned):
+            return await respond(send, status, payload.payload, [payload.header()])
         return await respond(send, status, payload)
 
     def _authorized(self, scope: Scope) -> bool:
@@ -363,9 +283,16 @@ class EmulatorApp:
             )
         return job
 
-    def _submit(self, request: EndpointRequest, body: bytes, *, sync: bool) -> JobRecord:
-        sub = _Submission(json_object(body))
-        return self.core.submit(
+    def _submit(self, request: EndpointRequest, body: bytes, *, sync: bool) -> tuple[JobRecord, list[str]]:
+        """The job queued, and the warnings its answer carries (unknown keys ignored)."""
+        sub = Submission(json_object(body), strict=self.strict)
+        warnings: list[str] = []
+        if sub.ignored:
+            message = sub.warning("runsync" if sync else "run", request.endpoint.id)
+            # Logged once per message: a client sending webhookV2 on every request must not flood the log.
+            self.core.notices.warn(message, log_once=True)
+            warnings.append(message)
+        job = self.core.submit(
             request.endpoint,
             sub.input,
             webhook=sub.webhook,
@@ -376,6 +303,7 @@ class EmulatorApp:
             sync=sync,
             raw_body=body,
         )
+        return job, warnings
 
     def _wait_query(self, request: EndpointRequest, default: float, low: int = 0) -> float:
         """`?wait=` ms (the wire) as seconds; `default` is seconds."""
@@ -385,33 +313,41 @@ class EmulatorApp:
 
     async def run(self, request: EndpointRequest) -> tuple[int, Any]:
         body = await request.body(contract.RUN_PAYLOAD_LIMIT, "/run")
-        job = self._submit(request, body, sync=False)
-        return 200, {"id": job.id, "status": JobStatus.IN_QUEUE.value}
+        job, warnings = self._submit(request, body, sync=False)
+        answer = {"id": job.id, "status": JobStatus.IN_QUEUE.value}
+        return 200, Warned(answer, warnings) if warnings else answer
 
     async def runsync(self, request: EndpointRequest) -> tuple[int, Any]:
         wait = self._wait_query(request, self.core.timings.runsync_default_wait, contract.RUNSYNC_MIN_WAIT_MS)
         body = await request.body(contract.RUNSYNC_PAYLOAD_LIMIT, "/runsync")
-        job = self._submit(request, body, sync=True)
+        job, warnings = self._submit(request, body, sync=True)
         await self.core.wait_terminal(job, wait)
-        return self._status_answer(request, job, partial=True)
+        return self._status_answer(request, job, partial=True, warnings=warnings)
 
     def _status_answer(
-        self, request: EndpointRequest, job: JobRecord, *, partial: bool = False
+        self,
+        request: EndpointRequest,
+        job: JobRecord,
+        *,
+        partial: bool = False,
+        warnings: list[str] | None = None,
     ) -> tuple[int, Any]:
         # A finished job answers its held request even when its retention has already run out by the
         # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
         if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
             raise HTTPError(404, f"job {job.id} was removed: its ttl ran out while it was running")
         if partial and not job.status.is_terminal:
-            return 200, {"id": job.id, "status": job.status.value}
-        return 200, job.status_dict()
+            answer: dict[str, Any] = {"id": job.id, "status": job.status.value}
+        else:
+            answer = job.status_dict()
+        return 200, _warned(answer, job, warnings)
 
     async def status(self, request: EndpointRequest) -> tuple[int, Any]:
         job = self._job(request)
         ttl_ms = request.int_query("ttl", low=1, high=contract.MAX_DURATION_MS)
         if ttl_ms is not None:
-            self.core.shorten_retention(job, ttl_ms / 1000)
-        return 200, job.status_dict()
+            self.core.status_ttl(job, ttl_ms / 1000)
+        return 200, _warned(job.status_dict(), job, None)
 
     async def status_sync(self, request: EndpointRequest) -> tuple[int, Any]:
         job = self._job(request)
@@ -422,7 +358,9 @@ class EmulatorApp:
 
     async def stream(self, request: EndpointRequest) -> tuple[int, Any]:
         job = self._job(request)
-        await self.core.wait_stream(job, self._wait_query(request, self.core.timings.stream_default_wait))
+        await self.core.wait_stream(
+            job, self._wait_query(request, self.core.timings.stream_default_wait, contract.MIN_HOLD_MS)
+        )
         # A finished job answers its held request even when its retention has already run out by the
         # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
         if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
@@ -454,6 +392,12 @@ class EmulatorApp:
 
     async def health(self, request: EndpointRequest) -> tuple[int, Any]:
         return 200, self.core.health(request.endpoint)
+
+
+def _warned(answer: dict[str, Any], job: JobRecord, warnings: list[str] | None) -> Any:
+    """The answer, with the request's warnings and the job's own (a result dropped) as a header."""
+    messages = [*(warnings or ()), *([job.warning] if job.warning else ())]
+    return Warned(answer, messages) if messages else answer
 
 
 async def _unauthorized(send: Send) -> None:

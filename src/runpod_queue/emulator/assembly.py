@@ -30,6 +30,7 @@ from runpod_queue.emulator.control import Control
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookDelivery
 from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
@@ -60,6 +61,8 @@ def assemble(
     default_workers: int,
     api_key: str | None,
     faults: Faults | None,
+    strict: bool = False,
+    readings: Readings | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
     runner = InProcessRunner()
@@ -71,6 +74,7 @@ def assemble(
         timings=timings,
         runner=runner,
         webhooks=delivery,
+        readings=readings,
     )
     external = ExternalWorkers(core)
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
@@ -93,6 +97,7 @@ def assemble(
         control=control,
         api_key=api_key,
         faults=faults,
+        strict=strict,
         on_startup=startup,
         on_shutdown=shutdown,
     )

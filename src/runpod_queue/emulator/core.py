@@ -23,6 +23,9 @@ from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator.clock import Clock, TimerHandle
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
+from runpod_queue.emulator.notices import Notices
+from runpod_queue.emulator.oversize import RESULT_LIMIT, dropped_warning
+from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -54,8 +57,12 @@ class Core:
         timings: Timings,
         runner: RunStarter,
         webhooks: WebhookSender,
+        notices: Notices | None = None,
+        readings: Readings | None = None,
     ) -> None:
         self.clock = clock
+        self.readings = readings or Readings()
+        self.notices = notices or Notices()
         self.timings = timings
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
@@ -128,6 +135,7 @@ class Core:
         ep = job.endpoint
         job.status = JobStatus.IN_QUEUE
         ep.in_queue += 1
+        _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
         entry = (job, job.attempt)
         q = ep.low_queue if job.low_priority else ep.queue
@@ -203,10 +211,18 @@ class Core:
         """A run ended with a result (COMPLETED) or an error (FAILED). False if the run was stale."""
         if not self.is_current(job, attempt):
             return False
+        if output_json is not None and len(output_json) > RESULT_LIMIT:
+            self.drop_result(job, len(output_json))
+            output_json = None
         job.output_json = output_json
         job.error = error
         self._finish(job, JobStatus.FAILED if error is not None else JobStatus.COMPLETED)
         return True
+
+    def drop_result(self, job: JobRecord, size: int) -> None:
+        """A result over RunPod's 20 MB is lost there (COMPLETED, no `output`); here too, but loudly."""
+        job.warning = dropped_warning(job, size)
+        self.notices.warn(job.warning)
 
     def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None:
         """A worker finished its run (or was abandoned): make it idle again, or replace it."""
@@ -262,7 +278,8 @@ class Core:
             ep.completed += 1
         elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             ep.failed += 1
-        _cancel_timer(job, "ttl_handle")
+        if self.readings.finished_ttl == "retention":
+            _cancel_timer(job, "ttl_handle")  # else the ttl still runs: it may end retention early
         _cancel_timer(job, "timer_handle")
         retention = self.timings.retention_sync if job.sync else self.timings.retention_run
         if job.retention_override is not None:
@@ -270,7 +287,9 @@ class Core:
         job.expires_at = now + self.span(retention)
         job.retention_handle = self._later(retention, self._remove, job)
         if job.webhook is not None:
+            # RunPod's delivery has no workerId (runpod-python issue 409 shows a real one).
             payload = job.status_dict()
+            payload.pop("workerId", None)
             payload["input"] = orjson.Fragment(job.original_input_json())
             payload["webhook"] = job.webhook
             self._webhooks.send(job.id, job.webhook, encode_json(payload))
@@ -289,7 +308,13 @@ class Core:
     def _ttl_expired(self, job: JobRecord, attempt: int) -> None:
         if job.attempt != attempt or job.id not in job.endpoint.jobs:
             return
-        if job.status is JobStatus.IN_QUEUE:
+        if job.status.is_terminal:
+            self._remove(job)  # Readings.finished_ttl == "deleted"
+        elif job.status is JobStatus.IN_QUEUE and self.readings.queued_ttl == "deleted":
+            job.endpoint.in_queue -= 1
+            job.status = JobStatus.CANCELLED
+            self._remove(job)
+        elif job.status is JobStatus.IN_QUEUE:
             self._finish(job, JobStatus.TIMED_OUT)
         elif job.status is JobStatus.IN_PROGRESS:
             # Mid-run: the platform removes the job; status answers 404 from now on.
@@ -302,7 +327,11 @@ class Core:
         if not self.is_current(job, attempt):
             return
         self._abandon_run(job)
-        self._finish(job, JobStatus.TIMED_OUT)
+        if self.readings.execution_timeout == "FAILED":
+            job.error = f"job exceeded its executionTimeout ({job.policy_execution_timeout:g} s)"
+            self._finish(job, JobStatus.FAILED)
+        else:
+            self._finish(job, JobStatus.TIMED_OUT)
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -370,6 +399,19 @@ class Core:
                     self._remove(job)
                     removed += 1
         return removed
+
+    def status_ttl(self, job: JobRecord, ttl: float) -> None:
+        """`/status?ttl=` (RunPod seconds), read as `Readings.status_ttl` says."""
+        if self.readings.status_ttl == "retention":
+            self.shorten_retention(job, ttl)
+        elif job.status.is_terminal:
+            # The job's ttl is now `ttl` from now: a finished job is kept exactly that long.
+            _cancel_timer(job, "retention_handle")
+            job.expires_at = self.clock.now() + self.span(ttl)
+            job.retention_handle = self._later(ttl, self._remove, job)
+        else:
+            _cancel_timer(job, "ttl_handle")
+            job.ttl_handle = self._later(ttl, self._ttl_expired, job, job.attempt)
 
     def shorten_retention(self, job: JobRecord, ttl: float) -> None:
         """`/status?ttl=`: keep the result at most `ttl` RunPod seconds from now (never longer)."""

@@ -30,6 +30,7 @@ import orjson
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator.oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
 
 if TYPE_CHECKING:
     from runpod_queue.emulator.clock import TimerHandle
@@ -43,7 +44,10 @@ _MAX_BATCH: Final = 64
 # Real seconds: the official worker abandons a job-take or job-stop poll after 90 s.
 _MAX_HOLD_S: Final = 60.0
 _FIRST: Final = asyncio.FIRST_COMPLETED
-_DONE_LIMIT: Final = 25_000_000
+# Read past RunPod's 20 MB result limit (RESULT_LIMIT) so an oversized result is identified and its job
+# ended as RunPod ends it; beyond this the body is refused unread.
+_DONE_LIMIT: Final = 100_000_000
+_STREAM_READ_LIMIT: Final = 25_000_000  # a chunk over 1 MB fails the job; past this it is refused unread
 
 
 def worker_environment(
@@ -365,8 +369,11 @@ class ExternalWorkers:
         return worker.held.get(request.rest[1])
 
     async def _payload(self, request: EndpointRequest, limit: int, what: str) -> dict[str, Any]:
+        return self._parse(await request.body(limit, what), what)
+
+    @staticmethod
+    def _parse(body: bytes, what: str) -> dict[str, Any]:
         """The body the worker sent: JSON, though labelled application/x-www-form-urlencoded."""
-        body = await request.body(limit, what)
         try:
             data = orjson.loads(body) if body else {}
         except orjson.JSONDecodeError as exc:
@@ -377,7 +384,10 @@ class ExternalWorkers:
 
     async def job_done(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
-        data = await self._payload(request, _DONE_LIMIT, "job-done")
+        body = await request.body(_DONE_LIMIT, "job-done")
+        if len(body) > RESULT_LIMIT:
+            return self._oversized(request, worker, body)
+        data = self._parse(body, "job-done")
         entry = self._held_job(request, worker)
         if entry is None:
             # Not (or no longer) this worker's run: cancelled, timed out, requeued after a loss, or a
@@ -408,9 +418,24 @@ class ExternalWorkers:
             core.dispatch(job.endpoint)
         return 200, {}
 
+    def _oversized(self, request: EndpointRequest, worker: _Worker, body: bytes) -> tuple[int, Any]:
+        """A job-done body over 20 MB: a 400, and the job ends COMPLETED without output (see
+        `oversize`); an oversized progress update gets the 400 and ends nothing."""
+        entry = self._held_job(request, worker)
+        if entry is not None and is_progress(body):
+            self.core.notices.warn(progress_warning(entry[0], len(body)))
+        elif entry is not None:
+            job, attempt = entry
+            del worker.held[job.id]
+            worker.sync_slot()
+            self.core.drop_result(job, len(body))
+            self.core.complete(job, attempt, output_json=None, error=None)
+            self.core.dispatch(job.endpoint)
+        raise refusal(len(body))
+
     async def job_stream(self, request: EndpointRequest) -> tuple[int, Any]:
         worker = self._touch(request)
-        data = await self._payload(request, _DONE_LIMIT, "job-stream")
+        data = await self._payload(request, _STREAM_READ_LIMIT, "job-stream")
         entry = self._held_job(request, worker)
         if entry is None or "output" not in data:
             return 200, {}

@@ -106,6 +106,7 @@ class JobRecord:
         "timer_handle",
         "ttl_handle",
         "waiters",
+        "warning",
         "webhook",
         "worker",
     )
@@ -156,6 +157,9 @@ class JobRecord:
         self.timer_handle: TimerHandle | None = None
         self.retention_handle: TimerHandle | None = None
         self.retention_override: float | None = None
+        # Set when the emulator dropped something RunPod drops silently (a result over 20 MB): sent
+        # as X-Rpq-Warning with the job's status answers.
+        self.warning: str | None = None
         self.expires_at: float | None = None
         # Stops the current run (cancel, executionTimeout, ttl mid-run); set by whoever runs it: the
         # in-process runner cancels the handler, the external workers queue a job-stop.

@@ -25,6 +25,7 @@ from runpod_queue.emulator.clock import Clock, ClockKind, VirtualClock, make_clo
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookAttempt
 from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Emulator"]
 
@@ -100,7 +101,10 @@ class Emulator:
     a held client long-poll that only time can end skips ahead; see `emulator.clock`). `time_scale`
     multiplies every RunPod duration (`timings`, seconds) on a real clock only. `rate_limits` is the
     client's `RateLimits` (its `limits`, `window`, `enabled`): `True` for RunPod's table, `False` for
-    none. Binds 127.0.0.1 by default.
+    none. Binds 127.0.0.1 by default. Request bodies are lenient, as RunPod's: unknown keys are
+    ignored with a warning (`warnings`, the log, an `X-Rpq-Warning` header); `strict=True` refuses
+    them with a 400 instead. `readings` picks, where RunPod's documents contradict each other (ttl,
+    executionTimeout, `/status?ttl=`), which reading to follow (see `Readings`).
     """
 
     def __init__(
@@ -118,6 +122,8 @@ class Emulator:
         host: str = "127.0.0.1",
         port: int = 0,
         log_level: str = "warning",
+        strict: bool = False,
+        readings: Readings | None = None,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -130,6 +136,8 @@ class Emulator:
             raise ValueError("api_key must be a non-empty string or None (None accepts any key)")
         if timings is not None and not isinstance(timings, Timings):
             raise TypeError(f"timings must be a Timings, got {type(timings).__name__}")
+        if readings is not None and not isinstance(readings, Readings):
+            raise TypeError(f"readings must be a Readings, got {type(readings).__name__}")
         if faults is not None and not isinstance(faults, Faults):
             raise TypeError(f"faults must be a Faults, got {type(faults).__name__}")
         if isinstance(rate_limits, bool):
@@ -152,6 +160,8 @@ class Emulator:
             default_workers=workers,
             api_key=api_key,
             faults=faults,
+            strict=bool(strict),
+            readings=readings,
         )
         self.app: EmulatorApp = self._parts.app
         self.host = host
@@ -170,6 +180,12 @@ class Emulator:
     def core(self) -> Core:
         """The state machine (for tools that need more than HTTP; not a stable API)."""
         return self._parts.core
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the emulator accepted or dropped where RunPod does so silently (unknown request keys,
+        results over 20 MB), oldest first; each is also logged and sent as `X-Rpq-Warning`."""
+        return self.core.notices.snapshot()
 
     @property
     def external(self) -> ExternalWorkers:

@@ -247,7 +247,7 @@ class WebhookReceiver:
             return Delivery(400, f"not a job status: {exc}")
         if not self.store.claim(claims.nonce, job.id):
             return Delivery(403, "this webhook URL was issued for another job")
-        state = self.store.begin(job.id, job.status.value)
+        state = self.store.begin(job.id, job.status_text)
         if state == "seen":
             return Delivery(200, "duplicate delivery acknowledged", job, True, data, claims.nonce)
         if state == "busy":
@@ -256,7 +256,7 @@ class WebhookReceiver:
 
     def _settle(self, pending: Delivery, error: Exception | None) -> Delivery:
         assert pending.job is not None
-        self.store.finish(pending.job.id, pending.job.status.value, accepted=error is None)
+        self.store.finish(pending.job.id, pending.job.status_text, accepted=error is None)
         if error is not None:
             return Delivery(500, f"callback failed: {type(error).__name__}")
         return replace(pending, status_code=200)
