@@ -158,11 +158,11 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
 
     def _restore(self, active: _Active) -> None:
         try:
-            for name, value in active.env.items():
-                if value is None:
+            for name, previous in active.env.items():
+                if previous is None:
                     os.environ.pop(name, None)
                 else:
-                    os.environ[name] = value
+                    os.environ[name] = previous
             sdk = sys.modules.get("runpod")
             if sdk is not None:
                 for name, value in active.sdk.items():
@@ -175,7 +175,7 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
                 ):
                     # Imported inside the block, the SDK read our URL from the environment: give it
                     # what it would have read outside.
-                    sdk.endpoint_url_base = os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL)
+                    vars(sdk)["endpoint_url_base"] = os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL)
         finally:
             _intercept.deactivate(active.target)
             active.emulator.stop()
