@@ -56,6 +56,9 @@ def test_nothing_mocked_after_a_test():
 
 def test_a_users_test_file_passes_and_fails_as_it_should(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_user=USER_TESTS)
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    # In-process: plugins still load from entry points as in a fresh run, without a new interpreter.
+    result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, failed=1, errors=1)
-    result.stdout.fnmatch_lines(["*needs @pytest.mark.runpod_mock*", "FAILED test_user.py::test_marker - *"])
+    result.stdout.fnmatch_lines(
+        ["plugins:*runpod-queue*", "*needs @pytest.mark.runpod_mock*", "FAILED test_user.py::test_marker - *"]
+    )

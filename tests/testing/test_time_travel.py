@@ -3,6 +3,8 @@ retention pass in one call, so these tests take milliseconds, not hours."""
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import pytest
@@ -56,3 +58,20 @@ def test_auto_clock_skips_the_wait_for_a_ttl_to_run_out() -> None:
         assert job.is_timed_out
         assert emu.now == 20
         assert [r.operation for r in emu.requests] == ["run", "status-sync"]
+
+
+def test_webhook_retries_on_the_virtual_clock() -> None:
+    # A webhook URL nobody listens on (a port just closed): each POST fails; RunPod retries twice, 10 s apart.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/hook"
+    with mock_runpod({"echo": echo}, clock="virtual") as emu:
+        job = requests.post(f"{BASE}/echo/runsync", json={"input": {}, "webhook": dead}, timeout=10).json()
+        assert job["status"] == "COMPLETED"
+        for _ in range(2000):  # the first POST is real I/O, sent once the job ended: let it finish
+            if emu.webhook_attempts:
+                break
+            time.sleep(0.005)
+        emu.advance(20)
+        attempts = [(a.job_id, a.attempt, a.delivered) for a in emu.webhook_attempts]
+        assert attempts == [(job["id"], 1, False), (job["id"], 2, False), (job["id"], 3, False)]
