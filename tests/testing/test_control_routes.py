@@ -3,7 +3,13 @@ other languages driving `rpq serve --clock virtual`."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -58,3 +64,45 @@ def test_bad_queries_say_what_to_send(http: httpx.Client) -> None:
     r = http.get("/_emulator/requests", params={"all": "maybe"})
     assert r.status_code == 400 and "true or false" in r.json()["error"]
     assert http.get("/_emulator/jobs", headers={"authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_rpq_serve_gives_another_languages_suite_the_same_powers(tmp_path: Path) -> None:
+    handler = tmp_path / "shout.py"
+    handler.write_text("def handler(job):\n    return job['input']['text'].upper()\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runpod_queue.cli",
+            "serve",
+            f"shout={handler}",
+            "--clock",
+            "virtual",
+            "--port",
+            "0",
+            "--workers",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        match = re.search(r"(http://127\.0\.0\.1:\d+)/v2", proc.stdout.readline())
+        assert match
+        root = match.group(1)
+        with httpx.Client(base_url=root) as http:  # what a Node or PHP suite would send
+            job_id = http.post("/v2/shout/run", json={"input": {"text": "hi"}}).json()["id"]
+            assert http.post("/_emulator/advance", json={"seconds": 86_400}).json() == {"now": 86_400}
+            (job,) = http.get("/_emulator/jobs").json()["jobs"]
+            assert (job["id"], job["status"], job["input"]) == (job_id, "TIMED_OUT", {"text": "hi"})
+            paths = [
+                (r["method"], r["operation"], r["status"])
+                for r in http.get("/_emulator/requests").json()["requests"]
+            ]
+            assert paths == [("POST", "run", 200)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
