@@ -173,3 +173,14 @@ def test_the_key_stays_out_of_reprs() -> None:
     with mock_runpod({"ep": echo}, api_key="sekrit-key-123") as emu:
         assert "sekrit" not in repr(emu)
         assert all("sekrit" not in repr(q) for q in emu.requests)
+
+
+def test_without_the_emulator_extra_the_import_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
+    for name in ("runpod_queue.testing", "runpod_queue.emulator", "runpod_queue.emulator.server"):
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'runpod-queue\[emulator\]'"):
+        importlib.import_module("runpod_queue.testing")

@@ -9,8 +9,15 @@ and the `runpod_mock` marker. See the README's "Testing your app".
 
 from __future__ import annotations
 
-from runpod_queue.emulator import Emulator, EndpointSpec, Faults, JobView, RecordedRequest, Timings
-from runpod_queue.testing._mock import MOCK_API_KEY, mock_runpod
+try:
+    from runpod_queue.emulator import Emulator, EndpointSpec, Faults, JobView, RecordedRequest, Timings
+    from runpod_queue.testing._mock import MOCK_API_KEY, mock_runpod
+except ModuleNotFoundError as exc:  # the plugin is loaded wherever the package is: say what to install
+    raise ModuleNotFoundError(
+        f"runpod_queue.testing needs the emulator extra ({exc.name} is missing): "
+        "pip install 'runpod-queue[emulator]'",
+        name=exc.name,
+    ) from exc
 
 __all__ = [
     "MOCK_API_KEY",
