@@ -5,7 +5,9 @@ emulator, while its code names only https://api.runpod.ai."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import httpx
@@ -150,3 +152,35 @@ def test_unknown_endpoint_answers_404_as_runpod(emu: Emulator) -> None:
     r = httpx.post("https://api.runpod.ai/v2/no-such-endpoint/run", json={"input": {}})
     assert r.status_code == 404
     assert "no-such-endpoint" in r.json()["error"]
+
+
+def test_openai_package_at_runpods_openai_route() -> None:
+    openai = pytest.importorskip("openai")
+
+    def llm(job: dict[str, Any]) -> Any:
+        messages = job["input"]["openai_input"]["messages"]
+        return {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "fake",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": messages[-1]["content"].upper()},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+
+    with mock_runpod({"llm": llm}) as emu:
+        # As RunPod's docs show: RunPod's URL, the RunPod key from the environment.
+        client = openai.OpenAI(
+            api_key=os.environ["RUNPOD_API_KEY"],
+            base_url="https://api.runpod.ai/v2/llm/openai/v1",
+            max_retries=0,
+        )
+        answer = client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content == "HI"
+        (request,) = emu.requests
+        assert (request.operation, request.job_id, request.status_code) == ("openai", None, 200)

@@ -27,6 +27,10 @@ _WORKER_OPERATIONS: Final = frozenset(
 )
 
 
+# Operations whose path ends with a job id.
+_JOB_OPERATIONS: Final = frozenset({"status", "status-sync", "stream", "cancel", "retry"})
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedRequest:
     """One HTTP request the emulator answered.
@@ -58,7 +62,9 @@ class RecordedRequest:
     @property
     def job_id(self) -> str | None:
         parts = self._parts
-        return parts[4] if len(parts) >= 5 and parts[1] == "v2" and parts[4] else None
+        if len(parts) >= 5 and parts[1] == "v2" and parts[3] in _JOB_OPERATIONS and parts[4]:
+            return parts[4]
+        return None
 
     @property
     def is_api(self) -> bool:

@@ -4,8 +4,9 @@ HTTPS to api.runpod.ai cannot be served by the plain-HTTP emulator through DNS t
 patched at the one layer every request of it passes through, and only that host's URLs are rewritten
 (scheme, host and port; the path and query stay):
 
-- httpx: `HTTPTransport.handle_request` / `AsyncHTTPTransport.handle_async_request` (any `httpx.Client`
-  or `AsyncClient` with its default transport, including ours; a `MockTransport` is left alone);
+- httpx (and httpx2, which the `openai` package uses): `HTTPTransport.handle_request` /
+  `AsyncHTTPTransport.handle_async_request` (any `Client` or `AsyncClient` with its default transport,
+  including ours; a `MockTransport` is left alone);
 - requests: `HTTPAdapter.send` (every `Session`, the official SDK's `runpod.Endpoint` included; proxies
   are dropped for a rerouted request, as loopback needs none);
 - aiohttp: `ClientSession._build_url`, which every request's URL goes through (the SDK's
@@ -21,6 +22,7 @@ installed is skipped.
 from __future__ import annotations
 
 import functools
+import importlib
 import socket
 import threading
 from collections.abc import Callable
@@ -93,29 +95,34 @@ def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> Callable[[], 
 
 
 def _patch_httpx() -> list[Callable[[], None]]:
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - httpx is a dependency of the package
-        return []
+    """httpx, and httpx2 (its successor, which the `openai` package sends through): same transport API."""
+    undo: list[Callable[[], None]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        undo += _patch_httpx_module(module)
+    return undo
 
-    def rewrite(request: httpx.Request) -> None:
+
+def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
+    def rewrite(request: Any) -> None:
         target = _current()
         if target is not None and request.url.host == RUNPOD_HOST:
             request.url = request.url.copy_with(scheme="http", host=target.host, port=target.port)
 
     def sync(original: Any) -> Any:
-        def handle_request(self: httpx.HTTPTransport, request: httpx.Request) -> httpx.Response:
+        def handle_request(self: Any, request: Any) -> Any:
             rewrite(request)
-            return original(self, request)  # type: ignore[no-any-return]
+            return original(self, request)
 
         return handle_request
 
     def asynchronous(original: Any) -> Any:
-        async def handle_async_request(
-            self: httpx.AsyncHTTPTransport, request: httpx.Request
-        ) -> httpx.Response:
+        async def handle_async_request(self: Any, request: Any) -> Any:
             rewrite(request)
-            return await original(self, request)  # type: ignore[no-any-return]
+            return await original(self, request)
 
         return handle_async_request
 
@@ -178,7 +185,7 @@ def _patch_getaddrinfo() -> list[Callable[[], None]]:
                 raise socket.gaierror(
                     socket.EAI_NONAME,
                     f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does "
-                    "not reroute (it reroutes requests, httpx, aiohttp and what is built on them); "
+                    "not reroute (it reroutes requests, httpx, httpx2, aiohttp and what is built on them); "
                     "send it through one of those, or point the library at emu.base_url",
                 )
             return original(host, *args, **kwargs)
