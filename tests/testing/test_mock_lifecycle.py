@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import httpx
+import httpx2
 import pytest
 import requests
 import requests.adapters
@@ -35,6 +36,8 @@ def _patched_state() -> tuple[Any, ...]:
         requests.adapters.HTTPAdapter.send,
         aiohttp.ClientSession._build_url,
         socket.getaddrinfo,
+        httpx2.HTTPTransport.handle_request,
+        httpx2.AsyncHTTPTransport.handle_async_request,
     )
 
 
@@ -52,7 +55,7 @@ def other_host() -> Iterator[str]:
             pass
 
     server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
