@@ -193,6 +193,7 @@ def serve(
                 f"  clock    {emu.clock.kind}: move it with POST {emu.root_url}/_emulator/advance "
                 '{"seconds": N}'
             )
+        typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)

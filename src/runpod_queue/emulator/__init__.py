@@ -10,6 +10,7 @@ from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator.app import EmulatorApp
 from runpod_queue.emulator.clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator.delivery import WebhookAttempt
+from runpod_queue.emulator.inspect import JobView, RecordedRequest
 from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
 from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.server import Emulator
@@ -23,9 +24,11 @@ __all__ = [
     "Faults",
     "Handler",
     "HandlerLoadError",
+    "JobView",
     "LoadedEndpoint",
     "Readings",
     "RealClock",
+    "RecordedRequest",
     "Timings",
     "VirtualClock",
     "WebhookAttempt",

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._ratelimit import RateLimiter
     from runpod_queue.emulator.control import Control
     from runpod_queue.emulator.core import Core
+    from runpod_queue.emulator.inspect import RequestLog
     from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["EmulatorApp"]
@@ -65,6 +66,7 @@ class EmulatorApp:
         limiter: RateLimiter,
         worker_routes: Mapping[str, Route],
         control: Control,
+        request_log: RequestLog,
         api_key: str | None,
         faults: Faults | None = None,
         strict: bool = False,
@@ -75,6 +77,7 @@ class EmulatorApp:
         self._now = core.clock.now
         self.limiter = limiter
         self.control = control
+        self._log_request = request_log.entries.append
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -113,7 +116,7 @@ class EmulatorApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self._recorded(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -139,6 +142,27 @@ class EmulatorApp:
 
     async def aclose(self) -> None:
         await self._on_shutdown()
+
+    async def _recorded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one request and log (when, method, path, query, status) for tests to assert on
+        (`inspect.RequestLog`); the status is None when the answer was never completed (a drop)."""
+        status: int | None = None
+        complete = False
+
+        def watch(message: dict[str, Any]) -> Awaitable[None]:
+            # Not a coroutine: hands back `send`'s own awaitable, so watching costs no extra frame.
+            nonlocal status, complete
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif not message.get("more_body"):
+                complete = True
+            return send(message)
+
+        try:
+            await self._http(scope, receive, watch)
+        finally:
+            answered = status if complete else None
+            self._log_request((self._now(), scope["method"], scope["path"], scope["query_string"], answered))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._loop is None:

@@ -6,8 +6,9 @@ runner   = InProcessRunner()                       # runs handlers; reports to t
 core     = Core(endpoints, clock, timings, runner, webhooks=delivery)
 external = ExternalWorkers(core)                   # the worker protocol; drives the core, not the reverse
 limiter  = RateLimiter(rate_limits)
-control  = Control(clock)                          # /_emulator/*
-app      = EmulatorApp(core, limiter, external.routes, control, api_key, faults, startup, shutdown)
+requests = RequestLog()                            # what the app answered, for tests (inspect)
+control  = Control(clock, core, requests)          # /_emulator/*
+app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown)
 ```
 
 Each part receives what it uses in its constructor, in this order; nothing reaches back to install
@@ -30,6 +31,7 @@ from runpod_queue.emulator.control import Control
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookDelivery
 from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.inspect import RequestLog
 from runpod_queue.emulator.readings import Readings
 from runpod_queue.emulator.workers import InProcessRunner
 
@@ -47,6 +49,7 @@ class Emulation:
     delivery: WebhookDelivery
     external: ExternalWorkers
     limiter: RateLimiter
+    requests: RequestLog
     control: Control
     app: EmulatorApp
 
@@ -78,7 +81,8 @@ def assemble(
     )
     external = ExternalWorkers(core)
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
-    control = Control(clock)
+    requests = RequestLog()
+    control = Control(clock, core, requests)
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:
         clock.bind(loop)
@@ -95,10 +99,11 @@ def assemble(
         limiter=limiter,
         worker_routes=external.routes,
         control=control,
+        request_log=requests,
         api_key=api_key,
         faults=faults,
         strict=strict,
         on_startup=startup,
         on_shutdown=shutdown,
     )
-    return Emulation(clock, timings, core, runner, delivery, external, limiter, control, app)
+    return Emulation(clock, timings, core, runner, delivery, external, limiter, requests, control, app)

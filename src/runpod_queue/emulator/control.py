@@ -6,15 +6,24 @@ new route is one entry here.
 
 - `POST /_emulator/advance` with `{"seconds": N}`: move a virtual clock forward (`Emulator.advance`);
   answers `{"now": <seconds since start on the clock>}`. A real clock answers 409.
+- `GET /_emulator/jobs[?endpoint=ID]`: `{"jobs": [...]}`, every job the emulator still answers for
+  (`inspect.JobView.to_dict`), in submission order per endpoint.
+- `GET /_emulator/requests[?all=true]`: `{"requests": [...]}`, the API requests received, oldest first
+  (`inspect.RecordedRequest.to_dict`; `all=true` adds worker-protocol and `/_emulator/*` requests).
+  `DELETE /_emulator/requests` forgets them, so a test can assert on what follows.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runpod_queue.emulator._http import HTTPError, Request, Route, json_object, type_name
 from runpod_queue.emulator.clock import Clock
+from runpod_queue.emulator.inspect import RequestLog, job_views
+
+if TYPE_CHECKING:
+    from runpod_queue.emulator.core import Core
 
 __all__ = ["Control"]
 
@@ -22,10 +31,15 @@ __all__ = ["Control"]
 class Control:
     """Serves `/_emulator/<name>`."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, core: Core, requests: RequestLog) -> None:
         self.clock = clock
+        self.core = core
+        self.requests = requests
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "advance"): self.advance,
+            ("GET", "jobs"): self.jobs,
+            ("GET", "requests"): self.list_requests,
+            ("DELETE", "requests"): self.clear_requests,
         }
 
     async def handle(self, request: Request) -> tuple[int, Any]:
@@ -64,3 +78,23 @@ class Control:
                 400, f'"seconds" must be a number of seconds >= 0, got {type_name(value)} {value!r}'
             )
         return 200, {"now": await self.clock.advance(float(value))}
+
+    async def jobs(self, request: Request) -> tuple[int, Any]:
+        endpoints = self.core.endpoints
+        wanted = request.query.get("endpoint")
+        if wanted is not None and wanted not in endpoints:
+            known = ", ".join(sorted(endpoints)) or "none"
+            raise HTTPError(404, f"endpoint {wanted!r} not found (this emulator serves: {known})")
+        chosen = [endpoints[wanted]] if wanted is not None else [endpoints[e] for e in sorted(endpoints)]
+        return 200, {"jobs": [view.to_dict() for ep in chosen for view in job_views(ep)]}
+
+    async def list_requests(self, request: Request) -> tuple[int, Any]:
+        flag = request.query.get("all", "false").lower()
+        if flag not in ("true", "false", "1", "0"):
+            raise HTTPError(400, f"?all= takes true or false, got {flag!r}")
+        records = self.requests.records(api_only=flag in ("false", "0"))
+        return 200, {"requests": [r.to_dict() for r in records]}
+
+    async def clear_requests(self, request: Request) -> tuple[int, Any]:
+        self.requests.clear()
+        return 200, {"requests": []}

@@ -25,6 +25,7 @@ from runpod_queue.emulator.clock import Clock, ClockKind, VirtualClock, make_clo
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookAttempt
 from runpod_queue.emulator.external import ExternalWorkers
+from runpod_queue.emulator.inspect import JobView, RecordedRequest, job_views
 from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Emulator"]
@@ -248,6 +249,37 @@ class Emulator:
     def webhook_attempts(self) -> list[WebhookAttempt]:
         """Every webhook POST made so far, in order (a snapshot)."""
         return list(self._parts.delivery.attempts)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every API request received so far (the last 10 000), oldest first: `method`, `path`,
+        `status_code` (None: the connection was dropped before the answer), `endpoint_id`, `operation`,
+        `job_id`, `at`. Worker-protocol and `/_emulator/*` requests are left out. A snapshot."""
+        return self._parts.requests.records()
+
+    def clear_requests(self) -> None:
+        """Forget the requests recorded so far (e.g. after a test's setup)."""
+        self._parts.requests.clear()
+
+    def jobs(self, endpoint_id: str) -> list[JobView]:
+        """The jobs `endpoint_id` still answers for, in submission order: `id`, `status`, `input`,
+        `output`, `error`, `attempts`, ... (see `JobView`). A job past its retention, purged or removed
+        by its ttl is gone, as on RunPod. A snapshot, taken on the server's loop while it runs."""
+        endpoint = self.core.endpoints.get(endpoint_id)
+        if endpoint is None:
+            raise ValueError(
+                f"endpoint {endpoint_id!r} is not served by this emulator (it serves: "
+                f"{', '.join(self.endpoint_ids) or 'none'}); pass it in Emulator({{...}})"
+            )
+        loop = self.app.loop
+        if loop is None or not loop.is_running():
+            return job_views(endpoint)
+
+        async def snapshot() -> list[JobView]:
+            return job_views(endpoint)
+
+        views: list[JobView] = self.call(snapshot)
+        return views
 
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while running (thread-safe)."""

@@ -1,0 +1,195 @@
+"""Reroutes this process's requests to `https://api.runpod.ai/...` to a local emulator, per HTTP library.
+
+HTTPS to api.runpod.ai cannot be served by the plain-HTTP emulator through DNS tricks, so each library is
+patched at the one layer every request of it passes through, and only that host's URLs are rewritten
+(scheme, host and port; the path and query stay):
+
+- httpx (and httpx2, which the `openai` package uses): `HTTPTransport.handle_request` /
+  `AsyncHTTPTransport.handle_async_request` (any `Client` or `AsyncClient` with its default transport,
+  including ours; a `MockTransport` is left alone);
+- requests: `HTTPAdapter.send` (every `Session`, the official SDK's `runpod.Endpoint` included; proxies
+  are dropped for a rerouted request, as loopback needs none);
+- aiohttp: `ClientSession._build_url`, which every request's URL goes through (the SDK's
+  `runpod.AsyncioEndpoint` and our `AsyncClient` included);
+- a last guard: `socket.getaddrinfo` refuses to resolve api.runpod.ai, so a library patched by none of
+  the above fails loudly instead of reaching RunPod.
+
+Patches are installed when the first mock starts and removed when the last one stops; the innermost
+active mock is the target (nesting works; its exit restores the outer one). A library that is not
+installed is skipped.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["RUNPOD_HOST", "Target", "activate", "deactivate", "reroute"]
+
+RUNPOD_HOST: Final = "api.runpod.ai"
+
+_lock = threading.Lock()
+# Active mocks, innermost last: each a (host, port) of an emulator.
+_targets: list[Target] = []
+_undo: list[Callable[[], None]] = []
+
+
+class Target:
+    """Where one `mock_runpod` sends RunPod's traffic."""
+
+    __slots__ = ("host", "port")
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"<Target http://{self.host}:{self.port}>"
+
+
+def _current() -> Target | None:
+    targets = _targets
+    return targets[-1] if targets else None
+
+
+def reroute(url: str) -> str | None:
+    """`url` rewritten to the active emulator when it is RunPod's API host, else None."""
+    target = _current()
+    if target is None:
+        return None
+    parts = urlsplit(url)
+    if (parts.hostname or "").lower() != RUNPOD_HOST:
+        return None
+    return urlunsplit(("http", f"{target.host}:{target.port}", parts.path, parts.query, parts.fragment))
+
+
+def activate(target: Target) -> None:
+    with _lock:
+        if not _targets:
+            for install in (_patch_httpx, _patch_requests, _patch_aiohttp, _patch_getaddrinfo):
+                _undo.extend(install())
+        _targets.append(target)
+
+
+def deactivate(target: Target) -> None:
+    with _lock:
+        # By identity: concurrent async mocks may end in any order.
+        for i in range(len(_targets) - 1, -1, -1):
+            if _targets[i] is target:
+                del _targets[i]
+                break
+        if not _targets:
+            while _undo:
+                _undo.pop()()
+
+
+def _replace(owner: Any, name: str, make: Callable[[Any], Any]) -> Callable[[], None]:
+    original = owner.__dict__[name]
+    setattr(owner, name, functools.wraps(original)(make(original)))
+    return lambda: setattr(owner, name, original)
+
+
+def _patch_httpx() -> list[Callable[[], None]]:
+    """httpx, and httpx2 (its successor, which the `openai` package sends through): same transport API."""
+    undo: list[Callable[[], None]] = []
+    for name in ("httpx", "httpx2"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        undo += _patch_httpx_module(module)
+    return undo
+
+
+def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
+    def rewrite(request: Any) -> None:
+        target = _current()
+        if target is not None and request.url.host == RUNPOD_HOST:
+            request.url = request.url.copy_with(scheme="http", host=target.host, port=target.port)
+
+    def sync(original: Any) -> Any:
+        def handle_request(self: Any, request: Any) -> Any:
+            rewrite(request)
+            return original(self, request)
+
+        return handle_request
+
+    def asynchronous(original: Any) -> Any:
+        async def handle_async_request(self: Any, request: Any) -> Any:
+            rewrite(request)
+            return await original(self, request)
+
+        return handle_async_request
+
+    return [
+        _replace(httpx.HTTPTransport, "handle_request", sync),
+        _replace(httpx.AsyncHTTPTransport, "handle_async_request", asynchronous),
+    ]
+
+
+def _patch_requests() -> list[Callable[[], None]]:
+    try:
+        import requests.adapters
+    except ImportError:
+        return []
+
+    def make(original: Any) -> Any:
+        def send(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+            url = reroute(request.url)
+            if url is not None:
+                request = request.copy()
+                request.url = url
+                if "proxies" in kwargs:
+                    kwargs["proxies"] = {}
+            return original(self, request, *args, **kwargs)
+
+        return send
+
+    return [_replace(requests.adapters.HTTPAdapter, "send", make)]
+
+
+def _patch_aiohttp() -> list[Callable[[], None]]:
+    try:
+        import aiohttp
+        from yarl import URL
+    except ImportError:  # pragma: no cover - aiohttp is a dependency of the package
+        return []
+    if "_build_url" not in aiohttp.ClientSession.__dict__:  # pragma: no cover - aiohttp < 3.8
+        raise RuntimeError(
+            f"mock_runpod cannot intercept aiohttp {aiohttp.__version__}: upgrade it (aiohttp>=3.10)"
+        )
+
+    def make(original: Any) -> Any:
+        def _build_url(self: aiohttp.ClientSession, str_or_url: Any) -> URL:
+            url: URL = original(self, str_or_url)
+            target = _current()
+            if target is not None and url.host == RUNPOD_HOST:
+                url = url.with_scheme("http").with_host(target.host).with_port(target.port)
+            return url
+
+        return _build_url
+
+    return [_replace(aiohttp.ClientSession, "_build_url", make)]
+
+
+def _patch_getaddrinfo() -> list[Callable[[], None]]:
+    def make(original: Any) -> Any:
+        def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+            name = host.decode() if isinstance(host, bytes) else host
+            if isinstance(name, str) and name.lower().rstrip(".") == RUNPOD_HOST and _current() is not None:
+                raise socket.gaierror(
+                    socket.EAI_NONAME,
+                    f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does "
+                    "not reroute (it reroutes requests, httpx, httpx2, aiohttp and what is built on them); "
+                    "send it through one of those, or point the library at emu.base_url",
+                )
+            return original(host, *args, **kwargs)
+
+        return getaddrinfo
+
+    return [_replace(socket, "getaddrinfo", make)]

@@ -1,0 +1,181 @@
+"""`mock_runpod`: an emulator that this process's RunPod traffic reaches without the code under test
+changing anything (see `_intercept` for how each HTTP library is rerouted)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, Final, TypeVar, cast
+
+from runpod_queue._contract import DEFAULT_BASE_URL
+from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue.emulator import Emulator, EndpointSpec, Handler
+from runpod_queue.testing import _intercept
+
+__all__ = ["MOCK_API_KEY", "mock_runpod"]
+
+# The key the environment gets when the emulator accepts any key: clearly not a real one.
+MOCK_API_KEY: Final = "rpq-mock-runpod-key"
+
+F = TypeVar("F", bound=Callable[..., Any])
+_MISSING: Final = object()
+
+
+class _Active:
+    """One entered mock: its emulator, its reroute target and what to restore on exit."""
+
+    def __init__(self, emulator: Emulator) -> None:
+        self.emulator = emulator
+        self.target = _intercept.Target(emulator.host, emulator.port)
+        self.env: dict[str, str | None] = {}
+        self.sdk: dict[str, object] = {}
+        self.sdk_imported = "runpod" in sys.modules
+
+
+class mock_runpod:  # lower case: used like a function, as moto's mock_aws
+    """Start an emulator and route every request this process makes to `https://api.runpod.ai/...` to it.
+
+    ```python
+    with mock_runpod({"my-endpoint": handler}) as emu:      # or `async with`, or @mock_runpod({...})
+        app_code_that_calls_runpod()                      # requests, httpx, aiohttp, runpod SDK, ours
+        assert emu.jobs("my-endpoint")[0].status == "COMPLETED"
+    ```
+
+    `endpoints` and `emulator_options` are `Emulator`'s, with two defaults changed for tests:
+    `clock="auto"` (a wait that only time can end skips ahead, so a job's 24 h ttl runs out at once;
+    pass "virtual" to move time only with `emu.advance()`, "real" for wall-clock time) and
+    `rate_limits=False` (on a virtual clock rate-limit windows slide only with virtual time, so a test
+    polling in a loop would hit a 429 that real time never lifts; pass `rate_limits=True` with
+    `clock="real"` to test your app against RunPod's limits, or `emu.set_faults(Faults(error_429=...))`).
+
+    For the duration, `RUNPOD_API_KEY` (the emulator's `api_key`, else a placeholder accepted by an
+    emulator that takes any key) and `RUNPOD_ENDPOINT_BASE_URL` (`emu.base_url`) are set, and so are
+    the official SDK's `runpod.api_key` / `runpod.endpoint_url_base` when it is imported; all are
+    restored on exit, even after an exception. Requests to other hosts are untouched. Mocks nest: the
+    innermost active one receives the traffic.
+    """
+
+    def __init__(
+        self,
+        endpoints: Mapping[str, Handler | EndpointSpec | None] | None = None,
+        **emulator_options: Any,
+    ) -> None:
+        if endpoints is not None and not isinstance(endpoints, Mapping):
+            raise TypeError(
+                f"mock_runpod(endpoints) takes a mapping of endpoint id to handler, got "
+                f"{type(endpoints).__name__}: write mock_runpod({{'my-endpoint': handler}})"
+            )
+        if "host" in emulator_options or "port" in emulator_options:
+            raise ValueError(
+                "mock_runpod chooses the emulator's host and port itself (127.0.0.1, a free port): "
+                "drop host= / port="
+            )
+        options: dict[str, Any] = {"clock": "auto", "rate_limits": False}
+        options.update(emulator_options)
+        self._endpoints = dict(endpoints or {})
+        self._options = options
+        Emulator(self._endpoints, **options)  # validate now: a bad option fails where it was written
+        self._lock = threading.Lock()
+        self._active: list[_Active] = []
+
+    # -- context manager ------------------------------------------------------------------------
+
+    def __enter__(self) -> Emulator:
+        emulator = Emulator(self._endpoints, **self._options).start()
+        active = _Active(emulator)
+        try:
+            _intercept.activate(active.target)
+            self._point_environment(active)
+        except BaseException:
+            self._restore(active)
+            raise
+        with self._lock:
+            self._active.append(active)
+        return emulator
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with self._lock:
+            active = self._active.pop()
+        self._restore(active)
+
+    async def __aenter__(self) -> Emulator:
+        # Starting takes a few ms of a background thread coming up: short enough to block the loop.
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ------------------------------------------------------------------------------
+
+    def __call__(self, func: F) -> F:
+        """Run `func` (a plain or `async` function, e.g. a test) inside a fresh mock per call."""
+        if not callable(func):
+            raise TypeError(f"mock_runpod(...) decorates a function, got {type(func).__name__}")
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                async with self:
+                    return await func(*args, **kwargs)
+
+            return cast(F, run_async)
+
+        @functools.wraps(func)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with self:
+                return func(*args, **kwargs)
+
+        return cast(F, run)
+
+    # -- environment ----------------------------------------------------------------------------
+
+    def _point_environment(self, active: _Active) -> None:
+        emulator = active.emulator
+        key = self._options.get("api_key") or MOCK_API_KEY
+        for name, value in ((ENV_API_KEY, key), (ENV_BASE_URL, emulator.base_url)):
+            active.env[name] = os.environ.get(name)
+            os.environ[name] = value
+        sdk = sys.modules.get("runpod")
+        if sdk is not None:
+            for name, value in (("api_key", key), ("endpoint_url_base", emulator.base_url)):
+                active.sdk[name] = getattr(sdk, name, _MISSING)
+                setattr(sdk, name, value)
+
+    def _restore(self, active: _Active) -> None:
+        try:
+            for name, previous in active.env.items():
+                if previous is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = previous
+            sdk = sys.modules.get("runpod")
+            if sdk is not None:
+                for name, value in active.sdk.items():
+                    if value is _MISSING:
+                        vars(sdk).pop(name, None)
+                    else:
+                        setattr(sdk, name, value)
+                if not active.sdk_imported and sdk.__dict__.get("endpoint_url_base") == (
+                    active.emulator.base_url
+                ):
+                    # Imported inside the block, the SDK read our URL from the environment: give it
+                    # what it would have read outside.
+                    vars(sdk)["endpoint_url_base"] = os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL)
+        finally:
+            _intercept.deactivate(active.target)
+            active.emulator.stop()
