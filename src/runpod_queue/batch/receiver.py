@@ -23,6 +23,7 @@ class ReceiverServer:
     def __init__(self, receiver: WebhookReceiver, host: str, port: int) -> None:
         import uvicorn
 
+        from runpod_queue._serving import guarded_config
         from runpod_queue.webhooks import asgi_app
 
         class _Server(uvicorn.Server):
@@ -30,7 +31,8 @@ class ReceiverServer:
             def capture_signals(self) -> Iterator[None]:
                 yield  # Ctrl-C belongs to the batch (it stops submitting), not to the receiver
 
-        config = uvicorn.Config(
+        # It may face the internet (`--listen`): slow or oversized requests and floods are bounded.
+        config = guarded_config(
             asgi_app(receiver), host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )
         self._server = _Server(config)

@@ -93,6 +93,7 @@ def listen(
     import uvicorn
 
     from runpod_queue._net import listen_socket
+    from runpod_queue._serving import guarded_config
     from runpod_queue.webhooks import WebhookReceiver, WebhookSigner, asgi_app
 
     secret = os.environ.get(secret_env)
@@ -123,11 +124,11 @@ def listen(
         raise typer.Exit(2) from None
     bound = int(sock.getsockname()[1])
     receiver = WebhookReceiver(signer, log.write, store=store, with_delivery=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            asgi_app(receiver), host=host, port=bound, log_level="warning", access_log=False, ws="none"
-        )
+    # This receiver faces the internet: slow or oversized requests and connection floods are bounded.
+    config = guarded_config(
+        asgi_app(receiver), host=host, port=bound, log_level="warning", access_log=False, ws="none"
     )
+    server = uvicorn.Server(config)
     shown_host = f"[{host}]" if ":" in host else host
     typer.echo(
         f"listening on http://{shown_host}:{bound}/ — verified deliveries → {out}"

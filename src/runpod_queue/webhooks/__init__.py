@@ -327,6 +327,17 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
             return await _send(send, 404, b'{"ok": false, "reason": "no webhook here"}')
         if scope["method"] != "POST":
             return await _send(send, 405, b'{"ok": false, "reason": "webhooks are POSTed"}')
+        # A stranger must not make us buffer anything: the token (in the query string) is checked and an
+        # announced size over the limit refused before a byte of the body is read; both answers close the
+        # connection so the rest of the upload is never read either.
+        token = _token_from_query(scope.get("query_string", b""))
+        try:
+            receiver.signer.verify(token)
+        except WebhookVerificationError as exc:
+            return await _send(send, exc.status, Delivery(exc.status, exc.reason).answer(), close=True)
+        too_large = Delivery(413, f"body over {receiver.max_body} bytes").answer()
+        if _content_length(scope) > receiver.max_body:
+            return await _send(send, 413, too_large, close=True)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -336,22 +347,27 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > receiver.max_body:
-                return await _send(send, 413, Delivery(413, f"body over {receiver.max_body} bytes").answer())
+                return await _send(send, 413, too_large, close=True)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        delivery = await receiver.ahandle(_token_from_query(scope.get("query_string", b"")), b"".join(chunks))
+        delivery = await receiver.ahandle(token, b"".join(chunks))
         await _send(send, delivery.status_code, delivery.answer())
 
     return app
 
 
-async def _send(send: Any, status: int, body: bytes) -> None:
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+def _content_length(scope: dict[str, Any]) -> int:
+    """The announced body size (0 when absent or unreadable: the read itself then enforces the limit)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
+
+
+async def _send(send: Any, status: int, body: bytes, *, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
