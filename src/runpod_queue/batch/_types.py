@@ -97,7 +97,9 @@ class BatchSummary:
     rejected: int = 0  # refused by the API at submission
     duplicates: int = 0  # input lines whose key was already used: skipped, reported
     retried: int = 0  # /retry calls made (see retry_failed)
-    ambiguous: int = 0  # submissions that may have created a job without us learning its id: resubmitted
+    # Submissions that may have created a job without us learning its id (resubmitted), over the whole
+    # journal: a resumed batch reports what its earlier runs could not rule out too.
+    ambiguous: int = 0
     in_flight: int = 0  # items between being read and their result: waiting for a /run slot or running
     waiting: int = 0  # read, waiting for a /run slot (the endpoint's rate limit)
     in_queue: int = 0

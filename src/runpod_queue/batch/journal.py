@@ -8,7 +8,8 @@ transitions, which a resume then treats like any other crash.
 States of an item (``items.state``)::
 
     pending ──> submitting ──> submitted (job_id) ──> terminal (result)
-                    │   └───── back to submitting on resume: the /run may or may not have arrived
+       ^            │   └───── back to submitting on resume: the /run may or may not have arrived
+       └────────────┤───────── back to pending: the /run certainly did not arrive (429, 503, no connection)
                     └───────── terminal (REJECTED: the API refused the input)
 
 ``submitting`` is written immediately before a /run is sent and ``submitted`` immediately after its answer
@@ -41,7 +42,7 @@ CREATE TABLE IF NOT EXISTS items (
     state TEXT NOT NULL,            -- pending | submitting | submitted | terminal
     job_id TEXT,
     attempts INTEGER NOT NULL DEFAULT 0,   -- executions asked for: 1 per /run that got an id, +1 per /retry
-    submits INTEGER NOT NULL DEFAULT 0,    -- /run calls begun; above 1 only after an ambiguous submission
+    submits INTEGER NOT NULL DEFAULT 0,    -- /run calls that may have reached the server; >1: ambiguous
     submitted_at REAL,              -- wall-clock seconds; the oldest are polled first on resume
     status TEXT,                    -- the final status once terminal (COMPLETED, FAILED, LOST, ...)
     result TEXT,                    -- the item's output line (JSON) once terminal
@@ -232,6 +233,23 @@ class Journal:
             "ON CONFLICT (key) DO UPDATE SET state = excluded.state, submits = submits + 1",
             (key, line, SUBMITTING, self.run),
         )
+
+    def unsent(self, key: str) -> None:
+        """The /run certainly did not reach the server (429, 503, no connection): back to ``pending``, so
+        a kill while it waits to be sent again does not make the resume suspect a duplicate."""
+        self._db.execute(
+            "UPDATE items SET state = ?, submits = submits - 1 WHERE key = ? AND state = ?",
+            (PENDING, key, SUBMITTING),
+        )
+
+    def ambiguous(self) -> int:
+        """Submissions, over the journal's whole life, that may have created a job nobody heard of: every
+        /run after an item's first, and every item still caught in ``submitting``."""
+        found = self._db.execute(
+            "SELECT COALESCE(SUM(MAX(submits - 1, 0)), 0) + COALESCE(SUM(state = ?), 0) FROM items",
+            (SUBMITTING,),
+        ).fetchone()
+        return int(found[0])
 
     def submitted(self, key: str, job_id: str, at: float) -> None:
         """Written as soon as the /run answer (the job id) arrives."""

@@ -238,6 +238,8 @@ class BatchRunner:
                 )
                 await self._run_journaled(run, inputs, started)
             finally:
+                if run is not None:  # exact now: the live count only announced resends to come
+                    summary.ambiguous = journal.ambiguous()
                 journal.close()
             if run.fatal is not None:
                 raise run.fatal
@@ -312,6 +314,7 @@ class BatchRunner:
         # Before anything is counted or written: a --listen address that is taken fails the run cleanly.
         receiver = await self._start_receiver(run, collector) if self.webhooks is not None else None
         journal.begin_run()
+        summary.ambiguous = journal.ambiguous()  # the journal's whole life, not only this run
         self._count_finished(summary, journal.final_counts())
         summary.reused = summary.finished
         try:
@@ -423,8 +426,7 @@ class BatchRunner:
                 journal.see(key, line)
             if row is not None and row.state in (SUBMITTED, TERMINAL):
                 continue  # being collected, or done: never sent again
-            if row is not None and row.state == SUBMITTING:
-                s.ambiguous += 1
+            if row is not None and row.state == SUBMITTING:  # counted by journal.ambiguous()
                 run.warn(
                     f"line {line} (key {key}): an earlier run was stopped while submitting it, before its "
                     "job id was recorded; submitting it again (it may run twice)"

@@ -136,8 +136,10 @@ def _failed(run: RunState, exc: RunpodQueueError, key: str, line: int, attempt: 
         s.rate_limited += 1
         retry_after = exc.retry_after
         run.pause("run", retry_after)
+        run.journal.unsent(key)
     elif resend_is_safe(exc):
         s.transient_errors += 1  # refused before it was accepted (503), or never sent
+        run.journal.unsent(key)
     else:
         # The server may have created the job, and RunPod has no idempotency key: resubmitting is the
         # only way to get a result, at the risk of running it twice.

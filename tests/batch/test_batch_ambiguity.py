@@ -1,0 +1,75 @@
+"""Ambiguity is reported only where a /run may really have reached the server, over the whole journal."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from batch_support import FAST, Recorder, batch_runner, keys_once, until
+
+from runpod_queue import Client
+from runpod_queue.batch.journal import Journal
+from runpod_queue.emulator import Emulator, Faults
+
+
+def test_an_item_refused_with_503_waits_as_pending_not_as_ambiguous(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    with (
+        Emulator({"ep": recorder}, workers=1, time_scale=0.001, rate_limits=False) as emu,
+        Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
+    ):
+
+        def items() -> Iterator[Any]:
+            emu.set_faults(Faults(error_503=1.0))  # after the runner's health check: every /run is refused
+            yield ("k", {"n": 1})
+
+        async def stopped_while_backing_off() -> None:
+            batch = batch_runner(client, tmp_path)
+            task = asyncio.create_task(batch.arun(items()))
+            await until(lambda: batch.summary.transient_errors >= 3)
+            batch.stop()
+            summary = await task
+            assert summary.interrupted and summary.ambiguous == 0
+
+        asyncio.run(stopped_while_backing_off())
+        journal = Journal(tmp_path / "j.sqlite", endpoint_id="ep")
+        row = journal.get('"k"')
+        journal.close()
+        assert row is not None and row.state == "pending" and row.submits == 0
+        emu.set_faults(Faults())
+        warnings: list[str] = []
+        summary = batch_runner(client, tmp_path, on_warning=warnings.append).run([("k", {"n": 1})])
+    assert summary.ok and summary.ambiguous == 0 and warnings == []
+    assert keys_once(tmp_path / "out.jsonl")['"k"']["status"] == "COMPLETED"
+
+
+def test_the_summary_counts_ambiguity_over_the_whole_journal(client: Client, tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "j.sqlite", endpoint_id="ep")
+    journal.begin_run()
+    journal.add_pending('"a"', 1)
+    journal.submitting('"a"', 1)  # killed here: its /run may have created a job
+    journal.close()
+    items = [("a", {"n": 1}), ("b", {"n": 2})]
+    resumed = batch_runner(client, tmp_path).run(items)
+    assert resumed.ok and resumed.ambiguous == 1
+    again = batch_runner(client, tmp_path).run(items)  # nothing left to do; the doubt remains
+    assert again.ok and again.submitted == 0 and again.ambiguous == 1
+
+
+def test_journal_ambiguity_counts_resends_and_items_still_submitting(tmp_path: Path) -> None:
+    j = Journal(tmp_path / "j", endpoint_id="ep")
+    for key in ('"a"', '"b"', '"c"'):
+        j.add_pending(key, 1)
+    j.submitting('"a"', 1)
+    j.unsent('"a"')  # a 429: certainly not sent
+    j.submitting('"a"', 1)
+    j.submitted('"a"', "job-a", 1.0)
+    j.submitting('"b"', 2)
+    j.submitting('"b"', 2)  # sent again after an answer that never came
+    j.submitted('"b"', "job-b", 1.0)
+    j.submitting('"c"', 3)  # on the wire when the batch stopped
+    assert j.ambiguous() == 2
+    j.close()
