@@ -21,7 +21,8 @@ def test_states_and_what_a_resume_reads(tmp_path: Path) -> None:
     j.submitting('"b"', 2)  # killed here: ambiguous
     j.submitting('"c"', 3)
     j.submitted('"c"', "job-c", at=50.0)
-    j.retrying('"c"')
+    j.retrying('"c"', "failure")
+    j.retry_confirmed('"c"')
     j.terminal('"c"', 3, "FAILED", '{"key":"c"}')
     j.close()
 

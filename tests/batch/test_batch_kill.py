@@ -98,7 +98,8 @@ def test_resume_after_kill_9(seed: int, recorder: Recorder, tmp_path: Path) -> N
 
     assert summary.ok, summary
     assert 0 < summary.resumed + summary.reused < COUNT  # the last kill did land mid-batch
-    assert summary.ambiguous == ambiguous_rows
+    # Counted over the whole journal: at least the last kill's, at most every kill's caught /runs.
+    assert ambiguous_rows <= summary.ambiguous <= possible_duplicates
     rows = keys_once(tmp_path / "out.jsonl")
     assert len(rows) == COUNT and all(r["status"] == "COMPLETED" for r in rows.values())
     for key, job_id in journaled.items():

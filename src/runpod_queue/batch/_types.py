@@ -96,7 +96,7 @@ class BatchSummary:
     invalid: int = 0  # malformed input lines
     rejected: int = 0  # refused by the API at submission
     duplicates: int = 0  # input lines whose key was already used: skipped, reported
-    retried: int = 0  # /retry calls made (see retry_failed)
+    retried: int = 0  # /retry calls the service confirmed (see retry_failed)
     # Submissions that may have created a job without us learning its id (resubmitted), over the whole
     # journal: a resumed batch reports what its earlier runs could not rule out too.
     ambiguous: int = 0

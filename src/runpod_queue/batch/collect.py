@@ -33,6 +33,13 @@ from runpod_queue.errors import (
 __all__ = ["Collector"]
 
 
+def _failure(snapshot: Job) -> str:
+    """What tells one failed execution from the next: a /retry that ran changes at least the timings."""
+    return json.dumps(
+        [snapshot.status.value, snapshot.delay_time, snapshot.execution_time, snapshot.error], default=str
+    )
+
+
 class Collector:
     """Status checks, retries and deliveries for the jobs of one run."""
 
@@ -103,6 +110,7 @@ class Collector:
         s.status_calls += 1
         if job.done:
             return  # a webhook delivered its result while we asked
+        self._settle_retry(job, snapshot)
         now = time.monotonic()
         if not snapshot.is_terminal:
             run.schedule.observed(job, snapshot.status, now)
@@ -112,7 +120,7 @@ class Collector:
         if retryable and job.attempts <= run.config.retry_failed:
             if run.stopping:
                 return  # the next run sees the failure again and retries it
-            await self._retry(job)
+            await self._retry(job, snapshot)
             return
         self._finish_job(job, snapshot)
 
@@ -138,15 +146,33 @@ class Collector:
         job.failures += 1
         run.schedule.check_failed(job, run.backoff(job.failures, retry_after), time.monotonic())
 
-    async def _retry(self, job: Watched) -> None:
-        run = self.run
-        run.journal.retrying(job.key)  # before sending: a crash never allows more retries than asked
+    def _settle_retry(self, job: Watched, snapshot: Job) -> None:
+        """A /retry whose answer was lost (or a run killed around it): the job's status now tells. The
+        same failure as before means it never ran again; anything else means it did."""
+        if job.retry_for is None:
+            return
+        if _failure(snapshot) == job.retry_for:
+            self.run.journal.retry_unsent(job.key)
+        else:
+            self._retry_confirmed(job)
+        job.retry_for = None
+
+    def _retry_confirmed(self, job: Watched) -> None:
+        self.run.journal.retry_confirmed(job.key)
         job.attempts += 1
+        self.run.summary.retried += 1
+
+    async def _retry(self, job: Watched, failure: Job) -> None:
+        run = self.run
+        # Before sending: a kill after this leaves the failure it answers, which the resume compares
+        # with the job's status to tell whether the retry ran. Counted once the service confirms it.
+        job.retry_for = _failure(failure)
+        run.journal.retrying(job.key, job.retry_for)
         try:
             with run.on_the_wire():
                 await run.endpoint.retry(job.job_id)
         except BadRequestError:
-            pass  # no longer FAILED/TIMED_OUT: an earlier /retry whose answer was lost already took
+            pass  # no longer FAILED/TIMED_OUT: it is running again (confirmed below)
         except NotFoundError:
             self._lost(job)
             return
@@ -156,18 +182,21 @@ class Collector:
         except RunpodQueueError as exc:
             if resend_is_safe(exc):  # the retry certainly did not happen: it does not count
                 run.journal.retry_unsent(job.key)
-                job.attempts -= 1
-            else:  # it may have happened: the next status check tells (a second /retry answers 400)
-                run.summary.retried += 1
+                job.retry_for = None
+            # Otherwise it may have happened: the next status check settles it (_settle_retry).
             self._transient(job, exc)
             return
-        run.summary.retried += 1
+        job.retry_for = None
+        self._retry_confirmed(job)
         run.schedule.retried(job, time.monotonic())
 
     # -- endings -----------------------------------------------------------------------------------
 
     def _lost(self, job: Watched) -> None:
         run = self.run
+        if job.retry_for is not None:  # nothing left to confirm it by
+            run.journal.retry_unsent(job.key)
+            job.retry_for = None
         run.schedule.finished(job)
         run.by_id.pop(job.job_id, None)
         run.summary.lost += 1
@@ -210,6 +239,7 @@ class Collector:
             return
         if snapshot.status is JobStatus.COMPLETED:
             # Final: a COMPLETED job is never retried, so this cannot be a late word on an older attempt.
+            self._settle_retry(job, snapshot)
             run.schedule.ended(job, snapshot.delay_time, snapshot.execution_time, time.monotonic())
             self._finish_job(job, snapshot)
         elif not job.checking:

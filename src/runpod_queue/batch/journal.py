@@ -56,6 +56,7 @@ PENDING = "pending"
 SUBMITTING = "submitting"
 SUBMITTED = "submitted"
 TERMINAL = "terminal"
+_RETRY_MARK = "retry:"  # meta rows: a /retry sent and not yet confirmed, by item key
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,12 +259,32 @@ class Journal:
             (SUBMITTED, job_id, at, key),
         )
 
-    def retrying(self, key: str) -> None:
-        """Written before a /retry is sent, so a crash never lets an item retry more than allowed."""
-        self._db.execute("UPDATE items SET attempts = attempts + 1 WHERE key = ?", (key,))
+    # A /retry is counted in ``attempts`` only once the service confirms it (its 200, or a later status
+    # that is not the failure it was sent for). Until then a marker in ``meta`` holds the failure it was
+    # sent for, so a resume after a kill can tell a retry that happened from one that never left.
+
+    def retrying(self, key: str, failure: str) -> None:
+        """Written before a /retry is sent: ``failure`` describes the status it answers (see Watched)."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (_RETRY_MARK + key, failure)
+        )
+
+    def retry_confirmed(self, key: str) -> None:
+        """The service confirmed the /retry: one execution more (one transaction)."""
+        with self._transaction():
+            self._db.execute("UPDATE items SET attempts = attempts + 1 WHERE key = ?", (key,))
+            self._db.execute("DELETE FROM meta WHERE name = ?", (_RETRY_MARK + key,))
 
     def retry_unsent(self, key: str) -> None:
-        self._db.execute("UPDATE items SET attempts = attempts - 1 WHERE key = ?", (key,))
+        """The /retry did not happen (certainly not sent, or the job still shows the same failure)."""
+        self._db.execute("DELETE FROM meta WHERE name = ?", (_RETRY_MARK + key,))
+
+    def unconfirmed_retries(self) -> dict[str, str]:
+        """Key → the failure a /retry was sent for, for every /retry not yet confirmed or ruled out."""
+        rows = self._db.execute(
+            "SELECT name, value FROM meta WHERE substr(name, 1, ?) = ?", (len(_RETRY_MARK), _RETRY_MARK)
+        )
+        return {str(name)[len(_RETRY_MARK) :]: str(value) for name, value in rows}
 
     def terminal(self, key: str, line: int, status: str, result: str) -> None:
         """The item's final result (also for items that never reached the API, such as malformed lines)."""

@@ -384,10 +384,12 @@ class BatchRunner:
     def _resume_submitted(run: RunState) -> None:
         """Jobs an earlier run submitted: polled first, oldest first (they are nearest to expiring)."""
         now_mono, now_wall = time.monotonic(), time.time()
+        unconfirmed = run.journal.unconfirmed_retries()  # a kill around a /retry: settled by the first check
         for row in run.journal.in_state(SUBMITTED):
             assert row.job_id is not None
             age = max(0.0, now_wall - (row.submitted_at or now_wall))
             job = Watched(row.key, row.line, row.job_id, max(1, row.attempts), now_mono - age)
+            job.retry_for = unconfirmed.get(row.key)
             run.by_id[job.job_id] = job
             run.schedule.at(job, now_mono)
             run.summary.resumed += 1

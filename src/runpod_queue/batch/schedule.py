@@ -31,7 +31,7 @@ class Watched:
     key: str  # key text (see ``key_text``)
     line: int
     job_id: str
-    attempts: int  # executions asked for: 1 + /retry calls
+    attempts: int  # executions the service confirmed: 1 + confirmed /retry calls
     since: float  # start of the current attempt (submission or /retry)
     status: JobStatus | None = None  # IN_QUEUE / IN_PROGRESS as last known; None: unknown or ended
     checked: float | None = None  # when its status was last known (None: never)
@@ -39,6 +39,7 @@ class Watched:
     done: bool = False  # its result is recorded (a webhook may beat a status check to it)
     checking: bool = False  # a status check is under way
     due_seq: int = 0  # the heap entry that counts; older entries of this job are skipped
+    retry_for: str | None = None  # a /retry sent, not yet confirmed: the failure it was sent for
 
 
 class Schedule:

@@ -1,0 +1,82 @@
+"""``attempts`` counts executions the service confirmed: a /retry that failed without running, or a
+batch stopped around a /retry, never spends one of the allowed runs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from batch_support import Recorder, batch_runner, keys_once
+
+from runpod_queue import AsyncEndpoint, Client, Job
+from runpod_queue.batch.journal import Journal
+from runpod_queue.errors import APIConnectionError, ServerError
+
+_REQUEST = httpx.Request("POST", "http://127.0.0.1/v2/ep/retry/x")
+
+
+def test_a_retry_answered_500_without_running_is_not_counted(
+    client: Client, recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = AsyncEndpoint.retry
+    refused: list[str] = []
+
+    async def first_retry_fails(self: AsyncEndpoint, job_id: str) -> Job:
+        if not refused:
+            refused.append(job_id)  # a 500 from a server that did nothing
+            raise ServerError("boom", request=_REQUEST, response=None, status_code=500)
+        return await real(self, job_id)
+
+    monkeypatch.setattr(AsyncEndpoint, "retry", first_retry_fails)
+    summary = batch_runner(client, tmp_path, retry_failed=1).run([("k", {"n": 1, "fail_first": True})])
+    row = keys_once(tmp_path / "out.jsonl")['"k"']
+    assert refused and row["status"] == "COMPLETED" and row["attempts"] == 2
+    assert summary.retried == 1 and recorder.executed() == 2
+
+
+def test_a_batch_stopped_around_a_retry_still_gets_every_allowed_run(
+    client: Client, recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stopped: list[Any] = []
+
+    async def stop_instead(self: AsyncEndpoint, job_id: str) -> Job:
+        stopped[0].stop()  # as if killed: the /retry was journaled, never sent
+        raise APIConnectionError("connection lost", request=_REQUEST, sent=True)
+
+    async def first_run() -> None:
+        batch = batch_runner(client, tmp_path, retry_failed=1)
+        stopped.append(batch)
+        with monkeypatch.context() as patch:
+            patch.setattr(AsyncEndpoint, "retry", stop_instead)
+            summary = await batch.arun([("k", {"n": 1, "fail_first": True})])
+        assert summary.interrupted
+
+    asyncio.run(first_run())
+    journal = Journal(tmp_path / "j.sqlite", endpoint_id="ep")
+    row = journal.get('"k"')
+    journal.close()
+    assert row is not None and row.state == "submitted" and row.attempts == 1
+    summary = batch_runner(client, tmp_path, retry_failed=1).run([("k", {"n": 1, "fail_first": True})])
+    row_out = keys_once(tmp_path / "out.jsonl")['"k"']
+    assert row_out["status"] == "COMPLETED" and row_out["attempts"] == 2 and recorder.executed() == 2
+    assert summary.retried == 1
+
+
+def test_a_retry_whose_answer_was_lost_but_which_ran_is_counted(
+    client: Client, recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = AsyncEndpoint.retry
+
+    async def answer_lost(self: AsyncEndpoint, job_id: str) -> Job:
+        await real(self, job_id)  # it reached the server and runs again
+        raise APIConnectionError("answer lost", request=_REQUEST, sent=True)
+
+    monkeypatch.setattr(AsyncEndpoint, "retry", answer_lost)
+    items = [("k", {"n": 1, "fail": True})]
+    summary = batch_runner(client, tmp_path, retry_failed=2).run(items)
+    row = keys_once(tmp_path / "out.jsonl")['"k"']
+    assert row["status"] == "FAILED" and row["attempts"] == 3 == recorder.executed()
+    assert summary.retried == 2
