@@ -80,3 +80,39 @@ def test_a_retry_whose_answer_was_lost_but_which_ran_is_counted(
     row = keys_once(tmp_path / "out.jsonl")['"k"']
     assert row["status"] == "FAILED" and row["attempts"] == 3 == recorder.executed()
     assert summary.retried == 2
+
+
+def test_a_status_answer_that_breaks_the_contract_is_recorded_and_the_batch_goes_on(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runpod_queue.errors import APIResponseError
+
+    real = AsyncEndpoint.status
+    bad: set[str] = set()
+    answers: list[str] = []
+
+    async def status(self: AsyncEndpoint, job_id: str, **kwargs: Any) -> Job:
+        job = await real(self, job_id, **kwargs)
+        if job.output == {"n": 2, "run": 1} or job_id in bad:  # e.g. "delayTime": 1e400
+            bad.add(job_id)
+            answers.append(job_id)
+            response = httpx.Response(200, request=_REQUEST)
+            raise APIResponseError(
+                "'delayTime' should be a number, got inf", request=_REQUEST, response=response
+            )
+        return job
+
+    monkeypatch.setattr(AsyncEndpoint, "status", status)
+    items = [("a", {"n": 1}), ("b", {"n": 2})]
+
+    async def bounded() -> Any:  # the limit only stops a batch stuck on the job (as it was)
+        return await asyncio.wait_for(batch_runner(client, tmp_path).arun(items), 20)
+
+    summary = asyncio.run(bounded())
+    rows = keys_once(tmp_path / "out.jsonl")
+    assert rows['"a"']["status"] == "COMPLETED" and rows['"b"']["status"] == "UNREADABLE"
+    assert "broke the API contract" in rows['"b"']["error"] and rows['"b"']["id"] in bad
+    assert summary.failed == 1 and summary.completed == 1 and not summary.ok
+    asked = len(answers)
+    again = batch_runner(client, tmp_path).run(items)  # the resume does not ask about it again
+    assert len(answers) == asked and again.failed == 1 and again.submitted == 0

@@ -63,3 +63,19 @@ def test_a_repeat_arriving_while_the_first_is_processed_is_told_to_come_back() -
     assert receiver.handle(token, BODY).status_code == 200
     assert repeats == [503]  # the repeat was answered, and only once the first was under way
     assert receiver.handle(token, BODY).duplicate  # once processed, a repeat is a plain duplicate
+
+
+def test_a_signed_body_that_breaks_the_contract_is_400_never_500() -> None:
+    # A 500 makes RunPod deliver again, forever; 400 says the body itself is wrong.
+    signer = WebhookSigner(SECRET)
+    receiver = WebhookReceiver(signer, lambda job: None)
+    bodies = [
+        b'{"id": "j", "status": "COMPLETED", "delayTime": 1e400}',
+        b'{"id": "j", "status": "COMPLETED", "executionTime": Infinity}',
+        b'{"id": "j", "status": "COMPLETED", "retries": NaN}',
+        b'{"id": "j", "status": "COMPLETED", "delayTime": 1' + b"0" * 5000 + b"}",
+        b'{"id": "j", "status": "COMPLETED", "output": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+    ]
+    for body in bodies:
+        delivery = receiver.handle(signer.token(), body)
+        assert delivery.status_code == 400, (body[:60], delivery)

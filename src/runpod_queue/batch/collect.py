@@ -22,6 +22,7 @@ from runpod_queue.batch.schedule import Watched
 from runpod_queue.batch.state import Fatal, RunState
 from runpod_queue.batch.submit import resend_is_safe
 from runpod_queue.errors import (
+    APIResponseError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
@@ -30,7 +31,10 @@ from runpod_queue.errors import (
     RunpodQueueError,
 )
 
-__all__ = ["Collector"]
+__all__ = ["UNREADABLE", "Collector"]
+
+UNREADABLE = "UNREADABLE"  # our status for an item whose answers break the API contract
+_UNREADABLE_AFTER = 3  # consecutive such status answers before the item is recorded and left
 
 
 def _failure(snapshot: Job) -> str:
@@ -108,6 +112,7 @@ class Collector:
         finally:
             job.checking = False
         s.status_calls += 1
+        job.unreadable = 0
         if job.done:
             return  # a webhook delivered its result while we asked
         self._settle_retry(job, snapshot)
@@ -125,6 +130,13 @@ class Collector:
         self._finish_job(job, snapshot)
 
     def _check_failed(self, job: Watched, error: RunpodQueueError) -> None:
+        if isinstance(error, APIResponseError):
+            job.unreadable += 1
+            if job.unreadable >= _UNREADABLE_AFTER:  # not a glitch: asking again gets the same answer
+                self._unreadable(job, error)
+                return
+        else:
+            job.unreadable = 0
         if isinstance(error, NotFoundError):
             self._lost(job)
         elif isinstance(error, AuthenticationError | PermissionDeniedError):
@@ -206,6 +218,21 @@ class Collector:
         )
         run.warn(f"line {job.line} (key {job.key}): lost to retention: {message}")
         result = BatchResult(json.loads(job.key), job.job_id, "LOST", error=message, attempts=job.attempts)
+        run.finish(job.key, job.line, result)
+
+    def _unreadable(self, job: Watched, error: APIResponseError) -> None:
+        """Record the item and go on: the batch must not stop, nor every resume hit the same job again."""
+        run = self.run
+        if job.retry_for is not None:
+            run.journal.retry_unsent(job.key)
+            job.retry_for = None
+        run.schedule.finished(job)
+        run.by_id.pop(job.job_id, None)
+        run.summary.failed += 1
+        message = f"the status answer broke the API contract ({error.reason}); the job may still have run"
+        run.warn(f"line {job.line} (key {job.key}): job {job.job_id}: {message}")
+        key = json.loads(job.key)
+        result = BatchResult(key, job.job_id, UNREADABLE, error=message, attempts=job.attempts)
         run.finish(job.key, job.line, result)
 
     def _finish_job(self, job: Watched, snapshot: Job) -> None:

@@ -371,7 +371,7 @@ class BatchRunner:
         for status, n in counts.items():
             if status == "COMPLETED":
                 summary.completed += n
-            elif status in ("FAILED", "TIMED_OUT", "CANCELLED"):
+            elif status in ("FAILED", "TIMED_OUT", "CANCELLED", "UNREADABLE"):
                 summary.failed += n
             elif status == "LOST":
                 summary.lost += n

@@ -40,6 +40,7 @@ class Watched:
     checking: bool = False  # a status check is under way
     due_seq: int = 0  # the heap entry that counts; older entries of this job are skipped
     retry_for: str | None = None  # a /retry sent, not yet confirmed: the failure it was sent for
+    unreadable: int = 0  # consecutive status answers that broke the contract
 
 
 class Schedule:

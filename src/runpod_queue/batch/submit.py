@@ -22,6 +22,7 @@ from runpod_queue.batch.schedule import Watched
 from runpod_queue.batch.state import RunState
 from runpod_queue.errors import (
     APIConnectionError,
+    APIResponseError,
     APIStatusError,
     AuthenticationError,
     BadRequestError,
@@ -106,6 +107,15 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
                 run.fail_batch(exc)
                 run.released()
+                return
+            except APIResponseError as exc:
+                # The server acted, but its answer breaks the contract (no usable job id): sending it
+                # again would only start another job. Recorded, and the batch goes on.
+                s.failed += 1
+                message = f"the /run answer broke the API contract ({exc.reason}); a job may have started"
+                run.warn(f"line {line} (key {key}): {message}")
+                result = BatchResult(json.loads(key), None, "UNREADABLE", error=message)
+                run.finish(key, line, result)
                 return
             except RunpodQueueError as exc:
                 delay = _failed(run, exc, key, line, attempt)

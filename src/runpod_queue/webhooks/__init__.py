@@ -239,7 +239,7 @@ class WebhookReceiver:
             return Delivery(exc.status, exc.reason)
         try:
             data = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep is not a job status either
             return Delivery(400, "body is not JSON")
         try:
             job = Job.from_dict(data)
