@@ -11,9 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
-import orjson
-
-from runpod_queue.emulator.jobs import encode_json
+from runpod_queue.emulator.jobs import decode_json, encode_json
 
 if TYPE_CHECKING:
     from runpod_queue.emulator.jobs import EndpointState
@@ -143,8 +141,8 @@ def json_object(body: bytes, example: str = '{"input": {...}}') -> dict[str, Any
     if not body:
         raise HTTPError(400, f"request body is empty: send a JSON object such as {example}")
     try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        data = decode_json(body)  # every number exact, as the official worker's json keeps it
+    except ValueError as exc:
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPError(400, f"request body must be a JSON object, got {type_name(data)}")

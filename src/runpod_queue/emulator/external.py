@@ -25,11 +25,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-import orjson
-
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
-from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, decode_json, encode_json
 from runpod_queue.emulator.oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
 
 if TYPE_CHECKING:
@@ -375,8 +373,8 @@ class ExternalWorkers:
     def _parse(body: bytes, what: str) -> dict[str, Any]:
         """The body the worker sent: JSON, though labelled application/x-www-form-urlencoded."""
         try:
-            data = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError as exc:
+            data = decode_json(body) if body else {}
+        except ValueError as exc:
             raise HTTPError(400, f"{what} body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise HTTPError(400, f"{what} body must be a JSON object")

@@ -11,7 +11,9 @@ instead of overwriting the new run.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import re
 import secrets
 import string
 from collections import deque
@@ -26,15 +28,49 @@ from runpod_queue.emulator._config import EndpointSpec
 if TYPE_CHECKING:
     from runpod_queue.emulator.clock import TimerHandle
 
-__all__ = ["EndpointState", "JobRecord", "WorkerSlot", "encode_json", "new_job_id", "new_worker_id"]
+__all__ = [
+    "EndpointState",
+    "JobRecord",
+    "WorkerSlot",
+    "decode_json",
+    "encode_json",
+    "new_job_id",
+    "new_worker_id",
+]
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _WORKER_ALPHABET: Final = string.ascii_lowercase + string.digits
 
 
+# A run of 19+ digits may be an integer outside orjson's 64-bit range, which it would turn into a float
+# (18446744073709551616 → 1.8446744073709552e19); the official worker's `json` keeps it exact.
+_LONG_DIGITS: Final = re.compile(rb"\d{19}")
+
+
 def encode_json(value: Any) -> bytes:
-    """JSON as the official worker's `json.dumps` would accept it (non-str keys become strings)."""
-    return orjson.dumps(value, option=_JSON_OPTS)
+    """JSON as the official worker's `json.dumps` would accept it (non-str keys become strings); an
+    integer past 64 bits, which orjson refuses, is written exactly by the standard library."""
+    try:
+        return orjson.dumps(value, option=_JSON_OPTS)
+    except orjson.JSONEncodeError as exc:
+        if "64-bit" not in str(exc):
+            raise
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_json(data: bytes) -> Any:
+    """Parse JSON with every number exact: orjson, unless the text may hold an integer past 64 bits.
+
+    Raises ``ValueError`` (``orjson.JSONDecodeError`` is one) for text that is not JSON, nested too deep
+    or holding a number neither parser can take.
+    """
+    if _LONG_DIGITS.search(data) is None:
+        return orjson.loads(data)
+    orjson.loads(data)  # the same validation as the fast path (no NaN, no 1e400)
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 _ids = random.Random()
@@ -188,7 +224,7 @@ class JobRecord:
 
     def original_input(self) -> Any:
         assert self.raw_body is not None
-        return orjson.loads(self.raw_body)["input"]
+        return decode_json(self.raw_body)["input"]
 
     def original_input_json(self) -> bytes:
         return encode_json(self.original_input())
