@@ -73,3 +73,45 @@ def test_journal_ambiguity_counts_resends_and_items_still_submitting(tmp_path: P
     j.submitting('"c"', 3)  # on the wire when the batch stopped
     assert j.ambiguous() == 2
     j.close()
+
+
+def test_jobs_a_restarted_server_forgot_are_not_blamed_on_retention_and_can_be_resubmitted(
+    recorder: Recorder, tmp_path: Path
+) -> None:
+    from runpod_queue.batch import PollOptions
+
+    items = [(f"k{n}", {"n": n}) for n in range(5)]
+    with (
+        Emulator({"ep": recorder}, workers=1, rate_limits=False) as first,
+        Client(base_url=first.base_url, retries=FAST, rate_limits=False) as client,
+    ):
+
+        async def submit_then_stop() -> None:
+            never = PollOptions(min_interval=3600, max_interval=3600)
+            batch = batch_runner(client, tmp_path, polling=never)
+            task = asyncio.create_task(batch.arun(items))
+            await until(lambda: batch.summary.submitted >= 5)
+            batch.stop()
+            await task
+
+        asyncio.run(submit_then_stop())
+    with (
+        Emulator({"ep": recorder}, workers=1, rate_limits=False) as restarted,  # knows none of those jobs
+        Client(base_url=restarted.base_url, retries=FAST, rate_limits=False) as client,
+    ):
+        warnings: list[str] = []
+        summary = batch_runner(client, tmp_path, on_warning=warnings.append).run(items)
+        assert summary.lost == 5 and summary.resubmitted_lost == 0
+        rows = keys_once(tmp_path / "out.jsonl")
+        assert {r["status"] for r in rows.values()} == {"LOST"}
+        assert "the server no longer knows this job" in rows['"k0"']["error"]
+        assert "expired" not in rows['"k0"']["error"] and "--resubmit-lost" in warnings[0]
+        again = batch_runner(client, tmp_path).run(items)  # without the option nothing changes
+        assert again.submitted == 0 and again.lost == 5
+        recorder.reset()
+        resubmitted = batch_runner(client, tmp_path, resubmit_lost=True).run(items)
+    assert resubmitted.ok and resubmitted.submitted == 5 and resubmitted.completed == 5
+    assert resubmitted.resubmitted_lost == 5 and resubmitted.ambiguous == 5
+    rows = keys_once(tmp_path / "out.jsonl")  # one line per key: the LOST lines were replaced
+    assert len(rows) == 5 and {r["status"] for r in rows.values()} == {"COMPLETED"}
+    assert recorder.executed() == 5

@@ -23,7 +23,7 @@ def test_live_line_and_summary_table() -> None:
     buffer.truncate(0)
     console.print(summary_table(summary))
     table = buffer.getvalue()
-    for label in ("completed", "lost to retention", "ambiguous", "/status calls", "429 answers"):
+    for label in ("completed", "lost (404 when collected)", "ambiguous", "/status calls", "429 answers"):
         assert label in table
 
 

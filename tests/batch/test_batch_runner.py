@@ -162,7 +162,7 @@ def test_results_past_retention_are_reported_lost(recorder: Recorder, tmp_path: 
     rows = keys_once(tmp_path / "out.jsonl")
     assert len(rows) == 10 and {r["status"] for r in rows.values()} == {"LOST"}
     assert "30 minutes" in rows['"k0"']["error"] and rows['"k0"']["id"] in job_ids
-    assert len(warnings) == 10 and "lost to retention" in warnings[0]
+    assert len(warnings) == 10 and "lost:" in warnings[0] and "--resubmit-lost" in warnings[0]
     assert recorder.duplicates() == 0
 
 

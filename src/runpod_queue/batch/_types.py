@@ -100,6 +100,7 @@ class BatchSummary:
     # Submissions that may have created a job without us learning its id (resubmitted), over the whole
     # journal: a resumed batch reports what its earlier runs could not rule out too.
     ambiguous: int = 0
+    resubmitted_lost: int = 0  # LOST items made pending again by resubmit_lost (also counted as ambiguous)
     in_flight: int = 0  # items between being read and their result: waiting for a /run slot or running
     waiting: int = 0  # read, waiting for a /run slot (the endpoint's rate limit)
     in_queue: int = 0

@@ -15,8 +15,8 @@ import contextlib
 import json
 import time
 
-from runpod_queue._contract import JobStatus
-from runpod_queue._models import Job
+from runpod_queue._contract import RETENTION_RUN_MS, JobStatus
+from runpod_queue._models import Job, Policy
 from runpod_queue.batch._types import BatchResult
 from runpod_queue.batch.schedule import Watched
 from runpod_queue.batch.state import Fatal, RunState
@@ -31,10 +31,27 @@ from runpod_queue.errors import (
     RunpodQueueError,
 )
 
-__all__ = ["UNREADABLE", "Collector"]
+__all__ = ["UNREADABLE", "Collector", "lost_message"]
 
 UNREADABLE = "UNREADABLE"  # our status for an item whose answers break the API contract
 _UNREADABLE_AFTER = 3  # consecutive such status answers before the item is recorded and left
+
+
+def lost_message(job_id: str, age: float, policy: Policy | None) -> str:
+    """Why a job answered 404: retention or ttl only when enough time has passed for them to explain it
+    (``age``: seconds since the job was submitted or retried)."""
+    ttl = None if policy is None else policy.ttl
+    if age >= RETENTION_RUN_MS / 1000 or (ttl is not None and age >= ttl):
+        return (
+            f"job {job_id} was gone (404) when collected: RunPod keeps a result 30 minutes after the job "
+            "ends (and removes a job whose ttl ran out), and it expired before this batch fetched it; "
+            "run again with --resubmit-lost to submit it anew"
+        )
+    return (
+        f"job {job_id} was gone (404) when collected {age:.0f} s after it was submitted: the server no "
+        "longer knows this job (too soon for RunPod's 30 minutes of retention or the job's ttl to "
+        "explain it: was the endpoint reset?); run again with --resubmit-lost to submit it anew"
+    )
 
 
 def _failure(snapshot: Job) -> str:
@@ -212,11 +229,8 @@ class Collector:
         run.schedule.finished(job)
         run.by_id.pop(job.job_id, None)
         run.summary.lost += 1
-        message = (
-            f"job {job.job_id} was gone (404) when collected: RunPod keeps a result 30 minutes after the job "
-            "ends (and removes a job whose ttl ran out), and it expired before this batch fetched it"
-        )
-        run.warn(f"line {job.line} (key {job.key}): lost to retention: {message}")
+        message = lost_message(job.job_id, time.monotonic() - job.since, run.config.policy)
+        run.warn(f"line {job.line} (key {job.key}): lost: {message}")
         result = BatchResult(json.loads(job.key), job.job_id, "LOST", error=message, attempts=job.attempts)
         run.finish(job.key, job.line, result)
 

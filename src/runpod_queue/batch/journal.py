@@ -286,6 +286,21 @@ class Journal:
         )
         return {str(name)[len(_RETRY_MARK) :]: str(value) for name, value in rows}
 
+    def lost_keys(self) -> list[str]:
+        """Items recorded LOST (the service no longer knew their job)."""
+        rows = self._db.execute("SELECT key FROM items WHERE state = ? AND status = 'LOST'", (TERMINAL,))
+        return [str(key) for (key,) in rows]
+
+    def reopen(self, keys: Iterable[str]) -> None:
+        """Make terminal items pending again, to be submitted anew (one transaction). ``submits`` is kept:
+        the earlier job may have run, so the new submission counts in ``ambiguous()``."""
+        with self._transaction():
+            self._db.executemany(
+                "UPDATE items SET state = ?, job_id = NULL, status = NULL, result = NULL, written = 0, "
+                "attempts = 0, submitted_at = NULL WHERE key = ? AND state = ?",
+                ((PENDING, key, TERMINAL) for key in keys),
+            )
+
     def terminal(self, key: str, line: int, status: str, result: str) -> None:
         """The item's final result (also for items that never reached the API, such as malformed lines)."""
         self._db.execute(

@@ -9,6 +9,7 @@ batched — a mark lost to a kill is restored by the next reconciliation.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
@@ -16,7 +17,7 @@ from typing import IO
 from runpod_queue.batch._types import BatchResult, key_text
 from runpod_queue.batch.journal import Journal
 
-__all__ = ["OutputFile"]
+__all__ = ["OutputFile", "drop_lines"]
 
 _MARK_BATCH = 512  # written marks per journal transaction
 
@@ -69,6 +70,21 @@ class OutputFile:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def drop_lines(path: Path, keys: set[str]) -> None:
+    """Rewrite ``path`` without the lines of ``keys`` (key texts): a new file renamed over the old one."""
+    if not path.exists():
+        return
+    list(complete_keys(path))  # cut a torn tail first
+    temporary = path.with_name(path.name + ".rpq-tmp")
+    with open(path, "rb") as source, open(temporary, "wb") as target:
+        for raw in source:
+            if key_text(json.loads(raw)["key"]) not in keys:
+                target.write(raw)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(temporary, path)
 
 
 def complete_keys(path: Path) -> Iterator[str]:

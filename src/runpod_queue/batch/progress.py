@@ -49,7 +49,7 @@ def summary_table(s: BatchSummary) -> Table:
     rows: list[tuple[str, object]] = [
         ("completed", s.completed),
         ("failed (FAILED / TIMED_OUT / CANCELLED)", s.failed),
-        ("lost to retention (404 when collected)", s.lost),
+        ("lost (404 when collected)", s.lost),
         ("malformed input lines", s.invalid),
         ("rejected by the API", s.rejected),
         ("duplicate keys skipped", s.duplicates),

@@ -40,7 +40,7 @@ from runpod_queue.batch.collect import Collector
 from runpod_queue.batch.inputs import SKIP, Invalid, parse_item
 from runpod_queue.batch.journal import SUBMITTED, SUBMITTING, TERMINAL, Journal
 from runpod_queue.batch.options import PollOptions, WebhookOptions
-from runpod_queue.batch.output import OutputFile
+from runpod_queue.batch.output import OutputFile, drop_lines
 from runpod_queue.batch.receiver import ReceiverServer
 from runpod_queue.batch.schedule import Schedule, Watched
 from runpod_queue.batch.state import RunConfig, RunState
@@ -78,7 +78,8 @@ class BatchRunner:
     own, where stricter, still apply). ``on_result`` sees each result once, as it is written;
     ``on_progress`` a copy of the summary at the start and every ``progress_interval`` seconds;
     ``on_warning`` one line per malformed, duplicate, ambiguous or lost item (default: the
-    ``runpod_queue.batch`` logger).
+    ``runpod_queue.batch`` logger). ``resubmit_lost`` submits anew the items an earlier run recorded LOST
+    (their job may have run: they are counted in ``summary.ambiguous`` and ``resubmitted_lost``).
     """
 
     def __init__(
@@ -98,6 +99,7 @@ class BatchRunner:
         on_progress: Callable[[BatchSummary], object] | None = None,
         on_warning: Callable[[str], object] | None = None,
         progress_interval: Duration = 0.25,
+        resubmit_lost: bool = False,
     ) -> None:
         if not isinstance(endpoint, Endpoint | AsyncEndpoint):
             raise TypeError(
@@ -121,6 +123,7 @@ class BatchRunner:
         self.output_path = None if output is None else Path(output)
         self.max_in_flight = max_in_flight
         self.retry_failed = retry_failed
+        self.resubmit_lost = bool(resubmit_lost)
         self.policy = policy
         self.rate_limits = rate_limits
         self.polling = polling
@@ -314,6 +317,8 @@ class BatchRunner:
         # Before anything is counted or written: a --listen address that is taken fails the run cleanly.
         receiver = await self._start_receiver(run, collector) if self.webhooks is not None else None
         journal.begin_run()
+        if self.resubmit_lost:
+            self._reopen_lost(run)
         summary.ambiguous = journal.ambiguous()  # the journal's whole life, not only this run
         self._count_finished(summary, journal.final_counts())
         summary.reused = summary.finished
@@ -365,6 +370,19 @@ class BatchRunner:
         bound = await server.start()
         run.webhook_url = options.public_url(bound)
         return server
+
+    @staticmethod
+    def _reopen_lost(run: RunState) -> None:
+        """LOST items become pending: their lines leave the output file first (atomically), then the
+        journal reopens them; a kill between the two only puts the lines back on the next start."""
+        keys = run.journal.lost_keys()
+        if not keys:
+            return
+        if run.output.path is not None:
+            drop_lines(run.output.path, set(keys))
+        run.journal.reopen(keys)
+        run.summary.resubmitted_lost = len(keys)
+        run.warn(f"{len(keys)} items recorded LOST are submitted anew (each may run twice)")
 
     @staticmethod
     def _count_finished(summary: BatchSummary, counts: dict[str, int]) -> None:

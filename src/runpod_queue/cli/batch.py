@@ -125,6 +125,15 @@ def batch(
             rich_help_panel=_RUNNER,
         ),
     ] = 2,
+    resubmit_lost: Annotated[
+        bool,
+        typer.Option(
+            "--resubmit-lost",
+            help="Submit anew the items an earlier run recorded LOST (their job may have run: counted as "
+            "ambiguous).",
+            rich_help_panel=_RUNNER,
+        ),
+    ] = False,
     policy_ttl: Annotated[
         float | None,
         typer.Option(
@@ -252,6 +261,7 @@ def batch(
         output=out,
         max_in_flight=max_in_flight,
         retry_failed=retry_failed,
+        resubmit_lost=resubmit_lost,
         policy=policy,
         rate_limits=limits,
         webhooks=webhooks,
@@ -324,6 +334,10 @@ def batch(
         raise typer.Exit(EXIT_INTERRUPTED)
     if summary.ambiguous:
         err.print(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
+    if summary.resubmitted_lost:
+        err.print(f"{summary.resubmitted_lost} items recorded LOST were submitted anew (--resubmit-lost)")
+    if summary.lost:
+        err.print(f"{summary.lost} items are LOST; run again with --resubmit-lost to submit them anew")
     if not summary.ok:
         err.print(f"{summary.failures} items did not complete; see 'error' in {out}")
         raise typer.Exit(EXIT_JOB)
