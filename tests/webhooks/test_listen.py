@@ -17,7 +17,7 @@ from webhook_support import HTTP, SECRET, attempts, eventually, run
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.cli.listen import DeliveryLog
 from runpod_queue.emulator import Emulator
-from runpod_queue.webhooks import MemoryWebhookStore, WebhookSigner
+from runpod_queue.webhooks import MemoryWebhookStore, WebhookReceiver, WebhookSigner
 
 load_commands()
 
@@ -125,3 +125,22 @@ def test_listen_on_an_address_in_use_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_line_listen_writes_is_strict_json(tmp_path: Path) -> None:
+    signer = WebhookSigner(SECRET)
+    out = tmp_path / "deliveries.jsonl"
+    log = DeliveryLog(out, MemoryWebhookStore())
+    receiver = WebhookReceiver(signer, log.write, store=log.store, with_delivery=True)
+    for n, value in enumerate(["NaN", "-Infinity", "1e400", "[1.5, 2]"]):
+        body = f'{{"id": "j{n}", "status": "COMPLETED", "output": {value}}}'.encode()
+        receiver.handle(signer.token(), body)
+    log.close()
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"{constant} in {out.name}")
+
+    lines = out.read_text().splitlines()
+    assert len(lines) == 1  # only the JSON body was accepted; the others were answered 400
+    for line in lines:
+        json.loads(line, parse_constant=strict)

@@ -60,7 +60,8 @@ class DeliveryLog:
         if "webhook" in record:
             record["webhook"] = _redact(record["webhook"])
         record["_rpq"] = {"nonce": delivery.nonce, "receivedAt": dt.datetime.now(dt.UTC).isoformat()}
-        line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+        # Strict JSON (the receiver refuses NaN and out-of-range numbers, so this never raises).
+        line = json.dumps(record, separators=(",", ":"), allow_nan=False).encode() + b"\n"
         with self._lock:
             self._file.write(line)
             self._file.flush()

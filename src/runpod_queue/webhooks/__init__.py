@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import inspect
 import json
+import math
 import secrets
 import threading
 import time
@@ -238,7 +239,7 @@ class WebhookReceiver:
         except WebhookVerificationError as exc:
             return Delivery(exc.status, exc.reason)
         try:
-            data = json.loads(body)
+            data = json.loads(body, parse_constant=_not_json, parse_float=_finite)
         except (ValueError, UnicodeDecodeError, RecursionError):  # nested too deep is not a job status either
             return Delivery(400, "body is not JSON")
         try:
@@ -292,6 +293,19 @@ class WebhookReceiver:
         except Exception as exc:
             return self._settle(pending, exc)
         return self._settle(pending, None)
+
+
+def _not_json(constant: str) -> Any:
+    """``NaN`` / ``Infinity`` are Python's extensions, not JSON: RunPod never sends them."""
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    """A number too large for a float (``1e400``) would become ``inf``, which strict JSON cannot hold."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range")
+    return value
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:
