@@ -165,6 +165,14 @@ def test_missing_or_wrong_key_gets_401_on_every_route(emu: Emulator, headers: di
             assert KEY not in response.text and "API key" in response.json()["error"]
 
 
+def test_a_stranger_learns_no_endpoint_ids(emu: Emulator) -> None:
+    with httpx.Client(base_url=emu.base_url, verify=False) as client:
+        response = client.post("/nope/run", json={"input": {}})
+        assert response.status_code == 401 and "echo" not in response.text
+        keyed = client.post("/nope/run", json={"input": {}}, headers={"Authorization": KEY})
+        assert keyed.status_code == 404 and "echo" in keyed.json()["error"]  # the key holder is helped
+
+
 @pytest.mark.parametrize("value", [f"Bearer {KEY}", KEY, f"bearer {KEY}"])
 def test_bearer_and_bare_keys_are_accepted(emu: Emulator, value: str) -> None:
     with httpx.Client(base_url=emu.base_url, headers={"Authorization": value}, verify=False) as client:

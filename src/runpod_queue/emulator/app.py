@@ -175,8 +175,15 @@ class EmulatorApp:
             return await respond(
                 send, 404, {"error": f"no route {scope['path']}; routes live under /v2/<endpoint_id>/"}
             )
+        # The key first: a stranger learns nothing, not even which endpoint ids exist. (The OpenAI routes
+        # answer a missing key themselves, in OpenAI's shape, once the endpoint is known.)
+        authorized = self._authorized(scope)
+        if not authorized and parts[3] != "openai":
+            return await _unauthorized(send)
         endpoint = self.core.endpoints.get(parts[2])
         if endpoint is None:
+            if not authorized:
+                return await _unauthorized(send)
             known = ", ".join(sorted(self.core.endpoints)) or "none"
             return await respond(
                 send, 404, {"error": f"endpoint {parts[2]!r} not found (this emulator serves: {known})"}
@@ -186,11 +193,9 @@ class EmulatorApp:
             return await self.openai(
                 EndpointRequest(scope, receive, endpoint, parts[4:]),
                 send,
-                authorized=self._authorized(scope),
+                authorized=authorized,
                 worker_allowance=self._worker_allowance,
             )
-        if not self._authorized(scope):
-            return await _unauthorized(send)
         rest = parts[4:]
         if rest and rest[-1] == "":
             rest.pop()
