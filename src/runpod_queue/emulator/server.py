@@ -17,6 +17,7 @@ import uvicorn
 
 from runpod_queue._limits import RateLimits
 from runpod_queue._net import listen_socket
+from runpod_queue._serving import guarded_config
 from runpod_queue._units import seconds as _seconds
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator.app import EmulatorApp
@@ -304,9 +305,11 @@ class Emulator:
         return sock
 
     def _make_server(self) -> _Server:
-        config = uvicorn.Config(
+        # httptools with a header size limit and header/body deadlines (see _serving); no connection
+        # limit: a test may hold thousands of long polls open on purpose.
+        config = guarded_config(
             self.app,
-            http="httptools",
+            limit_concurrency=None,
             ws="none",
             lifespan="on",
             log_level=self.log_level,
