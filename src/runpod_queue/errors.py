@@ -27,7 +27,7 @@ method, the path and the server's error text only.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import httpx
 
@@ -56,7 +56,46 @@ __all__ = [
 
 
 class RunpodQueueError(Exception):
-    """Base of every error this package raises on purpose."""
+    """Base of every error this package raises on purpose.
+
+    Picklable (for multiprocessing, task queues): rebuilt from its message and attributes, not by calling
+    ``__init__`` again with arguments it no longer has.
+    """
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[RunpodQueueError], args: tuple[object, ...], state: dict[str, object]) -> object:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+_SECRET_HEADERS: Final = ("authorization", "proxy-authorization", "cookie", "x-api-key")
+
+
+def _redacted(request: httpx.Request) -> httpx.Request:
+    """The request an exception keeps, without credentials: an error may be logged, pickled or sent to an
+    error tracker, and its request must not carry the API key there. The body stays behind too."""
+    if not any(name in request.headers for name in _SECRET_HEADERS):
+        return request
+    headers = httpx.Headers(request.headers)
+    for name in _SECRET_HEADERS:
+        if name in headers:
+            headers[name] = "[redacted]"
+    return httpx.Request(request.method, request.url, headers=headers)
+
+
+def _safe_response(response: httpx.Response | None) -> httpx.Response | None:
+    if response is not None:
+        try:
+            kept = response.request
+        except RuntimeError:  # a response built without one
+            return response
+        response.request = _redacted(kept)
+    return response
 
 
 def _describe(request: httpx.Request) -> str:
@@ -76,8 +115,8 @@ class APIStatusError(RunpodQueueError):
         self, message: str, *, request: httpx.Request, response: httpx.Response | None, status_code: int
     ) -> None:
         self.message = message
-        self.request = request
-        self.response = response
+        self.request = _redacted(request)
+        self.response = _safe_response(response)
         self.status_code = status_code
         super().__init__(f"{status_code} on {_describe(request)}: {message}")
 
@@ -139,7 +178,7 @@ class APIConnectionError(RunpodQueueError):
     sent: bool
 
     def __init__(self, message: str, *, request: httpx.Request, sent: bool) -> None:
-        self.request = request
+        self.request = _redacted(request)
         self.sent = sent
         super().__init__(f"{_describe(request)}: {message}")
 
@@ -157,7 +196,8 @@ class APIResponseError(RunpodQueueError):
 
     def __init__(self, reason: str, *, request: httpx.Request, response: httpx.Response) -> None:
         self.reason = reason
-        self.request = request
+        self.request = _redacted(request)
+        _safe_response(response)
         self.response = response
         super().__init__(f"unexpected answer to {_describe(request)} ({response.status_code}): {reason}")
 

@@ -124,3 +124,17 @@ def test_durations_take_units_and_reach_the_policy(
     code, text = rpq("batch", str(inputs), "-e", "ep", "-o", str(out), "--retry-failed", "0", *args, env=env)
     assert code == 1, text
     assert {r["status"] for r in keys_once(out).values()} == {"TIMED_OUT"}
+
+
+def test_the_resume_command_works_with_a_keyed_endpoint_without_showing_the_key(
+    keyed: Emulator, tmp_path: Path
+) -> None:
+    inputs = write_inputs(tmp_path / "in.jsonl", 3)
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(inputs), "-e", "nope", "-o", str(out), "--base-url", keyed.base_url]
+    code, text = rpq(*args, "--api-key", KEY, env={"RUNPOD_API_KEY": ""})
+    assert code == 3 and KEY not in text
+    # The key came on the command line: the resume takes it from the environment, and says so.
+    assert "export RUNPOD_API_KEY=<your key>" in text and "--api-key" not in text.split("resume")[-1]
+    code, text = rpq(*args, env={"RUNPOD_API_KEY": KEY})
+    assert code == 3 and KEY not in text and "export RUNPOD_API_KEY" not in text  # already there

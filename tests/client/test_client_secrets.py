@@ -71,3 +71,27 @@ def test_the_key_is_not_in_auth_errors(connect: Callable[..., Api], emu: Emulato
         repr(api.client),
     ]
     assert not [t for t in rendered if secret in t]
+
+
+def test_an_api_error_pickles_and_keeps_no_key_in_any_request() -> None:
+    import pickle
+
+    import httpx
+
+    from runpod_queue import APIResponseError, NotFoundError
+
+    # As code that builds its own (or a transport hands over the request it sent) would give them.
+    request = httpx.Request("GET", "https://api.runpod.ai/v2/e/status/j", headers={"Authorization": API_KEY})
+    response = httpx.Response(404, json={"error": "nope"}, request=request)
+    errors: list[RunpodQueueError] = [
+        NotFoundError("nope", request=request, response=response, status_code=404),
+        APIConnectionError("reset", request=request, sent=True),
+        APIResponseError("no id", request=request, response=httpx.Response(200, request=request)),
+    ]
+    for error in errors:
+        data = pickle.dumps(error)
+        assert API_KEY.encode() not in data, type(error).__name__
+        again = pickle.loads(data)
+        assert type(again) is type(error) and str(again) == str(error)
+        assert again.request.headers["authorization"] == "[redacted]"  # type: ignore[attr-defined]
+    assert request.headers["authorization"] == API_KEY  # the caller's own request is left alone

@@ -37,7 +37,8 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key",
-        help=f"RunPod API key (default: ${ENV_API_KEY}). Never printed.",
+        help=f"RunPod API key (default: ${ENV_API_KEY}). Prefer the variable: a command line is visible "
+        "to every user of the machine (ps). Never printed.",
         show_default=False,
         rich_help_panel=CONNECTION_PANEL,
     ),

@@ -59,11 +59,12 @@ def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tup
     if not url.startswith(("http://", "https://")):
         raise UsageProblem(f"--base-url must start with http:// or https://, got {url!r}")
     if key is not None and not key.strip():
-        raise UsageProblem("the API key is empty: set RUNPOD_API_KEY or pass --api-key")
+        raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`")
     if key is None and not _is_loopback(url):
         raise UsageProblem(
             f"no API key for {url}. Create one in the RunPod console (Settings > API Keys), then "
-            f"`export {ENV_API_KEY}=...` or pass --api-key. For a local emulator, use --local."
+            f"`export {ENV_API_KEY}=...` (rather than --api-key, which `ps` shows to every user of the "
+            "machine). For a local emulator, use --local."
         )
     return key, url.rstrip("/")
 
@@ -110,7 +111,7 @@ def _hint_for(exc: RunpodQueueError, s: Session | None) -> str:
             return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
         return f"\n  check --base-url / ${ENV_BASE_URL} ({s.base_url}) and your network"
     if isinstance(exc, AuthenticationError):
-        return f"\n  set the right key with `export {ENV_API_KEY}=...` or --api-key"
+        return f"\n  set the right key with `export {ENV_API_KEY}=...`"
     return ""
 
 

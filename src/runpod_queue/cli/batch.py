@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import signal
 from pathlib import Path
@@ -297,6 +298,10 @@ def batch(
     if webhook_url is not None:
         extra += ["--webhook-url", webhook_url]
     resume = _resume_command(inputs, endpoint, out, journal_path, extra)
+    if api_key is not None and key is not None and os.environ.get("RUNPOD_API_KEY") != key:
+        # The key came on the command line: the resume reads it from the environment instead, so it
+        # works against a keyed endpoint without printing the key (or putting it in `ps` again).
+        resume = f"export RUNPOD_API_KEY=<your key>   # then:\n  {resume}"
     handler = _configure_debug_logging() if debug else None
     try:
         with client, open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
@@ -354,5 +359,5 @@ def _hint(exc: Exception, local: bool, url: str) -> str:
             return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
         return f"\n  check --base-url / $RUNPOD_ENDPOINT_BASE_URL ({url}) and your network"
     if isinstance(exc, AuthenticationError):
-        return "\n  set the right key with `export RUNPOD_API_KEY=...` or --api-key"
+        return "\n  set the right key with `export RUNPOD_API_KEY=...`"
     return ""

@@ -39,7 +39,11 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
     api_key: Annotated[
         str | None,
-        typer.Option(envvar="RPQ_EMULATOR_API_KEY", help="Require this API key (default: accept any key)."),
+        typer.Option(
+            envvar="RPQ_EMULATOR_API_KEY",
+            help="Require this API key (default: accept any key). Prefer $RPQ_EMULATOR_API_KEY: a command "
+            "line is visible to every user (ps).",
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=0, help="In-process workers per endpoint.")] = 1,
     time_scale: Annotated[
