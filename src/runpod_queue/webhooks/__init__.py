@@ -196,7 +196,10 @@ class Delivery:
         return self.status_code == 200
 
     def answer(self) -> bytes:
-        return json.dumps({"ok": self.accepted, "reason": self.reason}).encode()
+        body: dict[str, Any] = {"ok": self.accepted, "reason": self.reason}
+        if self.status_code >= 400:
+            body["error"] = self.reason  # as every error answer of the emulator and RunPod carries it
+        return json.dumps(body).encode()
 
 
 Callback = Callable[[Any], Any]
@@ -338,9 +341,9 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
         if scope["method"] == "GET" and scope["path"] == "/healthz":
             return await _send(send, 200, b'{"ok": true}')
         if allowed is not None and scope["path"] not in allowed:
-            return await _send(send, 404, b'{"ok": false, "reason": "no webhook here"}')
+            return await _send(send, 404, Delivery(404, "no webhook here").answer())
         if scope["method"] != "POST":
-            return await _send(send, 405, b'{"ok": false, "reason": "webhooks are POSTed"}')
+            return await _send(send, 405, Delivery(405, "webhooks are POSTed").answer())
         # A stranger must not make us buffer anything: the token (in the query string) is checked and an
         # announced size over the limit refused before a byte of the body is read; both answers close the
         # connection so the rest of the upload is never read either.
