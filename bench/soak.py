@@ -156,6 +156,7 @@ def run_fault_batch(tmp: Path, inputs: int, kills: int, seed: int) -> None:
     faults = Faults(error_429=0.05, error_503=0.05, error_500=0.05, drop=0.05, seed=seed)
     killed = 0
     summary_line = ""
+    reported: re.Match[str] | None = None
     with Emulator({"ep": recorder}, workers=8, rate_limits=False, faults=faults) as emu:
         command = [sys.executable, "-m", "runpod_queue.cli", "batch", str(source), "-e", "ep", "-o", str(out)]
         command += ["--journal", str(journal), "--base-url", emu.base_url, "--no-rate-limits"]
@@ -177,6 +178,7 @@ def run_fault_batch(tmp: Path, inputs: int, kills: int, seed: int) -> None:
                 proc.kill()
                 _, stderr = proc.communicate()
             summary_line = stderr.strip().splitlines()[-1] if stderr.strip() else ""
+            reported = re.search(r"(\d+) submissions were ambiguous", stderr)
             if proc.returncode == 0:
                 break
             print(f"batch_run_{attempt}_exit: {proc.returncode}")
@@ -199,7 +201,8 @@ def run_fault_batch(tmp: Path, inputs: int, kills: int, seed: int) -> None:
     print(f"batch_lost_keys: {len(lost)}")
     print(f"batch_keys_written_twice: {written_twice}")
     print(f"batch_doubled_keys_real: {doubled}")
-    print(f"batch_ambiguity_reported: {submits_over_one + still_submitting}")
+    print(f"batch_ambiguity_reported: {int(reported.group(1)) if reported else 0}")  # by the last run
+    print(f"batch_ambiguity_in_journal: {submits_over_one + still_submitting}")  # /runs resent, any run
     print(f"batch_final_message: {summary_line}")
 
 

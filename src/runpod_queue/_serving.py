@@ -120,8 +120,10 @@ class GuardedHttpTools(HttpToolsProtocol):
             self._arm(self.header_timeout)
 
     def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)  # a request already parsed is served next: no headers are due
         super().on_response_complete()
-        if not self.transport.is_closing() and self._header_bytes < 0 and self._deadline is None:
+        idle = self._header_bytes < 0 and self._deadline is None and not pipelined
+        if idle and not self.transport.is_closing():
             # The next request on this keep-alive connection has the same time for its headers.
             self._header_bytes = 0
             self._arm(self.header_timeout)
