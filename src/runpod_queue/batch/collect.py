@@ -57,7 +57,7 @@ def lost_message(job_id: str, age: float, policy: Policy | None) -> str:
 def _failure(snapshot: Job) -> str:
     """What tells one failed execution from the next: a /retry that ran changes at least the timings."""
     return json.dumps(
-        [snapshot.status.value, snapshot.delay_time, snapshot.execution_time, snapshot.error], default=str
+        [snapshot.status_text, snapshot.delay_time, snapshot.execution_time, snapshot.error], default=str
     )
 
 
