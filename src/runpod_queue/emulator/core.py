@@ -27,7 +27,10 @@ from runpod_queue.emulator.notices import Notices
 from runpod_queue.emulator.oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator.readings import Readings
 
-__all__ = ["Core", "RunStarter", "WebhookSender"]
+__all__ = ["CHUNK_LOG_LIMIT", "Core", "RunStarter", "WebhookSender"]
+
+# Stream chunks of one attempt kept for the console after /stream handed them out.
+CHUNK_LOG_LIMIT: Final = 100
 
 # The official worker pings at most once a second: on a real clock, a shorter silence must not mark an
 # external worker lost (or unhealthy), whatever the time scale. A virtual clock does not move while the
@@ -194,6 +197,11 @@ class Core:
         if not self.is_current(job, attempt):
             return
         job.chunks.append(chunk_json)
+        log = job.chunk_log
+        if log is None:
+            job.chunk_log = [chunk_json]
+        elif len(log) < CHUNK_LOG_LIMIT:
+            log.append(chunk_json)
         _wake(job, stream_only=True)
 
     def set_progress(self, job: JobRecord, attempt: int, output_json: bytes) -> None:
@@ -353,6 +361,7 @@ class Core:
         if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             return f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried"
         _cancel_timer(job, "retention_handle")
+        job.archive_attempt(self.clock.now(), "retry")
         job.attempt += 1
         job.output_json = None
         job.progress_json = None
@@ -374,6 +383,7 @@ class Core:
             job.error = "job timed out after 1 retries"
             self._finish(job, JobStatus.FAILED)
             return
+        job.archive_attempt(self.clock.now(), "worker lost: requeued")
         self._leave_progress(job)
         _cancel_timer(job, "timer_handle")
         _cancel_timer(job, "ttl_handle")
