@@ -6,6 +6,8 @@ no background networking, a fresh profile), on 127.0.0.1 with a port it picks, i
 group so that every helper process it forks is stopped with it.
 """
 
+# A test helper: starting Chromium and reading its port file briefly block the test's own loop.
+# ruff: noqa: ASYNC109, ASYNC220, ASYNC240
 from __future__ import annotations
 
 import asyncio

@@ -5,6 +5,8 @@ CI installs Debian's `chromium` (`.ci/run`); without it the test fails under CI 
 why, elsewhere. `RPQ_CONSOLE_SCREENSHOT=docs/console.png` also writes the screenshot there.
 """
 
+# The scenario's loop drives only the browser; blocking calls to the emulator (its own thread) are fine.
+# ruff: noqa: ASYNC212
 from __future__ import annotations
 
 import asyncio
@@ -110,9 +112,7 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
 
         # Its page shows its output and its history.
         await page.eval(f"document.querySelector('#jobs tr[data-id=\"{job_id}\"] a').click()")
-        output = await page.wait_for(
-            "document.querySelector('#job-output').textContent", "the job's output"
-        )
+        output = await page.wait_for("document.querySelector('#job-output').textContent", "the job's output")
         assert '"msg": "from the browser"' in output and '"done"' in output
         history = await page.eval(
             "Array.from(document.querySelectorAll('#job-history td.status')).map(t => t.textContent)"
@@ -156,8 +156,8 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         assert await page.eval("document.querySelector('#submit-go').disabled") is True
         assert "not valid JSON" in await page.eval("document.querySelector('#submit-check').textContent")
         await page.eval(
-            "{ const b = document.querySelector('#submit-body'); b.value = '{\"input\": {\"prompt\": \"hi\"}}'; "
-            "b.dispatchEvent(new Event('input')) }"
+            "{ const b = document.querySelector('#submit-body');"
+            ' b.value = \'{"input": {"prompt": "hi"}}\'; b.dispatchEvent(new Event("input")) }'
         )
         assert await page.eval("document.querySelector('#submit-go').disabled") is False
 
@@ -168,9 +168,7 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         assert urls and not any(KEY in url for url in urls)
 
         await _busy(emu, api)
-        await page.wait_for(
-            "document.querySelectorAll('#jobs tbody tr').length >= 20", "a busy jobs table"
-        )
+        await page.wait_for("document.querySelectorAll('#jobs tbody tr').length >= 20", "a busy jobs table")
         await asyncio.sleep(1.5)  # let the charts draw a few points of the busy endpoints
         shot = tmp_path / "console.png"
         await page.screenshot(shot)

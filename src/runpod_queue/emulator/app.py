@@ -6,7 +6,8 @@ these machines. Routing here is a split of the path and a dict lookup; bodies ar
 
 Paths: `/v2/<endpoint>/<operation>[/…]` — the public operations below, then the worker protocol's
 (`worker_routes`, from `ExternalWorkers.routes`); `/_emulator/<name>` — the emulator's own routes
-(`control.Control`); `/` and `/_console/…` — the console (`console.Console`). The app is handed its collaborators; it builds none of them (see `assembly`).
+(`control.Control`); `/` and `/_console/…` — the console (`console.Console`). The app is handed its
+collaborators; it builds none of them (see `assembly`).
 Milliseconds exist only here, at the wire: `?wait=`, `?ttl=` and `policy` become seconds for the core.
 """
 

@@ -132,9 +132,7 @@ class Console:
             elif name == "job":
                 payload = self.job(request.query)
             else:
-                raise HTTPError(
-                    404, f"no console route /_console/api/{name}; routes: snapshot, events, job"
-                )
+                raise HTTPError(404, f"no console route /_console/api/{name}; routes: snapshot, events, job")
         except HTTPError as exc:
             return await respond(send, exc.status, {"error": exc.message})
         await respond(send, 200, payload)
@@ -234,8 +232,11 @@ class Console:
     def _endpoint(self, ep: EndpointState) -> dict[str, Any]:
         now = self.core.clock.now()
         lost_after = self.core.worker_lost_after()
-        counts = {"inProcess": {"idle": 0, "running": 0}, "external": {"idle": 0, "running": 0, "unhealthy": 0}}
-        workers = []
+        counts = {
+            "inProcess": {"idle": 0, "running": 0},
+            "external": {"idle": 0, "running": 0, "unhealthy": 0},
+        }
+        workers: list[dict[str, Any]] = []
         for worker in ep.workers:
             kind = "external" if worker.external else "inProcess"
             if worker.external and now - worker.last_seen >= lost_after:
