@@ -131,6 +131,12 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         message = await page.eval("document.querySelector('#job-error-message').textContent")
         assert message == "input needs a 'prompt'"
         assert "Traceback" in await page.eval("document.querySelector('#job-error-trace').textContent")
+        # Retry from its page: the same job id runs again and its history shows both attempts.
+        await page.eval("document.querySelector('#job-actions button.retry').click()")
+        await page.wait_for(
+            "document.querySelectorAll('#job-history td.status').length === 6", "the retried attempt"
+        )
+        assert api.get(f"/fail/status/{failed['id']}").json()["status"] == "FAILED"
 
         # A streamed job's chunks stay visible after /stream handed them out.
         streamed = api.post("/tokens/runsync", json={"input": {}}).json()
@@ -170,10 +176,28 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         assert urls and not any(KEY in url for url in urls)
 
         await _measure(emu, page, tmp_path / "console.png")
+        await _virtual_clock(page)
         assert page.console_errors == []
     finally:
         await page.close()
         api.close()
+
+
+async def _virtual_clock(page: Page) -> None:
+    """On a virtual clock the header shows virtual time, and its advance control moves it."""
+    with Emulator({"echo": echo}, clock="virtual") as emu:  # no key: the page asks for none
+        await page.navigate(emu.root_url + "/")
+        await page.wait_for(
+            "document.querySelector('#clock').textContent.startsWith('virtual clock')", "virtual time"
+        )
+        await page.eval(
+            "{ document.querySelector('#advance-seconds').value = '90';"
+            " document.querySelector('#advance button').click() }"
+        )
+        await page.wait_for(
+            "document.querySelector('#clock').textContent.endsWith('1m 30.0s')", "the advanced clock"
+        )
+        assert emu.now == 90
 
 
 async def _measure(emu: Emulator, page: Page, shot: Path) -> None:
