@@ -225,3 +225,15 @@ def test_job_bad_input(http: httpx.Client, params: dict[str, str], status: int, 
 def test_any_key_is_accepted_without_one() -> None:
     with Emulator({"echo": echo}) as emu:
         assert httpx.get(emu.root_url + "/_console/api/snapshot").status_code == 200
+
+
+def test_a_failing_route_is_a_500_with_a_log_line(
+    emu: Emulator, http: httpx.Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(query: dict[str, str]) -> dict[str, Any]:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(emu._parts.console, "snapshot", broken)
+    answer = http.get("/_console/api/snapshot")
+    assert answer.status_code == 500 and "see the server log" in answer.json()["error"]
+    assert "console route /_console/api/snapshot failed" in caplog.text

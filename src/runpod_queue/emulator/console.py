@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
     from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["Console"]
+
+log = logging.getLogger("runpod_queue.emulator")
 
 SCAN_LIMIT: Final = 20_000  # newest jobs a filtered window looks through
 WINDOW_DEFAULT: Final = 100
@@ -135,6 +138,9 @@ class Console:
                 raise HTTPError(404, f"no console route /_console/api/{name}; routes: snapshot, events, job")
         except HTTPError as exc:
             return await respond(send, exc.status, {"error": exc.message})
+        except Exception:  # as the API's routes: a bug is a 500 with a log line, never a dropped answer
+            log.exception("console route %s failed", path)
+            return await respond(send, 500, {"error": "internal emulator error; see the server log"})
         await respond(send, 200, payload)
 
     def _read_static(self, name: str) -> bytes | None:
