@@ -176,6 +176,17 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         assert urls and not any(KEY in url for url in urls)
 
         await _measure(emu, page, tmp_path / "console.png")
+        # Purge the slow endpoint's backlog from its card (the page asks first: say yes).
+        assert api.get("/slow/health").json()["jobs"]["inQueue"] > 0
+        await page.eval(
+            "window.confirm = () => true;"
+            "document.querySelector('article[data-endpoint=\"slow\"] button.purge').click()"
+        )
+        await page.wait_for(
+            "document.querySelector('article[data-endpoint=\"slow\"] .in-queue b').textContent === '0'",
+            "the purged queue",
+        )
+        assert api.get("/slow/health").json()["jobs"]["inQueue"] == 0
         await _virtual_clock(page)
         assert page.console_errors == []
     finally:

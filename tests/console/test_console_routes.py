@@ -237,3 +237,19 @@ def test_a_failing_route_is_a_500_with_a_log_line(
     answer = http.get("/_console/api/snapshot")
     assert answer.status_code == 500 and "see the server log" in answer.json()["error"]
     assert "console route /_console/api/snapshot failed" in caplog.text
+
+
+def test_external_workers_by_state() -> None:
+    with Emulator({"ext": None}, clock="virtual") as emu, httpx.Client(base_url=emu.root_url) as http:
+        assert http.get("/v2/ext/ping/worker-a").status_code == 200
+
+        def ext() -> dict[str, Any]:
+            endpoint = http.get("/_console/api/snapshot").json()["endpoints"][0]
+            assert endpoint["handler"] == "external workers"
+            return endpoint
+
+        assert ext()["workers"]["external"] == {"idle": 1, "running": 0, "unhealthy": 0}
+        assert ext()["workerList"] == [{"id": "worker-a", "kind": "external", "state": "idle", "jobId": None}]
+        emu.advance(31)  # silent past Timings.worker_lost_after (30 s)
+        assert ext()["workers"]["external"] == {"idle": 0, "running": 0, "unhealthy": 1}
+        assert ext()["workers"]["inProcess"] == {"idle": 0, "running": 0}
