@@ -68,6 +68,7 @@ class Page:
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._reader: asyncio.Task[None] | None = None
         self.console_errors: list[str] = []
+        self.blocked: list[str] = []  # URL fragments whose requests fail (see `block`)
 
     async def start(self) -> Page:
         self.proc = subprocess.Popen(
@@ -103,6 +104,20 @@ class Page:
                     fut.set_exception(BrowserError(str(data["error"])))
                 else:
                     fut.set_result(data.get("result", {}))
+            elif data.get("method") == "Fetch.requestPaused":
+                params = data["params"]
+                failing = any(part in params["request"]["url"] for part in self.blocked)
+                method = "Fetch.failRequest" if failing else "Fetch.continueRequest"
+                extra = {"errorReason": "ConnectionRefused"} if failing else {}
+                await self._ws.send_str(
+                    json.dumps(
+                        {
+                            "id": next(self._ids),
+                            "method": method,
+                            "params": {"requestId": params["requestId"], **extra},
+                        }
+                    )
+                )
             elif data.get("method") == "Runtime.exceptionThrown":
                 self.console_errors.append(json.dumps(data["params"]["exceptionDetails"])[:2000])
 
@@ -135,6 +150,11 @@ class Page:
             if time.monotonic() > deadline:
                 raise BrowserError(f"the page never showed {what} (last value {value!r})")
             await asyncio.sleep(0.05)
+
+    async def block(self, fragment: str) -> None:
+        """Fail every request whose URL contains `fragment`, as a network that drops it would."""
+        self.blocked.append(fragment)
+        await self.send("Fetch.enable", patterns=[{"urlPattern": "*"}])
 
     async def navigate(self, url: str) -> None:
         await self.send("Page.navigate", url=url)

@@ -6,7 +6,7 @@ why, elsewhere. `RPQ_CONSOLE_SCREENSHOT=docs/console.png` also writes the screen
 """
 
 # The scenario's loop drives only the browser; blocking calls to the emulator (its own thread) are fine.
-# ruff: noqa: ASYNC212, ASYNC240
+# ruff: noqa: ASYNC210, ASYNC212, ASYNC240
 from __future__ import annotations
 
 import asyncio
@@ -195,9 +195,15 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
 
 
 async def _virtual_clock(page: Page) -> None:
-    """On a virtual clock the header shows virtual time, and its advance control moves it."""
+    """On a virtual clock the header shows virtual time, and its advance control moves it; without the
+    event stream the page polls."""
     with Emulator({"echo": echo}, clock="virtual") as emu:  # no key: the page asks for none
+        job = httpx.post(emu.base_url + "/echo/run", json={"input": {}}).json()["id"]
+        # The event stream never gets through here: the page falls back to polling snapshots.
+        await page.block("/_console/api/events")
         await page.navigate(emu.root_url + "/")
+        await page.wait_for("window.rpqConsole.mode.startsWith('polling')", "the polling fallback")
+        await page.wait_for(f"{row_status(job)} === 'COMPLETED'", "a job shown while polling")
         await page.wait_for(
             "document.querySelector('#clock').textContent.startsWith('virtual clock')", "virtual time"
         )

@@ -84,7 +84,7 @@ async function openStream() {
   stream = null;
   if (!got) streamFailures++;
   if (streamFailures >= 2) startPolling();
-  else setTimeout(openStream, 1000);
+  else setTimeout(openStream, 500);
 }
 
 function closeStream() {
