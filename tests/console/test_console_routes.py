@@ -253,3 +253,16 @@ def test_external_workers_by_state() -> None:
         emu.advance(31)  # silent past Timings.worker_lost_after (30 s)
         assert ext()["workers"]["external"] == {"idle": 0, "running": 0, "unhealthy": 1}
         assert ext()["workers"]["inProcess"] == {"idle": 0, "running": 0}
+
+
+def test_webhook_attempts_with_their_answers(emu: Emulator, http: httpx.Client) -> None:
+    # Port 9 on loopback refuses: every attempt fails, and each is retried 10 s later on the clock.
+    job = http.post("/v2/echo/runsync", json={"input": {}, "webhook": "http://127.0.0.1:9/hook"}).json()
+    emu.advance(0)  # the first POST's answer is in
+    emu.advance(10)  # the second attempt's
+    detail = http.get("/_console/api/job", params={"endpoint": "echo", "id": job["id"]}).json()
+    attempts = detail["webhookAttempts"]
+    assert [a["attempt"] for a in attempts] == [1, 2]
+    assert all(not a["delivered"] and a["statusCode"] is None and "Connect" in a["error"] for a in attempts)
+    assert attempts[1]["at"] - attempts[0]["at"] == pytest.approx(10)
+    assert detail["webhook"] == "http://127.0.0.1:9/hook"
