@@ -156,6 +156,22 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         await page.wait_for(f"{row_status(running)} === 'CANCELLED'", "the cancelled job")
         assert api.get(f"/slow/status/{running}").json()["status"] == "CANCELLED"
 
+        # Filtering by status: the stream reopens with the filter and only matching rows remain.
+        await page.eval(
+            "{ const f = document.querySelector('#filter-status'); f.value = 'CANCELLED';"
+            " f.dispatchEvent(new Event('change')) }"
+        )
+        await page.wait_for(
+            "(() => { const rows = Array.from(document.querySelectorAll('#jobs tbody tr'));"
+            " return rows.length > 0 && rows.every(r => r.dataset.status === 'CANCELLED') })()",
+            "only CANCELLED rows",
+        )
+        assert await page.eval(f"{row_status(running)}") == "CANCELLED"
+        await page.eval(
+            "{ const f = document.querySelector('#filter-status'); f.value = '';"
+            " f.dispatchEvent(new Event('change')) }"
+        )
+
         # The editor refuses what the API would refuse, before sending.
         await page.eval(
             "{ const b = document.querySelector('#submit-body'); b.value = '{\"input\": [1,'; "
