@@ -27,10 +27,7 @@ from runpod_queue.emulator.notices import Notices
 from runpod_queue.emulator.oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator.readings import Readings
 
-__all__ = ["CHUNK_LOG_LIMIT", "Core", "RunStarter", "WebhookSender"]
-
-# Stream chunks of one attempt kept for the console after /stream handed them out.
-CHUNK_LOG_LIMIT: Final = 100
+__all__ = ["Core", "RunStarter", "WebhookSender"]
 
 # The official worker pings at most once a second: on a real clock, a shorter silence must not mark an
 # external worker lost (or unhealthy), whatever the time scale. A virtual clock does not move while the
@@ -197,11 +194,7 @@ class Core:
         if not self.is_current(job, attempt):
             return
         job.chunks.append(chunk_json)
-        log = job.chunk_log
-        if log is None:
-            job.chunk_log = [chunk_json]
-        elif len(log) < CHUNK_LOG_LIMIT:
-            log.append(chunk_json)
+        job.log_chunk(chunk_json)
         _wake(job, stream_only=True)
 
     def set_progress(self, job: JobRecord, attempt: int, output_json: bytes) -> None:

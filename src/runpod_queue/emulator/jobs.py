@@ -30,6 +30,8 @@ __all__ = ["EndpointState", "JobRecord", "WorkerSlot", "encode_json", "new_job_i
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _HISTORY_LIMIT: Final = 64
+# Stream chunks of one attempt kept for the console after /stream handed them out.
+CHUNK_LOG_LIMIT: Final = 100
 _WORKER_ALPHABET: Final = string.ascii_lowercase + string.digits
 
 
@@ -176,6 +178,13 @@ class JobRecord:
         # Stops the current run (cancel, executionTimeout, ttl mid-run); set by whoever runs it: the
         # in-process runner cancels the handler, the external workers queue a job-stop.
         self.stop_run: Callable[[], object] | None = None
+
+    def log_chunk(self, chunk_json: bytes) -> None:
+        log = self.chunk_log
+        if log is None:
+            self.chunk_log = [chunk_json]
+        elif len(log) < CHUNK_LOG_LIMIT:
+            log.append(chunk_json)
 
     def archive_attempt(self, now: float, note: str) -> None:
         """Record the attempt that is ending (retry, lost worker) before its fields are reset."""
