@@ -96,9 +96,11 @@ def test_rpq_serve_prints_its_url_serves_and_stops_cleanly_on_ctrl_c() -> None:
     try:
         base, first = _base_url(proc)
         assert proc.stdout is not None
-        lines = [proc.stdout.readline(), proc.stdout.readline()]
+        lines = [proc.stdout.readline() for _ in range(3)]
         assert any("/v2/echo" in line for line in lines) and any("/v2/shout" in line for line in lines)
         assert "sk-1" not in first + "".join(lines)
+        console = next(line.split()[1] for line in lines if line.startswith("  console "))
+        assert console == base.removesuffix("v2")  # the console: same port, at /
         with httpx.Client(verify=False) as http:
             answer = http.post(
                 f"{base}/echo/runsync", json={"input": {"a": 1}}, headers={"Authorization": "sk-1"}
@@ -112,6 +114,8 @@ def test_rpq_serve_prints_its_url_serves_and_stops_cleanly_on_ctrl_c() -> None:
                 headers={"Authorization": "sk-1"},
             )
             assert lenient.status_code == 200 and "webhookV2" in lenient.headers["x-rpq-warning"]
+            assert "console.js" in http.get(console).text
+            assert http.get(f"{console}_console/api/snapshot").status_code == 401
     finally:
         err = _stop(proc)
     assert "ignored unknown request key(s) webhookV2" in err

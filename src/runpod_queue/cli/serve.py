@@ -189,6 +189,7 @@ def serve(
         nonlocal processes
         auth = "API key required" if api_key else "any API key accepted"
         typer.echo(f"RunPod emulator at {emu.base_url}  ({auth})")
+        typer.echo(f"  console  {emu.root_url}/  (jobs, workers and queues live in a browser)")
         for endpoint_id, spec in emu.endpoint_specs.items():
             fed = " (external workers)" if spec.handler is None else ""
             typer.echo(f"  endpoint {endpoint_id:<20} {emu.base_url}/{endpoint_id}{fed}")

@@ -6,7 +6,8 @@ these machines. Routing here is a split of the path and a dict lookup; bodies ar
 
 Paths: `/v2/<endpoint>/<operation>[/…]` — the public operations below, then the worker protocol's
 (`worker_routes`, from `ExternalWorkers.routes`); `/_emulator/<name>` — the emulator's own routes
-(`control.Control`). The app is handed its collaborators; it builds none of them (see `assembly`).
+(`control.Control`); `/` and `/_console/…` — the console (`console.Console`). The app is handed its
+collaborators; it builds none of them (see `assembly`).
 Milliseconds exist only here, at the wire: `?wait=`, `?ttl=` and `policy` become seconds for the core.
 """
 
@@ -43,6 +44,7 @@ from runpod_queue.emulator.openai import OpenAIRoutes
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._ratelimit import RateLimiter
+    from runpod_queue.emulator.console import Console
     from runpod_queue.emulator.control import Control
     from runpod_queue.emulator.core import Core
     from runpod_queue.emulator.inspect import RequestLog
@@ -72,8 +74,10 @@ class EmulatorApp:
         strict: bool = False,
         on_startup: Callable[[asyncio.AbstractEventLoop], None],
         on_shutdown: Callable[[], Awaitable[None]],
+        console: Console | None = None,
     ) -> None:
         self.core = core
+        self.console = console
         self._now = core.clock.now
         self.limiter = limiter
         self.control = control
@@ -172,6 +176,9 @@ class EmulatorApp:
         if len(parts) < 4 or parts[1] != "v2":
             if len(parts) >= 3 and parts[1] == "_emulator":
                 return await self._control(scope, receive, send, parts[2:])
+            if self.console is not None and (parts[1] == "_console" or scope["path"] == "/"):
+                # The page is public; its data routes check the key with `_authorized`.
+                return await self.console.handle(scope, receive, send, self._authorized)
             return await respond(
                 send, 404, {"error": f"no route {scope['path']}; routes live under /v2/<endpoint_id>/"}
             )

@@ -8,7 +8,9 @@ external = ExternalWorkers(core)                   # the worker protocol; drives
 limiter  = RateLimiter(rate_limits)
 requests = RequestLog()                            # what the app answered, for tests (inspect)
 control  = Control(clock, core, requests)          # /_emulator/*
-app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown)
+console  = Console(core, delivery)                 # / and /_console/*: reads the core, never writes
+app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown,
+                       console)
 ```
 
 Each part receives what it uses in its constructor, in this order; nothing reaches back to install
@@ -27,6 +29,7 @@ from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator.app import EmulatorApp
 from runpod_queue.emulator.clock import Clock
+from runpod_queue.emulator.console import Console
 from runpod_queue.emulator.control import Control
 from runpod_queue.emulator.core import Core
 from runpod_queue.emulator.delivery import WebhookDelivery
@@ -51,6 +54,7 @@ class Emulation:
     limiter: RateLimiter
     requests: RequestLog
     control: Control
+    console: Console
     app: EmulatorApp
 
 
@@ -83,13 +87,16 @@ def assemble(
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
     requests = RequestLog()
     control = Control(clock, core, requests)
+    console = Console(core, delivery)
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:
         clock.bind(loop)
         runner.bind(loop)
         delivery.bind(loop)
+        console.bind(loop)
 
     async def shutdown() -> None:
+        await console.aclose()
         await runner.aclose()
         await delivery.aclose()
         await external.aclose()
@@ -105,5 +112,8 @@ def assemble(
         strict=strict,
         on_startup=startup,
         on_shutdown=shutdown,
+        console=console,
     )
-    return Emulation(clock, timings, core, runner, delivery, external, limiter, requests, control, app)
+    return Emulation(
+        clock, timings, core, runner, delivery, external, limiter, requests, control, console, app
+    )

@@ -194,6 +194,7 @@ class Core:
         if not self.is_current(job, attempt):
             return
         job.chunks.append(chunk_json)
+        job.log_chunk(chunk_json)
         _wake(job, stream_only=True)
 
     def set_progress(self, job: JobRecord, attempt: int, output_json: bytes) -> None:
@@ -353,6 +354,7 @@ class Core:
         if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             return f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried"
         _cancel_timer(job, "retention_handle")
+        job.archive_attempt(self.clock.now(), "retry")
         job.attempt += 1
         job.output_json = None
         job.progress_json = None
@@ -374,6 +376,7 @@ class Core:
             job.error = "job timed out after 1 retries"
             self._finish(job, JobStatus.FAILED)
             return
+        job.archive_attempt(self.clock.now(), "worker lost: requeued")
         self._leave_progress(job)
         _cancel_timer(job, "timer_handle")
         _cancel_timer(job, "ttl_handle")

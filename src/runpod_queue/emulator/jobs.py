@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_HISTORY_LIMIT: Final = 64
+# Stream chunks of one attempt kept for the console after /stream handed them out.
+CHUNK_LOG_LIMIT: Final = 100
 _WORKER_ALPHABET: Final = string.ascii_lowercase + string.digits
 
 
@@ -114,13 +117,16 @@ class JobRecord:
 
     __slots__ = (
         "attempt",
+        "chunk_log",
         "chunks",
+        "created_at",
         "delay_ms",
         "endpoint",
         "error",
         "execution_ms",
         "expires_at",
         "finished_at",
+        "history",
         "id",
         "input",
         "low_priority",
@@ -177,6 +183,14 @@ class JobRecord:
         self.status = JobStatus.IN_QUEUE
         self.attempt = 0
         self.queued_at = now
+        self.created_at = now
+        # Earlier attempts' state changes (retry, lost-worker requeue), up to and including the latest
+        # re-entry into the queue; None for the usual single attempt, which costs nothing here: its
+        # changes are `queued_at`, `started_at` and `finished_at` (read by the console).
+        self.history: list[tuple[str, float, str]] | None = None
+        # Every stream chunk of this attempt, kept (bounded) after /stream handed it out: the console
+        # shows them. None until the first chunk.
+        self.chunk_log: list[bytes] | None = None
         self.started_at: float | None = None
         self.finished_at: float | None = None
         self.delay_ms: int | None = None
@@ -200,6 +214,28 @@ class JobRecord:
         # Stops the current run (cancel, executionTimeout, ttl mid-run); set by whoever runs it: the
         # in-process runner cancels the handler, the external workers queue a job-stop.
         self.stop_run: Callable[[], object] | None = None
+
+    def log_chunk(self, chunk_json: bytes) -> None:
+        log = self.chunk_log
+        if log is None:
+            self.chunk_log = [chunk_json]
+        elif len(log) < CHUNK_LOG_LIMIT:
+            log.append(chunk_json)
+
+    def archive_attempt(self, now: float, note: str) -> None:
+        """Record the attempt that is ending (retry, lost worker) before its fields are reset."""
+        history = self.history or [(JobStatus.IN_QUEUE.value, self.created_at, "submitted")]
+        if self.started_at is not None:
+            history.append(
+                (JobStatus.IN_PROGRESS.value, self.started_at, self.worker.id if self.worker else "")
+            )
+        if self.finished_at is not None:
+            history.append((self.status.value, self.finished_at, ""))
+        history.append((JobStatus.IN_QUEUE.value, now, note))
+        if len(history) > _HISTORY_LIMIT:  # a job retried forever keeps its start and its latest changes
+            del history[1 : len(history) - _HISTORY_LIMIT + 1]
+        self.history = history
+        self.chunk_log = None
 
     # -- answers ---------------------------------------------------------------------------------
 
