@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from typing import Any
 
-from emulator_support import KEY, Http, gate, started
+import pytest
+from emulator_support import KEY, Http, blocking, gate, started
 
 from runpod_queue.emulator import Emulator, EndpointSpec
 
@@ -190,3 +192,19 @@ def test_a_job_cancelled_before_its_sync_handler_started_never_runs() -> None:
         assert http.wait("r", third)["status"] == "COMPLETED"
         http.close()
     assert ran == [0, 2]
+
+
+def test_stopping_with_a_long_poll_held_logs_no_traceback(capfd: pytest.CaptureFixture[str]) -> None:
+    with Emulator({"b": blocking}, clock="virtual") as emu:
+        http = Http(emu, key=None)
+        job_id = http.run("b", {})
+        assert started("blocking").wait(5)
+        host, port = emu.root_url.removeprefix("http://").rstrip("/").split(":")
+        held = socket.create_connection((host, int(port)))
+        held.sendall(f"GET /v2/b/status-sync/{job_id} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        # One round trip on another connection: the held request has been read and is waiting by then.
+        assert http.health("b")["workers"]["running"] == 1
+    gate("blocking").set()
+    held.close()
+    http.close()
+    assert "Exception in ASGI application" not in capfd.readouterr().err

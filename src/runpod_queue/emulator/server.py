@@ -35,9 +35,13 @@ log = logging.getLogger("runpod_queue.emulator")
 
 
 class _QuietDrops(logging.Filter):
-    """uvicorn logs an error when a response is left unfinished: that is our injected 'drop' fault."""
+    """uvicorn logs an error when a response is left unfinished: that is our injected 'drop' fault. It
+    also logs a traceback for every long-poll still held when the emulator stops (the request task is
+    cancelled with the loop): nothing went wrong there either, and the traceback alarmed users."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info is not None and isinstance(record.exc_info[1], asyncio.CancelledError):
+            return False
         return "without completing response" not in record.getMessage()
 
 
