@@ -16,7 +16,7 @@ from runpod_queue.batch.submit import runner_limits
 def test_items_and_their_keys() -> None:
     assert parse_item('{"key": "a", "input": {"n": 1}}', 7) == ("a", {"n": 1})
     assert parse_item(b'{"n": 1}', 7) == (7, {"n": 1})  # no key: its line number
-    assert parse_item({"key": 3, "input": None, "x": 1}, 2) == (2, {"key": 3, "input": None, "x": 1})
+    assert parse_item({"key": 3, "x": 1}, 2) == (2, {"key": 3, "x": 1})  # not a wrapper: the input itself
     assert parse_item(("k", [1, 2]), 1) == ("k", [1, 2])
     assert parse_item("  \n", 1) is SKIP
     for raw, reason in [
@@ -25,6 +25,8 @@ def test_items_and_their_keys() -> None:
         (b'{"n": "\xff"}', "invalid JSON"),
         ('{"key": true, "input": 1}', "'key' must be"),
         ((1.5, {}), "tuple item"),
+        ('{"key": "k-120", "input": {"n": 1}, "extra": true}', "also has 'extra'"),  # a stray field
+        ({"key": 3, "input": None, "x": 1, "a": 2}, "also has 'a', 'x'"),
     ]:
         item = parse_item(raw, 1)
         assert isinstance(item, Invalid) and reason in item.message, (raw, item)

@@ -48,7 +48,10 @@ def parse_item(raw: Any, line: int) -> tuple[Any, Any] | Invalid | _Skip:
 
     An item is a JSON line (str/bytes), an already parsed dict, or a ``(key, input)`` tuple. A dict whose
     keys are exactly ``key`` and ``input`` is a keyed item; any other dict is the handler input itself,
-    keyed by its line number.
+    keyed by its line number. A dict with ``key`` and ``input`` *and* more fields is ``Invalid``: it is
+    almost surely a wrapper with a typo or a stray field, and sending it whole as the input under a line
+    number (or dropping the field with a warning) would run something the user did not mean. A handler
+    input that really has those field names goes through the wrapper: ``{"key": ..., "input": {...}}``.
     """
     if isinstance(raw, tuple):
         if len(raw) != 2 or not _valid_key(raw[0]):
@@ -67,4 +70,10 @@ def parse_item(raw: Any, line: int) -> tuple[Any, Any] | Invalid | _Skip:
         if not _valid_key(raw["key"]):
             return Invalid(f"'key' must be a string or an integer, got {raw['key']!r:.60}")
         return raw["key"], raw["input"]
+    if "key" in raw and "input" in raw:
+        extra = ", ".join(repr(name) for name in sorted(raw.keys() - {"key", "input"}))
+        return Invalid(
+            f"a keyed line has only 'key' and 'input', this one also has {extra:.120}: move it into"
+            ' "input", or wrap a handler input with these fields as {"key": ..., "input": {...}}'
+        )
     return line, raw
