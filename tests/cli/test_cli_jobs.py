@@ -194,6 +194,29 @@ def test_stream_prints_tokens_as_text(rpq: Invoke, client: Client) -> None:
     assert "COMPLETED" in result.stderr
 
 
+def test_run_of_a_generator_job_prints_its_tokens_not_an_empty_list(rpq: Invoke) -> None:
+    result = rpq("run", "tokens", '{"max_tokens": 6, "delay": 0.01}')
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "Queues decouple the caller from the\n"  # before: "[]"
+    assert "COMPLETED" in result.stderr
+
+
+def test_stream_of_a_job_that_streams_nothing_prints_its_output(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("echo").run({"prompt": "hi"})
+    result = rpq("stream", "echo", job.id)
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout) == {"prompt": "hi"}
+
+
+def test_a_second_stream_of_a_job_says_its_chunks_were_handed_out(rpq: Invoke, client: Client) -> None:
+    job = client.endpoint("tokens").run({"max_tokens": 3, "delay": 0.01})
+    assert rpq("stream", "tokens", job.id).stdout == "Queues decouple the\n"
+    again = rpq("stream", "tokens", job.id)
+    assert again.exit_code == 0
+    assert again.stdout == ""
+    assert "streamed them to an earlier reader" in again.stderr
+
+
 def test_stream_json_prints_one_chunk_object_per_line(rpq: Invoke, client: Client) -> None:
     job = client.endpoint("tokens").run({"max_tokens": 4, "delay": 0.01})
     result = rpq("stream", "tokens", job.id, "--json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from contextlib import ExitStack
 from datetime import timedelta
 from typing import Annotated
 
@@ -61,6 +62,53 @@ def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None, first:
             progress.update(first)
         progress.watch(ep, job_id)
         return ep.wait(job_id, timeout=timeout, on_update=progress.update)
+
+
+def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, progress: ExitStack) -> Job:
+    """Print a job's chunks as they arrive, then its output if it adds anything; the ended Job.
+
+    ``progress`` (the live status line, if any) closes at the first chunk, so tokens never share a line
+    with the spinner. RunPod hands each chunk out once: a job that streamed before (another ``rpq stream``
+    took the chunks) would print nothing, so that is said instead.
+    """
+    chunks = ep.stream(job_id, timeout=timeout)
+    seen: list[object] = []
+    open_line = False
+    for chunk in chunks:
+        if not seen:
+            progress.close()
+        seen.append(chunk.output)
+        if s.json:
+            s.print_json(dict(chunk.raw))
+        elif isinstance(chunk.output, str):
+            sys.stdout.write(chunk.output)
+            sys.stdout.flush()
+            open_line = not chunk.output.endswith("\n")
+        else:
+            if open_line:
+                sys.stdout.write("\n")
+                open_line = False
+            s.print_value(json.dumps(chunk.output, ensure_ascii=False))
+    progress.close()
+    if open_line:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    final = chunks.job
+    assert final is not None  # iteration ended without an error
+    if final.is_completed and "output" not in final.raw:
+        final = ep.status(job_id)  # /stream answers carry no output or timings; the verdict shows both
+    if s.json or not final.is_completed:
+        return final
+    # The worker reports a generator without return_aggregate_stream as output [], and with it the
+    # chunks again: neither adds anything to what was printed.
+    if not seen and final.output == []:
+        s.note(
+            f"no chunks left to print: job {job_id} streamed them to an earlier reader (RunPod hands each "
+            "chunk out once), or streamed none; with return_aggregate_stream its output keeps them all"
+        )
+    elif final.output != seen and final.output != []:
+        s.print_value(final.output)
+    return final
 
 
 TimeoutOpt = Annotated[
@@ -137,9 +185,22 @@ def run(
                 job = ep.run_sync(
                     payload, timeout=limit, webhook=webhook, policy=policy, on_update=progress.update
                 )
-        else:
+        elif s.json:  # exactly RunPod's /status answer, as documented
             queued = ep.run(payload, webhook=webhook, policy=policy)
             job = _follow(s, ep, queued.id, wait_for, first=queued)
+        else:
+            # Waiting through /stream: a generator's chunks print as they come instead of being left
+            # behind (its final output is often just []); any other job simply ends the stream.
+            queued = ep.run(payload, webhook=webhook, policy=policy)
+            s.job_id = queued.id
+            with ExitStack() as spinner:
+                progress = spinner.enter_context(s.progress(endpoint))
+                progress.job_id = queued.id
+                progress.update(queued)
+                progress.watch(ep, queued.id)
+                job = _print_chunks(s, ep, queued.id, wait_for, spinner)
+            s.describe_end(job)
+            raise typer.Exit(exit_code_for(job))
         s.finish(job)
 
 
@@ -199,24 +260,7 @@ def stream(
     object per line), then exit by how the job ended."""
     with session(api_key, base_url, local, json_out, debug) as s:
         s.job_id = job
-        ep = s.endpoint(endpoint)
-        open_line = False
-        for chunk in ep.stream(job, timeout=within(timeout, "--timeout")):
-            if s.json:
-                s.print_json(dict(chunk.raw))
-            elif isinstance(chunk.output, str):
-                sys.stdout.write(chunk.output)
-                sys.stdout.flush()
-                open_line = not chunk.output.endswith("\n")
-            else:
-                if open_line:
-                    sys.stdout.write("\n")
-                    open_line = False
-                s.print_value(json.dumps(chunk.output, ensure_ascii=False))
-        if open_line:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-        final = ep.status(job)
+        final = _print_chunks(s, s.endpoint(endpoint), job, within(timeout, "--timeout"), ExitStack())
         if not s.json:
             s.describe_end(final)
         raise typer.Exit(exit_code_for(final))
