@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -85,6 +86,27 @@ def _opt_seconds(data: Mapping[str, Any], key: str) -> float | None:
     return None if value is None else value / 1000.0
 
 
+# The official worker reports a generator handler's exception as "handler: <str(exc)> \ntraceback: <tb>",
+# not as the JSON string a plain handler's gets; the type is only in the traceback's last line.
+_GENERATOR_HEAD = "handler: "
+_GENERATOR_TRACE = "\ntraceback: "
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*)(?::|$)")
+
+
+def _class_name(kind: str) -> str:
+    """``ValueError`` for the worker's ``<class 'ValueError'>`` (str() of the class); others as sent."""
+    if kind.startswith("<class '") and kind.endswith("'>"):
+        return kind[8:-2]
+    return kind
+
+
+def _generator_error(text: str) -> tuple[str | None, str | None, str | None]:
+    message, _, trace = text[len(_GENERATOR_HEAD) :].partition(_GENERATOR_TRACE)
+    lines = [line for line in trace.splitlines() if line.strip() and not line.startswith(" ")]
+    found = _EXCEPTION_LINE.match(lines[-1]) if lines else None
+    return (found.group(1) if found else None), message.rstrip(), trace or None
+
+
 def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
     """(type, message, traceback) of a job error.
 
@@ -97,6 +119,8 @@ def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
     parsed: Any = error
     if isinstance(error, str):
         text = error.strip()
+        if text.startswith(_GENERATOR_HEAD) and _GENERATOR_TRACE in text:
+            return _generator_error(text)
         if not text.startswith("{"):
             return None, error, None
         try:
@@ -108,7 +132,7 @@ def _parse_error(error: Any) -> tuple[str | None, str | None, str | None]:
         kind = parsed.get("error_type")
         trace = parsed.get("error_traceback")
         return (
-            None if kind is None else str(kind),
+            None if kind is None else _class_name(str(kind)),
             str(message) if message is not None else (error if isinstance(error, str) else str(parsed)),
             None if trace is None else str(trace),
         )

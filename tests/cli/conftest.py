@@ -31,7 +31,14 @@ def _specs() -> dict[str, Any]:
         specs[loaded.endpoint_id] = loaded.spec
     # No workers: jobs stay IN_QUEUE, so purge has something to remove.
     specs["idle"] = EndpointSpec(handler=specs["echo"].handler, workers=0)
+    specs["broken_stream"] = _broken_stream
     return specs
+
+
+def _broken_stream(job: dict[str, Any]) -> Iterator[str]:
+    """A generator that fails mid-stream: the worker reports it as "handler: … traceback: …"."""
+    yield "partial "
+    raise ValueError(f"stream broke at {job['input'].get('at', 1)}")
 
 
 @pytest.fixture(scope="session")

@@ -100,6 +100,15 @@ def test_failed_job_exits_1_with_its_error_parsed(rpq: Invoke) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_failing_generator_reads_like_any_failed_job(rpq: Invoke) -> None:
+    result = rpq("run", "broken_stream", '{"at": 1}')
+    assert result.exit_code == 1
+    assert result.stdout == "partial \n"  # the chunk it yielded before failing
+    # One line, not the worker's "handler: … traceback: …" with the emulator's own frames.
+    assert "  ValueError: stream broke at 1\n" in result.stderr
+    assert "traceback" not in result.stderr.lower()
+
+
 def test_failed_job_json_keeps_the_raw_error(rpq: Invoke) -> None:
     result = rpq("run", "fail", '{"text": "no prompt"}', "--json")
     assert result.exit_code == 1

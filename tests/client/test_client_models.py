@@ -12,6 +12,7 @@ import pytest
 from runpod_queue import Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
 from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status
 from runpod_queue._transport import was_not_sent
+from runpod_queue.emulator.workers import _generator_error
 
 RUNPOD_ERROR = json.dumps(
     {
@@ -72,10 +73,21 @@ def test_predicates_and_raise_for_status(status: JobStatus) -> None:
 def test_runpod_error_string_is_parsed_and_kept() -> None:
     job = Job.from_dict({"id": "j", "status": "FAILED", "error": RUNPOD_ERROR})
     assert job.error == RUNPOD_ERROR
-    assert job.error_type == "<class 'ValueError'>"
+    assert job.error_type == "ValueError"  # the worker's "<class 'ValueError'>" unwrapped
     assert job.error_message == "bad prompt"
     assert job.error_traceback is not None and "ValueError: bad prompt" in job.error_traceback
     assert "bad prompt" in str(JobFailedError(job))
+
+
+def test_generator_error_string_is_parsed_and_kept() -> None:
+    try:
+        raise ValueError("stream broke")
+    except ValueError as exc:
+        raw = _generator_error(exc)  # the official worker's string, as the emulator reproduces it
+    job = Job.from_dict({"id": "j", "status": "FAILED", "error": raw})
+    assert job.error == raw
+    assert (job.error_type, job.error_message) == ("ValueError", "stream broke")
+    assert job.error_traceback is not None and job.error_traceback.startswith("Traceback")
 
 
 @pytest.mark.parametrize(

@@ -88,7 +88,7 @@ def test_raising_handler_shows_runpods_error_string(client: Client) -> None:
     assert error["error_type"] == "<class 'ValueError'>"
     assert error["error_message"] == "boom: x"
     assert "Traceback" in error["error_traceback"]
-    assert job.error_type == "<class 'ValueError'>"  # and the client exposes it parsed
+    assert job.error_type == "ValueError"  # and the client exposes it parsed, without "<class '…'>"
     assert job.error_message == "boom: x"
     assert job.error_traceback is not None and "ValueError: boom: x" in job.error_traceback
 
