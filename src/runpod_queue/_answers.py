@@ -113,10 +113,6 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 
 _HINTS: dict[int, str] = {
     401: " (check the API key: RUNPOD_API_KEY or api_key=)",
-    404: (
-        " (unknown endpoint or job id, or the job passed its retention window — 30 min after run, 1 min "
-        "after runsync — or its ttl)"
-    ),
     413: " (put large inputs in object storage and pass s3_config / URLs)",
 }
 
@@ -137,12 +133,41 @@ def _server_message(response: httpx.Response) -> str:
     return json.dumps(data)[:200]
 
 
+_JOB_OPS = frozenset({"status", "status-sync", "stream", "cancel", "retry"})
+
+
+def _not_found_hint(url: str, message: str) -> str:
+    """What a 404 most likely means, from the URL: which thing is missing, said once.
+
+    A path without ``/v2/`` is a base URL missing it; an endpoint-only call (run, health, ...) means the
+    endpoint does not exist; a job call, that the job is unknown or gone. The job's reasons are added
+    only when the server's message does not already give them (the emulator's does) or blame the endpoint.
+    """
+    path = httpx.URL(url).path
+    if "/v2/" not in path:
+        return f" (the URL {path!r} has no /v2: a base URL ends in /v2, e.g. https://api.runpod.ai/v2)"
+    endpoint, _, rest = path.partition("/v2/")[2].partition("/")
+    op, _, job = rest.partition("/")
+    said = message.lower()
+    if op in _JOB_OPS and job:
+        if "retention" in said or "endpoint" in said:
+            return ""
+        return (
+            " (unknown job id, or the job passed its retention window — 30 min after run, 1 min after "
+            "runsync — or its ttl)"
+        )
+    if "endpoint" in said:
+        return ""
+    return f" (no endpoint {endpoint!r} at this base URL: check the endpoint id)"
+
+
 def error_for_status(answer: Answer) -> APIStatusError:
     """The error for a 4xx/5xx answer: its class by status, the server's message plus a hint."""
     response = answer.as_httpx()
     code = answer.status
     cls = _BY_STATUS.get(code) or (ServerError if code >= 500 else APIStatusError)
-    message = _server_message(response) + _HINTS.get(code, "")
+    message = _server_message(response)
+    message += _not_found_hint(answer.url, message) if code == 404 else _HINTS.get(code, "")
     err = cls(message, request=response.request, response=response, status_code=code)
     if isinstance(err, RateLimitError):
         err.retry_after = parse_retry_after(response.headers.get("retry-after"))

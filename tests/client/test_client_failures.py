@@ -19,6 +19,7 @@ from runpod_queue import (
     APITimeoutError,
     AuthenticationError,
     BadRequestError,
+    Client,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
@@ -346,3 +347,32 @@ def test_wait_timeout_is_kept_while_the_server_keeps_failing(mock: Callable[...,
         api.endpoint("ep").wait("j1", timeout=0.2)
     assert isinstance(info.value.__cause__, ServerError)  # why time ran out, not just that it did
     assert len(script.requests) > 1
+
+
+def _not_found(path: str, base_url: str = "http://127.0.0.1:1/v2") -> str:
+    """The message of a 404 from a RunPod-like server whose body says only "not found"."""
+    transport = httpx.MockTransport(lambda _request: httpx.Response(404, json={"error": "not found"}))
+    with Client(api_key=API_KEY, base_url=base_url, transport=transport, retries=Retries.off()) as client:
+        ep = client.endpoint("abc")
+        with pytest.raises(NotFoundError) as info:
+            ep.status("j1") if path == "job" else ep.health()
+    return str(info.value)
+
+
+def test_a_404_says_which_thing_is_missing() -> None:
+    endpoint = _not_found("endpoint")
+    assert "no endpoint 'abc'" in endpoint and "retention" not in endpoint  # before: the job's reasons
+    job = _not_found("job")
+    assert "unknown job id" in job and "retention" in job
+    no_v2 = _not_found("endpoint", base_url="http://127.0.0.1:1")
+    assert "has no /v2" in no_v2 and "retention" not in no_v2
+
+
+def test_the_emulators_404s_are_explained_once() -> None:
+    with Emulator({"echo": echo}, rate_limits=False) as emu, Client(base_url=emu.base_url) as client:
+        with pytest.raises(NotFoundError) as job:
+            client.endpoint("echo").status("no-such-job")
+        assert str(job.value).count("retention") == 1  # the server's reason, no hint repeating it
+        with pytest.raises(NotFoundError) as endpoint:
+            client.endpoint("nope").health()
+        assert "'nope' not found" in str(endpoint.value) and "retention" not in str(endpoint.value)
