@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from runpod_queue._contract import DEFAULT_BASE_URL
 from runpod_queue._limits import RateLimits
@@ -17,6 +18,7 @@ from runpod_queue._retry import Retries
 from runpod_queue._transport import Budget
 from runpod_queue._units import Duration, seconds
 from runpod_queue._version import __version__
+from runpod_queue.errors import ConfigurationError
 
 __all__ = [
     "ENV_API_KEY",
@@ -25,8 +27,10 @@ __all__ = [
     "base_budget",
     "client_settings",
     "default_headers",
+    "is_loopback",
     "limits_config",
     "request_timeout",
+    "require_key",
     "resolve_settings",
 ]
 
@@ -43,6 +47,24 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str | N
     if not url.startswith(("http://", "https://")):
         raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
     return key, url.rstrip("/")
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def require_key(key: str | None, url: str) -> None:
+    """No key for a remote server is refused before anything is sent: every request would be a 401.
+
+    Loopback stays allowed (an emulator started without ``api_key`` accepts any key or none), and so does
+    a client given its own ``transport=`` (a test's ``httpx.MockTransport`` sends nothing anywhere)."""
+    if key is None and not is_loopback(url):
+        raise ConfigurationError(
+            f"no API key for {url}: create one in the RunPod console (Settings > API Keys), then "
+            f"`export {ENV_API_KEY}=...` or pass api_key=; for a local emulator, use its base_url "
+            "(http://127.0.0.1:PORT/v2)"
+        )
 
 
 def request_timeout(value: Duration) -> float:
@@ -87,9 +109,13 @@ def client_settings(
     retries: Retries | None,
     rate_limits: RateLimits | bool,
     max_connections: int,
+    *,
+    own_transport: bool = False,
 ) -> ClientSettings:
     """A constructor's arguments, checked and completed from the environment."""
     key, url = resolve_settings(api_key, base_url)
+    if not own_transport:
+        require_key(key, url)
     if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
         raise ValueError(f"max_connections must be an integer >= 1, got {max_connections!r}")
     return ClientSettings(

@@ -60,7 +60,13 @@ class Client:
         max_connections: int = 100,
     ) -> None:
         self._settings = settings = client_settings(
-            api_key, base_url, timeout, retries, rate_limits, max_connections
+            api_key,
+            base_url,
+            timeout,
+            retries,
+            rate_limits,
+            max_connections,
+            own_transport=transport is not None,
         )
         self.base_url = settings.base_url
         self._rules = AttemptRules.of(settings)

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+import httpx
 import pytest
 from client_support import API_KEY, Api
 
-from runpod_queue import APIConnectionError, AuthenticationError, Client, RunpodQueueError
+from runpod_queue import (
+    APIConnectionError,
+    AsyncClient,
+    AuthenticationError,
+    Client,
+    ConfigurationError,
+    RunpodQueueError,
+)
 from runpod_queue.emulator import Emulator, Faults
 
 
@@ -25,6 +33,22 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, emu
         assert client.base_url == "http://example.test/v2"
     with pytest.raises(ValueError, match="base_url"):
         Client(base_url="ftp://nope")
+
+
+def test_no_key_for_a_remote_server_is_refused_before_sending(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)
+    monkeypatch.delenv("RUNPOD_ENDPOINT_BASE_URL", raising=False)
+    for make in (Client, AsyncClient):
+        with pytest.raises(
+            ConfigurationError, match=r"no API key for https://api\.runpod\.ai/v2.*RUNPOD_API_KEY"
+        ):
+            make()  # before: every request a 401, after the retries
+        with pytest.raises(ConfigurationError):
+            make(base_url="https://example.test/v2")
+    with Client(base_url="http://127.0.0.1:1/v2"):  # loopback: an emulator without a key takes none
+        pass
+    with Client(transport=httpx.MockTransport(lambda _request: httpx.Response(200))):  # sends nowhere
+        pass
 
 
 def test_debug_logs_each_request_without_the_key(

@@ -32,6 +32,7 @@ from runpod_queue import (
     WaitTimeoutError,
 )
 from runpod_queue._contract import DEFAULT_BASE_URL
+from runpod_queue._settings import is_loopback
 from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
@@ -42,11 +43,6 @@ __all__ = ["Session", "configure_debug_logging", "local_base_url", "resolve", "s
 
 def local_base_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/v2"
-
-
-def _is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tuple[str | None, str]:
@@ -60,7 +56,7 @@ def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tup
         raise UsageProblem(f"--base-url must start with http:// or https://, got {url!r}")
     if key is not None and not key.strip():
         raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`")
-    if key is None and not _is_loopback(url):
+    if key is None and not is_loopback(url):
         raise UsageProblem(
             f"no API key for {url}. Create one in the RunPod console (Settings > API Keys), then "
             f"`export {ENV_API_KEY}=...` (rather than --api-key, which `ps` shows to every user of the "
