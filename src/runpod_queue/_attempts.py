@@ -19,7 +19,7 @@ from runpod_queue._actions import Exchange, Expired, Flow, Sleep
 from runpod_queue._answers import connection_error, error_for_status
 from runpod_queue._calls import Call, payload_error
 from runpod_queue._retry import Retries, backoff_delay, may_resend
-from runpod_queue._settings import ClientSettings, base_budget
+from runpod_queue._settings import ClientSettings, base_budget, is_loopback
 from runpod_queue._transport import Answer, Budget, TransportFailure
 from runpod_queue.errors import APIConnectionError, APIStatusError, RateLimitError
 
@@ -87,6 +87,16 @@ def _retry_delay(
     return delay
 
 
+def _nothing_listens(error: APIConnectionError | APIStatusError, url: str) -> bool:
+    """A loopback connection that was never made: nothing listens on that port, and retrying for
+    seconds (the backoff is sized for RunPod's network) only leaves a blank screen. Reported at once,
+    with where to look; a remote server keeps its retries."""
+    if type(error) is not APIConnectionError or error.sent or not is_loopback(url):
+        return False
+    error.args = (f"{error.args[0]}: nothing is listening there (is the emulator running? `rpq serve`)",)
+    return True
+
+
 def _log(call: Call, outcome: int | str, attempt: int, elapsed: float) -> None:
     logger.debug(
         "%s %s -> %s (attempt %d, %.1f ms)", call.method, call.path, outcome, attempt, elapsed * 1000.0
@@ -124,6 +134,8 @@ def attempts(call: Call, rules: AttemptRules, deadline: float | None = None) -> 
             error = connection_error(failure, call, url)
             if debug:
                 _log(call, failure.name, attempt, clock() - started)
+            if _nothing_listens(error, url):
+                raise error from error.__cause__  # the transport's own exception, as connection_error set it
         except BaseException:
             if debug:
                 _log(call, "interrupted", attempt, clock() - started)

@@ -4,6 +4,8 @@ transport for answers the emulator cannot produce (garbage, exact request counts
 from __future__ import annotations
 
 import json
+import logging
+import socket
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -376,3 +378,21 @@ def test_the_emulators_404s_are_explained_once() -> None:
         with pytest.raises(NotFoundError) as endpoint:
             client.endpoint("nope").health()
         assert "'nope' not found" in str(endpoint.value) and "retention" not in str(endpoint.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:  # bound, never listening, closed: a connection there is refused
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_a_refused_loopback_connection_is_reported_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="runpod_queue")
+    url = f"http://127.0.0.1:{_closed_port()}/v2"
+    with (
+        Client(base_url=url, retries=Retries(attempts=5, wait=False)) as client,
+        pytest.raises(APIConnectionError, match="nothing is listening there") as info,
+    ):
+        client.endpoint("echo").health()
+    assert not info.value.sent
+    assert sum("/health -> " in r.message for r in caplog.records) == 1  # before: 5 attempts, 5-7 s
