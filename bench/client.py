@@ -130,9 +130,11 @@ async def bench_async_status(base: str, calls: int, rounds: int, in_flight: int 
 
     async with (
         AsyncClient(API_KEY, base_url=base, rate_limits=False) as client,
+        AsyncClient(API_KEY, base_url=base) as limited_client,
         aiohttp.ClientSession() as session,
     ):
         ep = client.endpoint("noop")
+        limited_ep = limited_client.endpoint("noop")
         job = await ep.run_sync({}, timeout=10)
         url = f"{base}/noop/status/{job.id}"
         headers = {"Authorization": f"Bearer {API_KEY}"}
@@ -145,13 +147,20 @@ async def bench_async_status(base: str, calls: int, rounds: int, in_flight: int 
         async def our_status() -> object:
             return await ep.status(job.id)
 
-        await _concurrently(raw_status, 200, in_flight)  # warm both pools
+        async def limited_status() -> object:
+            return await limited_ep.status(job.id)
+
+        await _concurrently(raw_status, 200, in_flight)  # warm all pools
         await _concurrently(our_status, 200, in_flight)
-        raw_runs, our_runs = [], []
+        await _concurrently(limited_status, 200, in_flight)
+        raw_runs, our_runs, limited_runs = [], [], []
         for _ in range(rounds):
             raw_runs.append(await _concurrently(raw_status, calls, in_flight))
             our_runs.append(await _concurrently(our_status, calls, in_flight))
-    return _figures("async_status", "raw_aiohttp", raw_runs, "endpoint", our_runs)
+            limited_runs.append(await _concurrently(limited_status, calls, in_flight))
+    figures = _figures("async_status", "raw_aiohttp", raw_runs, "endpoint", our_runs)
+    limited = _figures("async_limiter", "off", our_runs, "on", limited_runs)
+    return figures | limited
 
 
 async def ours_batch(base: str, jobs: int, concurrency: int) -> float:
@@ -165,6 +174,33 @@ async def ours_batch(base: str, jobs: int, concurrency: int) -> float:
                 return (await ep.wait(job.id, timeout=120)).output
 
         await ep.health()  # open the pool outside the timing, as the official client's session is
+        started = time.perf_counter()
+        outputs = await asyncio.gather(*(one(i) for i in range(jobs)))
+        elapsed = time.perf_counter() - started
+    assert outputs == [1] * jobs, "not every job completed"
+    return elapsed
+
+
+async def raw_aiohttp_batch(base: str, jobs: int, concurrency: int) -> float:
+    """The limit: the same requests (POST /run, then GET /status until terminal) on a bare aiohttp session."""
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    async with aiohttp.ClientSession(headers=headers) as session:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> object:
+            async with gate:
+                async with session.post(f"{base}/noop/run", json={"input": {"i": i}}) as response:
+                    job_id = (await response.json())["id"]
+                while True:
+                    async with session.get(f"{base}/noop/status/{job_id}") as response:
+                        data = await response.json()
+                    if data["status"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMED_OUT"):
+                        return data.get("output")
+
+        async with session.get(f"{base}/noop/health") as response:
+            await response.read()
         started = time.perf_counter()
         outputs = await asyncio.gather(*(one(i) for i in range(jobs)))
         elapsed = time.perf_counter() - started
@@ -200,14 +236,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         figures = bench_status(base, calls, rounds)
         figures |= asyncio.run(bench_async_status(base, calls * 2, rounds))
-        ours = [asyncio.run(ours_batch(base, jobs, concurrency=100)) for _ in range(repeats)]
-        theirs = [asyncio.run(runpod_batch(base, jobs)) for _ in range(repeats)]
+        ours, raw, theirs = [], [], []
+        for _ in range(repeats):  # interleaved, so load drift hits all three alike
+            ours.append(asyncio.run(ours_batch(base, jobs, concurrency=100)))
+            raw.append(asyncio.run(raw_aiohttp_batch(base, jobs, concurrency=100)))
+            theirs.append(asyncio.run(runpod_batch(base, jobs)))
     finally:
         proc.terminate()
         proc.wait(10)
     figures["batch_jobs"] = jobs
     figures["batch_async_client_s"] = statistics.median(ours)
+    figures["batch_raw_aiohttp_s"] = statistics.median(raw)
     figures["batch_runpod_asyncio_s"] = statistics.median(theirs)
+    figures["batch_raw_ratio"] = figures["batch_async_client_s"] / figures["batch_raw_aiohttp_s"]
     figures["batch_ratio"] = figures["batch_async_client_s"] / figures["batch_runpod_asyncio_s"]
     for name, value in figures.items():
         if not name.endswith("_ratio"):
@@ -216,6 +257,14 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"async_status_ratio: {figures['async_status_ratio']:.3f}  "
         "(AsyncEndpoint.status / raw aiohttp, 32 in flight, CPU)"
+    )
+    print(
+        f"async_limiter_ratio: {figures['async_limiter_ratio']:.3f}  "
+        "(AsyncEndpoint.status limiter on / off, 32 in flight, CPU, target <= 1.1)"
+    )
+    print(
+        f"batch_raw_ratio: {figures['batch_raw_ratio']:.3f}  "
+        "(1000 jobs, AsyncClient / raw aiohttp same requests, wall, target <= 1.1)"
     )
     ratio = figures["batch_ratio"]
     print(f"batch_ratio: {ratio:.3f}  (AsyncClient / runpod AsyncioEndpoint, lower is better)")
