@@ -1,6 +1,6 @@
 """The async client's default transport: aiohttp, behind the same seam as httpx (``_transport``).
 
-Why not httpx here: its async pool gets slower with every request in flight (perf-notes.md), and httpx over
+Why not httpx here: its async pool gets slower with every request in flight (httpcore 1.0.x), and httpx over
 httpx_aiohttp's transport measured about twice raw aiohttp's cost per call — httpx's request machinery
 costs as much as the exchange itself. This sends through one aiohttp session and hands back a plain
 ``Answer``; aiohttp's errors are classified here, once, into ``TransportFailure``.

@@ -1,7 +1,7 @@
-"""Facts of the RunPod queue API (shared/runpod-api.md), in one place for the client and the emulator.
+"""Facts of the RunPod queue API (RunPod's docs and SDKs), in one place for the client and the emulator.
 
 Nothing here does I/O. Numbers are the documented ones; where the contract is silent the emulator and
-the client make the same choice, recorded in the README's emulator section.
+the client make the same choice, recorded in docs/emulator.md.
 """
 
 from __future__ import annotations

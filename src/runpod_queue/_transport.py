@@ -3,8 +3,8 @@
 A transport sends one request and returns an ``Answer`` (status, body, headers), or raises
 ``TransportFailure`` saying whether the request may have reached the server and whether it timed out.
 Everything above the seam — limits, retries, parsing, error mapping — is the same whichever library runs:
-``HttpxTransport`` for the sync client, ``_aiohttp.AiohttpTransport`` (the async default, see
-perf-notes.md) or ``HttpxAsyncTransport`` over any ``httpx.AsyncBaseTransport`` (a mock in tests).
+``HttpxTransport`` for the sync client, ``_aiohttp.AiohttpTransport`` (the async default, see why in
+``_aiohttp``) or ``HttpxAsyncTransport`` over any ``httpx.AsyncBaseTransport`` (a mock in tests).
 
 httpx objects are built only for errors (``Answer.as_httpx``): the public exceptions carry them, while the
 hot path of a successful call never pays for them.

@@ -1,7 +1,7 @@
 """The asyncio client: the same flows as ``client.py``, driven with ``await`` / ``async for``.
 
 Requests go through one transport seam (``_transport``): aiohttp by default (``_aiohttp``; httpx's own async
-pool gets slower with every request in flight, perf-notes.md), or any ``httpx.AsyncBaseTransport`` given as
+pool gets slower with every request in flight, httpcore 1.0.x), or any ``httpx.AsyncBaseTransport`` given as
 ``transport=``. Everything above the seam is the same code whichever runs, so tests over a mock transport
 exercise the default path's logic too.
 """

@@ -119,7 +119,7 @@ def test_a_closed_client_refuses_to_send(
 def test_the_default_async_client_does_not_ride_on_httpx(
     monkeypatch: pytest.MonkeyPatch, serve: Callable[[tuple[int, Any] | str], LoopbackServer]
 ) -> None:
-    """httpx's async pool slows down with every request in flight (perf-notes.md): the default must not
+    """httpx's async pool slows down with every request in flight (httpcore 1.0.x): the default must not
     touch it."""
 
     def refuse(*args: Any, **kwargs: Any) -> Any:

@@ -21,7 +21,7 @@ __all__ = [
     "main",
 ]
 
-# Exit codes, the same for every command (documented in `rpq --help` and the README).
+# Exit codes, the same for every command (documented in `rpq --help` and docs/cli.md).
 EXIT_OK = 0  # the job completed (or the command did what it was asked)
 EXIT_JOB = 1  # the job failed, timed out or was cancelled (or did not finish within --timeout)
 EXIT_USAGE = 2  # usage error: bad option, bad INPUT JSON, missing API key

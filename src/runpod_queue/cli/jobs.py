@@ -1,7 +1,7 @@
 """The endpoint commands: run, status, wait, stream, cancel, retry, purge, health.
 
 Each is a thin layer over `Client`: parse arguments, make one or a few calls, print, exit with the code
-the README documents. Connection options sit on every command so they can come last
+docs/cli.md documents. Connection options sit on every command so they can come last
 (`rpq status EP JOB --json`).
 """
 

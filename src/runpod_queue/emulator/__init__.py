@@ -1,6 +1,6 @@
 """A faithful local emulator of a RunPod Serverless queue endpoint (needs the `emulator` extra).
 
-See the README's "Emulator" section for its rules, each with its source (RunPod's docs, SDKs, issues)
+See docs/emulator.md for its rules, each with its source (RunPod's docs, SDKs, issues)
 or marked as our own choice.
 """
 

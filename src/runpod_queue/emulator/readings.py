@@ -1,7 +1,7 @@
 """Where RunPod's own documents contradict each other, which reading the emulator follows.
 
 The defaults are the emulator's long-standing behaviour; each alternative is the other documented
-reading, selectable so a test can check code against both. The README's rules table cites both sources.
+reading, selectable so a test can check code against both. docs/emulator.md cites both sources.
 """
 
 from __future__ import annotations

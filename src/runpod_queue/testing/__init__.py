@@ -4,7 +4,7 @@
 process makes to `https://api.runpod.ai/...` to it — from requests, httpx, aiohttp, the official
 `runpod` SDK or our own clients — so the code under test changes nothing. The pytest plugin
 (`runpod_queue.testing.pytest_plugin`, registered by entry point) adds the `runpod_emulator` fixture
-and the `runpod_mock` marker. See the README's "Testing your app".
+and the `runpod_mock` marker. See docs/testing.md.
 """
 
 from __future__ import annotations
