@@ -356,7 +356,7 @@ def _hint(exc: Exception, local: bool, url: str) -> str:
     if isinstance(exc, APIConnectionError):
         if local:
             port = urlsplit(url).port
-            return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
+            return f"\n  start the emulator with: rpq serve HANDLER.py --port {port}"
         return f"\n  check --base-url / $RUNPOD_ENDPOINT_BASE_URL ({url}) and your network"
     if isinstance(exc, AuthenticationError):
         return "\n  set the right key with `export RUNPOD_API_KEY=...`"
