@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,8 +39,8 @@ def test_all_completed_exits_0_and_prints_a_summary(keyed: Emulator, tmp_path: P
     env = {"RUNPOD_API_KEY": KEY, "RUNPOD_ENDPOINT_BASE_URL": keyed.base_url}
     code, text = rpq("batch", str(inputs), "--endpoint", "ep", "--out", str(out), env=env)
     assert code == 0, text
-    assert "batch summary" in text and "completed" in text and KEY not in text
-    assert len(keys_once(out)) == 40
+    assert text.strip().splitlines() == [f"done: all 40 ok in {text.split(' in ')[1].split()[0]} → {out}"]
+    assert KEY not in text and len(keys_once(out)) == 40
     assert (tmp_path / "out.jsonl.journal").exists()  # the default journal sits next to the output
     # The same command again: nothing to do, same file.
     code, text = rpq("batch", str(inputs), "--endpoint", "ep", "--out", str(out), env=env)
@@ -65,6 +66,7 @@ def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None
     )
     assert code == 1, text
     assert "line 2: malformed input" in text and KEY not in text
+    assert "batch summary" in text and re.search(r"2\s+invalid", text) and re.search(r"1\s+failed", text)
     statuses = {r["key"]: r["status"] for r in keys_once(tmp_path / "out.jsonl").values()}
     assert statuses == {1: "COMPLETED", 2: "INVALID", 3: "FAILED", 4: "INVALID"}
 

@@ -212,7 +212,7 @@ def batch(
 
     from runpod_queue import Client, RateLimits
     from runpod_queue.batch import BatchRunner, JournalError
-    from runpod_queue.batch.progress import LiveProgress, summary_table
+    from runpod_queue.batch.progress import LiveProgress, summary_lines, summary_table
     from runpod_queue.errors import RunpodQueueError
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -334,6 +334,11 @@ def batch(
             signal.signal(signum, previous_handler)
         if handler is not None:
             logging.getLogger("runpod_queue").removeHandler(handler)
+    short = summary_lines(summary, str(out))
+    for line in short:  # a clean success: one line, the breakdown is for batches that need a look
+        out_console.print(line, soft_wrap=True)  # a path is copied, not broken across lines
+    if short:
+        raise typer.Exit(EXIT_OK)
     out_console.print(summary_table(summary))
     if summary.interrupted:
         running = (
