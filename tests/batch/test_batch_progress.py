@@ -54,6 +54,8 @@ def test_the_live_line_fits_80_columns_at_100000_items() -> None:
         assert count in line
     wide = _shown(summary, 200)[0]  # with room, nothing is left out
     assert "20000 reused" in wide and "800 running" in wide and "200 waiting" in wide and "16/s" in wide
+    summary.interrupted = True  # stopped: the line it ends on promises no ETA
+    assert "ETA" not in _shown(summary, 200)[0]
 
 
 def test_malformed_lines_are_invalid_and_reused_results_are_not_submitted() -> None:

@@ -68,7 +68,7 @@ def _segments(s: BatchSummary) -> list[tuple[str, str, str]]:
         if n or word in _ALWAYS_SHOWN:
             segments.append((word, f"{n} {word}", style if n else ""))
     segments.append(("rate", format_rate(s.rate), ""))
-    if s.eta is not None and s.total is not None and done < s.total:
+    if s.eta is not None and s.total is not None and done < s.total and not s.interrupted:
         segments.append(("eta", f"ETA {format_duration(s.eta)}", ""))
     return segments
 
