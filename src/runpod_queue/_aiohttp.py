@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from runpod_queue._transport import Answer, Budget, TransportFailure
+from runpod_queue._transport import Answer, Budget, TransportFailure, failure_reason
 
 __all__ = ["AiohttpTransport", "aiohttp_failure"]
 
@@ -20,10 +20,10 @@ __all__ = ["AiohttpTransport", "aiohttp_failure"]
 def aiohttp_failure(exc: BaseException) -> TransportFailure:
     """A connector error (refused, DNS, TLS) or a connect/pool timeout happened before anything was sent;
     anything later — a reset, a disconnect, a read timeout — may have reached the server."""
-    name = type(exc).__name__
     not_sent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
-    detail = f"{name}: {exc}" if str(exc) else name
-    return TransportFailure(name, detail, sent=not not_sent, timeout=isinstance(exc, TimeoutError))
+    return TransportFailure(
+        type(exc).__name__, failure_reason(exc), sent=not not_sent, timeout=isinstance(exc, TimeoutError)
+    )
 
 
 class AiohttpTransport:

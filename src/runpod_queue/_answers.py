@@ -174,17 +174,24 @@ def error_for_status(answer: Answer) -> APIStatusError:
     return err
 
 
+def _host_port(url: str) -> str:
+    """``host:port`` of a request's URL, as a user would type it (the port the scheme implies included)."""
+    parsed = httpx.URL(url)
+    host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    return f"{host}:{port}"
+
+
 def connection_error(failure: TransportFailure, call: Call, url: str) -> APIConnectionError:
     """No answer: say whether the server may have acted on it, which decides whether a job may exist."""
+    where = _host_port(url)
     if not failure.sent:
-        message = f"could not connect ({failure.detail})"
-    elif call.safety is Safety.CREATES:
-        message = (
-            f"connection lost after sending ({failure.detail}); the server may have acted on it (a job may "
-            "exist), so it was not re-sent"
-        )
+        message = f"cannot connect to {where}: {failure.detail}"
     else:
-        message = f"connection lost ({failure.detail})"
+        lost = f"no answer from {where}" if failure.timeout else f"connection to {where} lost"
+        message = f"{lost} ({failure.detail})"
+        if call.safety is Safety.CREATES:
+            message += "; the server may have acted on it (a job may exist), so it was not re-sent"
     cls = APITimeoutError if failure.timeout else APIConnectionError
     error = cls(message, request=httpx.Request(call.method, url), sent=failure.sent)
     error.__cause__ = failure.__cause__  # the library's own exception, for a full traceback

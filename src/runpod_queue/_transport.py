@@ -12,9 +12,12 @@ hot path of a successful call never pays for them.
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -28,6 +31,7 @@ __all__ = [
     "HttpxTransport",
     "SyncTransport",
     "TransportFailure",
+    "failure_reason",
     "httpx_failure",
     "was_not_sent",
 ]
@@ -132,12 +136,71 @@ def _is_timeout(exc: httpx.RequestError) -> bool:
     return isinstance(exc, httpx.TimeoutException)
 
 
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it was raised from, outermost first (a library error wraps the OS's)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+_TIMEOUT_PHASES = (("pool", "waiting for a free connection"), ("connect", "connecting"), ("write", "sending"))
+
+
+def _timeout_reason(exc: BaseException) -> str:
+    names = " ".join(type(e).__name__.lower() for e in _causes(exc))
+    for word, phase in _TIMEOUT_PHASES:
+        if word in names:
+            return f"timed out {phase}"
+    return "timed out"
+
+
+def _os_reason(error: OSError) -> str | None:
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"TLS certificate not accepted ({error.verify_message or 'no detail'})"
+    if isinstance(error, ssl.SSLError):
+        detail = getattr(error, "reason", None) or error.strerror or "no detail"
+        return f"TLS handshake failed ({detail})"
+    if isinstance(error, socket.gaierror) or type(error).__name__ == "ClientConnectorDNSError":
+        return "host name not found (check the URL's host, or your DNS)"
+    code = error.errno
+    if isinstance(error, ConnectionRefusedError) or code == errno.ECONNREFUSED:
+        return "connection refused"
+    if isinstance(error, ConnectionResetError) or code == errno.ECONNRESET:
+        return "connection reset"
+    if isinstance(code, int) and code > 0:
+        return os.strerror(code).lower()
+    return None
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What went wrong on the wire, in a few plain words, whichever library raised it.
+
+    httpx and aiohttp word the same failure differently and wrap the OS's own error in their internals
+    (``Cannot connect to host 127.0.0.1:9 ssl:default [Connect call failed ...]``); messages say
+    ``connection refused`` instead. The library's exception stays the error's ``__cause__`` for tracebacks.
+    """
+    if any(isinstance(e, TimeoutError | httpx.TimeoutException) for e in _causes(exc)):
+        return _timeout_reason(exc)
+    for error in _causes(exc):
+        if isinstance(error, OSError):
+            reason = _os_reason(error)
+            if reason is not None:
+                return reason
+    names = " ".join(type(e).__name__ for e in _causes(exc))
+    if "ServerDisconnected" in names or "RemoteProtocolError" in names:
+        return "the server closed the connection without answering"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def httpx_failure(exc: httpx.RequestError) -> TransportFailure:
     """An httpx error as the seam reports it. Anything but a transport error (an undecodable body, say)
     happened after the server answered: sent."""
     sent = not was_not_sent(exc) if isinstance(exc, httpx.TransportError) else True
-    name = type(exc).__name__
-    return TransportFailure(name, f"{name}: {exc}" if str(exc) else name, sent=sent, timeout=_is_timeout(exc))
+    return TransportFailure(type(exc).__name__, failure_reason(exc), sent=sent, timeout=_is_timeout(exc))
 
 
 def _httpx_timeout(budget: Budget) -> httpx.Timeout:

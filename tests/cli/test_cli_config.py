@@ -180,8 +180,10 @@ def test_unreachable_server_is_exit_3_with_a_hint(rpq: Invoke, monkeypatch: pyte
         port = closed.getsockname()[1]
         result = rpq("retry", "echo", "job-1", "--local", str(port), connect=False)
     assert result.exit_code == 3
-    assert "could not connect" in result.stderr
+    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in result.stderr
     assert f"rpq serve HANDLER.py --port {port}" in result.stderr
+    assert result.stderr.count("emulator running") == 1  # asked once, by the client's message
+    assert "ssl:default" not in result.stderr and "Errno" not in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -4,11 +4,15 @@ transport given as ``transport=`` — reports answers and failures the same way,
 from __future__ import annotations
 
 import asyncio
+import socket
+import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
+from aiohttp.client_reqrep import ConnectionKey
 from client_support import API_KEY, Api, AsyncApi, LoopbackServer, Portal, SyncApi, closed_port_url
 
 from runpod_queue import (
@@ -19,6 +23,9 @@ from runpod_queue import (
     Retries,
     ServerError,
 )
+from runpod_queue._transport import failure_reason
+
+_KEY = ConnectionKey("example.invalid", 443, True, True, None, None, None)
 
 
 @pytest.fixture(params=["httpx-sync", "aiohttp", "httpx-async"])
@@ -57,11 +64,19 @@ def serve() -> Iterator[Callable[[tuple[int, Any] | str], LoopbackServer]]:
 
 
 def test_a_refused_connection_was_not_sent(make: Callable[..., Api]) -> None:
-    api = make(base_url=closed_port_url(), retries=Retries.off())
+    url = closed_port_url()
+    api = make(base_url=url, retries=Retries.off())
     with pytest.raises(APIConnectionError) as info:
         api.endpoint("ep").run({})
     assert type(info.value) is APIConnectionError and info.value.sent is False
-    assert "could not connect" in str(info.value) and info.value.__cause__ is not None
+    assert info.value.__cause__ is not None  # the library's own exception, for a traceback
+    # The same words whichever library sent it, and none of its internals (aiohttp: "Cannot connect to
+    # host 127.0.0.1:9 ssl:default [Connect call failed ...]", httpx: "[Errno 111] ...").
+    said = str(info.value)
+    assert said.startswith(
+        f"POST /v2/ep/run: cannot connect to 127.0.0.1:{httpx.URL(url).port}: connection refused"
+    )
+    assert "ssl:default" not in said and "Errno" not in said and "Error" not in said
 
 
 def test_a_hang_up_after_sending_may_have_been_acted_on(
@@ -73,6 +88,10 @@ def test_a_hang_up_after_sending_may_have_been_acted_on(
         api.endpoint("ep").run({})
     assert type(info.value) is APIConnectionError and info.value.sent is True
     assert "not re-sent" in str(info.value) and len(server.requests) == 1  # a job may exist: sent once
+    port = httpx.URL(server.base_url).port
+    assert f"connection to 127.0.0.1:{port} lost (the server closed the connection without answering)" in str(
+        info.value
+    )
     with pytest.raises(APIConnectionError):
         api.endpoint("ep").status("j1")
     assert len(server.requests) == 1 + Retries().attempts  # status is safe to send again
@@ -86,6 +105,7 @@ def test_no_answer_in_time_is_a_timeout(
     with pytest.raises(APITimeoutError) as info:
         api.endpoint("ep").status("j1")
     assert info.value.sent is True
+    assert str(info.value).endswith(f"no answer from 127.0.0.1:{httpx.URL(server.base_url).port} (timed out)")
 
 
 def test_error_answers_read_the_same(
@@ -134,3 +154,35 @@ def test_the_default_async_client_does_not_ride_on_httpx(
             return (await client.endpoint("ep").status("j1")).is_completed
 
     assert asyncio.run(main())
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason"),
+    [
+        (
+            _raised_from(
+                httpx.ConnectError("[Errno -2] Name or service not known"), socket.gaierror(-2, "x")
+            ),
+            "host name not found",
+        ),
+        (
+            aiohttp.ClientConnectorDNSError(_KEY, OSError(None, "Domain name not found")),
+            "host name not found",
+        ),
+        (
+            aiohttp.ClientConnectorError(_KEY, ConnectionRefusedError(111, "Connect call failed")),
+            "connection refused",
+        ),
+        (aiohttp.ServerDisconnectedError(), "the server closed the connection without answering"),
+        (_raised_from(httpx.ConnectError("[SSL] ..."), ssl.SSLError(1, "[SSL] x")), "TLS handshake failed"),
+        (aiohttp.ConnectionTimeoutError(), "timed out connecting"),
+        (httpx.PoolTimeout("timed out"), "timed out waiting for a free connection"),
+    ],
+)
+def test_transport_failures_read_in_plain_words(failure: BaseException, reason: str) -> None:
+    assert failure_reason(failure).startswith(reason)

@@ -111,7 +111,7 @@ class BatchSummary:
     rate_limited: int = 0  # 429 answers seen (the limiter should keep this at 0)
     transient_errors: int = 0  # connection errors and 5xx, retried
     elapsed: float = 0.0  # seconds this run
-    done_this_run: int = 0
+    done_this_run: int = 0  # results this run produced (malformed lines and reused results not counted)
     interrupted: bool = False
 
     @property
@@ -135,7 +135,7 @@ class BatchSummary:
 
     @property
     def rate(self) -> float:
-        """Items finished per second by this run."""
+        """Results per second produced by this run (the ``rate`` of the live line and the ETA)."""
         return self.done_this_run / self.elapsed if self.elapsed > 0 else 0.0
 
     @property

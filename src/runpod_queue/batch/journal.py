@@ -206,6 +206,14 @@ class Journal:
             for state, n in self._db.execute("SELECT state, COUNT(*) FROM items GROUP BY state")
         }
 
+    def reached_server(self) -> bool:
+        """Did any /run of this journal's life possibly reach the server (a job id, or a submission not
+        ruled out)? If not, the journal holds nothing that costs money to redo."""
+        found = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM items WHERE submits > 0 OR job_id IS NOT NULL)"
+        ).fetchone()
+        return bool(found[0])
+
     def final_counts(self) -> dict[str, int]:
         """Terminal items per final status."""
         return {

@@ -56,6 +56,14 @@ _HEALTH_ATTEMPTS = 3
 _MAX_ENGINE_CONNECTIONS = 300
 
 
+def _size(path: Path | None) -> int | None:
+    """A file's size, None when it does not exist (or no path)."""
+    try:
+        return None if path is None else path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
 class BatchRunner:
     """Push every input through one endpoint and collect every result, durably.
 
@@ -213,11 +221,14 @@ class BatchRunner:
         limits = runner_limits(self.rate_limits, settings.rate_limits)
         client, owned = self._engine_client(limits)
         run: RunState | None = None
+        journal_existed = self.journal_path.exists()
+        output_size = _size(self.output_path)
         try:
             endpoint = client.endpoint(self.endpoint.id)
             limiter = AsyncLimiter(limits)
             await self._check_endpoint(endpoint, settings.retries)  # a typo leaves no files behind
             journal = Journal(self.journal_path, endpoint_id=self.endpoint.id)
+            refused = False
             try:
                 config = RunConfig(
                     max_in_flight=self.max_in_flight,
@@ -240,10 +251,16 @@ class BatchRunner:
                     wake=wake,
                 )
                 await self._run_journaled(run, inputs, started)
+                refused = run.fatal is not None and not journal.reached_server()
+            except Exception:
+                refused = not journal.reached_server()
+                raise
             finally:
                 if run is not None:  # exact now: the live count only announced resends to come
                     summary.ambiguous = journal.ambiguous()
                 journal.close()
+                if refused and not journal_existed:
+                    self._forget_refused_run(output_size)
             if run.fatal is not None:
                 raise run.fatal
         finally:
@@ -261,6 +278,22 @@ class BatchRunner:
         return copy.copy(self.summary)
 
     # -- the run -----------------------------------------------------------------------------------
+
+    def _forget_refused_run(self, output_size: int | None) -> None:
+        """A run refused before any job could exist (a bad key or endpoint, a --listen address taken, an
+        output that cannot be written): the journal it created goes, and the output returns to how it
+        was, so the corrected command starts clean. Nothing a job produced is ever removed."""
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.journal_path}{suffix}")
+        out = self.output_path
+        if out is None:
+            return
+        with contextlib.suppress(OSError):
+            if output_size is None:
+                out.unlink()
+            elif out.stat().st_size > output_size:
+                os.truncate(out, output_size)
 
     def _engine_client(self, limits: RateLimits) -> tuple[AsyncClient, AsyncClient | None]:
         """The async client the batch sends through, with transport retries off; and the one to close.

@@ -98,7 +98,8 @@ class RunState:
         text = result.to_json()
         self.journal.terminal(key, line, result.status, text)
         self.output.deliver(key, text)
-        self.summary.done_this_run += 1
+        if result.status != "INVALID":  # the rate is of work done: a malformed line costs no time
+            self.summary.done_this_run += 1
 
     def released(self) -> None:
         """An item left the in-flight count (finished, or left for the next run)."""

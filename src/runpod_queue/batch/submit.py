@@ -105,6 +105,7 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
                 run.finish(key, line, BatchResult(json.loads(key), None, "REJECTED", error=str(exc)))
                 return
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
+                run.journal.unsent(key)  # refused outright: no job was made
                 run.fail_batch(exc)
                 run.released()
                 return

@@ -104,7 +104,7 @@ def _hint_for(exc: RunpodQueueError, s: Session | None) -> str:
     if isinstance(exc, APIConnectionError) and s is not None:
         if s.local:
             port = urlsplit(s.base_url).port
-            return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
+            return f"\n  start the emulator with: rpq serve HANDLER.py --port {port}"
         return f"\n  check --base-url / ${ENV_BASE_URL} ({s.base_url}) and your network"
     if isinstance(exc, AuthenticationError):
         return f"\n  set the right key with `export {ENV_API_KEY}=...`"

@@ -212,14 +212,20 @@ def batch(
 
     from runpod_queue import Client, RateLimits
     from runpod_queue.batch import BatchRunner, JournalError
-    from runpod_queue.batch.progress import LiveProgress, summary_table
+    from runpod_queue.batch.progress import LiveProgress, summary_lines, summary_table
     from runpod_queue.errors import RunpodQueueError
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     out_console = Console(highlight=False)
     if not inputs.is_file():
-        err.print(f"error: {inputs}: no such input file")
+        what = "is a directory, not an input file" if inputs.is_dir() else "no such input file"
+        err.print(f"error: {inputs}: {what}")
         raise typer.Exit(EXIT_USAGE)
+    try:
+        total = _count_lines(inputs)  # also proves the file readable, before anything is created
+    except OSError as exc:
+        err.print(f"error: cannot read the input file {_os_error(exc)}")
+        raise typer.Exit(EXIT_USAGE) from None
     journal_path = journal if journal is not None else out.with_name(out.name + ".journal")
     try:
         key, url = _resolve(api_key, base_url, local)
@@ -266,7 +272,7 @@ def batch(
         policy=policy,
         rate_limits=limits,
         webhooks=webhooks,
-        total=_count_lines(inputs),
+        total=total,
         on_progress=on_progress,
         on_warning=warn,
     )
@@ -317,17 +323,22 @@ def batch(
         err.print(f"error: {exc}")
         raise typer.Exit(EXIT_USAGE) from None
     except RunpodQueueError as exc:
-        err.print(f"error: {exc}{_hint(exc, local is not None, url)}")
-        err.print(f"nothing is lost; fix the cause and resume with:\n  {resume}")
+        err.print(f"error: {exc}{_hint(exc, local is not None, url, endpoint)}")
+        err.print(_after_error(exc, journal_path, resume))
         raise typer.Exit(EXIT_API) from None
     except OSError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {_os_error(exc)}")
         raise typer.Exit(EXIT_USAGE) from None
     finally:
         for signum, previous_handler in previous.items():
             signal.signal(signum, previous_handler)
         if handler is not None:
             logging.getLogger("runpod_queue").removeHandler(handler)
+    short = summary_lines(summary, str(out))
+    for line in short:  # a clean success: one line, the breakdown is for batches that need a look
+        out_console.print(line, soft_wrap=True)  # a path is copied, not broken across lines
+    if short:
+        raise typer.Exit(EXIT_OK)
     out_console.print(summary_table(summary))
     if summary.interrupted:
         running = (
@@ -350,14 +361,37 @@ def batch(
     raise typer.Exit(EXIT_OK)
 
 
-def _hint(exc: Exception, local: bool, url: str) -> str:
-    from runpod_queue.errors import APIConnectionError, AuthenticationError
+def _hint(exc: Exception, local: bool, url: str, endpoint: str) -> str:
+    from runpod_queue.errors import APIConnectionError, AuthenticationError, NotFoundError
 
     if isinstance(exc, APIConnectionError):
         if local:
             port = urlsplit(url).port
-            return f"\n  is the emulator running? start one with: rpq serve HANDLER.py --port {port}"
+            return f"\n  start the emulator with: rpq serve HANDLER.py --port {port}"
         return f"\n  check --base-url / $RUNPOD_ENDPOINT_BASE_URL ({url}) and your network"
     if isinstance(exc, AuthenticationError):
-        return "\n  set the right key with `export RUNPOD_API_KEY=...`"
+        return "\n  the API key was refused: set the right one with `export RUNPOD_API_KEY=...`"
+    if isinstance(exc, NotFoundError):  # a batch only meets a 404 on endpoint calls (health, /run)
+        return f"\n  endpoint {endpoint!r} does not exist at {url}: check --endpoint and the base URL"
     return ""
+
+
+def _after_error(exc: Exception, journal: Path, resume: str) -> str:
+    """What the user can do next. The resume command only when there is something to resume: a refused
+    run leaves no journal, and a refusal (key, endpoint) is not cured by running the same command."""
+    from runpod_queue.errors import AuthenticationError, NotFoundError, PermissionDeniedError
+
+    if not journal.exists():
+        return "nothing was submitted"
+    if isinstance(exc, AuthenticationError | NotFoundError | PermissionDeniedError):
+        return (
+            f"the journal {journal} keeps the work done so far: the same command resumes once this is fixed"
+        )
+    return f"nothing is lost; fix the cause and resume with:\n  {resume}"
+
+
+def _os_error(exc: OSError) -> str:
+    """``path: reason`` rather than Python's ``[Errno 2] No such file or directory: 'path'``."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror.lower()}"
+    return str(exc)

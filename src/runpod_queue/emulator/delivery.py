@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from runpod_queue._contract import WEBHOOK_ATTEMPTS
+from runpod_queue._transport import failure_reason
 
 if TYPE_CHECKING:
     from runpod_queue.emulator.clock import Clock, TimerHandle
@@ -96,7 +97,7 @@ class WebhookDelivery:
                 )
                 status_code = response.status_code
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error = failure_reason(exc)  # "connection refused", as the client words it
             self.attempts.append(WebhookAttempt(job_id, url, attempt, status_code, error, at))
             if status_code == 200:
                 return
