@@ -153,21 +153,18 @@ def listen(
         ),
     ],
     secret_env: SecretEnvOpt,
-    host: Annotated[
-        str, typer.Option(metavar="HOST", help="Address to bind (default 127.0.0.1).", show_default=False)
-    ] = "127.0.0.1",
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to bind.")] = "127.0.0.1",
     port: Annotated[
         int,
         typer.Option(
             metavar="PORT",
             min=0,
             max=65535,
-            help="Port to listen on; 0 picks a free one.",
-            show_default=False,
+            help="Port to listen on; 0 picks a free one (printed at start).",
         ),
     ] = 8787,
 ) -> None:
-    """Receive signed RunPod webhooks; write each verified delivery once to --out (default port 8787).
+    """Receive signed RunPod webhooks; write each verified delivery once to --out.
 
     Give each job a URL from `rpq webhook-url` with the same --secret-env. Forged or expired URLs are
     refused (401), a URL reused for another job too (403); a delivery RunPod repeats is acknowledged and
