@@ -16,7 +16,14 @@ from runpod_queue.cli._app import app
 from runpod_queue.cli._duration import within
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._options import DURATIONS_HELP, duration_option
-from runpod_queue.webhooks import DEFAULT_EXPIRES_IN, TOKEN_PARAM, Delivery, MemoryWebhookStore, WebhookSigner
+from runpod_queue.webhooks import (
+    DEFAULT_EXPIRES_IN,
+    MIN_SECRET_BYTES,
+    TOKEN_PARAM,
+    Delivery,
+    MemoryWebhookStore,
+    WebhookSigner,
+)
 
 SecretEnvOpt = Annotated[
     str,
@@ -47,8 +54,8 @@ def _signer(secret_env: str) -> WebhookSigner:
         return WebhookSigner(secret)
     except ValueError:  # too short to be a secret; it is not echoed, only its length
         _usage_error(
-            f"the secret in {secret_env} is too short ({len(secret.encode())} bytes, at least 16 needed); "
-            + make_one
+            f"the secret in {secret_env} is too short ({len(secret.encode())} bytes, at least "
+            f"{MIN_SECRET_BYTES} needed); {make_one}"
         )
 
 

@@ -53,6 +53,7 @@ TOKEN_PARAM: Final = "rpq_token"  # noqa: S105 - a query parameter name, not a s
 # RunPod's longest ttl is 7 days; a token must outlive the job it reports on, plus retries and delivery.
 DEFAULT_EXPIRES_IN: Final = 8 * 86_400.0
 DEFAULT_MAX_BODY: Final = 25_000_000
+MIN_SECRET_BYTES: Final = 16  # 128 bits: an HMAC key shorter than that is guessable
 _SIGNATURE_BYTES: Final = 32
 
 
@@ -86,9 +87,9 @@ class WebhookSigner:
 
     def __init__(self, secret: str | bytes, *, expires_in: Duration = DEFAULT_EXPIRES_IN) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
-        if not isinstance(key, bytes) or len(key) < 16:
+        if not isinstance(key, bytes) or len(key) < MIN_SECRET_BYTES:
             raise ValueError(
-                "webhook secret must be at least 16 bytes; make one with "
+                f"webhook secret must be at least {MIN_SECRET_BYTES} bytes; make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         self._key = key
