@@ -3,6 +3,7 @@ reaches the screen as written."""
 
 from __future__ import annotations
 
+import inspect
 import re
 
 import pytest
@@ -70,6 +71,15 @@ def test_each_summary_is_one_line(name: str) -> None:
     """The command list keeps a summary's line breaks as they are in the docstring."""
     summary = (_GROUP.commands[name].help or "").strip().split("\n\n")[0]
     assert summary and "\n" not in summary, f"rpq {name}: first paragraph {summary!r}"
+
+
+@pytest.mark.parametrize("name", ["", *COMMANDS])
+def test_later_paragraphs_fit_an_80_column_terminal(name: str) -> None:
+    """Paragraphs after the first keep their line breaks: a longer line would wrap raggedly."""
+    command = _GROUP.commands[name] if name else _GROUP
+    for paragraph in inspect.cleandoc(command.help or "").split("\n\n")[1:]:
+        lines = paragraph.split("\n")
+        assert len(lines) == 1 or max(map(len, lines)) <= 78, f"rpq {name}: {paragraph!r}"
 
 
 def test_typer_still_renders_the_type_column_through_the_replaced_method() -> None:

@@ -50,9 +50,10 @@ app = typer.Typer(
 def _root() -> None:
     """runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally.
 
-    Configuration: RUNPOD_API_KEY and RUNPOD_ENDPOINT_BASE_URL, or --api-key / --base-url on each
-    command (prefer the variable for the key: a command line is visible to every user in ps); --local
-    [PORT] talks to `rpq serve` on this machine. Start with `rpq demo`.
+    Configuration: RUNPOD_API_KEY and RUNPOD_ENDPOINT_BASE_URL, or --api-key and
+    --base-url on each command (prefer the variable for the key: a command line is
+    visible to every user in ps). --local [PORT] talks to `rpq serve` on this
+    machine. Start with `rpq demo`.
     """
 
 

@@ -115,8 +115,9 @@ def demo(
 ) -> None:
     """Walk through each kind of job on a local emulator with the example handlers (a few seconds).
 
-    Runs the real commands against it: runsync, an async job with its live status line, streaming, a
-    failing job, cancel, retry and health: about 3.5 s of jobs paced so you can watch them, plus start-up.
+    Runs the real commands against it: runsync, an async job with its live status
+    line, streaming, a failing job, cancel, retry and health. About 3.5 s of jobs,
+    paced so you can watch them, plus start-up.
     """
     from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, load_endpoint
 

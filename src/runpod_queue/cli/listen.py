@@ -173,9 +173,10 @@ def listen(
 ) -> None:
     """Receive signed RunPod webhooks; write each verified delivery once to --out.
 
-    Give each job a URL from `rpq webhook-url` with the same --secret-env. Forged or expired URLs are
-    refused (401), a URL reused for another job too (403); a delivery RunPod repeats is acknowledged and
-    not written again. A line is on disk (fsynced) before the delivery is acknowledged. Every answer is
+    Give each job a URL from `rpq webhook-url` with the same --secret-env.
+    Forged or expired URLs are refused (401), a URL reused for another job too
+    (403); a delivery RunPod repeats is acknowledged and not written again. A line
+    is on disk (fsynced) before the delivery is acknowledged. Every answer is
     logged on stderr, one line each. Stops on Ctrl-C.
     """
     import uvicorn
