@@ -30,13 +30,14 @@ def test_help_documents_every_command_and_the_exit_codes() -> None:
     listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", result.stdout, re.MULTILINE))  # the Commands panel
     assert listed == {
         "run", "status", "wait", "stream", "cancel", "retry", "purge", "health",
-        "serve", "listen", "demo", "batch", "worker-env",
+        "serve", "listen", "webhook-url", "demo", "batch", "worker-env",
     }  # fmt: skip
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 completed" in text
     assert "1 the job failed, timed out or was cancelled" in text
     assert "2 usage error" in text
     assert "3 API or connection error" in text
+    assert "130 interrupted (Ctrl-C" in text
 
 
 # -- bad input: exit 2, one line, the position named ---------------------------------------------------

@@ -2,56 +2,23 @@
 
 from __future__ import annotations
 
+import errno
 import json
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
+import time
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
-from webhook_support import HTTP, SECRET, attempts, eventually, run
+from webhook_support import HTTP, SECRET, Listener, attempts, eventually, run
 
+from runpod_queue.cli import listen as listen_module
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.cli.listen import DeliveryLog
 from runpod_queue.emulator import Emulator
 from runpod_queue.webhooks import MemoryWebhookStore, WebhookReceiver, WebhookSigner
 
 load_commands()
-
-
-class Listener:
-    """`rpq listen` in its own process (it must survive a SIGKILL test), on the port it reports."""
-
-    def __init__(self, out: Path, port: int = 0) -> None:
-        env = {**os.environ, "HOOK_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
-        args = ["listen", "--out", str(out), "--secret-env", "HOOK_SECRET", "--port", str(port)]
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runpod_queue.cli", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stderr is not None
-        # Printed once the socket listens: from here a delivery waits in its backlog, no polling needed.
-        self.banner = self.process.stderr.readline()
-        found = re.match(r"listening on http://127\.0\.0\.1:(\d+)/ ", self.banner)
-        assert found, self.banner + self.process.stderr.read()
-        self.port = int(found.group(1))
-        self.base = f"http://127.0.0.1:{self.port}/"
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(5)
-
-    def stop(self) -> str:
-        """Ctrl-C; the rest of its stderr."""
-        self.process.send_signal(signal.SIGINT)
-        _, err = self.process.communicate(timeout=10)
-        return err
 
 
 def test_listen_keeps_every_acknowledged_line_across_a_kill(tmp_path: Path, emu: Emulator) -> None:
@@ -144,3 +111,68 @@ def test_every_line_listen_writes_is_strict_json(tmp_path: Path) -> None:
     assert len(lines) == 1  # only the JSON body was accepted; the others were answered 400
     for line in lines:
         json.loads(line, parse_constant=strict)
+
+
+def test_listen_logs_every_answer_on_one_line_without_the_token(tmp_path: Path, emu: Emulator) -> None:
+    signer = WebhookSigner(SECRET)
+    listener = Listener(tmp_path / "deliveries.jsonl")
+    url = signer.sign(listener.base)
+    expired = f"{listener.base}?rpq_token={signer.token(now=time.time() - 10 * 86_400)}"
+    forged = url[:-4] + ("AAAA" if not url.endswith("AAAA") else "BBBB")
+    tokens = [WebhookSigner.token_from_url(u) for u in (url, expired, forged)]
+    try:
+        job_id = run(emu, "echo", url, {"n": 1})
+        eventually(lambda: attempts(emu, job_id) == [200])
+        status = {"id": job_id, "status": "COMPLETED", "output": {"n": 1}}
+        answers = [
+            HTTP.post(url, json=status),  # RunPod repeating itself
+            HTTP.post(url, json={"id": "other-job", "status": "COMPLETED"}),
+            HTTP.post(expired, json=status),
+            HTTP.post(forged, json=status),
+            HTTP.post(signer.sign(listener.base), content=b"{not json"),
+            HTTP.post(signer.sign(listener.base), json={"id": "j\nforged line", "status": "COMPLETED"}),
+        ]
+        assert [a.status_code for a in answers] == [200, 403, 401, 401, 400, 200]
+        with socket.create_connection(("127.0.0.1", listener.port)) as raw:  # announced size over the limit
+            raw.sendall(
+                f"POST /?{signer.sign(listener.base).partition('?')[2]} HTTP/1.1\r\nHost: x\r\n"
+                "Content-Length: 30000000\r\n\r\n".encode()
+            )
+            assert raw.recv(100).startswith(b"HTTP/1.1 413")
+    finally:
+        err = listener.stop()
+    lines = err.splitlines()  # the rest after the banner
+    assert lines[0] == f"a webhook URL for a job: rpq webhook-url {listener.base} --secret-env HOOK_SECRET"
+    assert lines[-1] == "stopped."
+    logged = lines[1:-1]
+    assert logged[0].startswith(f"accepted job {job_id} COMPLETED from 127.0.0.1 (")
+    assert logged[1:] == [
+        f"repeat of job {job_id} COMPLETED from 127.0.0.1 acknowledged, not written again",
+        "refused 403 from 127.0.0.1: this webhook URL was issued for another job",
+        "refused 401 from 127.0.0.1: webhook token expired",
+        "refused 401 from 127.0.0.1: invalid webhook token signature",
+        "refused 400 from 127.0.0.1: body is not JSON",
+        "accepted job j?forged line COMPLETED from 127.0.0.1",
+        "refused 413 from 127.0.0.1: body over 25000000 bytes",
+    ]
+    assert SECRET not in err and not any(token and token in err for token in tokens)
+
+
+def test_a_delivery_that_cannot_be_written_is_logged_with_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    signer = WebhookSigner(SECRET)
+    out = tmp_path / "deliveries.jsonl"
+    log = DeliveryLog(out, MemoryWebhookStore())
+    receiver = WebhookReceiver(signer, log.write, store=log.store, with_delivery=True)
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(listen_module.os, "fsync", disk_full)
+    delivery = receiver.handle(signer.token(), b'{"id": "j1", "status": "COMPLETED"}')
+    log.close()
+    assert delivery.status_code == 500 and delivery.reason == "callback failed: OSError"  # all RunPod sees
+    line = listen_module.answer_line(delivery, "10.0.0.7", detail=log.write_error)
+    why = f"cannot write {out}: No space left on device; the sender will retry"
+    assert line == f"refused 500 from 10.0.0.7: {why}"

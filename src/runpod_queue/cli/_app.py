@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 
+from runpod_queue.cli._help import show_only_metavars
+
 __all__ = [
     "EXIT_API",
     "EXIT_CODES_HELP",
@@ -30,12 +32,13 @@ EXIT_INTERRUPTED = 130  # Ctrl-C: the job keeps running on the endpoint (the she
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 completed · 1 the job failed, timed out or was cancelled · 2 usage error "
-    "(bad option or INPUT, missing API key) · 3 API or connection error."
+    "(bad option or INPUT, missing API key) · 3 API or connection error · 130 interrupted (Ctrl-C; a "
+    "submitted job keeps running)."
 )
 
+show_only_metavars()  # before any help is rendered: no <bool>/<str> noise in `rpq ... --help`
 app = typer.Typer(
     name="rpq",
-    help="runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally.",
     epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
@@ -47,9 +50,10 @@ app = typer.Typer(
 def _root() -> None:
     """runpod-queue: talk to RunPod Serverless queue endpoints, or emulate one locally.
 
-    Configuration: RUNPOD_API_KEY and RUNPOD_ENDPOINT_BASE_URL, or --api-key / --base-url on each
-    command (prefer the variable for the key: a command line is visible to every user in ps); --local
-    [PORT] talks to `rpq serve` on this machine. Start with `rpq demo`.
+    Configuration: RUNPOD_API_KEY and RUNPOD_ENDPOINT_BASE_URL, or --api-key and
+    --base-url on each command (prefer the variable for the key: a command line is
+    visible to every user in ps). --local [PORT] talks to `rpq serve` on this
+    machine. Start with `rpq demo`.
     """
 
 

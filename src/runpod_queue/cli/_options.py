@@ -37,6 +37,7 @@ ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
         "--api-key",
+        metavar="KEY",
         help=f"RunPod API key (default: ${ENV_API_KEY}). Prefer the variable: a command line is visible "
         "to every user of the machine (ps). Never printed.",
         show_default=False,
@@ -47,6 +48,7 @@ BaseUrlOpt = Annotated[
     str | None,
     typer.Option(
         "--base-url",
+        metavar="URL",
         help=f"API base URL (default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL}).",
         show_default=False,
         rich_help_panel=CONNECTION_PANEL,

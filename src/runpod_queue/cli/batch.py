@@ -94,18 +94,24 @@ def batch(
     inputs: Annotated[
         Path,
         typer.Argument(
+            metavar="INPUTS",
             help='JSONL file: each line is the handler input, or {"key": ..., "input": {...}}.',
             show_default=False,
         ),
     ],
-    endpoint: Annotated[str, typer.Option("--endpoint", "-e", help="Endpoint id.", show_default=False)],
+    endpoint: Annotated[
+        str, typer.Option("--endpoint", "-e", metavar="ENDPOINT", help="Endpoint id.", show_default=False)
+    ],
     out: Annotated[
         Path,
-        typer.Option("--out", "-o", help="Results file (JSONL, one line per input).", show_default=False),
+        typer.Option(
+            "--out", "-o", metavar="OUT", help="Results file (JSONL, one line per input).", show_default=False
+        ),
     ],
     journal: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="SQLite journal that makes the batch resumable (default: OUT.journal).",
             rich_help_panel=_RUNNER,
         ),
@@ -113,7 +119,10 @@ def batch(
     max_in_flight: Annotated[
         int,
         typer.Option(
-            min=1, help="Items between submission and result at any moment.", rich_help_panel=_RUNNER
+            min=1,
+            metavar="N",
+            help="Items between submission and result at any moment.",
+            rich_help_panel=_RUNNER,
         ),
     ] = 1000,
     retry_failed: Annotated[
@@ -176,6 +185,7 @@ def batch(
         str | None,
         typer.Option(
             "--webhook-url",
+            metavar="URL",
             help="Public URL that reaches --listen (a tunnel or a public host); default: the --listen "
             "address itself.",
             rich_help_panel=_WEBHOOKS,
@@ -186,8 +196,8 @@ def batch(
         typer.Option(
             parser=duration,
             metavar=DURATION_METAVAR,
-            help="How long a job may go without a delivery before it is polled.",
-            show_default="30s",
+            help="How long a job may go without a delivery before it is polled (default 30s).",
+            show_default=False,
             rich_help_panel=_WEBHOOKS,
         ),
     ] = 30.0,

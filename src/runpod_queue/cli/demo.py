@@ -101,7 +101,9 @@ def demo(
     examples: Annotated[
         Path | None,
         typer.Option(
-            metavar="DIR", help="Folder with the example handlers [default: the checkout's examples/]."
+            metavar="DIR",
+            help="Folder with the example handlers (default: the ones that come with runpod-queue).",
+            show_default=False,
         ),
     ] = None,
     fast: Annotated[
@@ -111,7 +113,12 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Start a local emulator with the example handlers and walk through every kind of job (~5 s)."""
+    """Walk through each kind of job on a local emulator with the example handlers (a few seconds).
+
+    Runs the real commands against it: runsync, an async job with its live status
+    line, streaming, a failing job, cancel, retry and health. About 3.5 s of jobs,
+    paced so you can watch them, plus start-up.
+    """
     from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, load_endpoint
 
     folder = _find_examples(examples)

@@ -137,7 +137,12 @@ def run(
         bool, typer.Option("--no-wait", help="Queue the job, print its id and return.")
     ] = False,
     webhook: Annotated[
-        str | None, typer.Option(help="URL RunPod POSTs the result to when the job ends.", show_default=False)
+        str | None,
+        typer.Option(
+            metavar="URL",
+            help="URL RunPod POSTs the result to when the job ends (a signed one: `rpq webhook-url`).",
+            show_default=False,
+        ),
     ] = None,
     execution_timeout: Annotated[
         float | None,
@@ -256,8 +261,9 @@ def stream(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Print a generator job's chunks as they arrive (text chunks joined as they come; --json: one chunk
-    object per line), then exit by how the job ended."""
+    """Print a generator job's chunks as they arrive, then exit by how the job ended.
+
+    Text chunks are joined as they come; with --json, one chunk object per line."""
     with session(api_key, base_url, local, json_out, debug) as s:
         s.job_id = job
         final = _print_chunks(s, s.endpoint(endpoint), job, within(timeout, "--timeout"), ExitStack())

@@ -27,6 +27,7 @@ def serve(
     handlers: Annotated[
         list[str] | None,
         typer.Argument(
+            metavar="HANDLER",
             help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function] or "
             "package.module:function (function defaults to 'handler'; the id to the file stem or "
             "function name).",
@@ -34,21 +35,26 @@ def serve(
         ),
     ] = None,
     host: Annotated[
-        str, typer.Option(help="Address to bind; keep 127.0.0.1 unless you mean to expose it.")
+        str,
+        typer.Option(metavar="HOST", help="Address to bind; keep 127.0.0.1 unless you mean to expose it."),
     ] = ("127.0.0.1"),
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0 picks a free one).")] = 8000,
+    port: Annotated[
+        int, typer.Option(metavar="PORT", min=0, max=65535, help="Port (0 picks a free one).")
+    ] = 8000,
     api_key: Annotated[
         str | None,
         typer.Option(
             envvar="RPQ_EMULATOR_API_KEY",
+            metavar="KEY",
             help="Require this API key (default: accept any key). Prefer $RPQ_EMULATOR_API_KEY: a command "
             "line is visible to every user (ps).",
         ),
     ] = None,
-    workers: Annotated[int, typer.Option(min=0, help="In-process workers per endpoint.")] = 1,
+    workers: Annotated[int, typer.Option(metavar="N", min=0, help="In-process workers per endpoint.")] = 1,
     time_scale: Annotated[
         float,
         typer.Option(
+            metavar="FACTOR",
             min=0.0001,
             max=1000,
             help="Multiply every RunPod duration (ttl, retention, ...); real clock only.",
@@ -57,6 +63,7 @@ def serve(
     clock: Annotated[
         ClockChoice,
         typer.Option(
+            metavar="real|virtual|auto",
             help="real: wall-clock time. virtual: time moves only through POST /_emulator/advance "
             '{"seconds": N}. auto: virtual, and a held runsync/status-sync/stream request that only time '
             "can end skips ahead to the next timer.",
@@ -88,7 +95,7 @@ def serve(
         ),
     ] = False,
     replicas: Annotated[
-        int, typer.Option(min=1, max=64, help="Worker processes per file with --runpod-worker.")
+        int, typer.Option(metavar="N", min=1, max=64, help="Worker processes per file with --runpod-worker.")
     ] = 1,
     strict: Annotated[
         bool,

@@ -10,15 +10,21 @@ import typer
 
 from runpod_queue.cli._app import app
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
+from runpod_queue.cli._options import DURATIONS_HELP
 
 
-@app.command("worker-env")
+@app.command("worker-env", epilog=DURATIONS_HELP)
 def worker_env(
     endpoint_id: Annotated[
-        str, typer.Argument(help="The endpoint the worker serves (as `rpq serve` names it).")
+        str,
+        typer.Argument(
+            metavar="ENDPOINT_ID",
+            help="The endpoint the worker serves (as `rpq serve` names it).",
+            show_default=False,
+        ),
     ],
-    host: Annotated[str, typer.Option(help="The emulator's address.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535, help="The emulator's port.")] = 8000,
+    host: Annotated[str, typer.Option(metavar="HOST", help="The emulator's address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", min=1, max=65535, help="The emulator's port.")] = 8000,
     api_key: Annotated[
         bool | None,
         typer.Option(
@@ -30,15 +36,16 @@ def worker_env(
         ),
     ] = None,
     worker_id: Annotated[
-        str | None, typer.Option(help="RUNPOD_POD_ID for the worker (default: a fresh random id).")
+        str | None,
+        typer.Option(metavar="ID", help="RUNPOD_POD_ID for the worker (default: a fresh random id)."),
     ] = None,
     ping_interval: Annotated[
         float,
         typer.Option(
             parser=duration,
             metavar=DURATION_METAVAR,
-            help="How often the worker pings: 1s, 1500ms, 10s (a bare number is seconds); 1s to 60s "
-            "(the worker sleeps whole seconds).",
+            help="How often the worker pings, 1s to 60s (default 1s; the worker sleeps whole seconds).",
+            show_default=False,
         ),
     ] = 1.0,
 ) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import inspect
@@ -52,6 +53,7 @@ TOKEN_PARAM: Final = "rpq_token"  # noqa: S105 - a query parameter name, not a s
 # RunPod's longest ttl is 7 days; a token must outlive the job it reports on, plus retries and delivery.
 DEFAULT_EXPIRES_IN: Final = 8 * 86_400.0
 DEFAULT_MAX_BODY: Final = 25_000_000
+MIN_SECRET_BYTES: Final = 16  # 128 bits: an HMAC key shorter than that is guessable
 _SIGNATURE_BYTES: Final = 32
 
 
@@ -85,9 +87,9 @@ class WebhookSigner:
 
     def __init__(self, secret: str | bytes, *, expires_in: Duration = DEFAULT_EXPIRES_IN) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
-        if not isinstance(key, bytes) or len(key) < 16:
+        if not isinstance(key, bytes) or len(key) < MIN_SECRET_BYTES:
             raise ValueError(
-                "webhook secret must be at least 16 bytes; make one with "
+                f"webhook secret must be at least {MIN_SECRET_BYTES} bytes; make one with "
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         self._key = key
@@ -323,9 +325,25 @@ def _token_from_query(raw_query: bytes | str) -> str | None:
     return None
 
 
-def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -> Any:
-    """A ready ASGI app: POST deliveries to any path (or only `paths`), GET /healthz answers ok."""
+AnswerHook = Callable[[Delivery, str | None], None]
+
+
+def asgi_app(
+    receiver: WebhookReceiver, *, paths: Iterable[str] | None = None, on_answer: AnswerHook | None = None
+) -> Any:
+    """A ready ASGI app: POST deliveries to any path (or only `paths`), GET /healthz answers ok.
+
+    ``on_answer(delivery, client_host)`` is called after each answer to a delivery, refused or accepted
+    (e.g. to log it); an exception it raises is ignored, since the answer has already been sent.
+    """
     allowed = None if paths is None else set(paths)
+
+    async def answer(send: Any, scope: dict[str, Any], delivery: Delivery, *, close: bool = False) -> None:
+        await _send(send, delivery.status_code, delivery.answer(), close=close)
+        if on_answer is not None:
+            client = scope.get("client")
+            with contextlib.suppress(Exception):
+                on_answer(delivery, None if not client else str(client[0]))
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -341,9 +359,9 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
         if scope["method"] == "GET" and scope["path"] == "/healthz":
             return await _send(send, 200, b'{"ok": true}')
         if allowed is not None and scope["path"] not in allowed:
-            return await _send(send, 404, Delivery(404, "no webhook here").answer())
+            return await answer(send, scope, Delivery(404, "no webhook here"))
         if scope["method"] != "POST":
-            return await _send(send, 405, Delivery(405, "webhooks are POSTed").answer())
+            return await answer(send, scope, Delivery(405, "webhooks are POSTed"))
         # A stranger must not make us buffer anything: the token (in the query string) is checked and an
         # announced size over the limit refused before a byte of the body is read; both answers close the
         # connection so the rest of the upload is never read either.
@@ -351,10 +369,10 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
         try:
             receiver.signer.verify(token)
         except WebhookVerificationError as exc:
-            return await _send(send, exc.status, Delivery(exc.status, exc.reason).answer(), close=True)
-        too_large = Delivery(413, f"body over {receiver.max_body} bytes").answer()
+            return await answer(send, scope, Delivery(exc.status, exc.reason), close=True)
+        too_large = Delivery(413, f"body over {receiver.max_body} bytes")
         if _content_length(scope) > receiver.max_body:
-            return await _send(send, 413, too_large, close=True)
+            return await answer(send, scope, too_large, close=True)
         chunks: list[bytes] = []
         size = 0
         while True:
@@ -364,12 +382,11 @@ def asgi_app(receiver: WebhookReceiver, *, paths: Iterable[str] | None = None) -
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > receiver.max_body:
-                return await _send(send, 413, too_large, close=True)
+                return await answer(send, scope, too_large, close=True)
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        delivery = await receiver.ahandle(token, b"".join(chunks))
-        await _send(send, delivery.status_code, delivery.answer())
+        await answer(send, scope, await receiver.ahandle(token, b"".join(chunks)))
 
     return app
 
