@@ -154,7 +154,7 @@ class Printer:
         sys.stdout.flush()
 
     def note(self, message: str, style: str | None = None) -> None:
-        self.err.print(message, style=style, highlight=False, soft_wrap=True)
+        self.err.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def describe_end(self, job: Job) -> None:
         """The one-line verdict on stderr; a failure's error parsed into type and message."""
