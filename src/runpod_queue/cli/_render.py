@@ -105,8 +105,11 @@ class Progress:
                 if not self._stop.is_set():
                     self.update(job)
 
-        self._watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
-        self._watcher.start()
+        watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
+        watcher.start()
+        # Kept only once started: a Ctrl-C inside start() must not leave __exit__ a thread it cannot join
+        # (a traceback instead of the interrupt message). A thread it misses still sees _stop and ends.
+        self._watcher = watcher
 
     def _line(self) -> str:
         job = f" {self.job_id}" if self.job_id else ""
