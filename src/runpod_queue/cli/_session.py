@@ -36,6 +36,7 @@ from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USA
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
 from runpod_queue.cli._render import Printer
+from runpod_queue.cli._retrying import RetryLine
 
 __all__ = ["Session", "configure_debug_logging", "local_base_url", "resolve", "session"]
 
@@ -95,6 +96,8 @@ class Session(Printer):
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(api_key=self._api_key, base_url=self.base_url)
+            if self.retrying is not None:
+                self._client._observe_retries(self.retrying)
         return self._client
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
@@ -129,6 +132,8 @@ class Session(Printer):
         return message
 
     def close(self) -> None:
+        if self.retrying is not None:
+            self.retrying.close()
         if self._client is not None:
             self._client.close()
 
@@ -144,6 +149,8 @@ def session(
     current: Session | None = None
 
     def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
+        if current is not None:
+            current.settle()
         if debug and exc is not None:
             err.print(Text("".join(traceback.format_exception(exc)).rstrip(), style="dim"))
         err.print(Text(f"error: {message}", style="red"), soft_wrap=True)
@@ -156,6 +163,7 @@ def session(
             debug,
             out,
             err,
+            RetryLine(err),
             base_url=url,
             local=local is not None,
             connection=Connection.given(api_key, base_url, local),
@@ -180,6 +188,8 @@ def session(
     except RunpodQueueError as exc:
         fail(EXIT_API, str(exc), exc)
     except KeyboardInterrupt:
+        if current is not None:
+            current.settle()
         message = current.interrupted() if current is not None else "interrupted"
         err.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)  # INPUT is in it
         raise typer.Exit(EXIT_INTERRUPTED) from None

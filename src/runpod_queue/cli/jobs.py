@@ -79,6 +79,7 @@ def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, 
         if not seen:
             progress.close()
             s.streaming = True  # a generator: an interrupt now also offers `rpq stream` for the rest
+        s.settle()  # a "retrying" line would hold back stdout until a newline
         seen.append(chunk.output)
         if s.json:
             s.print_json(dict(chunk.raw))
@@ -91,10 +92,12 @@ def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, 
                 sys.stdout.write("\n")
                 open_line = False
             s.print_value(json.dumps(chunk.output, ensure_ascii=False))
+        s.pause_retry_line(open_line)
     progress.close()
     if open_line:
         sys.stdout.write("\n")
         sys.stdout.flush()
+        s.pause_retry_line(False)
     final = chunks.job
     assert final is not None  # iteration ended without an error
     if final.is_completed and "output" not in final.raw:
