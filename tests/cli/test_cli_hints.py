@@ -96,7 +96,7 @@ def test_a_key_given_with_api_key_is_never_in_a_hint_which_says_to_export_it(
     ("given", "options"),
     [
         ((None, None, None), []),
-        ((None, None, 8000), ["--local"]),  # the default port: a bare --local, as a person types it
+        ((None, None, 8000), ["--local", "8000"]),  # a bare --local is port 8000: said explicitly
         ((None, None, 9001), ["--local", "9001"]),
         ((None, "https://rp.example/v2", 9001), ["--local", "9001"]),  # --local overrides --base-url
         ((None, "https://rp.example/v2", None), ["--base-url", "https://rp.example/v2"]),

@@ -1,7 +1,7 @@
 """The ``rpq`` command to run next, as every hint prints it: with this invocation's connection options, so
 the line works when pasted into the same shell.
 
-What is repeated is what the user typed: ``--local [PORT]`` (which wins over ``--base-url``), else
+What is repeated is what the user typed: ``--local PORT`` (which wins over ``--base-url``), else
 ``--base-url URL``. A base URL or key taken from the environment is left there: the pasted command, in
 the same shell, reads it the same way.
 
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
-from runpod_queue.cli._options import DEFAULT_LOCAL_PORT
 from runpod_queue.errors import APIConnectionError, AuthenticationError
 
 __all__ = ["Connection", "failure_hint"]
@@ -47,7 +46,7 @@ class Connection:
 
     def options(self) -> list[str]:
         if self.local is not None:
-            return ["--local"] if self.local == DEFAULT_LOCAL_PORT else ["--local", str(self.local)]
+            return ["--local", str(self.local)]  # the port even when it is the default: no guessing
         return ["--base-url", self.base_url] if self.base_url is not None else []
 
     def command(self, *args: str) -> str:
