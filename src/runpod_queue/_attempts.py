@@ -18,7 +18,7 @@ from typing import TypeVar
 from runpod_queue._actions import Exchange, Expired, Flow, Sleep
 from runpod_queue._answers import connection_error, error_for_status
 from runpod_queue._calls import Call, payload_error
-from runpod_queue._retry import Retries, backoff_delay, may_resend
+from runpod_queue._retry import OnRetry, Retries, RetryNotice, backoff_delay, may_resend
 from runpod_queue._settings import ClientSettings, base_budget, is_loopback
 from runpod_queue._transport import Answer, Budget, TransportFailure
 from runpod_queue.errors import APIConnectionError, APIStatusError, RateLimitError
@@ -36,17 +36,27 @@ DEADLINE_GRACE = 0.25
 @dataclass(frozen=True, slots=True)
 class AttemptRules:
     """How a client makes attempts: where to, with what budget, how often; ``clock`` is monotonic time
-    (a parameter so the flows can be driven in tests without waiting)."""
+    (a parameter so the flows can be driven in tests without waiting); ``on_retry`` is told of each retry
+    before its pause (the CLI's "retrying" line), and costs nothing when no retry happens."""
 
     base_url: str
     timeout: Budget
     retries: Retries
     rng: random.Random = field(default_factory=random.Random, compare=False)
     clock: Callable[[], float] = time.monotonic
+    on_retry: OnRetry | None = field(default=None, compare=False)
 
     @classmethod
-    def of(cls, settings: ClientSettings, rng: random.Random | None = None) -> AttemptRules:
-        return cls(settings.base_url, base_budget(settings.timeout), settings.retries, rng or random.Random())
+    def of(
+        cls, settings: ClientSettings, rng: random.Random | None = None, on_retry: OnRetry | None = None
+    ) -> AttemptRules:
+        return cls(
+            settings.base_url,
+            base_budget(settings.timeout),
+            settings.retries,
+            rng or random.Random(),
+            on_retry=on_retry,
+        )
 
 
 def attempt_budget(base: Budget, hold: float, deadline: float | None, now: float) -> Budget:
@@ -148,6 +158,8 @@ def attempts(call: Call, rules: AttemptRules, deadline: float | None = None) -> 
             error = error_for_status(answer)
         last_error = error
         delay = _retry_delay(call, rules, attempt, error, deadline)
+        if rules.on_retry is not None:
+            rules.on_retry(RetryNotice(url, attempt + 1, rules.retries.attempts, delay, error))
         if delay > 0:
             yield Sleep(delay)
 

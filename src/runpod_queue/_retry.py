@@ -12,12 +12,15 @@ import email.utils
 import enum
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runpod_queue.errors import APIConnectionError, APIStatusError
 
 __all__ = [
+    "OnRetry",
     "Retries",
+    "RetryNotice",
     "Safety",
     "backoff_delay",
     "may_resend",
@@ -63,6 +66,21 @@ class Retries:
     def off(cls) -> Retries:
         """A single attempt: every failure surfaces at once."""
         return cls(attempts=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryNotice:
+    """A failed attempt that is about to be retried, told before the pause so a display can say why it
+    is waiting ("retrying: attempt 2 of 5, next in 1.2 s"). Information only: the loop goes on as is."""
+
+    url: str
+    attempt: int  # the attempt about to be made: 2 or more
+    attempts: int  # at most this many in all
+    delay: float  # seconds until it
+    error: APIConnectionError | APIStatusError  # why the last one failed
+
+
+OnRetry = Callable[[RetryNotice], object]
 
 
 def retry_on_status(safety: Safety, status_code: int) -> bool:

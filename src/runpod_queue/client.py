@@ -9,6 +9,7 @@ runs the same way with ``await``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -25,7 +26,7 @@ from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_fl
 from runpod_queue._limits import RateLimits, SyncLimiter
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import openai_base_url, openai_client
-from runpod_queue._retry import Retries
+from runpod_queue._retry import OnRetry, Retries
 from runpod_queue._settings import client_settings, default_headers
 from runpod_queue._transport import Answer, HttpxTransport, SyncTransport
 from runpod_queue._units import Duration
@@ -87,8 +88,13 @@ class Client:
         derived = copy.copy(self)
         derived._owner = False
         derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
-        derived._rules = AttemptRules.of(derived._settings, self._rules.rng)
+        derived._rules = AttemptRules.of(derived._settings, self._rules.rng, self._rules.on_retry)
         return derived
+
+    def _observe_retries(self, on_retry: OnRetry | None) -> None:
+        """Call ``on_retry`` before each retry's pause (and on clients made by ``with_options`` after
+        this). Private: it is how `rpq` shows a "retrying" line; the public surface is the README's."""
+        self._rules = dataclasses.replace(self._rules, on_retry=on_retry)
 
     def close(self) -> None:
         if self._owner:

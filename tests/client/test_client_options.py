@@ -19,6 +19,7 @@ from runpod_queue import (
     ServerError,
     WaitTimeoutError,
 )
+from runpod_queue._retry import RetryNotice
 
 
 @pytest.fixture
@@ -100,3 +101,20 @@ def test_with_options_checks_its_arguments(
     api = connect(api_key=API_KEY, base_url=server.base_url)
     with pytest.raises(error):
         api.client.with_options(**kwargs)
+
+
+def test_each_retry_is_told_before_its_pause_also_on_a_derived_client(
+    connect: Callable[..., Api], server: LoopbackServer
+) -> None:
+    """The hook behind `rpq`'s "retrying" line: one notice per retry (none for a first-try answer), with
+    the attempt about to be made, how many there may be, and why."""
+    parent = connect(api_key=API_KEY, base_url=server.base_url, retries=Retries(attempts=4, wait=False))
+    notices: list[RetryNotice] = []
+    parent.client._observe_retries(notices.append)
+    assert parent.endpoint("ep").status("j1").is_completed
+    assert notices == []
+    derived = parent.with_options(timeout=5)  # made after the hook: keeps it
+    assert derived.endpoint("flaky").status("j1").is_completed  # two 503s, then an answer
+    assert [(n.attempt, n.attempts, n.delay) for n in notices] == [(2, 4, 0.0), (3, 4, 0.0)]
+    assert all(isinstance(n.error, ServerError) and n.error.status_code == 503 for n in notices)
+    assert notices[0].url == f"{server.base_url}/flaky/status/j1"

@@ -19,10 +19,10 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
-from rich.text import Text
 
 from runpod_queue import Endpoint, Health, Job, JobStatus, RunpodQueueError
 from runpod_queue.cli._app import EXIT_JOB, EXIT_OK
+from runpod_queue.cli._retrying import RetryLine, spinner_line
 
 __all__ = ["Printer", "Progress", "exit_code_for"]
 
@@ -71,11 +71,14 @@ class Progress:
     _spinner: Spinner = field(default_factory=lambda: Spinner("dots"))
     _stop: threading.Event = field(default_factory=threading.Event)
     _watcher: threading.Thread | None = None
+    retry: RetryLine | None = None  # the client's retries, told in this line while it is live
 
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:
             self._live = Live(self, console=self.console, transient=True, refresh_per_second=10)
             self._live.start()
+            if self.retry is not None:
+                self.retry.in_status_line = True
         return self
 
     def __exit__(
@@ -86,6 +89,9 @@ class Progress:
             self._watcher.join(timeout=0.5)
         if self._live is not None:
             self._live.stop()
+            if self.retry is not None:
+                self.retry.in_status_line = False
+                self.retry.answered()
 
     def watch(self, endpoint: Endpoint, job_id: str, interval: float = 0.5) -> None:
         """Poll the job's status in the background while the caller blocks in ``wait``: RunPod's
@@ -105,18 +111,24 @@ class Progress:
                 if not self._stop.is_set():
                     self.update(job)
 
-        self._watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
-        self._watcher.start()
+        watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
+        watcher.start()
+        # Kept only once started: a Ctrl-C inside start() must not leave __exit__ a thread it cannot join
+        # (a traceback instead of the interrupt message). A thread it misses still sees _stop and ends.
+        self._watcher = watcher
 
     def _line(self) -> str:
         job = f" {self.job_id}" if self.job_id else ""
-        return f"{self.status:<11} {time.monotonic() - self.started:5.1f} s  {self.label}{job}"
+        retrying = self.retry.describe() if self.retry is not None and self._live is not None else ""
+        retrying = f"  · {retrying}" if retrying else ""
+        return f"{self.status:<11} {time.monotonic() - self.started:5.1f} s  {self.label}{job}{retrying}"
 
     def __rich__(self) -> RenderableType:
-        self._spinner.update(text=Text(self._line(), no_wrap=True, overflow="ellipsis"))
-        return self._spinner
+        return spinner_line(self._spinner, self._line())
 
     def update(self, job: Job) -> None:
+        if self.retry is not None:
+            self.retry.answered()
         if job.is_pending and self.status in _ENDED:
             return  # a background poll answered after the wait saw the end
         changed = job.status_text != self.status
@@ -134,14 +146,27 @@ class Printer:
     debug: bool
     out: Console
     err: Console
+    retrying: RetryLine | None = None  # the "retrying" line: cleared before anything else is printed
+
+    def settle(self) -> None:
+        """Clear the "retrying" line: an answer came, and output follows."""
+        if self.retrying is not None:
+            self.retrying.clear()
+
+    def pause_retry_line(self, paused: bool) -> None:
+        """Streamed text ends mid-line on stdout: no spinner on that line until it is finished."""
+        if self.retrying is not None:
+            self.retrying.paused = paused
 
     def progress(self, label: str) -> Progress:
         # In --json mode a script reads stdout; keep stderr quiet unless a person is watching.
         enabled = not self.json or self.err.is_terminal
-        return Progress(self.err, label, enabled)
+        self.settle()
+        return Progress(self.err, label, enabled, retry=self.retrying)
 
     def print_json(self, data: Any) -> None:
         """Exactly the server's JSON, one document per line (no rich markup, wrapping or colour)."""
+        self.settle()
         sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
@@ -149,12 +174,14 @@ class Printer:
         """A job's output as a person or a pipe wants it: text as is, anything else as indented JSON."""
         if value is None:
             return
+        self.settle()
         text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, indent=2)
         sys.stdout.write(text + "\n")
         sys.stdout.flush()
 
     def note(self, message: str, style: str | None = None) -> None:
-        self.err.print(message, style=style, highlight=False, soft_wrap=True)
+        self.settle()
+        self.err.print(message, style=style, markup=False, highlight=False, soft_wrap=True)
 
     def describe_end(self, job: Job) -> None:
         """The one-line verdict on stderr; a failure's error parsed into type and message."""
@@ -197,10 +224,12 @@ class Printer:
             ("output", None if job.output is None else _compact(job.output)),
         ]
         # Plain lines, no table padding: `rpq status … | grep ^status` should just work.
+        self.settle()
         sys.stdout.write("".join(f"{name:<8}{value}\n" for name, value in rows if value is not None))
         sys.stdout.flush()
 
     def health_table(self, endpoint_id: str, health: Health) -> Table:
+        self.settle()
         jobs, workers = health.jobs, health.workers
         table = Table(title=f"endpoint {endpoint_id}", title_justify="left")
         table.add_column("jobs")

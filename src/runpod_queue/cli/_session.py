@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -24,7 +23,6 @@ from runpod_queue import (
     APIConnectionError,
     APIResponseError,
     APIStatusError,
-    AuthenticationError,
     Client,
     Endpoint,
     JobFailedError,
@@ -36,7 +34,9 @@ from runpod_queue._settings import is_loopback
 from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
+from runpod_queue.cli._next import Connection, failure_hint
 from runpod_queue.cli._render import Printer
+from runpod_queue.cli._retrying import RetryLine
 
 __all__ = ["Session", "configure_debug_logging", "local_base_url", "resolve", "session"]
 
@@ -82,7 +82,13 @@ class Session(Printer):
 
     base_url: str = ""
     local: bool = False
+    connection: Connection = field(default_factory=Connection)  # what hints repeat (never the key)
+    endpoint_id: str | None = None  # the endpoint in hand, named in hints
     job_id: str | None = None  # the job in hand, named if the user interrupts
+    streaming: bool = False  # the job's chunks are being printed: an interrupt also offers `rpq stream`
+    # While a submission is on the wire (no id yet): `rpq run` arguments that would submit it again.
+    submitting: list[str] | None = None
+    sync: bool = False  # that submission is a /runsync
     _api_key: str | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -90,25 +96,46 @@ class Session(Printer):
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(api_key=self._api_key, base_url=self.base_url)
+            if self.retrying is not None:
+                self._client._observe_retries(self.retrying)
         return self._client
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
+        self.endpoint_id = endpoint_id
         return self.client.endpoint(endpoint_id)
 
+    def next_steps(self, job_id: str) -> str:
+        """How to follow or cancel the job in hand, as commands that work when pasted."""
+        endpoint = self.endpoint_id or "ENDPOINT"
+        steps = [("follow it with", ["wait", endpoint, job_id])]
+        if self.streaming:
+            steps.append(("or print its remaining chunks", ["stream", endpoint, job_id]))
+        steps.append(("cancel it with", ["cancel", endpoint, job_id]))
+        return self.connection.commands(*steps)
+
+    def interrupted(self) -> str:
+        """What Ctrl-C leaves behind, and how to carry on from there."""
+        endpoint = self.endpoint_id or "ENDPOINT"
+        if self.job_id is not None:
+            running = f"interrupted; job {self.job_id} keeps running on endpoint {endpoint}"
+            return f"{running}\n{self.next_steps(self.job_id)}"
+        if self.submitting is None:
+            return "interrupted"
+        route = "/runsync" if self.sync else "/run"
+        message = (
+            f"interrupted before {route} answered: the job may still run on endpoint {endpoint}, but its "
+            "id is not known (RunPod offers no list of jobs to find it in)"
+        )
+        if self.sync:
+            again = self.connection.commands(("run it with", self.submitting))
+            message += f"; without --sync, `rpq run` names the job at once:\n{again}"
+        return message
+
     def close(self) -> None:
+        if self.retrying is not None:
+            self.retrying.close()
         if self._client is not None:
             self._client.close()
-
-
-def _hint_for(exc: RunpodQueueError, s: Session | None) -> str:
-    if isinstance(exc, APIConnectionError) and s is not None:
-        if s.local:
-            port = urlsplit(s.base_url).port
-            return f"\n  start the emulator with: rpq serve HANDLER.py --port {port}"
-        return f"\n  check --base-url / ${ENV_BASE_URL} ({s.base_url}) and your network"
-    if isinstance(exc, AuthenticationError):
-        return f"\n  set the right key with `export {ENV_API_KEY}=...`"
-    return ""
 
 
 @contextmanager
@@ -122,6 +149,8 @@ def session(
     current: Session | None = None
 
     def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
+        if current is not None:
+            current.settle()
         if debug and exc is not None:
             err.print(Text("".join(traceback.format_exception(exc)).rstrip(), style="dim"))
         err.print(Text(f"error: {message}", style="red"), soft_wrap=True)
@@ -129,27 +158,40 @@ def session(
 
     try:
         key, url = resolve(api_key, base_url, local)
-        current = Session(json_out, debug, out, err, base_url=url, local=local is not None, _api_key=key)
+        current = Session(
+            json_out,
+            debug,
+            out,
+            err,
+            RetryLine(err),
+            base_url=url,
+            local=local is not None,
+            connection=Connection.given(api_key, base_url, local),
+            _api_key=key,
+        )
         yield current
     except UsageProblem as exc:
         fail(EXIT_USAGE, str(exc))
     except WaitTimeoutError as exc:
         last = f" (last seen {exc.job.status_text})" if exc.job is not None else ""
+        steps = f"\n{current.next_steps(exc.job_id)}" if current is not None and exc.job_id else ""
         fail(
             EXIT_JOB,
-            f"job {exc.job_id} did not finish within {exc.timeout:g} s{last}; it keeps running",
+            f"job {exc.job_id} did not finish within {exc.timeout:g} s{last}; it keeps running{steps}",
             exc,
         )
     except JobFailedError as exc:
         fail(EXIT_JOB, str(exc), exc)
     except (APIStatusError, APIConnectionError, APIResponseError) as exc:
-        fail(EXIT_API, f"{exc}{_hint_for(exc, current)}", exc)
+        hint = failure_hint(exc, current.local, current.base_url) if current is not None else ""
+        fail(EXIT_API, f"{exc}{hint}", exc)
     except RunpodQueueError as exc:
         fail(EXIT_API, str(exc), exc)
     except KeyboardInterrupt:
-        job = current.job_id if current is not None else None
-        message = "interrupted" + (f"; job {job} keeps running on the endpoint" if job else "")
-        err.print(message, style="yellow")
+        if current is not None:
+            current.settle()
+        message = current.interrupted() if current is not None else "interrupted"
+        err.print(message, style="yellow", markup=False, highlight=False, soft_wrap=True)  # INPUT is in it
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         if current is not None:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import logging
-import os
-import shlex
 import signal
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import urlsplit
 
 import typer
 
@@ -25,6 +22,7 @@ from runpod_queue.cli._common import (
     _resolve,
 )
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
+from runpod_queue.cli._next import Connection, failure_hint
 
 if TYPE_CHECKING:
     from runpod_queue import Policy
@@ -54,12 +52,6 @@ def _count_lines(path: Path) -> int:
             if raw.strip():
                 count += 1
     return count
-
-
-def _resume_command(inputs: Path, endpoint: str, out: Path, journal: Path, extra: list[str]) -> str:
-    """The command that resumes this batch (never with the API key: it comes from the environment)."""
-    args = ["rpq", "batch", str(inputs), "--endpoint", endpoint, "--out", str(out), "--journal", str(journal)]
-    return shlex.join(args + extra)
 
 
 def _policy(ttl: float | None, execution_timeout: float | None) -> Policy | None:
@@ -302,22 +294,16 @@ def batch(
     previous: dict[signal.Signals, Any] = {}
     for signum in (signal.SIGINT, signal.SIGTERM):
         previous[signum] = signal.signal(signum, on_signal)
-    extra: list[str] = []
-    if local is not None:
-        extra += ["--local", str(local)]
-    elif base_url is not None:
-        extra += ["--base-url", base_url]
+    # The command that resumes this batch; the key, if it came with --api-key, is read from the
+    # environment instead (never printed, nor put in `ps` again).
+    extra = ["--endpoint", endpoint, "--out", str(out), "--journal", str(journal_path)]
     if no_rate_limits:
         extra.append("--no-rate-limits")
     if listen is not None:
         extra += ["--listen", listen]
     if webhook_url is not None:
         extra += ["--webhook-url", webhook_url]
-    resume = _resume_command(inputs, endpoint, out, journal_path, extra)
-    if api_key is not None and key is not None and os.environ.get("RUNPOD_API_KEY") != key:
-        # The key came on the command line: the resume reads it from the environment instead, so it
-        # works against a keyed endpoint without printing the key (or putting it in `ps` again).
-        resume = f"export RUNPOD_API_KEY=<your key>   # then:\n  {resume}"
+    resume = Connection.given(api_key, base_url, local).script("batch", str(inputs), *extra)
     handler = _configure_debug_logging() if debug else None
     try:
         with client, open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
@@ -375,10 +361,7 @@ def _hint(exc: Exception, local: bool, url: str, endpoint: str) -> str:
     from runpod_queue.errors import APIConnectionError, AuthenticationError, NotFoundError
 
     if isinstance(exc, APIConnectionError):
-        if local:
-            port = urlsplit(url).port
-            return f"\n  start the emulator with: rpq serve HANDLER.py --port {port}"
-        return f"\n  check --base-url / $RUNPOD_ENDPOINT_BASE_URL ({url}) and your network"
+        return failure_hint(exc, local, url)  # as every command says it
     if isinstance(exc, AuthenticationError):
         return "\n  the API key was refused: set the right one with `export RUNPOD_API_KEY=...`"
     if isinstance(exc, NotFoundError):  # a batch only meets a 404 on endpoint calls (health, /run)

@@ -41,6 +41,7 @@ JobArg = Annotated[str, typer.Argument(metavar="JOB", help="Job id.", show_defau
 # No --timeout means "until the job ends"; run_sync needs a bound: a job cannot outlive RunPod's longest ttl.
 _UNTIL_IT_ENDS = timedelta(days=7)
 _RUNSYNC_MIN_WAIT = RUNSYNC_MIN_WAIT_MS / 1000
+_MAX_SHOWN_INPUT = 200  # a longer INPUT is not repeated in a hint: it would bury the hint
 
 
 def _policy(execution_timeout: float | None, ttl: float | None, low_priority: bool) -> Policy | None:
@@ -77,6 +78,8 @@ def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, 
     for chunk in chunks:
         if not seen:
             progress.close()
+            s.streaming = True  # a generator: an interrupt now also offers `rpq stream` for the rest
+        s.settle()  # a "retrying" line would hold back stdout until a newline
         seen.append(chunk.output)
         if s.json:
             s.print_json(dict(chunk.raw))
@@ -89,10 +92,12 @@ def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, 
                 sys.stdout.write("\n")
                 open_line = False
             s.print_value(json.dumps(chunk.output, ensure_ascii=False))
+        s.pause_retry_line(open_line)
     progress.close()
     if open_line:
         sys.stdout.write("\n")
         sys.stdout.flush()
+        s.pause_retry_line(False)
     final = chunks.job
     assert final is not None  # iteration ended without an error
     if final.is_completed and "output" not in final.raw:
@@ -174,22 +179,28 @@ def run(
         policy = _policy(execution_timeout, ttl, low_priority)
         wait_for = within(timeout, "--timeout")
         ep = s.endpoint(endpoint)
+        # Until the answer names the job, an interrupt can only say it may exist, and how to resubmit.
+        s.submitting, s.sync = ["run", endpoint, input if len(input) <= _MAX_SHOWN_INPUT else "INPUT"], sync
         if no_wait:
             job = ep.run(payload, webhook=webhook, policy=policy)
+            s.job_id = job.id
             if s.json:
                 s.print_json(dict(job.raw))
             else:
                 s.print_value(job.id)
-                s.note(f"queued; follow it with: rpq wait {endpoint} {job.id}")
+                s.note(f"queued job {job.id}\n{s.next_steps(job.id)}")
             return
         if sync:
             # runsync holds at least a second; a shorter --timeout waits that second.
             limit = _UNTIL_IT_ENDS if wait_for is None else max(_RUNSYNC_MIN_WAIT, wait_for)
             with s.progress(endpoint) as progress:
                 progress.status = "RUNSYNC"
-                job = ep.run_sync(
-                    payload, timeout=limit, webhook=webhook, policy=policy, on_update=progress.update
-                )
+
+                def on_update(job: Job) -> None:
+                    s.job_id = job.id  # the held request ended unfinished: the client now waits for it
+                    progress.update(job)
+
+                job = ep.run_sync(payload, timeout=limit, webhook=webhook, policy=policy, on_update=on_update)
         elif s.json:  # exactly RunPod's /status answer, as documented
             queued = ep.run(payload, webhook=webhook, policy=policy)
             job = _follow(s, ep, queued.id, wait_for, first=queued)
@@ -265,7 +276,7 @@ def stream(
 
     Text chunks are joined as they come; with --json, one chunk object per line."""
     with session(api_key, base_url, local, json_out, debug) as s:
-        s.job_id = job
+        s.job_id, s.streaming = job, True
         final = _print_chunks(s, s.endpoint(endpoint), job, within(timeout, "--timeout"), ExitStack())
         if not s.json:
             s.describe_end(final)
@@ -302,7 +313,7 @@ def retry(
         requeued = s.endpoint(endpoint).retry(job)
         s.show_job(requeued)
         if not s.json:
-            s.note(f"requeued; follow it with: rpq wait {endpoint} {requeued.id}")
+            s.note(f"requeued job {requeued.id}\n{s.next_steps(requeued.id)}")
 
 
 @app.command(cls=RpqCommand)
