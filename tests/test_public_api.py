@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import runpod_queue
 from runpod_queue import errors
@@ -75,3 +79,21 @@ def test_the_error_tree() -> None:
     for name in ("BadRequestError", "NotFoundError", "PayloadTooLargeError", "RateLimitError", "ServerError"):
         assert issubclass(getattr(errors, name), errors.APIStatusError)
     assert issubclass(errors.APITimeoutError, errors.APIConnectionError)
+
+
+def test_every_public_name_resolves_and_unknown_names_raise() -> None:
+    for name in runpod_queue.__all__:
+        assert getattr(runpod_queue, name).__name__ == name
+    assert set(runpod_queue.__all__) <= set(dir(runpod_queue))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        runpod_queue.Nope  # noqa: B018
+
+
+def test_the_cli_starts_without_loading_aiohttp() -> None:
+    """`rpq` commands use the sync client; aiohttp (about half of the import time) loads only when needed."""
+    code = (
+        "import sys, runpod_queue.cli._app\n"
+        "print(sorted(m for m in ('aiohttp', 'runpod_queue.aio', 'runpod_queue.batch') if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
