@@ -67,6 +67,7 @@ def test_local_port_and_failures_exit_1(keyed: Emulator, tmp_path: Path) -> None
     assert code == 1, text
     assert "line 2: malformed input" in text and KEY not in text
     assert "batch summary" in text and re.search(r"2\s+invalid", text) and re.search(r"1\s+failed", text)
+    assert "3 items did not complete (1 failed, 2 invalid)" in text
     statuses = {r["key"]: r["status"] for r in keys_once(tmp_path / "out.jsonl").values()}
     assert statuses == {1: "COMPLETED", 2: "INVALID", 3: "FAILED", 4: "INVALID"}
 

@@ -21,6 +21,7 @@ def test_items_and_their_keys() -> None:
     assert parse_item("  \n", 1) is SKIP
     for raw, reason in [
         ("{not json", "invalid JSON"),
+        ('{"seconds": 0.2\n', "invalid JSON at column 16: Expecting ',' delimiter"),  # not "line 2"
         ("[1]", "got an array"),
         (b'{"n": "\xff"}', "invalid JSON"),
         ('{"key": true, "input": 1}', "'key' must be"),

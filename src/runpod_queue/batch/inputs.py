@@ -61,7 +61,10 @@ def parse_item(raw: Any, line: int) -> tuple[Any, Any] | Invalid | _Skip:
         if not raw.strip():
             return SKIP
         try:
-            raw = json.loads(raw)
+            raw = json.loads(raw.strip())
+        except json.JSONDecodeError as exc:
+            # The decoder's own "line 2 column 1" counts lines within this one line: give the column only.
+            return Invalid(f"invalid JSON at column {exc.colno}: {exc.msg}")
         except ValueError as exc:
             return Invalid(f"invalid JSON: {exc}")
     if not isinstance(raw, dict):

@@ -351,7 +351,15 @@ def batch(
     if summary.lost:
         err.print(f"{summary.lost} items are LOST; run again with --resubmit-lost to submit them anew")
     if not summary.ok:
-        err.print(f"{summary.failures} items did not complete; see 'error' in {out}")
+        kinds = {
+            "failed": summary.failed,
+            "lost": summary.lost,
+            "invalid": summary.invalid,
+            "rejected": summary.rejected,
+            "duplicate": summary.duplicates,
+        }
+        which = ", ".join(f"{count} {word}" for word, count in kinds.items() if count)
+        err.print(f"{summary.failures} items did not complete ({which}); see 'error' in {out}")
         raise typer.Exit(EXIT_JOB)
     err.print(f"all {summary.completed} items completed: {out}")
     raise typer.Exit(EXIT_OK)
