@@ -142,3 +142,15 @@ def test_bad_bodies_get_a_4xx_with_a_reason(served: Served) -> None:
     big = HTTP.post(url, content=b"{" + b" " * 200 + b"}")
     assert big.status_code == 413
     assert served.calls == []
+
+
+def test_a_tokenless_upload_is_refused_before_its_body_is_read(served: Served) -> None:
+    """Only the headers of a 25 MB upload are sent: an answer proves no front end waited for the body."""
+    head = "POST /hook HTTP/1.1\r\nHost: x\r\nContent-Length: 25000000\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.port), timeout=5) as sock:  # the timeout: a stuck test
+        sock.sendall(head.encode())
+        answer = b""
+        while b"missing rpq_token" not in answer and (chunk := sock.recv(65536)):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 401 ") and b"missing rpq_token" in answer
+    assert served.calls == []

@@ -234,11 +234,29 @@ class WebhookReceiver:
 
     # -- the framework-agnostic core ------------------------------------------------------------
 
+    def refuse_before_body(self, token: str | None, content_length: int | None) -> Delivery | None:
+        """The answer to give before reading a byte of the body, or None to go on and read it.
+
+        A stranger must not make a server buffer anything: the token (in the query string) and an
+        announced size are checked first. Every front end (``asgi_app``, the FastAPI and Flask adapters)
+        asks this, then reads at most ``max_body + 1`` bytes, and answers with the connection closed.
+        """
+        try:
+            self.signer.verify(token)
+        except WebhookVerificationError as exc:
+            return Delivery(exc.status, exc.reason)
+        if content_length is not None and content_length > self.max_body:
+            return self.too_large()
+        return None
+
+    def too_large(self) -> Delivery:
+        return Delivery(413, f"body over {self.max_body} bytes")
+
     def _prepare(self, token: str | None, body: bytes) -> Delivery:
         """Everything before the callback. A Delivery with status 0 means 'call the callback now';
         any other is the answer to give."""
         if len(body) > self.max_body:
-            return Delivery(413, f"body over {self.max_body} bytes")
+            return self.too_large()
         try:
             claims = self.signer.verify(token)
         except WebhookVerificationError as exc:
@@ -366,13 +384,10 @@ def asgi_app(
         # announced size over the limit refused before a byte of the body is read; both answers close the
         # connection so the rest of the upload is never read either.
         token = _token_from_query(scope.get("query_string", b""))
-        try:
-            receiver.signer.verify(token)
-        except WebhookVerificationError as exc:
-            return await answer(send, scope, Delivery(exc.status, exc.reason), close=True)
-        too_large = Delivery(413, f"body over {receiver.max_body} bytes")
-        if _content_length(scope) > receiver.max_body:
-            return await answer(send, scope, too_large, close=True)
+        refusal = receiver.refuse_before_body(token, _content_length(scope))
+        if refusal is not None:
+            return await answer(send, scope, refusal, close=True)
+        too_large = receiver.too_large()
         chunks: list[bytes] = []
         size = 0
         while True:

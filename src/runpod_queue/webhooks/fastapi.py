@@ -4,21 +4,36 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from runpod_queue.webhooks import TOKEN_PARAM, WebhookReceiver
+from runpod_queue.webhooks import TOKEN_PARAM, Delivery, WebhookReceiver
 
 __all__ = ["router"]
 
 
 def router(receiver: WebhookReceiver, path: str = "/webhook") -> APIRouter:
-    """A router with one POST route that verifies and dispatches RunPod deliveries."""
+    """A router with one POST route that verifies and dispatches RunPod deliveries.
+
+    The token and the announced size are checked before the body is read, and the body is read in
+    chunks up to the limit: a stranger cannot make the app buffer an upload.
+    """
     api = APIRouter()
+
+    def refuse(delivery: Delivery) -> Response:
+        headers = {"connection": "close"}  # the rest of the upload is never read
+        return Response(delivery.answer(), delivery.status_code, headers, media_type="application/json")
 
     @api.post(path, include_in_schema=False)
     async def runpod_webhook(request: Request) -> Response:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > receiver.max_body:
-            return Response(b'{"ok": false, "reason": "body too large"}', 413, media_type="application/json")
-        delivery = await receiver.ahandle(request.query_params.get(TOKEN_PARAM), await request.body())
+        token = request.query_params.get(TOKEN_PARAM)
+        declared = request.headers.get("content-length", "")
+        refusal = receiver.refuse_before_body(token, int(declared) if declared.isdigit() else None)
+        if refusal is not None:
+            return refuse(refusal)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > receiver.max_body:
+                return refuse(receiver.too_large())
+        delivery = await receiver.ahandle(token, bytes(body))
         return Response(delivery.answer(), delivery.status_code, media_type="application/json")
 
     return api

@@ -12,14 +12,26 @@ __all__ = ["blueprint"]
 def blueprint(
     receiver: WebhookReceiver, path: str = "/webhook", *, name: str = "runpod_webhook"
 ) -> Blueprint:
-    """A blueprint with one POST route that verifies and dispatches RunPod deliveries (sync callback)."""
+    """A blueprint with one POST route that verifies and dispatches RunPod deliveries (sync callback).
+
+    The token and the announced size are checked before the body is read, and at most ``max_body + 1``
+    bytes are read: a stranger cannot make the app buffer an upload.
+    """
     bp = Blueprint(name, __name__)
 
     @bp.post(path)
     def runpod_webhook() -> Response:
-        if request.content_length is not None and request.content_length > receiver.max_body:
-            return Response(b'{"ok": false, "reason": "body too large"}', 413, mimetype="application/json")
-        delivery = receiver.handle(request.args.get(TOKEN_PARAM), request.get_data(cache=False))
-        return Response(delivery.answer(), delivery.status_code, mimetype="application/json")
+        token = request.args.get(TOKEN_PARAM)
+        delivery = receiver.refuse_before_body(token, request.content_length)
+        if delivery is None:
+            body = request.stream.read(receiver.max_body + 1)
+            if len(body) > receiver.max_body:
+                delivery = receiver.too_large()
+            else:
+                delivery = receiver.handle(token, body)
+                return Response(delivery.answer(), delivery.status_code, mimetype="application/json")
+        refused = Response(delivery.answer(), delivery.status_code, mimetype="application/json")
+        refused.headers["Connection"] = "close"  # the rest of the upload is never read
+        return refused
 
     return bp
