@@ -36,12 +36,16 @@ def json_lines(text: str) -> list[Any]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-class WireRecorder:
-    """A loopback stand-in for RunPod that records each request as sent (method, path with query, JSON
-    body) and answers every job call with one finished job: it shows the exact wire values a command
-    produces, which the emulator (rightly) does not echo back. Binds port 0 and reports the port it got."""
+# answer(n, method, path, body) -> (HTTP status, JSON body); n counts requests from 1.
+Answer = Callable[[int, str, str, Any], tuple[int, Any]]
 
-    def __init__(self) -> None:
+
+class StandIn:
+    """A loopback stand-in for RunPod for what the emulator (rightly) never does: it records each request
+    as sent (method, path with query, JSON body) and answers as ``answer`` says — a 503 twice, a status
+    RunPod's docs name but the emulator does not send, … Binds port 0 and reports the port it got."""
+
+    def __init__(self, answer: Answer) -> None:
         self.requests: list[tuple[str, str, Any]] = []
         recorder = self
 
@@ -50,8 +54,9 @@ class WireRecorder:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length)) if length else None
                 recorder.requests.append((self.command, self.path, body))
-                data = json.dumps({"id": "job-1", "status": "COMPLETED", "output": "ok"}).encode()
-                self.send_response(200)
+                status, reply = answer(len(recorder.requests), self.command, self.path, body)
+                data = json.dumps(reply).encode()
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -76,3 +81,10 @@ class WireRecorder:
     ) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class WireRecorder(StandIn):
+    """Answers every job call with one finished job: shows the exact wire values a command produces."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda *_: (200, {"id": "job-1", "status": "COMPLETED", "output": "ok"}))

@@ -4,16 +4,13 @@ instead of leaving a blank screen: a spinner on a terminal, one plain line per r
 from __future__ import annotations
 
 import io
-import json
 import socket
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import httpx
 import pytest
-from cli_support import Invoke
+from cli_support import Invoke, StandIn
 from rich.console import Console
 
 from runpod_queue import APITimeoutError, Job, JobStatus, ServerError
@@ -21,47 +18,14 @@ from runpod_queue._retry import RetryNotice
 from runpod_queue.cli._render import Progress
 from runpod_queue.cli._retrying import RetryLine
 
-
-class Busy:
-    """Loopback: 503 to the first ``failures`` requests, then a completed job."""
-
-    def __init__(self, failures: int) -> None:
-        self.requests = 0
-        busy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                busy.requests += 1
-                status, body = (503, {"error": "busy"}) if busy.requests <= failures else (200, _JOB)
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self._server.server_address[1])
-        self.base_url = f"http://127.0.0.1:{self.port}/v2"
-        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.01,), daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-
 _JOB = {"id": "j1", "status": "COMPLETED", "output": "done"}
 
 
 @pytest.fixture
-def busy() -> Iterator[Busy]:
-    server = Busy(failures=2)
-    yield server
-    server.close()
+def busy() -> Iterator[StandIn]:
+    """503 to the first two requests, then a completed job."""
+    with StandIn(lambda n, *_: (503, {"error": "busy"}) if n <= 2 else (200, _JOB)) as server:
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -70,7 +34,7 @@ def short_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("runpod_queue._attempts.backoff_delay", lambda *args: 0.01)
 
 
-def test_each_retry_is_one_line_on_a_plain_stderr_and_the_answer_follows(rpq: Invoke, busy: Busy) -> None:
+def test_each_retry_is_one_line_on_a_plain_stderr_and_the_answer_follows(rpq: Invoke, busy: StandIn) -> None:
     result = rpq("status", "ep", "j1", "--base-url", busy.base_url, connect=False)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "id      j1\nstatus  COMPLETED\noutput  done\n"
@@ -79,10 +43,12 @@ def test_each_retry_is_one_line_on_a_plain_stderr_and_the_answer_follows(rpq: In
         f"connecting to {where}: retrying (attempt 2 of 5, in 0.0s) after HTTP 503",
         f"connecting to {where}: retrying (attempt 3 of 5, in 0.0s) after HTTP 503",
     ]
-    assert busy.requests == 3
+    assert len(busy.requests) == 3
 
 
-def test_on_a_terminal_the_retrying_spinner_is_gone_before_the_answer_prints(rpq: Invoke, busy: Busy) -> None:
+def test_on_a_terminal_the_retrying_spinner_is_gone_before_the_answer_prints(
+    rpq: Invoke, busy: StandIn
+) -> None:
     # TTY_COMPATIBLE=1: rich treats the captured stderr as a terminal (live display, cursor codes).
     result = rpq(
         "status", "ep", "j1", "--base-url", busy.base_url, connect=False, env={"TTY_COMPATIBLE": "1"}
