@@ -50,7 +50,11 @@ def _decode(answer: Answer) -> Any:
     if not content:
         raise _malformed(answer, "empty body")
     try:
-        return json.loads(content)
+        try:
+            # Decoded first: json.loads(bytes) sniffs for UTF-16/32 on every call, and RunPod sends UTF-8.
+            return json.loads(content.decode())
+        except ValueError:  # not UTF-8 (or not JSON): the bytes path, as before, decides
+            return json.loads(content)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
         snippet = content[:80].decode("utf-8", "replace")
         raise _malformed(answer, f"body is not JSON: {snippet!r}") from None

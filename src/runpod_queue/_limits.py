@@ -161,9 +161,11 @@ class AsyncLimiter(_Base):
         if window is None:
             return None
         key = id(window)
-        waiters = self._waiters.setdefault(key, collections.deque())
+        waiters = self._waiters.get(key)  # not setdefault: that builds a deque on every call
         if not waiters and window.try_acquire(time.monotonic()) == 0.0:
             return window
+        if waiters is None:
+            waiters = self._waiters[key] = collections.deque()
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         waiters.append(fut)

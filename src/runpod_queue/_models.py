@@ -71,11 +71,15 @@ def _freeze(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return data if isinstance(data, MappingProxyType) else MappingProxyType(dict(data))
 
 
+# A tuple, not ``int | float``: that expression builds a new union object on every call (3 per parsed Job).
+_NUMBER = (int, float)
+
+
 def _opt_int(data: Mapping[str, Any], key: str) -> int | None:
     value = data.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER) or not math.isfinite(value):
         raise MalformedError(f"{key!r} should be a number, got {value!r}")
     return int(value)
 
@@ -179,7 +183,8 @@ class Job:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Parse RunPod's own field names (the inverse of ``to_dict``); ValueError names what is wrong."""
-        if not isinstance(data, Mapping):
+        # The exact-type test first: isinstance against the Mapping ABC is slow, and JSON gives a dict.
+        if type(data) is not dict and not isinstance(data, Mapping):
             raise MalformedError(f"expected a JSON object, got {type(data).__name__}")
         job_id = data.get("id")
         if not isinstance(job_id, str) or not job_id:
@@ -191,17 +196,38 @@ class Job:
             raise MalformedError("missing 'status'")
         known = _status(status)
         worker = data.get("workerId")
-        return cls(
-            id=job_id,
-            status=known,
-            output=data.get("output"),
-            error=data.get("error"),
-            delay_time=_opt_seconds(data, "delayTime"),
-            execution_time=_opt_seconds(data, "executionTime"),
-            worker_id=None if worker is None else str(worker),
-            retries=_opt_int(data, "retries"),
-            raw=data,
-        )
+        if cls is not Job:  # a subclass may have its own __init__ / __post_init__
+            return cls(
+                id=job_id,
+                status=known,
+                output=data.get("output"),
+                error=data.get("error"),
+                delay_time=_opt_seconds(data, "delayTime"),
+                execution_time=_opt_seconds(data, "executionTime"),
+                worker_id=None if worker is None else str(worker),
+                retries=_opt_int(data, "retries"),
+                raw=data,
+            )
+        # What __init__ + __post_init__ would store, set directly: every answer is parsed into a Job, and
+        # the frozen dataclass's __init__ (a slow object.__setattr__ per field) then __post_init__ (which
+        # re-checks what was checked above) cost more than the JSON decoding of a status answer.
+        error = data.get("error")
+        kind, message, trace = _parse_error(error)
+        job = object.__new__(cls)
+        _set = object.__setattr__
+        _set(job, "id", job_id)
+        _set(job, "status", known)
+        _set(job, "output", data.get("output"))
+        _set(job, "error", error)
+        _set(job, "delay_time", _opt_seconds(data, "delayTime"))
+        _set(job, "execution_time", _opt_seconds(data, "executionTime"))
+        _set(job, "worker_id", None if worker is None else str(worker))
+        _set(job, "retries", _opt_int(data, "retries"))
+        _set(job, "raw", _freeze(data))
+        _set(job, "error_type", kind)
+        _set(job, "error_message", message)
+        _set(job, "error_traceback", trace)
+        return job
 
     def to_dict(self) -> dict[str, Any]:
         """RunPod's field names and units (ms), every key of the original answer kept."""

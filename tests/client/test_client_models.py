@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from datetime import timedelta
@@ -9,9 +10,10 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from runpod_queue import Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
+from runpod_queue import APIResponseError, Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
+from runpod_queue._answers import parse_job
 from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status
-from runpod_queue._transport import was_not_sent
+from runpod_queue._transport import Answer, was_not_sent
 from runpod_queue.emulator.workers import _generator_error
 
 RUNPOD_ERROR = json.dumps(
@@ -103,6 +105,56 @@ def test_generator_error_string_is_parsed_and_kept() -> None:
 def test_other_errors_are_never_thrown_away(error: object, message: str | None) -> None:
     job = Job.from_dict({"id": "j", "status": "FAILED", "error": error})
     assert job.error_message == message
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        {"id": "j", "status": "COMPLETED", "output": 1, "delayTime": 0, "executionTime": 3, "workerId": "w"},
+        {"id": "j", "status": "FAILED", "error": RUNPOD_ERROR, "retries": 2, "workerId": 7},
+        {"id": "j", "status": "FAILED", "error": {"error_message": "as a dict"}, "executionTime": 1.5},
+        {"id": "j", "status": "IN_QUEUE"},
+        {"id": "j", "status": "WARMING_UP", "extra": [1, 2]},  # a status this version does not know
+    ],
+)
+def test_from_dict_builds_the_same_job_as_the_constructor(wire: dict[str, object]) -> None:
+    """from_dict sets a Job's fields directly (speed): every field, compared or not, must hold what the
+    dataclass constructor would have stored — a field added to Job and missed there fails here."""
+
+    class ThroughConstructor(Job):  # from_dict of a subclass calls the constructor
+        pass
+
+    fast, slow = Job.from_dict(wire), ThroughConstructor.from_dict(wire)
+    for field in dataclasses.fields(Job):
+        assert getattr(fast, field.name) == getattr(slow, field.name), field.name
+    assert type(fast.raw) is type(slow.raw)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.id = "other"  # type: ignore[misc]
+
+
+def test_from_dict_of_a_subclass_goes_through_its_constructor() -> None:
+    class Tagged(Job):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            object.__setattr__(self, "retries", -1)
+
+    job = Tagged.from_dict({"id": "j", "status": "COMPLETED"})
+    assert type(job) is Tagged
+    assert job.retries == -1
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "utf-8-sig", "utf-16", "utf-32-le"])
+def test_answers_in_any_json_encoding_still_parse(encoding: str) -> None:
+    """Answers are decoded as UTF-8 text first (speed); what that path refuses goes through json's own
+    byte sniffing, as before, so a BOM or a UTF-16/32 body parses as it always did."""
+    body = json.dumps({"id": "j", "status": "COMPLETED", "output": "héllo"}).encode(encoding)
+    job = parse_job(Answer(200, body, [], "OK", "GET", "http://127.0.0.1/v2/e/status/j"))
+    assert (job.id, job.output) == ("j", "héllo")
+
+
+def test_an_answer_that_is_not_json_is_reported_with_its_start() -> None:
+    with pytest.raises(APIResponseError, match="body is not JSON: 'oops"):
+        parse_job(Answer(200, b"oops \xff", [], "OK", "GET", "http://127.0.0.1/v2/e/status/j"))
 
 
 def test_health_parses_sparse_answers() -> None:
