@@ -241,7 +241,11 @@ class _Lane:
             outcome = _run_sync(handler, payload, sink, worker.id)
             with self.cond:
                 self.busy_since = None
-            post(("done", job, attempt, worker, outcome, reports))
+                more = bool(self.pending)
+            # One loop wake-up per batch: woken at the first result, the loop would wait for the GIL
+            # this thread holds for the next job (a GIL hand-off per job). Results held back are
+            # delivered by the next post, or by the lane watchdog if the next handler is slow.
+            post(("done", job, attempt, worker, outcome, reports), wake=not more)
 
     def stuck(self, now: float) -> bool:
         with self.cond:
@@ -287,11 +291,12 @@ class InProcessRunner:
 
     # -- thread → loop hand-off -----------------------------------------------------------------
 
-    def post(self, item: tuple[Any, ...]) -> None:
-        """Called from worker threads: queue an event for the loop, waking it once per batch."""
+    def post(self, item: tuple[Any, ...], *, wake: bool = True) -> None:
+        """Called from worker threads: queue an event for the loop, waking it once per batch (`wake`
+        False: not yet, more is coming; `_check_lane` delivers it if nothing more comes soon)."""
         with self._outbox_lock:
             self._outbox.append(item)
-            if self._drain_scheduled:
+            if self._drain_scheduled or not wake:
                 return
             self._drain_scheduled = True
         loop = self._loop
@@ -357,6 +362,8 @@ class InProcessRunner:
 
     def _check_lane(self, endpoint_id: str) -> None:
         self._watching.discard(endpoint_id)
+        if self._outbox:  # results a lane held back for a batch whose next handler is still running
+            self._drain()
         lane = self._lanes.get(endpoint_id)
         if lane is None:
             return
