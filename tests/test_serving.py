@@ -94,3 +94,24 @@ def test_a_streamed_head_is_sent_before_its_body_is_ready(chunks: int) -> None:
     before_body, writes = asyncio.run(main())
     assert len(before_body) == 1 and before_body[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert writes[1:] and b"".join(writes[1:]).count(b"x") == chunks
+
+
+@pytest.mark.parametrize(("header_timeout", "body_timeout"), [(30.0, 0.05), (0.05, 30.0)])
+def test_the_nearer_deadline_closes_the_connection_whichever_was_armed_first(
+    monkeypatch: pytest.MonkeyPatch, header_timeout: float, body_timeout: float
+) -> None:
+    monkeypatch.setattr(GuardedHttpTools, "header_timeout", header_timeout)
+    monkeypatch.setattr(GuardedHttpTools, "body_timeout", body_timeout)
+
+    async def main() -> bool:
+        protocol, transport = serve(plain)
+        if body_timeout < header_timeout:  # the body never comes: the body deadline is the nearer one
+            protocol.data_received(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\n")
+        else:  # answered, then the next request's headers never come
+            await turns(5)
+        await asyncio.sleep(0.3)
+        closed = transport.closed
+        protocol.connection_lost(None)
+        return closed
+
+    assert asyncio.run(main())

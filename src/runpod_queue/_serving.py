@@ -85,18 +85,41 @@ class GuardedHttpTools(HttpToolsProtocol):
     body_timeout: float = BODY_TIMEOUT
     max_header_bytes: int = MAX_HEADER_BYTES
 
-    _deadline: asyncio.TimerHandle | None = None
+    # Loop time by which what the connection awaits (headers, a body) must have arrived; None: nothing.
+    _deadline: float | None = None
+    # One pending check per connection, left in place when a deadline moves later: arming and disarming
+    # happen twice per request, and a timer made and cancelled each time was a measurable share of a
+    # keep-alive request's cost. The check re-arms itself when it fires before the deadline.
+    _timer: asyncio.TimerHandle | None = None
+    _timer_due: float = 0.0
     _header_bytes: int = 0  # bytes received while waiting for headers; -1 once they are complete
     _parsed_bytes: int = 0  # the current request's URL and headers, as parsed
 
     def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._expire)
+        deadline = self.loop.time() + seconds
+        self._deadline = deadline
+        if self._timer is None or deadline < self._timer_due:
+            self._schedule(deadline, seconds)
+
+    def _schedule(self, due: float, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(delay, self._check)
+        self._timer_due = due
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._deadline = None
+
+    def _check(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        left = deadline - self.loop.time()
+        if left > 0:
+            self._schedule(deadline, left)
+        else:
+            self._expire()
 
     def _expire(self) -> None:
         self._deadline = None
@@ -110,6 +133,9 @@ class GuardedHttpTools(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
