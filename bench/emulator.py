@@ -228,7 +228,10 @@ def retained_part(rounds: int, seconds: float, count: int) -> None:
             # A fresh empty emulator per round: the measured /run calls add jobs to it too.
             with emulator_process("noop=bench/_noop_worker.py", *flags) as empty:
                 empty_id = finished_job(empty.url)
-                wrk_rate(f"{empty.url}/noop/run", 2, 1, script)  # warm, as the filled one is
+                # Warm both routes, as the filled one is.
+                wrk_rate(f"{empty.url}/noop/run", 2, 1, script)
+                wrk_rate(f"{empty.url}/noop/status/{empty_id}", 2, 1)
+                idle_jobs(empty.url)
                 got: dict[tuple[str, str], tuple[float, float]] = {}
                 # empty, filled, filled, empty: drift on a shared machine hits both about equally.
                 for kind, server, job_id in (
