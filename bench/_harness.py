@@ -107,10 +107,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def emulator_process(handler_ref: str, *extra: str) -> Iterator[Served]:
-    """Our emulator via `rpq serve --port 0` (it prints the address it bound); yields its base URL and pid."""
+def emulator_process(handler_ref: str, *extra: str, source: str | None = None) -> Iterator[Served]:
+    """Our emulator via `rpq serve --port 0` (it prints the address it bound); yields its base URL and pid.
+
+    `source`: a directory holding another `runpod_queue` package (e.g. `git archive <commit> src`) to serve
+    instead of this checkout's, to compare two versions side by side."""
     args = [sys.executable, "-m", "runpod_queue.cli", "serve", handler_ref, "--port", "0", *extra]
-    with announced(args, "/v2/") as (proc, root):
+    env = {"PYTHONPATH": source} if source else None
+    with announced(args, "/v2/", env=env) as (proc, root):
         yield Served(f"{root}/v2", proc.pid)
 
 

@@ -11,8 +11,10 @@ machine may be shared: absolute figures drift, ratios from one round do not) and
 2. retained jobs: POST /run and GET /status/<id> with wrk against an emulator holding 100,000 finished
    jobs and an empty one (both on a virtual clock, so retention never expires). Target: within 10%.
 
-`--run-status` adds run-then-poll-status jobs per second from an aiohttp client (the official server runs
-the job inside /status). Needs wrk: `apt-get install wrk` (Debian/Ubuntu package `wrk`).
+`--baseline DIR` adds the emulator from another source tree (DIR holds its `runpod_queue` package) with
+the sync handler to the runsync part: before/after ratios from one run. `--run-status` adds
+run-then-poll-status jobs per second from an aiohttp client (the official server runs the job inside
+/status). Needs wrk: `apt-get install wrk` (Debian/Ubuntu package `wrk`).
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def median_line(label: str, values: list[float], unit: str) -> float:
 # -- 1. runsync ------------------------------------------------------------------------------------
 
 
-def runsync_part(rounds: int, seconds: float, connections: list[int]) -> None:
-    print("--- runsync: wrk POST /runsync, no-op handler; three servers up at once ---")
+def runsync_part(rounds: int, seconds: float, connections: list[int], baseline: str | None) -> None:
+    print("--- runsync: wrk POST /runsync, no-op handler; the servers are up at once ---")
     rates: dict[tuple[str, int], list[float]] = {}
     costs: dict[tuple[str, int], list[float]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
@@ -134,6 +136,9 @@ def runsync_part(rounds: int, seconds: float, connections: list[int]) -> None:
             "emulator(async handler)": (async_, "/noop/runsync"),
             "official": (official, "/runsync"),
         }
+        if baseline:
+            before = emulator_process("noop=bench/_noop_worker.py", *EMULATOR_FLAGS, source=baseline)
+            servers["baseline emulator(sync handler)"] = (stack.enter_context(before), "/noop/runsync")
         for c in connections:
             show_command("<server>/runsync", c, seconds, script)
         for server, path in servers.values():  # warm code paths and connections
@@ -164,6 +169,12 @@ def runsync_part(rounds: int, seconds: float, connections: list[int]) -> None:
         median_line(f"{name} server CPU per runsync connections={c}", values, "µs")
     for (name, c), values in ratios.items():
         median_line(f"ratio {name} / official runsync connections={c}", values, "x")
+    if baseline:
+        for c in connections:
+            now = ratios[("emulator(sync handler)", c)]
+            before = ratios[("baseline emulator(sync handler)", c)]
+            change = [a / b for a, b in zip(now, before, strict=True)]
+            median_line(f"this checkout / baseline, sync handler runsync connections={c}", change, "x")
     for c, target in ((8, 2.0), (1, 1.0)):
         if ("emulator(sync handler)", c) in ratios:
             got_ratio = statistics.median(ratios[("emulator(sync handler)", c)])
@@ -340,6 +351,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, help="retained jobs (default 100000; --quick 10000)")
     parser.add_argument("--only", choices=("runsync", "retained"), help="run one part only")
     parser.add_argument("--run-status", action="store_true", help="add run+status figures (aiohttp)")
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="also serve the runpod_queue package in DIR (e.g. from `git archive <commit> src | tar -x -C "
+        "DIR`, then DIR/src) with the sync handler in the runsync part: before/after in one run",
+    )
     args = parser.parse_args(argv)
     if shutil.which("wrk") is None:
         print(
@@ -353,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     count = args.jobs or (10_000 if args.quick else 100_000)
     connections = [int(c) for c in args.connections.split(",")]
     if args.only in (None, "runsync"):
-        runsync_part(args.rounds, seconds, connections)
+        runsync_part(args.rounds, seconds, connections, args.baseline)
     if args.only in (None, "retained"):
         retained_part(args.rounds, seconds, count)
     if args.run_status:
