@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import free_port, wait_until_up
+from _harness import launch, stop
 
 SERVER = """
 import asyncio, gc, sys
@@ -43,7 +43,8 @@ async def slow(job):
 gc.freeze()
 gc.set_threshold(50_000, 20, 100)
 endpoints = {"noop": noop, "slow": EndpointSpec(handler=slow, workers=100)}
-Emulator(endpoints, workers=8, rate_limits=sys.argv[2] == "on", port=int(sys.argv[1])).serve_forever()
+emu = Emulator(endpoints, workers=8, rate_limits=sys.argv[1] == "on")
+emu.serve_forever(on_ready=lambda e: print(e.base_url, flush=True))
 """
 
 RUN_LIMIT = 1000  # per 10 s window
@@ -51,11 +52,9 @@ WINDOW = 10.0
 
 
 def start_emulator(limits: bool) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), "on" if limits else "off"])
-    base = f"http://127.0.0.1:{port}/v2"
-    wait_until_up(f"{base}/noop/health")
-    return proc, base
+    # The server binds port 0 and prints its address: no free-port probe to race with.
+    proc, root = launch([sys.executable, "-c", SERVER, "on" if limits else "off"], "/v2/noop/health")
+    return proc, f"{root}/v2"
 
 
 def write_inputs(path: Path, count: int) -> None:
@@ -90,8 +89,7 @@ def bench_rate(count: int) -> None:
                     summary = runner.run(lines)
             elapsed = time.monotonic() - started
     finally:
-        proc.terminate()
-        proc.wait()
+        stop(proc)
     assert summary.ok and summary.completed == count, summary
     first = next(t for t, n in samples if n >= 1)
     first_window = next(t for t, n in samples if n >= RUN_LIMIT)
@@ -145,8 +143,7 @@ def bench_slow(count: int, *, webhooks: bool = False) -> float:
                 summary = runner.run(items)
             elapsed = time.monotonic() - started
     finally:
-        proc.terminate()
-        proc.wait()
+        stop(proc)
     assert summary.ok and summary.completed == count, summary
     # Ideal: 100 workers drain the queue in sum(sleep) / 100 seconds.
     ideal = sum(item["sleep"] for _, item in items) / 100
@@ -197,8 +194,7 @@ def bench_rss(count: int) -> None:
     try:
         subprocess.run([sys.executable, __file__, "--rss-child", str(count), base], check=True)
     finally:
-        proc.terminate()
-        proc.wait()
+        stop(proc)
 
 
 def main() -> None:

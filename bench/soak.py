@@ -35,7 +35,7 @@ from typing import Any
 
 import aiohttp
 
-from _harness import emulator_process, free_port
+from _harness import emulator_process
 
 HANDLER = "def handler(job):\n    return job['input']\n"
 
@@ -43,24 +43,6 @@ HANDLER = "def handler(job):\n    return job['input']\n"
 def rss_mb(pid: int) -> float:
     found = re.search(r"VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
     return int(found.group(1)) / 1024 if found else 0.0
-
-
-def server_pid(port: int) -> int:
-    """The pid of the process listening on ``port`` (the emulator `rpq serve` started), from /proc."""
-    inode = None
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
-                inode = fields[9]
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return int(pid)
-        except OSError:
-            continue
-    raise RuntimeError(f"no process listens on {port}")
 
 
 # -- 1. soak ------------------------------------------------------------------------------------------
@@ -111,9 +93,7 @@ async def soak(base: str, clients: int, seconds: float) -> tuple[int, Counter[st
 def run_soak(tmp: Path, clients: int, seconds: float) -> None:
     handler = tmp / "echo.py"
     handler.write_text(HANDLER)
-    port = free_port()
-    with emulator_process(f"echo={handler}", port, "--no-rate-limits", "--workers", "4") as base:
-        pid = server_pid(port)
+    with emulator_process(f"echo={handler}", "--no-rate-limits", "--workers", "4") as (base, pid):
         start = rss_mb(pid)
         began = time.monotonic()
         requests, outcomes = asyncio.run(soak(base, clients, seconds))

@@ -170,6 +170,32 @@ def test_a_slow_sync_job_does_not_hold_up_quick_ones_of_other_workers() -> None:
         http.close()
 
 
+def test_a_quick_result_is_not_held_back_by_a_slow_job_handed_over_with_it() -> None:
+    # Both jobs start in one loop turn, so the handler thread takes them as one batch; it may hold the
+    # quick result back while more of the batch runs, but not for as long as the slow one blocks.
+    def mixed(job: dict[str, Any]) -> Any:
+        if job["input"].get("gate"):
+            started("batched").set()
+            gate("batched").wait(5)
+            return "slow"
+        return "quick"
+
+    with Emulator({"m": EndpointSpec(mixed, workers=2)}) as emu:
+        http = Http(emu, key=None)
+
+        async def start_both() -> tuple[str, str]:
+            endpoint = emu.core.endpoints["m"]
+            return emu.core.submit(endpoint, {}).id, emu.core.submit(endpoint, {"gate": True}).id
+
+        quick, slow = emu.call(start_both)
+        assert started("batched").wait(5)
+        assert http.wait("m", quick)["output"] == "quick"
+        assert http.status("m", slow)["status"] == "IN_PROGRESS"
+        gate("batched").set()
+        assert http.wait("m", slow)["output"] == "slow"
+        http.close()
+
+
 def test_a_job_cancelled_before_its_sync_handler_started_never_runs() -> None:
     ran: list[Any] = []
 

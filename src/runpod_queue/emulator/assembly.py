@@ -91,6 +91,7 @@ def assemble(
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:
         clock.bind(loop)
+        core.bind(loop)
         runner.bind(loop)
         delivery.bind(loop)
         console.bind(loop)

@@ -68,6 +68,7 @@ class Core:
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
         self._runner = runner
         self._webhooks = webhooks
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.endpoints: dict[str, EndpointState] = {
             eid: EndpointState(eid, spec, default_workers if spec.workers is None else spec.workers)
             for eid, spec in endpoints.items()
@@ -75,6 +76,10 @@ class Core:
         for ep in self.endpoints.values():
             for _ in range(ep.in_process_workers):
                 self._add_worker(ep)
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop the emulator serves on (client holds make their futures on it)."""
+        self._loop = loop
 
     def span(self, duration: float) -> float:
         """Clock seconds a RunPod duration (seconds) lasts: `time_scale` applies on a real clock."""
@@ -471,7 +476,8 @@ class Core:
         await self._park(job, "stream_waiters", wait)
 
     async def _park(self, job: JobRecord, attr: str, wait: float) -> None:
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The bound loop, not get_running_loop(): that one makes a getpid() syscall on every call.
+        fut: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
         waiters = getattr(job, attr)
         if waiters is None:
             waiters = []

@@ -318,6 +318,9 @@ class Emulator:
             lifespan="on",
             log_level=self.log_level,
             access_log=False,
+            # Loopback by default and nothing reads the client's address: uvicorn's proxy-header
+            # middleware would only add a layer to every request.
+            proxy_headers=False,
             timeout_graceful_shutdown=1,
             backlog=2048,
         )

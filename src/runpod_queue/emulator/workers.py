@@ -18,11 +18,11 @@ import importlib.metadata
 import inspect
 import json
 import os
+import queue
 import socket
 import threading
 import time
 import traceback
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -214,57 +214,62 @@ class _Lane:
 
     def __init__(self, runner: InProcessRunner, name: str) -> None:
         self.runner = runner
-        self.cond = threading.Condition()
-        self.pending: deque[tuple[Any, ...]] = deque()
+        # A SimpleQueue, not a Condition and a deque: its put and get are C code with no Python-level
+        # locking, and both threads run them once per job while holding the GIL. None ends the thread.
+        self.queue: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        # Set and cleared by this lane's thread, read by the loop's watchdog: plain attribute writes and
+        # reads, atomic under the GIL.
         self.busy_since: float | None = None
-        self.detached = False
-        self.closed = False
         self.thread = threading.Thread(target=self._main, name=f"rpq-lane-{name}", daemon=True)
         self.thread.start()
 
     def submit(self, item: tuple[Any, ...]) -> None:
-        with self.cond:
-            self.pending.append(item)
-            self.cond.notify()
+        self.queue.put(item)
 
     def _main(self) -> None:
         post = self.runner.post
+        get = self.queue.get
+        empty = self.queue.empty
         while True:
-            with self.cond:
-                while not self.pending:
-                    if self.closed or self.detached:
-                        return
-                    self.cond.wait()
-                item = self.pending.popleft()
-                self.busy_since = time.monotonic()
+            item = get()
+            if item is None:  # detached or closed
+                self.runner.wake()  # results this thread held back for a batch it will not finish
+                return
+            self.busy_since = time.monotonic()
             job, attempt, worker, handler, payload, sink, reports = item
             outcome = _run_sync(handler, payload, sink, worker.id)
-            with self.cond:
-                self.busy_since = None
-            post(("done", job, attempt, worker, outcome, reports))
+            self.busy_since = None
+            # One loop wake-up per batch: woken at the first result, the loop would wait for the GIL
+            # this thread holds for the next job (a GIL hand-off per job). Results held back are
+            # delivered by the next post, or by the lane watchdog if the next handler is slow.
+            post(("done", job, attempt, worker, outcome, reports), wake=empty())
 
     def stuck(self, now: float) -> bool:
-        with self.cond:
-            return self.busy_since is not None and now - self.busy_since >= LANE_PATIENCE_S
+        since = self.busy_since
+        return since is not None and now - since >= LANE_PATIENCE_S
 
     def has_work(self) -> bool:
-        with self.cond:
-            return self.busy_since is not None or bool(self.pending)
+        return self.busy_since is not None or not self.queue.empty()
 
     def detach(self) -> list[tuple[Any, ...]]:
-        """Leave the running call this thread; hand back the queued ones."""
-        with self.cond:
-            self.detached = True
-            moved = list(self.pending)
-            self.pending.clear()
-            self.cond.notify()
-            return moved
+        """Leave the running call this thread (it ends after it); hand back the queued ones."""
+        moved = self._take_queued()
+        self.queue.put(None)
+        return moved
 
     def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.pending.clear()
-            self.cond.notify()
+        self._take_queued()
+        self.queue.put(None)
+
+    def _take_queued(self) -> list[tuple[Any, ...]]:
+        taken: list[tuple[Any, ...]] = []
+        while True:
+            try:
+                item = self.queue.get_nowait()
+            except queue.Empty:
+                return taken
+            if item is not None:
+                taken.append(item)
 
 
 class InProcessRunner:
@@ -287,16 +292,28 @@ class InProcessRunner:
 
     # -- thread → loop hand-off -----------------------------------------------------------------
 
-    def post(self, item: tuple[Any, ...]) -> None:
-        """Called from worker threads: queue an event for the loop, waking it once per batch."""
+    def post(self, item: tuple[Any, ...], *, wake: bool = True) -> None:
+        """Called from worker threads: queue an event for the loop, waking it once per batch (`wake`
+        False: not yet, more is coming; `_check_lane` delivers it if nothing more comes soon)."""
         with self._outbox_lock:
             self._outbox.append(item)
-            if self._drain_scheduled:
+            if self._drain_scheduled or not wake:
                 return
             self._drain_scheduled = True
         loop = self._loop
         assert loop is not None
         # RuntimeError: the loop closed during shutdown, nothing left to report to.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._drain)
+
+    def wake(self) -> None:
+        """Called from worker threads: make sure the loop drains what was posted without a wake-up."""
+        with self._outbox_lock:
+            if not self._outbox or self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        loop = self._loop
+        assert loop is not None
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._drain)
 
@@ -357,6 +374,8 @@ class InProcessRunner:
 
     def _check_lane(self, endpoint_id: str) -> None:
         self._watching.discard(endpoint_id)
+        if self._outbox:  # results a lane held back for a batch whose next handler is still running
+            self._drain()
         lane = self._lanes.get(endpoint_id)
         if lane is None:
             return
