@@ -27,7 +27,6 @@ import collections
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,15 +35,17 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 
+from _harness import launch, stop
 from runpod_queue import AsyncClient, Client, OperationLimit, RateLimits
 
 API_KEY = "bench-key"
+# Binds port 0 and prints the address it got (read by _harness.launch): no probe-then-bind race.
 SERVER = """
-import sys
 from runpod_queue.emulator import Emulator
 def noop(job):
     return 1
-Emulator({"noop": noop}, api_key=%r, workers=8, rate_limits=False, port=int(sys.argv[1])).serve_forever()
+emu = Emulator({"noop": noop}, api_key=%r, workers=8, rate_limits=False, port=0)
+emu.serve_forever(on_ready=lambda e: print(e.base_url, flush=True))
 """
 
 
@@ -54,28 +55,9 @@ _NEVER_WAITS = RateLimits(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER % API_KEY, str(port)])
-    base = f"http://127.0.0.1:{port}/v2"
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            if httpx.get(f"{base}/noop/health", headers={"Authorization": API_KEY}).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise RuntimeError("emulator did not start")
-        time.sleep(0.05)
+    proc, root = launch([sys.executable, "-c", SERVER % API_KEY], ready_path="/v2/")
+    return proc, f"{root}/v2"
 
 
 def per_call(fn: Callable[[], object], n: int) -> tuple[float, float]:
@@ -296,8 +278,7 @@ def main(argv: list[str] | None = None) -> None:
             times["runpod"].append(asyncio.run(runpod_batch(base, jobs)))
             request_mix(base)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop(proc)
     figures["batch_jobs"] = jobs
     figures["batch_async_client_s"] = statistics.median(times["off"])
     figures["batch_async_client_limits_on_s"] = statistics.median(times["on"])
