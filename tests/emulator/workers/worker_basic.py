@@ -35,7 +35,10 @@ async def handler(job):
             while True:
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
-            pathlib.Path(job_input["marker"]).write_text(job["id"])
+            # Written aside, then renamed: the test polls for the file, so it must never see it empty.
+            marker = pathlib.Path(job_input["marker"])
+            marker.with_suffix(".tmp").write_text(job["id"])
+            marker.with_suffix(".tmp").replace(marker)
             raise
     if mode == "hang":
         # Blocks the worker's loop: only killing the process ends it.
