@@ -116,7 +116,9 @@ def test_api_errors_exit_3_and_leave_nothing_behind(keyed: Emulator, tmp_path: P
         "batch", str(inputs), "-e", "nope", "-o", str(out), "--base-url", keyed.base_url, "--api-key", KEY
     )
     assert code == 3 and "404" in text and KEY not in text
-    assert "endpoint 'nope' does not exist" in text and "resume" not in text
+    assert "endpoint 'nope' not found" in text and "check --endpoint (nope) and the base URL" in text
+    assert text.count("not found") + text.count("does not exist") == 1  # the missing endpoint: said once
+    assert "resume" not in text
     assert not out.exists() and not (tmp_path / "out.jsonl.journal").exists()
 
 

@@ -373,7 +373,8 @@ def _hint(exc: Exception, local: bool, url: str, endpoint: str) -> str:
     if isinstance(exc, AuthenticationError):
         return "\n  the API key was refused: set the right one with `export RUNPOD_API_KEY=...`"
     if isinstance(exc, NotFoundError):  # a batch only meets a 404 on endpoint calls (health, /run)
-        return f"\n  endpoint {endpoint!r} does not exist at {url}: check --endpoint and the base URL"
+        # The error already says the endpoint is not there (said once): add where to look.
+        return f"\n  check --endpoint ({endpoint}) and the base URL ({url})"
     return ""
 
 
