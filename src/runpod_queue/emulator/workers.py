@@ -300,11 +300,7 @@ class InProcessRunner:
             if self._drain_scheduled or not wake:
                 return
             self._drain_scheduled = True
-        loop = self._loop
-        assert loop is not None
-        # RuntimeError: the loop closed during shutdown, nothing left to report to.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(self._drain)
+        self._schedule_drain()
 
     def wake(self) -> None:
         """Called from worker threads: make sure the loop drains what was posted without a wake-up."""
@@ -312,8 +308,12 @@ class InProcessRunner:
             if not self._outbox or self._drain_scheduled:
                 return
             self._drain_scheduled = True
+        self._schedule_drain()
+
+    def _schedule_drain(self) -> None:
         loop = self._loop
         assert loop is not None
+        # RuntimeError: the loop closed during shutdown, nothing left to report to.
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._drain)
 
