@@ -22,6 +22,7 @@ from rich.table import Table
 
 from runpod_queue import Endpoint, Health, Job, JobStatus, RunpodQueueError
 from runpod_queue.cli._app import EXIT_JOB, EXIT_OK
+from runpod_queue.cli._interrupt import deferred_interrupt
 from runpod_queue.cli._retrying import RetryLine, spinner_line
 
 __all__ = ["Printer", "Progress", "exit_code_for"]
@@ -76,7 +77,8 @@ class Progress:
     def __enter__(self) -> Self:
         if self.enabled and self.console.is_terminal:
             self._live = Live(self, console=self.console, transient=True, refresh_per_second=10)
-            self._live.start()
+            with deferred_interrupt():  # Live.start() starts its refresh thread
+                self._live.start()
             if self.retry is not None:
                 self.retry.in_status_line = True
         return self
@@ -112,9 +114,8 @@ class Progress:
                     self.update(job)
 
         watcher = threading.Thread(target=poll, name="rpq-progress", daemon=True)
-        watcher.start()
-        # Kept only once started: a Ctrl-C inside start() must not leave __exit__ a thread it cannot join
-        # (a traceback instead of the interrupt message). A thread it misses still sees _stop and ends.
+        with deferred_interrupt():
+            watcher.start()
         self._watcher = watcher
 
     def _line(self) -> str:

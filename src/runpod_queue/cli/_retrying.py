@@ -21,6 +21,7 @@ from rich.spinner import Spinner
 from rich.text import Text
 
 from runpod_queue._retry import RetryNotice
+from runpod_queue.cli._interrupt import deferred_interrupt
 from runpod_queue.errors import APIStatusError, APITimeoutError
 
 __all__ = ["RetryLine", "retry_reason", "spinner_line"]
@@ -71,7 +72,8 @@ class RetryLine:
         self._notice, self._since = notice, time.monotonic()
         if not self.in_status_line and not self.paused and self._live is None:
             self._live = Live(self, console=self.console, transient=True, refresh_per_second=10)
-            self._live.start(refresh=True)  # at once: a short pause would otherwise never show
+            with deferred_interrupt():  # Live.start() starts its refresh thread
+                self._live.start(refresh=True)  # at once: a short pause would otherwise never show
 
     def describe(self) -> str:
         """The retry in progress as words ("" when there is none)."""
