@@ -258,8 +258,8 @@ class _Lane:
         return moved
 
     def close(self) -> None:
-        self._take_queued()
-        self.queue.put(None)
+        """End the thread after its running call; what was queued is dropped."""
+        self.detach()
 
     def _take_queued(self) -> list[tuple[Any, ...]]:
         taken: list[tuple[Any, ...]] = []
