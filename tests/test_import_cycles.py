@@ -118,5 +118,5 @@ def test_the_checker_finds_a_cycle() -> None:
 
 def test_the_package_has_no_import_cycle() -> None:
     graph = _graph()
-    assert graph.get("runpod_queue.client"), "the scan found no imports"
+    assert graph.get("runpod_queue._client"), "the scan found no imports"
     assert _cycles(graph) == []

@@ -93,7 +93,7 @@ def test_the_cli_starts_without_loading_aiohttp() -> None:
     """`rpq` commands use the sync client; aiohttp (about half of the import time) loads only when needed."""
     code = (
         "import sys, runpod_queue.cli._app\n"
-        "print(sorted(m for m in ('aiohttp', 'runpod_queue.aio', 'runpod_queue.batch') if m in sys.modules))"
+        "print(sorted(m for m in ('aiohttp', 'runpod_queue._aio', 'runpod_queue.batch') if m in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
 from runpod_queue._retry import Retries
 from runpod_queue._version import __version__ as __version__
-from runpod_queue.client import Client, Endpoint, JobStream
 from runpod_queue.errors import (
     APIConnectionError,
     APIResponseError,
@@ -32,7 +32,7 @@ from runpod_queue.errors import (
 )
 
 if TYPE_CHECKING:
-    from runpod_queue.aio import AsyncClient, AsyncEndpoint, AsyncJobStream
+    from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 # The asyncio client and the batch runner load aiohttp, about half of `import runpod_queue`'s time (~0.4 s
@@ -40,9 +40,9 @@ if TYPE_CHECKING:
 # sync client. They are imported on first use instead (PEP 562); `from runpod_queue import AsyncClient`
 # works as before.
 _LAZY = {
-    "AsyncClient": "runpod_queue.aio",
-    "AsyncEndpoint": "runpod_queue.aio",
-    "AsyncJobStream": "runpod_queue.aio",
+    "AsyncClient": "runpod_queue._aio",
+    "AsyncEndpoint": "runpod_queue._aio",
+    "AsyncJobStream": "runpod_queue._aio",
     "BatchResult": "runpod_queue.batch",
     "BatchRunner": "runpod_queue.batch",
     "BatchSummary": "runpod_queue.batch",

@@ -1,7 +1,7 @@
 """The operations that take more than one request — wait, run_sync, stream, cancel — as flows.
 
-Each is a generator of actions (``_actions``) built on ``_attempts.request``; the drivers in ``client.py``
-and ``aio.py`` run them. Deadlines are monotonic wall-clock time read from ``rules.clock``, so a timeout is
+Each is a generator of actions (``_actions``) built on ``_attempts.request``; the drivers in ``_client.py``
+and ``_aio.py`` run them. Deadlines are monotonic wall-clock time read from ``rules.clock``, so a timeout is
 kept whatever the server does, and the flows can be tested by driving them with a fake clock.
 """
 

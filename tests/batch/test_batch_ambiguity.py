@@ -10,7 +10,7 @@ from typing import Any
 from batch_support import FAST, Recorder, batch_runner, keys_once, until
 
 from runpod_queue import Client
-from runpod_queue.batch.journal import Journal
+from runpod_queue.batch._journal import Journal
 from runpod_queue.emulator import Emulator, Faults
 
 

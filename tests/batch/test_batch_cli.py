@@ -12,7 +12,7 @@ import pytest
 from batch_support import Recorder, keys_once, write_inputs
 from typer.testing import CliRunner
 
-from runpod_queue.cli import batch as batch_command
+from runpod_queue.cli import _batch as batch_command
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runpod_queue.batch import JournalError
-from runpod_queue.batch.journal import Journal
+from runpod_queue.batch._journal import Journal
 
 
 def test_states_and_what_a_resume_reads(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from batch_support import Recorder, batch_runner
 from rich.console import Console
 
 from runpod_queue import BatchSummary, Client
-from runpod_queue.batch.progress import LiveProgress, format_duration, summary_lines, summary_table
+from runpod_queue.batch._progress import LiveProgress, format_duration, summary_lines, summary_table
 
 
 def _shown(summary: BatchSummary, width: int) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from batch_support import FAST, QUICK_POLLS
 
 from runpod_queue import AsyncClient, AuthenticationError, BatchRunner, NotFoundError
-from runpod_queue.batch.journal import Journal
+from runpod_queue.batch._journal import Journal
 
 HEALTH = {"jobs": {}, "workers": {}}
 

@@ -12,7 +12,7 @@ import pytest
 from batch_support import Recorder, batch_runner, keys_once
 
 from runpod_queue import AsyncEndpoint, Client, Job
-from runpod_queue.batch.journal import Journal
+from runpod_queue.batch._journal import Journal
 from runpod_queue.errors import APIConnectionError, ServerError
 
 _REQUEST = httpx.Request("POST", "http://127.0.0.1/v2/ep/retry/x")

@@ -24,7 +24,7 @@ from runpod_queue import (
     Retries,
 )
 from runpod_queue.batch import JournalError, PollOptions
-from runpod_queue.batch.journal import Journal
+from runpod_queue.batch._journal import Journal
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings
 
 

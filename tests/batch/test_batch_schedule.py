@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runpod_queue import JobStatus
-from runpod_queue.batch.schedule import Schedule, Watched
+from runpod_queue.batch._schedule import Schedule, Watched
 
 
 def job(name: str, since: float) -> Watched:

@@ -9,8 +9,8 @@ import pytest
 
 from runpod_queue import BatchResult, OperationLimit, RateLimits
 from runpod_queue.batch import PollOptions, WebhookOptions
-from runpod_queue.batch.inputs import SKIP, Invalid, parse_item
-from runpod_queue.batch.submit import runner_limits
+from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
+from runpod_queue.batch._submit import runner_limits
 
 
 def test_items_and_their_keys() -> None:

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from runpod_queue import BatchRunner, Client
 from runpod_queue.batch import WebhookOptions
-from runpod_queue.batch import journal as jn
+from runpod_queue.batch import _journal as jn
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator
 

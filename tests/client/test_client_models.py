@@ -14,7 +14,7 @@ from runpod_queue import APIResponseError, Health, Job, JobFailedError, JobStatu
 from runpod_queue._answers import parse_job
 from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status
 from runpod_queue._transport import Answer, was_not_sent
-from runpod_queue.emulator.workers import _generator_error
+from runpod_queue.emulator._workers import _generator_error
 
 RUNPOD_ERROR = json.dumps(
     {

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from runpod_queue.emulator import Emulator
-from runpod_queue.emulator.console import SCAN_LIMIT, VALUE_LIMIT
+from runpod_queue.emulator._console import SCAN_LIMIT, VALUE_LIMIT
 
 KEY = "console-route-key-91aa"
 AUTH = {"authorization": f"Bearer {KEY}"}

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from runpod_queue import Client, JobStatus
 from runpod_queue.cli._app import app, load_commands
-from runpod_queue.emulator.worker_processes import WorkerProcesses
+from runpod_queue.emulator._worker_processes import WorkerProcesses
 
 
 def test_worker_env_prints_export_lines() -> None:

@@ -19,7 +19,7 @@ from external_support import API_KEY, TIMINGS, WORKERS, live_group_members, runp
 
 from runpod_queue import Client, JobStatus
 from runpod_queue.emulator import Emulator, EndpointSpec
-from runpod_queue.emulator.worker_processes import WorkerProcesses
+from runpod_queue.emulator._worker_processes import WorkerProcesses
 
 ENDPOINTS = ("basic", "stream", "stream-agg", "batch", "lost")
 

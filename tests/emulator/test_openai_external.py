@@ -18,8 +18,8 @@ from external_support import API_KEY, TIMINGS
 from runpod_queue import AsyncClient, Client
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator import Emulator, EndpointSpec
-from runpod_queue.emulator.loading import load_endpoint
-from runpod_queue.emulator.worker_processes import WorkerProcesses
+from runpod_queue.emulator._loading import load_endpoint
+from runpod_queue.emulator._worker_processes import WorkerProcesses
 
 FAKE_LLM = Path(__file__).parents[2] / "examples" / "fake_llm.py"
 MESSAGES = [{"role": "user", "content": "Why queue jobs?"}]

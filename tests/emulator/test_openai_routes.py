@@ -21,7 +21,7 @@ from runpod_queue import AsyncClient, Client, ConfigurationError
 from runpod_queue._contract import LIMITS, JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec
-from runpod_queue.emulator.loading import load_endpoint
+from runpod_queue.emulator._loading import load_endpoint
 
 # Loaded as `rpq serve examples/fake_llm.py` loads it.
 FAKE_LLM = load_endpoint(str(Path(__file__).parents[2] / "examples" / "fake_llm.py")).spec.handler

@@ -183,7 +183,7 @@ def test_without_the_emulator_extra_the_import_says_what_to_install(monkeypatch:
     import sys
 
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the extra were not installed
-    for name in ("runpod_queue.testing", "runpod_queue.emulator", "runpod_queue.emulator.server"):
+    for name in ("runpod_queue.testing", "runpod_queue.emulator", "runpod_queue.emulator._server"):
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'runpod-queue\[emulator\]'"):
         importlib.import_module("runpod_queue.testing")

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 from webhook_support import HTTP, SECRET, Listener, attempts, eventually, run
 
-from runpod_queue.cli import listen as listen_module
+from runpod_queue.cli import _listen as listen_module
 from runpod_queue.cli._app import app, load_commands
-from runpod_queue.cli.listen import DeliveryLog
+from runpod_queue.cli._listen import DeliveryLog
 from runpod_queue.emulator import Emulator
 from runpod_queue.webhooks import MemoryWebhookStore, WebhookReceiver, WebhookSigner
 

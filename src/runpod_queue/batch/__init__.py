@@ -10,9 +10,9 @@ shares) and ``options`` (``PollOptions``, ``WebhookOptions``). ``progress`` is a
 
 from __future__ import annotations
 
+from runpod_queue.batch._journal import JournalError
+from runpod_queue.batch._options import PollOptions, WebhookOptions
+from runpod_queue.batch._runner import BatchRunner
 from runpod_queue.batch._types import BatchResult, BatchSummary
-from runpod_queue.batch.journal import JournalError
-from runpod_queue.batch.options import PollOptions, WebhookOptions
-from runpod_queue.batch.runner import BatchRunner
 
 __all__ = ["BatchResult", "BatchRunner", "BatchSummary", "JournalError", "PollOptions", "WebhookOptions"]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import importlib
-import pkgutil
 import sys
-from pathlib import Path
 
 import typer
 
@@ -57,14 +55,17 @@ def _root() -> None:
     """
 
 
-def load_commands() -> None:
-    """Import every command module (`cli/<name>.py` not starting with `_`) so it registers itself.
+# The modules that define commands on `app`, imported by `load_commands` so each registers itself.
+COMMAND_MODULES = ("_batch", "_demo", "_jobs", "_listen", "_serve", "_worker_env")
 
-    Found next to this file rather than through `runpod_queue.cli.__path__`: the package imports this
-    module, so importing the package from here would close a cycle."""
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{__package__}.{module.name}")
+
+def load_commands() -> None:
+    """Import every command module so it registers its commands on `app`.
+
+    Imported by name rather than through `runpod_queue.cli`: the package imports this module, so
+    importing the package from here would close a cycle."""
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}")
 
 
 # Modules of the optional extras: a command that needs a missing one says which extra to install.

@@ -6,14 +6,14 @@ or marked as our own choice.
 
 from __future__ import annotations
 
+from runpod_queue.emulator._app import EmulatorApp
+from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
-from runpod_queue.emulator.app import EmulatorApp
-from runpod_queue.emulator.clock import Clock, ClockKind, RealClock, VirtualClock
-from runpod_queue.emulator.delivery import WebhookAttempt
-from runpod_queue.emulator.inspect import JobView, RecordedRequest
-from runpod_queue.emulator.loading import HandlerLoadError, LoadedEndpoint, load_endpoint
-from runpod_queue.emulator.readings import Readings
-from runpod_queue.emulator.server import Emulator
+from runpod_queue.emulator._delivery import WebhookAttempt
+from runpod_queue.emulator._inspect import JobView, RecordedRequest
+from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, load_endpoint
+from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._server import Emulator
 
 __all__ = [
     "Clock",

@@ -26,7 +26,7 @@ from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._config import EndpointSpec
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.clock import TimerHandle
+    from runpod_queue.emulator._clock import TimerHandle
 
 __all__ = [
     "EndpointState",

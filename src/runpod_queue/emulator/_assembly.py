@@ -25,18 +25,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runpod_queue._limits import RateLimits
+from runpod_queue.emulator._app import EmulatorApp
+from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
+from runpod_queue.emulator._console import Console
+from runpod_queue.emulator._control import Control
+from runpod_queue.emulator._core import Core
+from runpod_queue.emulator._delivery import WebhookDelivery
+from runpod_queue.emulator._external import ExternalWorkers
+from runpod_queue.emulator._inspect import RequestLog
 from runpod_queue.emulator._ratelimit import RateLimiter
-from runpod_queue.emulator.app import EmulatorApp
-from runpod_queue.emulator.clock import Clock
-from runpod_queue.emulator.console import Console
-from runpod_queue.emulator.control import Control
-from runpod_queue.emulator.core import Core
-from runpod_queue.emulator.delivery import WebhookDelivery
-from runpod_queue.emulator.external import ExternalWorkers
-from runpod_queue.emulator.inspect import RequestLog
-from runpod_queue.emulator.readings import Readings
-from runpod_queue.emulator.workers import InProcessRunner
+from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from runpod_queue.emulator.external import worker_environment
+from runpod_queue.emulator._external import worker_environment
 from runpod_queue.emulator.jobs import new_worker_id
 
 __all__ = ["ManagedWorker", "WorkerProcesses"]

@@ -17,10 +17,10 @@ import time
 
 from runpod_queue._contract import RETENTION_RUN_MS, JobStatus
 from runpod_queue._models import Job, Policy
+from runpod_queue.batch._schedule import Watched
+from runpod_queue.batch._state import Fatal, RunState
+from runpod_queue.batch._submit import resend_is_safe
 from runpod_queue.batch._types import BatchResult
-from runpod_queue.batch.schedule import Watched
-from runpod_queue.batch.state import Fatal, RunState
-from runpod_queue.batch.submit import resend_is_safe
 from runpod_queue.errors import (
     APIResponseError,
     AuthenticationError,

@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._http import HTTPError, Request, Route, json_object, type_name
-from runpod_queue.emulator.clock import Clock
-from runpod_queue.emulator.inspect import RequestLog, job_views
+from runpod_queue.emulator._inspect import RequestLog, job_views
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.core import Core
+    from runpod_queue.emulator._core import Core
 
 __all__ = ["Control"]
 

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
+from runpod_queue.emulator._oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, decode_json, encode_json
-from runpod_queue.emulator.oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.clock import TimerHandle
-    from runpod_queue.emulator.core import Core
+    from runpod_queue.emulator._clock import TimerHandle
+    from runpod_queue.emulator._core import Core
 
 __all__ = ["ExternalWorkers", "worker_environment"]
 

@@ -214,7 +214,7 @@ def batch(
 
     from runpod_queue import Client, RateLimits
     from runpod_queue.batch import BatchRunner, JournalError
-    from runpod_queue.batch.progress import LiveProgress, summary_lines, summary_table
+    from runpod_queue.batch._progress import LiveProgress, summary_lines, summary_table
     from runpod_queue.errors import RunpodQueueError
 
     err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -19,15 +19,15 @@ from runpod_queue._limits import RateLimits
 from runpod_queue._net import listen_socket
 from runpod_queue._serving import guarded_config
 from runpod_queue._units import seconds as _seconds
+from runpod_queue.emulator._app import EmulatorApp
+from runpod_queue.emulator._assembly import assemble
+from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, make_clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
-from runpod_queue.emulator.app import EmulatorApp
-from runpod_queue.emulator.assembly import assemble
-from runpod_queue.emulator.clock import Clock, ClockKind, VirtualClock, make_clock
-from runpod_queue.emulator.core import Core
-from runpod_queue.emulator.delivery import WebhookAttempt
-from runpod_queue.emulator.external import ExternalWorkers
-from runpod_queue.emulator.inspect import JobView, RecordedRequest, job_views
-from runpod_queue.emulator.readings import Readings
+from runpod_queue.emulator._core import Core
+from runpod_queue.emulator._delivery import WebhookAttempt
+from runpod_queue.emulator._external import ExternalWorkers
+from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
+from runpod_queue.emulator._readings import Readings
 
 __all__ = ["Emulator"]
 

@@ -37,8 +37,8 @@ from runpod_queue.emulator._http import HTTPError, Receive, Request, Scope, Send
 from runpod_queue.emulator.jobs import encode_json
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.core import Core
-    from runpod_queue.emulator.delivery import WebhookDelivery
+    from runpod_queue.emulator._core import Core
+    from runpod_queue.emulator._delivery import WebhookDelivery
     from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["Console"]

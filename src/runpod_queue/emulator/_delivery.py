@@ -19,7 +19,7 @@ from runpod_queue._contract import WEBHOOK_ATTEMPTS
 from runpod_queue._transport import failure_reason
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.clock import Clock, TimerHandle
+    from runpod_queue.emulator._clock import Clock, TimerHandle
 
 __all__ = ["WebhookAttempt", "WebhookDelivery"]
 

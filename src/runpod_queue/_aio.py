@@ -1,4 +1,4 @@
-"""The asyncio client: the same flows as ``client.py``, driven with ``await`` / ``async for``.
+"""The asyncio client: the same flows as ``_client.py``, driven with ``await`` / ``async for``.
 
 Requests go through one transport seam (``_transport``): aiohttp by default (``_aiohttp``; httpx's own async
 pool gets slower with every request in flight, httpcore 1.0.x), or any ``httpx.AsyncBaseTransport`` given as

@@ -55,7 +55,7 @@ def worker_env(
         eval "$(rpq worker-env my-endpoint --port 8000)"
         python my_worker.py
     """
-    from runpod_queue.emulator.external import worker_environment
+    from runpod_queue.emulator._external import worker_environment
     from runpod_queue.emulator.jobs import new_worker_id
 
     if not 1.0 <= ping_interval <= 60.0:

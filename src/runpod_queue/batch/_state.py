@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from runpod_queue._limits import AsyncLimiter
 from runpod_queue._models import Policy
 from runpod_queue._retry import Retries, backoff_delay
+from runpod_queue.batch._journal import Journal
+from runpod_queue.batch._output import OutputFile
+from runpod_queue.batch._schedule import Schedule, Watched
 from runpod_queue.batch._types import BatchResult, BatchSummary
-from runpod_queue.batch.journal import Journal
-from runpod_queue.batch.output import OutputFile
-from runpod_queue.batch.schedule import Schedule, Watched
 
 if TYPE_CHECKING:
-    from runpod_queue.aio import AsyncEndpoint
+    from runpod_queue._aio import AsyncEndpoint
     from runpod_queue.webhooks import WebhookSigner
 
 __all__ = ["Fatal", "RunConfig", "RunState"]

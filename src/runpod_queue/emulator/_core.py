@@ -20,12 +20,12 @@ from typing import Any, Final, Protocol
 import orjson
 
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
-from runpod_queue.emulator.clock import Clock, TimerHandle
+from runpod_queue.emulator._notices import Notices
+from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
+from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
-from runpod_queue.emulator.notices import Notices
-from runpod_queue.emulator.oversize import RESULT_LIMIT, dropped_warning
-from runpod_queue.emulator.readings import Readings
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 

@@ -33,8 +33,8 @@ from runpod_queue.emulator._http import EndpointRequest, HTTPError, Send, json_o
 from runpod_queue.emulator.jobs import encode_json
 
 if TYPE_CHECKING:
+    from runpod_queue.emulator._core import Core
     from runpod_queue.emulator._ratelimit import RateLimiter
-    from runpod_queue.emulator.core import Core
     from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["OPENAI_LIMIT", "OPENAI_ROUTES", "OpenAIRoutes"]

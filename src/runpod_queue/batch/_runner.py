@@ -30,22 +30,22 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from runpod_queue._aio import AsyncClient, AsyncEndpoint
+from runpod_queue._client import Endpoint
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Policy
 from runpod_queue._retry import Retries, backoff_delay
 from runpod_queue._units import Duration, seconds
-from runpod_queue.aio import AsyncClient, AsyncEndpoint
+from runpod_queue.batch._collect import Collector
+from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
+from runpod_queue.batch._journal import SUBMITTED, SUBMITTING, TERMINAL, Journal
+from runpod_queue.batch._options import PollOptions, WebhookOptions
+from runpod_queue.batch._output import OutputFile, drop_lines
+from runpod_queue.batch._receiver import ReceiverServer
+from runpod_queue.batch._schedule import Schedule, Watched
+from runpod_queue.batch._state import RunConfig, RunState
+from runpod_queue.batch._submit import runner_limits, submit
 from runpod_queue.batch._types import BatchResult, BatchSummary, key_text
-from runpod_queue.batch.collect import Collector
-from runpod_queue.batch.inputs import SKIP, Invalid, parse_item
-from runpod_queue.batch.journal import SUBMITTED, SUBMITTING, TERMINAL, Journal
-from runpod_queue.batch.options import PollOptions, WebhookOptions
-from runpod_queue.batch.output import OutputFile, drop_lines
-from runpod_queue.batch.receiver import ReceiverServer
-from runpod_queue.batch.schedule import Schedule, Watched
-from runpod_queue.batch.state import RunConfig, RunState
-from runpod_queue.batch.submit import runner_limits, submit
-from runpod_queue.client import Endpoint
 from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError, ServerError
 
 __all__ = ["BatchRunner"]

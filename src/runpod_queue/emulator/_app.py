@@ -40,15 +40,15 @@ from runpod_queue.emulator._http import (
     respond,
     respond_empty,
 )
-from runpod_queue.emulator.notices import Warned
-from runpod_queue.emulator.openai import OpenAIRoutes
+from runpod_queue.emulator._notices import Warned
+from runpod_queue.emulator._openai import OpenAIRoutes
 
 if TYPE_CHECKING:
+    from runpod_queue.emulator._console import Console
+    from runpod_queue.emulator._control import Control
+    from runpod_queue.emulator._core import Core
+    from runpod_queue.emulator._inspect import RequestLog
     from runpod_queue.emulator._ratelimit import RateLimiter
-    from runpod_queue.emulator.console import Console
-    from runpod_queue.emulator.control import Control
-    from runpod_queue.emulator.core import Core
-    from runpod_queue.emulator.inspect import RequestLog
     from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["EmulatorApp"]

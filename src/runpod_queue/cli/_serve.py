@@ -188,7 +188,7 @@ def serve(
         strict=strict,
     )
 
-    from runpod_queue.emulator.worker_processes import WorkerProcesses
+    from runpod_queue.emulator._worker_processes import WorkerProcesses
 
     processes: WorkerProcesses | None = None
 

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from runpod_queue.batch._journal import Journal
 from runpod_queue.batch._types import BatchResult, key_text
-from runpod_queue.batch.journal import Journal
 
 __all__ = ["OutputFile", "drop_lines"]
 

@@ -17,9 +17,9 @@ from typing import Any
 from runpod_queue._contract import OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._retry import Safety, may_resend
+from runpod_queue.batch._schedule import Watched
+from runpod_queue.batch._state import RunState
 from runpod_queue.batch._types import BatchResult
-from runpod_queue.batch.schedule import Watched
-from runpod_queue.batch.state import RunState
 from runpod_queue.errors import (
     APIConnectionError,
     APIResponseError,
