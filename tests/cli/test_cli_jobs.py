@@ -89,6 +89,24 @@ def test_run_reads_input_from_a_file(rpq: Invoke, tmp_path: Path) -> None:
     assert json.loads(result.stdout)["output"] == {"from": "file"}
 
 
+def test_a_whole_request_body_as_input_is_warned_about(rpq: Invoke, tmp_path: Path) -> None:
+    # RunPod's docs show the body {"input": {...}}; pasted into INPUT it reaches the handler wrapped twice.
+    path = tmp_path / "request.json"
+    path.write_text('{"input": {"prompt": "hi"}}')
+    result = rpq("run", "echo", f"@{path}", "--json")
+    assert result.exit_code == 0  # a handler may mean it: the job runs, as asked
+    assert json.loads(result.stdout)["output"] == {"input": {"prompt": "hi"}}
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        f'warning: {path} is a whole request body ({{"input": ...}}), but INPUT is the input itself (rpq '
+        'sends {"input": INPUT}): the handler gets job["input"]["input"]; give the inner object'
+    ]
+    inline = rpq("run", "echo", '{"input": 1}', "--no-wait")
+    assert inline.stderr.startswith("warning: INPUT is a whole request body")
+    # Another key next to "input" is an input of its own: no warning.
+    assert "warning" not in rpq("run", "echo", '{"input": 1, "mode": "x"}', "--no-wait").stderr
+
+
 def test_failed_job_exits_1_with_its_error_parsed(rpq: Invoke) -> None:
     result = rpq("run", "fail", '{"text": "no prompt"}')
     assert result.exit_code == 1

@@ -175,7 +175,7 @@ def run(
     with session(api_key, base_url, local, json_out, debug) as s:
         if sync and no_wait:
             raise UsageProblem("--sync and --no-wait exclude each other")
-        payload = parse_input(input)
+        payload = parse_input(input, warn=lambda message: s.note(message, "yellow"))
         policy = _policy(execution_timeout, ttl, low_priority)
         wait_for = within(timeout, "--timeout")
         ep = s.endpoint(endpoint)
