@@ -48,6 +48,18 @@ def test_run_json_prints_exactly_the_status_answer(rpq: Invoke, client: Client) 
     assert client.endpoint("echo").status(answer["id"]).to_dict() == answer
 
 
+def test_run_json_of_a_generator_carries_its_chunks(rpq: Invoke, client: Client) -> None:
+    # Without return_aggregate_stream RunPod's /status says "output": [], and /stream handed the chunks
+    # to rpq: they become the output, as return_aggregate_stream would make them.
+    result = rpq("run", "tokens", '{"max_tokens": 3, "delay": 0}', "--json")
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["output"] == ["Queues", " decouple", " the"]
+    status = client.endpoint("tokens").status(answer["id"]).to_dict()
+    assert status["output"] == []
+    assert {**status, "output": answer["output"]} == answer  # otherwise the same /status document
+
+
 def test_run_sync_uses_runsync(rpq: Invoke) -> None:
     result = rpq("run", "echo", '{"s": true}', "--sync", "--json")
     assert result.exit_code == 0
