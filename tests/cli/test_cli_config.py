@@ -244,6 +244,8 @@ def test_demo_runs_end_to_end(rpq: Invoke, tmp_path: Path, monkeypatch: pytest.M
     assert "ValueError: input needs a 'prompt'" in result.stderr  # the failure, parsed
     assert "CANCELLED" in out
     assert "demo finished" in out
+    # The serve command it suggests names the shipped example: examples/echo.py is only a checkout's path.
+    assert "\n  rpq serve echo  " in out
     assert "unexpected" not in out
     assert "Traceback" not in out + result.stderr
     assert API_KEY not in out + result.stderr

@@ -48,6 +48,18 @@ def test_run_json_prints_exactly_the_status_answer(rpq: Invoke, client: Client) 
     assert client.endpoint("echo").status(answer["id"]).to_dict() == answer
 
 
+def test_run_json_of_a_generator_carries_its_chunks(rpq: Invoke, client: Client) -> None:
+    # Without return_aggregate_stream RunPod's /status says "output": [], and /stream handed the chunks
+    # to rpq: they become the output, as return_aggregate_stream would make them.
+    result = rpq("run", "tokens", '{"max_tokens": 3, "delay": 0}', "--json")
+    assert result.exit_code == 0, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["output"] == ["Queues", " decouple", " the"]
+    status = client.endpoint("tokens").status(answer["id"]).to_dict()
+    assert status["output"] == []
+    assert {**status, "output": answer["output"]} == answer  # otherwise the same /status document
+
+
 def test_run_sync_uses_runsync(rpq: Invoke) -> None:
     result = rpq("run", "echo", '{"s": true}', "--sync", "--json")
     assert result.exit_code == 0
@@ -87,6 +99,24 @@ def test_run_reads_input_from_a_file(rpq: Invoke, tmp_path: Path) -> None:
     result = rpq("run", "echo", f"@{path}", "--json")
     assert result.exit_code == 0
     assert json.loads(result.stdout)["output"] == {"from": "file"}
+
+
+def test_a_whole_request_body_as_input_is_warned_about(rpq: Invoke, tmp_path: Path) -> None:
+    # RunPod's docs show the body {"input": {...}}; pasted into INPUT it reaches the handler wrapped twice.
+    path = tmp_path / "request.json"
+    path.write_text('{"input": {"prompt": "hi"}}')
+    result = rpq("run", "echo", f"@{path}", "--json")
+    assert result.exit_code == 0  # a handler may mean it: the job runs, as asked
+    assert json.loads(result.stdout)["output"] == {"input": {"prompt": "hi"}}
+    warning = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning == [
+        f'warning: {path} is a whole request body ({{"input": ...}}), but INPUT is the input itself (rpq '
+        'sends {"input": INPUT}): the handler gets job["input"]["input"]; give the inner object'
+    ]
+    inline = rpq("run", "echo", '{"input": 1}', "--no-wait")
+    assert inline.stderr.startswith("warning: INPUT is a whole request body")
+    # Another key next to "input" is an input of its own: no warning.
+    assert "warning" not in rpq("run", "echo", '{"input": 1, "mode": "x"}', "--no-wait").stderr
 
 
 def test_failed_job_exits_1_with_its_error_parsed(rpq: Invoke) -> None:

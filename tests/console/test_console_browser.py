@@ -273,6 +273,11 @@ async def _measure(emu: Emulator, page: Page, shot: Path) -> None:
         await asyncio.sleep(3)
         after = await page.eval("window.rpqConsole")
         table = await page.eval("document.querySelector('#jobs-count').textContent")
+        # With 100 rows listed, the submit form is still on the first screen, above the list.
+        form, jobs, screen = await page.eval(
+            "window.scrollTo(0, 0); [document.querySelector('#submit-form').getBoundingClientRect().bottom,"
+            " document.querySelector('#jobs').getBoundingClientRect().top, window.innerHeight]"
+        )
         server_ms = emu.call(snapshot_ms)
         await page.screenshot(shot)
     finally:
@@ -282,6 +287,7 @@ async def _measure(emu: Emulator, page: Page, shot: Path) -> None:
     assert renders > 0, "the page stopped updating under load"
     assert not await page.eval("document.querySelector('#key-dialog').open")
     assert "of 1" in table  # "newest 100 of 10xxx retained"
+    assert form < jobs and form <= screen, (form, jobs, screen)
     assert shot.stat().st_size > 10_000
     if os.environ.get("RPQ_CONSOLE_SCREENSHOT"):
         shutil.copy(shot, os.environ["RPQ_CONSOLE_SCREENSHOT"])

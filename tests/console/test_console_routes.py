@@ -59,6 +59,13 @@ def test_page_and_files_are_public_with_a_strict_policy(emu: Emulator) -> None:
     assert httpx.post(emu.root_url + "/").status_code == 405
 
 
+def test_the_submit_form_comes_before_the_job_list() -> None:
+    # With 100 job rows after it, a form placed below the list sat ~3,900 px down the page.
+    with Emulator({"echo": echo}) as emu:
+        page = httpx.get(emu.root_url + "/").text
+    assert page.index('id="submit-form"') < page.index('id="jobs"')
+
+
 @pytest.mark.parametrize("path", ["snapshot", "events", "job?endpoint=echo&id=x"])
 @pytest.mark.parametrize("key", [None, "wrong"])
 def test_data_routes_need_the_key(emu: Emulator, path: str, key: str | None) -> None:

@@ -61,7 +61,7 @@ def test_bad_references_say_what_to_fix(reference: str, needle: str) -> None:
         load_endpoint(reference)
 
 
-def _serve(*args: str) -> subprocess.Popen[str]:
+def _serve(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "runpod_queue.cli", "serve", *args],
@@ -69,6 +69,7 @@ def _serve(*args: str) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        cwd=cwd,
     )
 
 
@@ -189,3 +190,26 @@ def test_rpq_serve_refuses_bad_settings_with_exit_2() -> None:
     for bad in ("queued_ttl", "nope=1", "queued_ttl=gone"):
         refused = CliRunner().invoke(app, ["serve", str(HERE / "simple.py"), "--reading", bad, "--port", "0"])
         assert refused.exit_code == 2 and "--reading" in refused.output
+
+
+def test_rpq_serve_takes_a_shipped_example_by_name_from_any_directory(tmp_path: Path) -> None:
+    # What `rpq demo` suggests, so it must work outside a checkout, where examples/echo.py is no path.
+    proc = _serve("echo", "words=tokens", "--port", "0", "--no-rate-limits", cwd=tmp_path)
+    try:
+        base, _ = _base_url(proc)
+        assert httpx.post(f"{base}/echo/runsync", json={"input": {"a": 1}}).json()["output"] == {"a": 1}
+        words = httpx.post(f"{base}/words/runsync", json={"input": {"max_tokens": 1, "delay": 0}})
+        assert words.json()["status"] == "COMPLETED"
+    finally:
+        err = _stop(proc)
+    assert re.search(r"^echo: the example shipped with runpod-queue, .*echo\.py$", err, re.MULTILINE)
+
+
+def test_rpq_serve_points_a_missing_example_path_at_the_shipped_one(tmp_path: Path) -> None:
+    load_commands()
+    missing = CliRunner().invoke(app, ["serve", str(tmp_path / "examples" / "echo.py"), "--port", "0"])
+    assert missing.exit_code == 2
+    assert missing.output.rstrip().endswith("for the example shipped with runpod-queue: rpq serve echo")
+    unknown = CliRunner().invoke(app, ["serve", "ecoh", "--port", "0"])
+    assert unknown.exit_code == 2
+    assert "or name a shipped example: echo, fail, " in unknown.output

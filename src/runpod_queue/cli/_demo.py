@@ -19,6 +19,7 @@ from rich.console import Console
 
 from runpod_queue import Client, Job
 from runpod_queue.cli._app import EXIT_JOB, EXIT_OK, app
+from runpod_queue.cli._shipped import example_folders
 
 _EXAMPLES = ("echo", "tokens", "slow", "fail", "flaky")
 
@@ -26,12 +27,7 @@ _EXAMPLES = ("echo", "tokens", "slow", "fail", "flaky")
 def _find_examples(given: Path | None) -> Path:
     """`examples/` of the source checkout (next to `src/`), else the copy the wheel ships, else of the
     current directory."""
-    here = Path(__file__).resolve()
-    candidates = (
-        [given]
-        if given is not None
-        else [here.parents[3] / "examples", here.parents[1] / "_examples", Path.cwd() / "examples"]
-    )
+    candidates = [given] if given is not None else [*example_folders(), Path.cwd() / "examples"]
     for folder in candidates:
         if all((folder / f"{name}.py").is_file() for name in _EXAMPLES):
             return folder
@@ -189,7 +185,11 @@ def demo(
             console.print(f"  {failure}", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"[bold green]demo finished in {elapsed:.1f} s.[/] Try it with your own handler:")
+    # A name, not examples/echo.py: that path exists only in a checkout; `rpq serve` finds the shipped copy.
+    serve = "echo" if examples is None else shlex.quote(str(folder / "echo.py"))
     console.print(
-        "  rpq serve examples/echo.py          # emulator on http://127.0.0.1:8000/v2", style="cyan"
+        f"  rpq serve {serve}      # emulator on http://127.0.0.1:8000/v2, handler {folder / 'echo.py'}",
+        style="cyan",
+        markup=False,
     )
     console.print("""  rpq run echo '{"prompt": "hi"}' --local""", style="cyan")

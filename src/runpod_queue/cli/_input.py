@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,12 @@ __all__ = ["parse_input"]
 _EXAMPLE = '\'{"prompt": "hi"}\''
 
 
-def parse_input(text: str) -> dict[str, Any]:
-    """INPUT as inline JSON, ``@file.json``, or ``-`` for stdin; a bad one names where it breaks."""
+def parse_input(text: str, warn: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """INPUT as inline JSON, ``@file.json``, or ``-`` for stdin; a bad one names where it breaks.
+
+    ``warn`` hears about an INPUT that looks like a whole RunPod request body (its only key is
+    ``input``): copied from RunPod's docs, it would reach the handler wrapped twice, without an error.
+    """
     if text == "-":
         source, raw = "stdin", sys.stdin.read()
     elif text.startswith("@"):
@@ -44,5 +49,10 @@ def parse_input(text: str) -> dict[str, Any]:
         )
         raise UsageProblem(
             f"{source} must be a JSON object (the handler's input), got {kind}: e.g. {_EXAMPLE}"
+        )
+    if warn is not None and list(value) == ["input"]:
+        warn(
+            f'warning: {source} is a whole request body ({{"input": ...}}), but INPUT is the input itself '
+            '(rpq sends {"input": INPUT}): the handler gets job["input"]["input"]; give the inner object'
         )
     return value

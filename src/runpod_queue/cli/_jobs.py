@@ -12,7 +12,7 @@ import sys
 import time
 from contextlib import ExitStack
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.live import Live
@@ -54,13 +54,11 @@ def _policy(execution_timeout: float | None, ttl: float | None, low_priority: bo
         raise UsageProblem(message.replace("Policy.ttl", "--ttl")) from None
 
 
-def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None, first: Job | None = None) -> Job:
-    """Wait for a submitted job with the live status line (``run`` and ``wait``)."""
+def _follow(s: Session, ep: Endpoint, job_id: str, timeout: float | None) -> Job:
+    """Wait for a job submitted earlier with the live status line (``wait``)."""
     s.job_id = job_id
     with s.progress(ep.id) as progress:
         progress.job_id, progress.status = job_id, "WAITING"
-        if first is not None:
-            progress.update(first)
         progress.watch(ep, job_id)
         return ep.wait(job_id, timeout=timeout, on_update=progress.update)
 
@@ -114,6 +112,26 @@ def _print_chunks(s: Session, ep: Endpoint, job_id: str, timeout: float | None, 
     elif final.output != seen and final.output != []:
         s.print_value(final.output)
     return final
+
+
+def _status_with_chunks(
+    s: Session, ep: Endpoint, job_id: str, timeout: float | None
+) -> tuple[Job, dict[str, Any]]:
+    """``run --json``: wait through /stream, then the ended job's /status document.
+
+    A generator without return_aggregate_stream ends with ``"output": []``, and /stream hands each chunk
+    out once — to this command. So the chunks become the output, as return_aggregate_stream would make
+    them: a script reads what the handler yielded instead of an empty list.
+    """
+    streamed: list[object] = []
+    for chunk in ep.stream(job_id, timeout=timeout):
+        streamed.append(chunk.output)
+        s.streaming = True  # an interrupt now also offers `rpq stream` for the rest
+    job = ep.status(job_id)
+    document = dict(job.raw)
+    if streamed and job.is_completed and job.output == []:
+        document["output"] = streamed
+    return job, document
 
 
 TimeoutOpt = Annotated[
@@ -175,7 +193,7 @@ def run(
     with session(api_key, base_url, local, json_out, debug) as s:
         if sync and no_wait:
             raise UsageProblem("--sync and --no-wait exclude each other")
-        payload = parse_input(input)
+        payload = parse_input(input, warn=lambda message: s.note(message, "yellow"))
         policy = _policy(execution_timeout, ttl, low_priority)
         wait_for = within(timeout, "--timeout")
         ep = s.endpoint(endpoint)
@@ -201,9 +219,16 @@ def run(
                     progress.update(job)
 
                 job = ep.run_sync(payload, timeout=limit, webhook=webhook, policy=policy, on_update=on_update)
-        elif s.json:  # exactly RunPod's /status answer, as documented
+        elif s.json:  # RunPod's /status answer, as documented (a generator's chunks in its output)
             queued = ep.run(payload, webhook=webhook, policy=policy)
-            job = _follow(s, ep, queued.id, wait_for, first=queued)
+            s.job_id = queued.id
+            with s.progress(endpoint) as progress:
+                progress.job_id = queued.id
+                progress.update(queued)
+                progress.watch(ep, queued.id)
+                job, document = _status_with_chunks(s, ep, queued.id, wait_for)
+            s.print_json(document)
+            raise typer.Exit(exit_code_for(job))
         else:
             # Waiting through /stream: a generator's chunks print as they come instead of being left
             # behind (its final output is often just []); any other job simply ends the stream.

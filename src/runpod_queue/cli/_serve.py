@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from runpod_queue.cli._app import app
+from runpod_queue.cli._shipped import example_names, shipped_example
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -28,9 +29,9 @@ def serve(
         list[str] | None,
         typer.Argument(
             metavar="HANDLER",
-            help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function] or "
+            help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function], "
             "package.module:function (function defaults to 'handler'; the id to the file stem or "
-            "function name).",
+            "function name) or the name of an example shipped with runpod-queue (echo, tokens, ...).",
             show_default=False,
         ),
     ] = None,
@@ -137,11 +138,12 @@ def serve(
         endpoint_id, file_name = _worker_reference(reference)
         _add_external(endpoints, endpoint_id, reference)
         worker_files[endpoint_id] = file_name
-    for reference in [] if runpod_worker else handlers:
+    for given in [] if runpod_worker else handlers:
+        reference = _shipped_reference(given)
         try:
             loaded = load_endpoint(reference)
         except HandlerLoadError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {exc}{_examples_hint(given)}", err=True)
             raise typer.Exit(2) from None
         if loaded.endpoint_id in endpoints:
             typer.echo(
@@ -236,6 +238,31 @@ def serve(
         if processes is not None:
             processes.close(timeout=1.0)  # the queue is gone: no result could be reported
     typer.echo("stopped.", err=True)
+
+
+def _shipped_reference(reference: str) -> str:
+    """``[ID=]echo`` → ``[ID=]…/_examples/echo.py`` when ``echo`` names a shipped example (and no file or
+    module of that name exists); any other reference as given."""
+    endpoint_id, sep, target = reference.partition("=")  # as load_endpoint splits it
+    if not sep:
+        endpoint_id, target = "", reference
+    path = shipped_example(target)
+    if path is None:
+        return reference
+    typer.echo(f"{target}: the example shipped with runpod-queue, {path}", err=True)
+    return f"{endpoint_id}{sep}{path}"
+
+
+def _examples_hint(reference: str) -> str:
+    """After a HANDLER that failed to load: the shipped examples, when it looks like it meant one."""
+    target = reference.partition("=")[2] or reference
+    stem = Path(target.partition(":")[0]).stem
+    names = example_names()
+    if stem in names:
+        return f"; for the example shipped with runpod-queue: rpq serve {stem}"
+    if "/" not in target and ".py" not in target and names:
+        return f"; or name a shipped example: {', '.join(names)}"
+    return ""
 
 
 def _add_external(endpoints: dict[str, Any], endpoint_id: str, reference: str) -> None:

@@ -35,6 +35,7 @@ from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
+from runpod_queue.cli._ready import wait_for_listener
 from runpod_queue.cli._render import Printer
 from runpod_queue.cli._retrying import RetryLine
 
@@ -95,6 +96,7 @@ class Session(Printer):
     @property
     def client(self) -> Client:
         if self._client is None:
+            wait_for_listener(self.base_url, self.err)  # `rpq serve … &` pasted just before: let it bind
             self._client = Client(api_key=self._api_key, base_url=self.base_url)
             if self.retrying is not None:
                 self._client._observe_retries(self.retrying)
