@@ -62,3 +62,46 @@ def test_a_users_test_file_passes_and_fails_as_it_should(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(
         ["plugins:*runpod-queue*", "*needs @pytest.mark.runpod_mock*", "FAILED test_user.py::test_marker - *"]
     )
+
+
+# A bare `pip install runpod-queue` has no emulator extra. Simulated here by packages that shadow two of the
+# extra's modules and fail to import as a missing one would (the real wheel is checked by .ci/bare_wheel.sh).
+MISSING = 'raise ModuleNotFoundError("No module named {name!r}", name={name!r})\n'
+
+BARE_USER_TESTS = """
+import pytest
+import runpod_queue
+
+def test_plain():
+    assert runpod_queue.Client
+
+def test_fixture(runpod_emulator):
+    runpod_emulator({"my-endpoint": lambda job: job["input"]})
+
+@pytest.mark.runpod_mock({"my-endpoint": lambda job: job["input"]})
+def test_marker():
+    pass
+"""
+
+
+def test_without_the_emulator_extra_pytest_runs_and_a_use_names_the_extra(pytester: pytest.Pytester) -> None:
+    for name in ("orjson", "uvicorn"):
+        pytester.makepyfile(**{f"{name}/__init__": MISSING.format(name=name)})
+    pytester.makepyfile(test_user=BARE_USER_TESTS)
+    # A fresh interpreter: this one has the extra's modules imported already. pytester puts its directory
+    # first on PYTHONPATH, so the shadowing packages win from the first import, the plugin's included.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1, failed=1, errors=1)  # before: exit 3, no test run
+    extra = "needs the emulator extra (orjson is missing): pip install 'runpod-queue[emulator]'"
+    result.stdout.fnmatch_lines(["plugins:*runpod-queue*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ ERROR at setup of test_marker _*",
+            f"@pytest.mark.runpod_mock {extra}",
+            "*= FAILURES =*",
+            "*_ test_fixture _*",
+            f"the `runpod_emulator` fixture {extra}",
+            "*= short test summary info =*",
+        ],
+        consecutive=True,  # each report is that one line: no traceback, no chained import error
+    )

@@ -3,8 +3,8 @@
 `mock_runpod(endpoints, **emulator_options)` starts a local emulator and reroutes every request this
 process makes to `https://api.runpod.ai/...` to it — from requests, httpx, aiohttp, the official
 `runpod` SDK or our own clients — so the code under test changes nothing. The pytest plugin
-(`runpod_queue.testing._plugin`, registered by entry point) adds the `runpod_emulator` fixture
-and the `runpod_mock` marker. See docs/testing.md.
+(`runpod_queue._pytest_plugin`, registered by entry point, loadable without the extra) adds the
+`runpod_emulator` fixture and the `runpod_mock` marker. See docs/testing.md.
 """
 
 from __future__ import annotations

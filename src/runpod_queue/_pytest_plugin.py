@@ -1,5 +1,10 @@
 """pytest plugin (entry point `pytest11: runpod_queue`): installing the package is enough.
 
+It lives outside `runpod_queue.testing` and imports only pytest: pytest loads it in every run of every
+environment the package is installed in, and a plugin that fails to import stops all of them (exit 3)
+before any test runs. A bare install (no `emulator` extra) therefore loads it fine; only a test that uses
+the fixture or the marker is told what to install.
+
 - `runpod_emulator` fixture: a factory, `runpod_emulator(endpoints, **options)` → a running `Emulator`
   that this process's RunPod traffic reaches (`mock_runpod`); stopped, and everything restored, after
   the test. Calling it again in one test nests a second mock (the newest receives the traffic).
@@ -37,10 +42,18 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-def _mock(endpoints: Any, options: dict[str, Any]) -> Any:
-    from runpod_queue.testing import mock_runpod  # the emulator's imports only for tests that use it
-
-    return mock_runpod(endpoints, **options)
+def _mock(endpoints: Any, options: dict[str, Any], used: str) -> Any:
+    try:
+        from runpod_queue.testing import mock_runpod  # the emulator's imports only for tests that use it
+    except ModuleNotFoundError as exc:
+        missing = exc.name
+    else:
+        return mock_runpod(endpoints, **options)
+    # One line in the test's report, no traceback or chained import error: the fix is an install.
+    pytest.fail(
+        f"{used} needs the emulator extra ({missing} is missing): pip install 'runpod-queue[emulator]'",
+        pytrace=False,
+    )
 
 
 @pytest.fixture
@@ -49,7 +62,7 @@ def runpod_emulator() -> Iterator[EmulatorFactory]:
     with contextlib.ExitStack() as stack:
 
         def start(endpoints: Mapping[str, Any] | None = None, /, **options: Any) -> Any:
-            return stack.enter_context(_mock(endpoints, options))
+            return stack.enter_context(_mock(endpoints, options, "the `runpod_emulator` fixture"))
 
         yield start
 
@@ -67,7 +80,7 @@ def _runpod_mock_marker(request: pytest.FixtureRequest) -> Iterator[Any]:
         )
     endpoints = marker.args[0] if marker.args else marker.kwargs.get("endpoints")
     options = {k: v for k, v in marker.kwargs.items() if k != "endpoints"}
-    with _mock(endpoints, options) as emulator:
+    with _mock(endpoints, options, f"@pytest.mark.{_MARKER}") as emulator:
         yield emulator
 
 
