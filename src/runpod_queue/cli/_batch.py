@@ -11,18 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from runpod_queue.cli._app import EXIT_API, EXIT_JOB, EXIT_OK, EXIT_USAGE, app
-from runpod_queue.cli._common import (
-    ApiKeyOpt,
-    BaseUrlOpt,
-    DebugOpt,
-    LocalOpt,
-    RpqCommand,
-    UsageProblem,
-    _configure_debug_logging,
-    _resolve,
-)
+from runpod_queue.cli._argv import RpqCommand
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
+from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
+from runpod_queue.cli._options import ApiKeyOpt, BaseUrlOpt, DebugOpt, LocalOpt
+from runpod_queue.cli._session import configure_debug_logging as _configure_debug_logging
+from runpod_queue.cli._session import resolve as _resolve
 
 if TYPE_CHECKING:
     from runpod_queue import Policy

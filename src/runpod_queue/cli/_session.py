@@ -30,8 +30,7 @@ from runpod_queue import (
     WaitTimeoutError,
 )
 from runpod_queue._contract import DEFAULT_BASE_URL
-from runpod_queue._settings import is_loopback
-from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL, is_loopback
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
