@@ -13,6 +13,7 @@ from runpod_queue._retry import Retries
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.errors import (
     APIConnectionError,
+    APIError,
     APIResponseError,
     APIStatusError,
     APITimeoutError,
@@ -66,6 +67,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "APIConnectionError",
+    "APIError",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",

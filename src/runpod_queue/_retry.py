@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from runpod_queue.errors import APIConnectionError, APIStatusError
+from runpod_queue.errors import APIConnectionError, APIError, APIStatusError
 
 __all__ = [
     "OnRetry",
@@ -89,12 +89,15 @@ def retry_on_status(safety: Safety, status_code: int) -> bool:
     return status_code == 429 or status_code >= 500
 
 
-def may_resend(safety: Safety, error: APIConnectionError | APIStatusError) -> bool:
+def may_resend(safety: Safety, error: APIError) -> bool:
     """The one rule for "may this request be sent again after that failure": the client's attempt loop
-    and the batch runner both ask it. For a CREATES call, False means the server may have acted on it."""
+    and the batch runner both ask it. For a CREATES call, False means the server may have acted on it;
+    an answer that breaks the contract (``APIResponseError``) was an answer, so the server did act."""
     if isinstance(error, APIConnectionError):
         return safety is Safety.IDEMPOTENT or not error.sent
-    return retry_on_status(safety, error.status_code)
+    if isinstance(error, APIStatusError):
+        return retry_on_status(safety, error.status_code)
+    return False
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -20,9 +20,7 @@ from rich.console import Console
 from rich.text import Text
 
 from runpod_queue import (
-    APIConnectionError,
-    APIResponseError,
-    APIStatusError,
+    APIError,
     Client,
     Endpoint,
     JobFailedError,
@@ -181,7 +179,7 @@ def session(
         )
     except JobFailedError as exc:
         fail(EXIT_JOB, str(exc), exc)
-    except (APIStatusError, APIConnectionError, APIResponseError) as exc:
+    except APIError as exc:
         hint = failure_hint(exc, current.local, current.base_url) if current is not None else ""
         fail(EXIT_API, f"{exc}{hint}", exc)
     except RunpodQueueError as exc:
