@@ -45,6 +45,7 @@ PUBLIC = [
     "RateLimitError",
     "RateLimits",
     "Retries",
+    "RetryNotice",
     "RunpodQueueError",
     "S3Config",
     "ServerError",

@@ -9,7 +9,7 @@ from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
-from runpod_queue._retry import Retries
+from runpod_queue._retry import Retries, RetryNotice
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.errors import (
     APIConnectionError,
@@ -98,6 +98,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "Retries",
+    "RetryNotice",
     "RunpodQueueError",
     "S3Config",
     "ServerError",

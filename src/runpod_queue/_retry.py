@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import enum
+import inspect
 import random
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ __all__ = [
     "RetryNotice",
     "Safety",
     "backoff_delay",
+    "check_on_retry",
     "may_resend",
     "parse_retry_after",
     "retry_on_status",
@@ -70,17 +72,37 @@ class Retries:
 
 @dataclass(frozen=True, slots=True)
 class RetryNotice:
-    """A failed attempt that is about to be retried, told before the pause so a display can say why it
-    is waiting ("retrying: attempt 2 of 5, next in 1.2 s"). Information only: the loop goes on as is."""
+    """A failed attempt that is about to be retried, as ``Client(on_retry=...)`` receives it: told before
+    the pause, so a display can say why it is waiting ("retrying: attempt 2 of 5, next in 1.2 s") and a
+    metric can count retries by cause. Information only: the loop goes on as is.
+
+    ``url`` is the request's (no key: that travels in a header); ``attempt`` the one about to be made (2
+    or more), of at most ``attempts``; ``delay`` the seconds until it; ``error`` why the last one failed.
+    """
 
     url: str
-    attempt: int  # the attempt about to be made: 2 or more
-    attempts: int  # at most this many in all
-    delay: float  # seconds until it
-    error: APIConnectionError | APIStatusError  # why the last one failed
+    attempt: int
+    attempts: int
+    delay: float
+    error: APIConnectionError | APIStatusError
 
 
 OnRetry = Callable[[RetryNotice], object]
+
+
+def check_on_retry(on_retry: OnRetry | None) -> OnRetry | None:
+    """The hook runs inside the attempt loop, synchronously, for the sync and the async client alike: a
+    coroutine function would only make coroutines nobody awaits, so it is refused up front."""
+    if on_retry is None:
+        return None
+    if not callable(on_retry):
+        raise TypeError(f"on_retry must be a function taking a RetryNotice, got {type(on_retry).__name__}")
+    if inspect.iscoroutinefunction(on_retry):
+        raise TypeError(
+            "on_retry is called synchronously, before each retry's pause: pass a plain function "
+            "(an async one would never be awaited)"
+        )
+    return on_retry
 
 
 def retry_on_status(safety: Safety, status_code: int) -> bool:

@@ -92,9 +92,7 @@ class Session(Printer):
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(api_key=self._api_key, base_url=self.base_url)
-            if self.retrying is not None:
-                self._client._observe_retries(self.retrying)
+            self._client = Client(api_key=self._api_key, base_url=self.base_url, on_retry=self.retrying)
         return self._client
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
