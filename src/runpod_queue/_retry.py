@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from runpod_queue._units import Duration, seconds
 from runpod_queue.errors import APIConnectionError, APIError, APIStatusError
 
 __all__ = [
@@ -46,8 +47,8 @@ class Retries:
 
     ``attempts`` counts the first try (1 turns retries off). Delays use exponential backoff with full
     jitter: a random wait in [0, min(max_backoff, backoff * 2**n)], never less than the server's
-    ``Retry-After`` (capped at ``max_retry_after``). ``wait=False`` keeps the retries but removes every
-    pause — for tests.
+    ``Retry-After`` (capped at ``max_retry_after``); the three are seconds, a number or a ``timedelta``.
+    ``wait=False`` keeps the retries but removes every pause — for tests.
     """
 
     attempts: int = 5
@@ -56,13 +57,22 @@ class Retries:
     max_retry_after: float = 60.0
     wait: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) or self.attempts < 1:
-            raise ValueError(f"Retries.attempts must be an integer >= 1, got {self.attempts!r}")
-        for name in ("backoff", "max_backoff", "max_retry_after"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or value < 0:
-                raise ValueError(f"Retries.{name} must be a number >= 0 (seconds), got {value!r}")
+    def __init__(
+        self,
+        attempts: int = 5,
+        backoff: Duration = 0.5,
+        max_backoff: Duration = 10.0,
+        max_retry_after: Duration = 60.0,
+        wait: bool = True,
+    ) -> None:
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ValueError(f"Retries.attempts must be an integer >= 1, got {attempts!r}")
+        object.__setattr__(self, "attempts", attempts)
+        # Stored as float seconds whatever the spelling, so equal settings compare equal.
+        object.__setattr__(self, "backoff", seconds(backoff, "Retries.backoff"))
+        object.__setattr__(self, "max_backoff", seconds(max_backoff, "Retries.max_backoff"))
+        object.__setattr__(self, "max_retry_after", seconds(max_retry_after, "Retries.max_retry_after"))
+        object.__setattr__(self, "wait", bool(wait))
 
     @classmethod
     def off(cls) -> Retries:
