@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from runpod_queue._logs import debug_to_stderr
 from runpod_queue.cli._app import EXIT_API, EXIT_JOB, EXIT_OK, EXIT_USAGE, app
 from runpod_queue.cli._argv import RpqCommand
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
 from runpod_queue.cli._options import ApiKeyOpt, BaseUrlOpt, DebugOpt, LocalOpt
-from runpod_queue.cli._session import configure_debug_logging as _configure_debug_logging
 from runpod_queue.cli._session import resolve as _resolve
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ def batch(
     if webhook_url is not None:
         extra += ["--webhook-url", webhook_url]
     resume = Connection.given(api_key, base_url, local).script("batch", str(inputs), *extra)
-    handler = _configure_debug_logging() if debug else None
+    handler = debug_to_stderr() if debug else None
     try:
         with client, open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
             if live is not None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from runpod_queue import (
     WaitTimeoutError,
 )
 from runpod_queue._contract import DEFAULT_BASE_URL
+from runpod_queue._logs import debug_to_stderr
 from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL, is_loopback
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
@@ -35,7 +35,7 @@ from runpod_queue.cli._next import Connection, failure_hint
 from runpod_queue.cli._render import Printer
 from runpod_queue.cli._retrying import RetryLine
 
-__all__ = ["Session", "configure_debug_logging", "local_base_url", "resolve", "session"]
+__all__ = ["Session", "local_base_url", "resolve", "session"]
 
 
 def local_base_url(port: int) -> str:
@@ -60,16 +60,6 @@ def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tup
             "machine). For a local emulator, use --local."
         )
     return key, url.rstrip("/")
-
-
-def configure_debug_logging() -> logging.Handler:
-    """``--debug``: the library's request log on stderr; the caller removes the handler when done."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("runpod_queue")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    return handler
 
 
 @dataclass
@@ -140,7 +130,7 @@ def session(
     """Resolve the connection and map every failure to a message and an exit code (see ``rpq --help``)."""
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False)
-    handler = configure_debug_logging() if debug else None
+    handler = debug_to_stderr() if debug else None
     current: Session | None = None
 
     def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
