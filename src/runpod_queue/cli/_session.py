@@ -7,7 +7,6 @@ traceback (unless ``--debug``) or a message that names the API key.
 from __future__ import annotations
 
 import logging
-import os
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,9 +25,8 @@ from runpod_queue import (
     RunpodQueueError,
     WaitTimeoutError,
 )
-from runpod_queue._contract import DEFAULT_BASE_URL
 from runpod_queue._logs import debug_to_stderr
-from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL, is_loopback
+from runpod_queue._settings import ENV_API_KEY, key_missing, resolve_api_key, resolve_base_url
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
@@ -43,23 +41,23 @@ def local_base_url(port: int) -> str:
 
 
 def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tuple[str | None, str]:
-    """Flags win over the environment; a remote base URL without a key is refused before any request."""
-    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
-    if local is not None:
-        url = local_base_url(local)
-    else:
-        url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise UsageProblem(f"--base-url must start with http:// or https://, got {url!r}")
-    if key is not None and not key.strip():
-        raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`")
-    if key is None and not is_loopback(url):
+    """Flags win over the environment (``_settings`` resolves both, as for a ``Client``); a remote base URL
+    without a key is refused before any request. Problems are usage errors, worded for the command line."""
+    try:
+        url = resolve_base_url(local_base_url(local) if local is not None else base_url, name="--base-url")
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        key = resolve_api_key(api_key)
+    except ValueError:
+        raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`") from None
+    if key_missing(key, url):
         raise UsageProblem(
             f"no API key for {url}. Create one in the RunPod console (Settings > API Keys), then "
             f"`export {ENV_API_KEY}=...` (rather than --api-key, which `ps` shows to every user of the "
             "machine). For a local emulator, use --local."
         )
-    return key, url.rstrip("/")
+    return key, url
 
 
 @dataclass
