@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -18,10 +18,11 @@ from rich.console import Console
 from rich.text import Text
 
 from runpod_queue import (
-    APIError,
     Client,
     Endpoint,
     JobFailedError,
+    JournalError,
+    RateLimits,
     RunpodQueueError,
     WaitTimeoutError,
 )
@@ -74,14 +75,30 @@ class Session(Printer):
     # While a submission is on the wire (no id yet): `rpq run` arguments that would submit it again.
     submitting: list[str] | None = None
     sync: bool = False  # that submission is a /runsync
+    rate_limits: RateLimits | bool = True  # for the client, when it is made (`rpq batch --no-rate-limits`)
+    # A command's own words after a failure or a Ctrl-C (`rpq batch`: its journal and resume command);
+    # None: the words every command uses (``explain`` / ``interrupted``).
+    explainer: Callable[[RunpodQueueError], str] | None = field(default=None, repr=False)
+    on_interrupt: Callable[[], str] | None = field(default=None, repr=False)
     _api_key: str | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(api_key=self._api_key, base_url=self.base_url, on_retry=self.retrying)
+            self._client = Client(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                rate_limits=self.rate_limits,
+                on_retry=self.retrying,
+            )
         return self._client
+
+    def explain(self, exc: RunpodQueueError) -> str:
+        """What follows an error's own message: where to look ("" when there is nothing to add)."""
+        if self.explainer is not None:
+            return self.explainer(exc)
+        return failure_hint(exc, self.local, self.base_url)
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         self.endpoint_id = endpoint_id
@@ -98,6 +115,8 @@ class Session(Printer):
 
     def interrupted(self) -> str:
         """What Ctrl-C leaves behind, and how to carry on from there."""
+        if self.on_interrupt is not None:
+            return self.on_interrupt()
         endpoint = self.endpoint_id or "ENDPOINT"
         if self.job_id is not None:
             running = f"interrupted; job {self.job_id} keeps running on endpoint {endpoint}"
@@ -165,11 +184,10 @@ def session(
         )
     except JobFailedError as exc:
         fail(EXIT_JOB, str(exc), exc)
-    except APIError as exc:
-        hint = failure_hint(exc, current.local, current.base_url) if current is not None else ""
-        fail(EXIT_API, f"{exc}{hint}", exc)
-    except RunpodQueueError as exc:
-        fail(EXIT_API, str(exc), exc)
+    except JournalError as exc:  # `rpq batch` given a journal it cannot use: fix the command, not the server
+        fail(EXIT_USAGE, str(exc), exc)
+    except RunpodQueueError as exc:  # an APIError (a request failed) or another: its message, then what to do
+        fail(EXIT_API, f"{exc}{current.explain(exc) if current is not None else ''}", exc)
     except KeyboardInterrupt:
         if current is not None:
             current.settle()
