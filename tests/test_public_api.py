@@ -14,6 +14,7 @@ from runpod_queue import errors
 
 PUBLIC = [
     "APIConnectionError",
+    "APIError",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
@@ -44,6 +45,7 @@ PUBLIC = [
     "RateLimitError",
     "RateLimits",
     "Retries",
+    "RetryNotice",
     "RunpodQueueError",
     "S3Config",
     "ServerError",
@@ -79,6 +81,11 @@ def test_the_error_tree() -> None:
     for name in ("BadRequestError", "NotFoundError", "PayloadTooLargeError", "RateLimitError", "ServerError"):
         assert issubclass(getattr(errors, name), errors.APIStatusError)
     assert issubclass(errors.APITimeoutError, errors.APIConnectionError)
+    # "A request failed" is one class to catch, as in openai-python; what is not a request is outside it.
+    for name in ("APIStatusError", "APIConnectionError", "APIResponseError"):
+        assert issubclass(getattr(errors, name), errors.APIError)
+    for name in ("JobFailedError", "WaitTimeoutError", "JournalError", "ConfigurationError"):
+        assert not issubclass(getattr(errors, name), errors.APIError)
 
 
 def test_every_public_name_resolves_and_unknown_names_raise() -> None:

@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
+from runpod_queue._logs import setup_logging
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
-from runpod_queue._retry import Retries
+from runpod_queue._retry import Retries, RetryNotice
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.errors import (
     APIConnectionError,
+    APIError,
     APIResponseError,
     APIStatusError,
     APITimeoutError,
@@ -34,6 +36,8 @@ from runpod_queue.errors import (
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
+
+setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
 
 # The asyncio client and the batch runner load aiohttp, about half of `import runpod_queue`'s time (~0.4 s
 # of ~0.8 s measured with `python -X importtime`); every `rpq` start paid it though most commands use the
@@ -66,6 +70,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "APIConnectionError",
+    "APIError",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
@@ -96,6 +101,7 @@ __all__ = [
     "RateLimitError",
     "RateLimits",
     "Retries",
+    "RetryNotice",
     "RunpodQueueError",
     "S3Config",
     "ServerError",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import dataclasses
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -28,7 +27,7 @@ from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_fl
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import async_openai_client, openai_base_url
-from runpod_queue._retry import OnRetry, Retries
+from runpod_queue._retry import Retries, RetryNotice, check_on_retry
 from runpod_queue._settings import ClientSettings, client_settings, default_headers
 from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
 from runpod_queue._units import Duration
@@ -45,7 +44,8 @@ AsyncOnUpdate = Callable[[Job], Awaitable[object] | object]
 class AsyncClient:
     """Asyncio client; use from one event loop, as ``async with AsyncClient() as client:``.
 
-    Same arguments as ``Client``. Without ``transport`` requests go through aiohttp; with one (any
+    Same arguments as ``Client``; ``on_retry`` is a plain function here too (called in the event loop,
+    before each retry's pause). Without ``transport`` requests go through aiohttp; with one (any
     ``httpx.AsyncBaseTransport``: ``httpx.MockTransport``, ``httpx.AsyncHTTPTransport``, ...) through it.
     """
 
@@ -59,6 +59,7 @@ class AsyncClient:
         rate_limits: RateLimits | bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
+        on_retry: Callable[[RetryNotice], object] | None = None,
     ) -> None:
         self._settings = settings = client_settings(
             api_key,
@@ -70,7 +71,7 @@ class AsyncClient:
             own_transport=transport is not None,
         )
         self.base_url = settings.base_url
-        self._rules = AttemptRules.of(settings)
+        self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = AsyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
         headers = default_headers(settings.api_key)
@@ -104,11 +105,6 @@ class AsyncClient:
         derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
         derived._rules = AttemptRules.of(derived._settings, self._rules.rng, self._rules.on_retry)
         return derived
-
-    def _observe_retries(self, on_retry: OnRetry | None) -> None:
-        """Call ``on_retry`` before each retry's pause (and on clients made by ``with_options`` after
-        this). Private: it is how `rpq` shows a "retrying" line; the public surface is the README's."""
-        self._rules = dataclasses.replace(self._rules, on_retry=on_retry)
 
     async def aclose(self) -> None:
         if self._owner:

@@ -9,7 +9,6 @@ runs the same way with ``await``.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from types import TracebackType
@@ -26,7 +25,7 @@ from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_fl
 from runpod_queue._limits import RateLimits, SyncLimiter
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import openai_base_url, openai_client
-from runpod_queue._retry import OnRetry, Retries
+from runpod_queue._retry import Retries, RetryNotice, check_on_retry
 from runpod_queue._settings import client_settings, default_headers
 from runpod_queue._transport import Answer, HttpxTransport, SyncTransport
 from runpod_queue._units import Duration
@@ -46,7 +45,9 @@ class Client:
     ``api_key`` defaults to ``$RUNPOD_API_KEY`` and ``base_url`` to ``$RUNPOD_ENDPOINT_BASE_URL`` or
     RunPod's own. ``timeout`` (s) bounds each request (long-polls get their hold on top). ``retries`` and
     ``rate_limits`` (``False`` turns limiting off) apply to every call; ``transport`` (an
-    ``httpx.BaseTransport``) is for tests.
+    ``httpx.BaseTransport``) is for tests. ``on_retry`` receives a ``RetryNotice`` before every retry's
+    pause (for retry metrics or a "retrying" line); it runs in the calling thread, so keep it quick, and
+    clients made by ``with_options`` keep it.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class Client:
         rate_limits: RateLimits | bool = True,
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
+        on_retry: Callable[[RetryNotice], object] | None = None,
     ) -> None:
         self._settings = settings = client_settings(
             api_key,
@@ -70,7 +72,7 @@ class Client:
             own_transport=transport is not None,
         )
         self.base_url = settings.base_url
-        self._rules = AttemptRules.of(settings)
+        self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = SyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
         self._transport: SyncTransport = HttpxTransport(
@@ -90,11 +92,6 @@ class Client:
         derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
         derived._rules = AttemptRules.of(derived._settings, self._rules.rng, self._rules.on_retry)
         return derived
-
-    def _observe_retries(self, on_retry: OnRetry | None) -> None:
-        """Call ``on_retry`` before each retry's pause (and on clients made by ``with_options`` after
-        this). Private: it is how `rpq` shows a "retrying" line; the public surface is the README's."""
-        self._rules = dataclasses.replace(self._rules, on_retry=on_retry)
 
     def close(self) -> None:
         if self._owner:

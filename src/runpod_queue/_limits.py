@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
+from runpod_queue._units import Duration, seconds
 
 __all__ = ["AsyncLimiter", "RateLimits", "SyncLimiter", "Window"]
 
@@ -34,7 +35,8 @@ class RateLimits:
 
     ``limits`` defaults to RunPod's documented table; override single rows with
     ``RateLimits(limits={**LIMITS, "run": OperationLimit(500, 100)})`` — e.g. for an endpoint whose
-    workers raise its allowance, or to leave room for other clients sharing the key.
+    workers raise its allowance, or to leave room for other clients sharing the key. ``window`` and
+    ``margin`` are seconds, a number or a ``timedelta``.
     """
 
     limits: Mapping[str, OperationLimit] = field(default_factory=lambda: MappingProxyType(dict(LIMITS)))
@@ -42,11 +44,20 @@ class RateLimits:
     margin: float = 0.25
     enabled: bool = True
 
-    def __post_init__(self) -> None:
-        if self.window <= 0 or self.margin < 0:
-            raise ValueError(
-                f"RateLimits.window must be > 0 and margin >= 0 (seconds), got {self.window}, {self.margin}"
-            )
+    def __init__(
+        self,
+        limits: Mapping[str, OperationLimit] | None = None,
+        window: Duration = RATE_WINDOW_S,
+        margin: Duration = 0.25,
+        enabled: bool = True,
+    ) -> None:
+        window_s = seconds(window, "RateLimits.window")
+        if window_s <= 0:
+            raise ValueError(f"RateLimits.window must be more than 0 seconds, got {window_s:g}")
+        object.__setattr__(self, "limits", MappingProxyType(dict(LIMITS if limits is None else limits)))
+        object.__setattr__(self, "window", window_s)
+        object.__setattr__(self, "margin", seconds(margin, "RateLimits.margin"))
+        object.__setattr__(self, "enabled", bool(enabled))
         for op, lim in self.limits.items():
             if lim.per_window < 1 or (lim.in_flight is not None and lim.in_flight < 1):
                 raise ValueError(f"RateLimits.limits[{op!r}] must allow at least 1 request, got {lim}")

@@ -28,9 +28,12 @@ __all__ = [
     "client_settings",
     "default_headers",
     "is_loopback",
+    "key_missing",
     "limits_config",
     "request_timeout",
     "require_key",
+    "resolve_api_key",
+    "resolve_base_url",
     "resolve_settings",
 ]
 
@@ -38,15 +41,28 @@ ENV_API_KEY = "RUNPOD_API_KEY"
 ENV_BASE_URL = "RUNPOD_ENDPOINT_BASE_URL"
 
 
-def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str | None, str]:
-    """Keyword arguments win over the environment; the base URL defaults to RunPod's."""
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key given, else ``$RUNPOD_API_KEY``, else None; one given empty is refused (ValueError)."""
     key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
     if key is not None and (not isinstance(key, str) or not key.strip()):
         raise ValueError("api_key must be a non-empty string")
+    return key
+
+
+def resolve_base_url(base_url: str | None, *, name: str = "base_url") -> str:
+    """The URL given, else ``$RUNPOD_ENDPOINT_BASE_URL``, else RunPod's; ``name`` is what the ValueError
+    calls it (``--base-url`` in the CLI)."""
     url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     if not url.startswith(("http://", "https://")):
-        raise ValueError(f"base_url must start with http:// or https://, got {url!r}")
-    return key, url.rstrip("/")
+        raise ValueError(f"{name} must start with http:// or https://, got {url!r}")
+    return url.rstrip("/")
+
+
+def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[str | None, str]:
+    """Keyword arguments win over the environment; the base URL defaults to RunPod's. The one place the
+    key and URL are resolved: the clients and ``rpq`` (``cli/_session.resolve``) all come through here."""
+    url = resolve_base_url(base_url)
+    return resolve_api_key(api_key), url
 
 
 def is_loopback(url: str) -> bool:
@@ -54,12 +70,16 @@ def is_loopback(url: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def require_key(key: str | None, url: str) -> None:
-    """No key for a remote server is refused before anything is sent: every request would be a 401.
+def key_missing(key: str | None, url: str) -> bool:
+    """No key for a remote server: every request would be a 401. Loopback stays allowed (an emulator
+    started without ``api_key`` accepts any key or none)."""
+    return key is None and not is_loopback(url)
 
-    Loopback stays allowed (an emulator started without ``api_key`` accepts any key or none), and so does
-    a client given its own ``transport=`` (a test's ``httpx.MockTransport`` sends nothing anywhere)."""
-    if key is None and not is_loopback(url):
+
+def require_key(key: str | None, url: str) -> None:
+    """No key for a remote server is refused before anything is sent (see ``key_missing``); a client given
+    its own ``transport=`` is not asked (a test's ``httpx.MockTransport`` sends nothing anywhere)."""
+    if key_missing(key, url):
         raise ConfigurationError(
             f"no API key for {url}: create one in the RunPod console (Settings > API Keys), then "
             f"`export {ENV_API_KEY}=...` or pass api_key=; for a local emulator, use its base_url "

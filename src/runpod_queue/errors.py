@@ -3,17 +3,18 @@
 ::
 
     RunpodQueueError
-    ├── APIStatusError            an HTTP error answer (status_code, request, response, message)
-    │   ├── BadRequestError           400
-    │   ├── AuthenticationError       401
-    │   ├── PermissionDeniedError     403
-    │   ├── NotFoundError             404  (unknown endpoint or job, or past its retention window / ttl)
-    │   ├── PayloadTooLargeError      413, or raised before sending when the body is over the limit
-    │   ├── RateLimitError            429
-    │   └── ServerError               5xx
-    ├── APIConnectionError        no usable answer: connection refused, reset or dropped
-    │   └── APITimeoutError           the request timed out
-    ├── APIResponseError          an answer that is not what the contract says (not JSON, no id/status, ...)
+    ├── APIError                  a request failed, whichever way (catch this for "the API call failed")
+    │   ├── APIStatusError            an HTTP error answer (status_code, request, response, message)
+    │   │   ├── BadRequestError           400
+    │   │   ├── AuthenticationError       401
+    │   │   ├── PermissionDeniedError     403
+    │   │   ├── NotFoundError             404  (unknown endpoint or job, or past its retention / ttl)
+    │   │   ├── PayloadTooLargeError      413, or raised before sending when the body is over the limit
+    │   │   ├── RateLimitError            429
+    │   │   └── ServerError               5xx
+    │   ├── APIConnectionError        no usable answer: connection refused, reset or dropped
+    │   │   └── APITimeoutError           the request timed out
+    │   └── APIResponseError          an answer the contract does not allow (not JSON, no id/status, ...)
     ├── JobFailedError            raised by Job.raise_for_status() for FAILED / TIMED_OUT / CANCELLED
     ├── WaitTimeoutError          wait / run_sync / stream ran out of time; carries the last Job seen
     ├── WebhookVerificationError  a webhook delivery refused: no or bad token, expired, replayed (status)
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "APIConnectionError",
+    "APIError",
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
@@ -103,7 +105,14 @@ def _describe(request: httpx.Request) -> str:
     return f"{request.method} {request.url.path}"
 
 
-class APIStatusError(RunpodQueueError):
+class APIError(RunpodQueueError):
+    """A request failed: an error answer, no answer, or an answer the contract does not allow. Every one
+    carries the (redacted) ``request``; the subclasses say what went wrong and add what they know."""
+
+    request: httpx.Request
+
+
+class APIStatusError(APIError):
     """The server answered with a 4xx/5xx; ``message`` is its own error text when it sent one."""
 
     status_code: int
@@ -170,7 +179,7 @@ class ServerError(APIStatusError):
     """5xx: a platform or worker error; idempotent calls are retried before this surfaces."""
 
 
-class APIConnectionError(RunpodQueueError):
+class APIConnectionError(APIError):
     """No usable answer arrived. ``sent`` says whether the request may have reached the server: when it is
     True for ``run``/``runsync``, the job may exist even though no id came back."""
 
@@ -187,7 +196,7 @@ class APITimeoutError(APIConnectionError):
     """The request timed out (connect, read or write)."""
 
 
-class APIResponseError(RunpodQueueError):
+class APIResponseError(APIError):
     """The server answered 2xx with something the contract does not allow; ``reason`` says what."""
 
     request: httpx.Request

@@ -19,6 +19,7 @@ from runpod_queue import (
     APIResponseError,
     APIStatusError,
     APITimeoutError,
+    AsyncClient,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -27,6 +28,7 @@ from runpod_queue import (
     PermissionDeniedError,
     RateLimitError,
     Retries,
+    RetryNotice,
     ServerError,
     WaitTimeoutError,
 )
@@ -396,3 +398,47 @@ def test_a_refused_loopback_connection_is_reported_at_once(caplog: pytest.LogCap
         client.endpoint("echo").health()
     assert not info.value.sent
     assert sum("/health -> " in r.message for r in caplog.records) == 1  # before: 5 attempts, 5-7 s
+
+
+# ------------------------------------------------------------------------------------------ on_retry
+
+
+def test_on_retry_is_told_of_every_retry_the_emulator_forces(
+    connect: Callable[..., Api], emu: Emulator, faults: Callable[[Faults], None]
+) -> None:
+    """The public hook (retry metrics): one notice per retry, with the attempt about to be made, the
+    most there may be, and the failure that caused it; a first-try answer tells nothing."""
+    notices: list[RetryNotice] = []
+    api = connect(
+        api_key=API_KEY,
+        base_url=emu.base_url,
+        retries=Retries(attempts=3, wait=False),
+        on_retry=notices.append,
+    )
+    ep = api.endpoint("echo")
+    ep.health()
+    assert notices == []
+    faults(Faults(error_503=1.0))
+    with pytest.raises(ServerError):
+        ep.health()
+    assert [(n.attempt, n.attempts, n.delay) for n in notices] == [(2, 3, 0.0), (3, 3, 0.0)]
+    assert all(isinstance(n.error, ServerError) and n.error.status_code == 503 for n in notices)
+    assert notices[0].url == f"{emu.base_url}/echo/health"
+    assert API_KEY not in repr(notices)
+    notices.clear()
+    faults(Faults(drop=1.0))
+    with pytest.raises(APIConnectionError):
+        api.with_options(retries=Retries(attempts=2, wait=False)).endpoint("echo").health()
+    assert [(n.attempt, n.attempts) for n in notices] == [(2, 2)]  # a derived client keeps the hook
+    assert isinstance(notices[0].error, APIConnectionError) and notices[0].error.sent
+
+
+@pytest.mark.parametrize("client_class", [Client, AsyncClient])
+def test_on_retry_must_be_a_plain_function(client_class: type[Client] | type[AsyncClient]) -> None:
+    async def later(notice: RetryNotice) -> None:
+        pass
+
+    with pytest.raises(TypeError, match="plain function"):
+        client_class(API_KEY, base_url="http://127.0.0.1:9/v2", on_retry=later)
+    with pytest.raises(TypeError, match="a function taking a RetryNotice"):
+        client_class(API_KEY, base_url="http://127.0.0.1:9/v2", on_retry=3)  # type: ignore[arg-type]

@@ -16,10 +16,10 @@ from runpod_queue import (
     OperationLimit,
     RateLimits,
     Retries,
+    RetryNotice,
     ServerError,
     WaitTimeoutError,
 )
-from runpod_queue._retry import RetryNotice
 
 
 @pytest.fixture
@@ -108,12 +108,16 @@ def test_each_retry_is_told_before_its_pause_also_on_a_derived_client(
 ) -> None:
     """The hook behind `rpq`'s "retrying" line: one notice per retry (none for a first-try answer), with
     the attempt about to be made, how many there may be, and why."""
-    parent = connect(api_key=API_KEY, base_url=server.base_url, retries=Retries(attempts=4, wait=False))
     notices: list[RetryNotice] = []
-    parent.client._observe_retries(notices.append)
+    parent = connect(
+        api_key=API_KEY,
+        base_url=server.base_url,
+        retries=Retries(attempts=4, wait=False),
+        on_retry=notices.append,
+    )
     assert parent.endpoint("ep").status("j1").is_completed
     assert notices == []
-    derived = parent.with_options(timeout=5)  # made after the hook: keeps it
+    derived = parent.with_options(timeout=5)  # keeps the parent's hook
     assert derived.endpoint("flaky").status("j1").is_completed  # two 503s, then an answer
     assert [(n.attempt, n.attempts, n.delay) for n in notices] == [(2, 4, 0.0), (3, 4, 0.0)]
     assert all(isinstance(n.error, ServerError) and n.error.status_code == 503 for n in notices)

@@ -22,13 +22,13 @@ from runpod_queue.batch._state import Fatal, RunState
 from runpod_queue.batch._submit import resend_is_safe
 from runpod_queue.batch._types import BatchResult
 from runpod_queue.errors import (
+    APIError,
     APIResponseError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
     PermissionDeniedError,
     RateLimitError,
-    RunpodQueueError,
 )
 
 __all__ = ["UNREADABLE", "Collector", "lost_message"]
@@ -121,7 +121,7 @@ class Collector:
                 snapshot = await run.endpoint.status(job.job_id)
             finally:
                 run.limiter.release(window)
-        except RunpodQueueError as exc:
+        except APIError as exc:
             s.status_calls += 1
             if not job.done:
                 self._check_failed(job, exc)
@@ -146,7 +146,7 @@ class Collector:
             return
         self._finish_job(job, snapshot)
 
-    def _check_failed(self, job: Watched, error: RunpodQueueError) -> None:
+    def _check_failed(self, job: Watched, error: APIError) -> None:
         if isinstance(error, APIResponseError):
             job.unreadable += 1
             if job.unreadable >= _UNREADABLE_AFTER:  # not a glitch: asking again gets the same answer
@@ -163,7 +163,7 @@ class Collector:
         else:
             self._transient(job, error)
 
-    def _transient(self, job: Watched, exc: RunpodQueueError) -> None:
+    def _transient(self, job: Watched, exc: APIError) -> None:
         run = self.run
         retry_after: float | None = None
         if isinstance(exc, RateLimitError):
@@ -208,7 +208,7 @@ class Collector:
         except (AuthenticationError, PermissionDeniedError) as exc:
             run.fail_batch(exc)
             raise Fatal from exc
-        except RunpodQueueError as exc:
+        except APIError as exc:
             if resend_is_safe(exc):  # the retry certainly did not happen: it does not count
                 run.journal.retry_unsent(job.key)
                 job.retry_for = None

@@ -21,16 +21,14 @@ from runpod_queue.batch._schedule import Watched
 from runpod_queue.batch._state import RunState
 from runpod_queue.batch._types import BatchResult
 from runpod_queue.errors import (
-    APIConnectionError,
+    APIError,
     APIResponseError,
-    APIStatusError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
-    RunpodQueueError,
 )
 
 __all__ = ["resend_is_safe", "runner_limits", "submit"]
@@ -61,12 +59,10 @@ def runner_limits(own: RateLimits, client: RateLimits) -> RateLimits:
     )
 
 
-def resend_is_safe(error: RunpodQueueError) -> bool:
+def resend_is_safe(error: APIError) -> bool:
     """Did the server certainly not act on a /run or /retry that failed with ``error``? (429, 503, a
     connection never made.) Otherwise it may have created or restarted the job."""
-    if isinstance(error, APIConnectionError | APIStatusError):
-        return may_resend(Safety.CREATES, error)
-    return False  # an unreadable answer (APIResponseError): the server did act
+    return may_resend(Safety.CREATES, error)
 
 
 async def submit(run: RunState, key: str, line: int, payload: Any) -> None:
@@ -118,7 +114,7 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
                 result = BatchResult(json.loads(key), None, "UNREADABLE", error=message)
                 run.finish(key, line, result)
                 return
-            except RunpodQueueError as exc:
+            except APIError as exc:
                 delay = _failed(run, exc, key, line, attempt)
                 run.limiter.release(window)
                 window = None
@@ -139,7 +135,7 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
         raise
 
 
-def _failed(run: RunState, exc: RunpodQueueError, key: str, line: int, attempt: int) -> float:
+def _failed(run: RunState, exc: APIError, key: str, line: int, attempt: int) -> float:
     """Count a failed /run; returns the pause before sending it again."""
     s = run.summary
     retry_after: float | None = None

@@ -2,35 +2,29 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 
-from runpod_queue.cli._app import EXIT_API, EXIT_JOB, EXIT_OK, EXIT_USAGE, app
-from runpod_queue.cli._common import (
-    ApiKeyOpt,
-    BaseUrlOpt,
-    DebugOpt,
-    LocalOpt,
-    RpqCommand,
-    UsageProblem,
-    _configure_debug_logging,
-    _resolve,
-)
+from runpod_queue.cli._app import app
+from runpod_queue.cli._argv import RpqCommand
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
-from runpod_queue.cli._next import Connection, failure_hint
+from runpod_queue.cli._errors import UsageProblem
+from runpod_queue.cli._interrupt import graceful_stop
+from runpod_queue.cli._next import failure_hint
+from runpod_queue.cli._options import ApiKeyOpt, BaseUrlOpt, DebugOpt, LocalOpt
+from runpod_queue.cli._render import exit_code_for
+from runpod_queue.cli._session import Session, session
 
 if TYPE_CHECKING:
     from runpod_queue import Policy
     from runpod_queue.batch import BatchSummary, WebhookOptions
+    from runpod_queue.errors import RunpodQueueError
 
-# Exit codes, as for every command: 0 every item completed, 1 some items did not (failed, lost, invalid,
-# rejected, duplicate), 2 usage error, 3 API or connection error, 130 stopped (the same command resumes).
-EXIT_INTERRUPTED = 130
+# Exit codes, as for every command (the session and exit_code_for): 0 every item completed, 1 some items
+# did not (failed, lost, invalid, rejected, duplicate), 2 usage error, 3 API or connection error, 130
+# stopped (the same command resumes).
 _MAX_WARNINGS = 20
 _RUNNER = "Batch"
 _WEBHOOKS = "Webhooks"
@@ -38,10 +32,6 @@ EXIT_HELP = (
     "Exit codes: 0 every item completed · 1 some did not (failed, lost, malformed, rejected, duplicate key) "
     "· 2 usage error · 3 API or connection error · 130 stopped: run the same command again to resume."
 )
-
-
-class _Usage(Exception):
-    """A bad option value, reported as a usage error (exit 2)."""
 
 
 def _count_lines(path: Path) -> int:
@@ -62,7 +52,7 @@ def _policy(ttl: float | None, execution_timeout: float | None) -> Policy | None
     try:
         return Policy(execution_timeout=execution_timeout, ttl=ttl)
     except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageProblem(str(exc)) from None
 
 
 def _webhooks(listen: str | None, webhook_url: str | None, grace: float) -> WebhookOptions | None:
@@ -70,15 +60,17 @@ def _webhooks(listen: str | None, webhook_url: str | None, grace: float) -> Webh
 
     if listen is None:
         if webhook_url is not None:
-            raise _Usage("--webhook-url needs --listen (where the receiver it leads to binds)")
+            raise UsageProblem("--webhook-url needs --listen (where the receiver it leads to binds)")
         return None
     host, _, port_text = listen.rpartition(":")
     if not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise _Usage(f"--listen takes HOST:PORT (e.g. 127.0.0.1:8787; port 0: any free one), got {listen!r}")
+        raise UsageProblem(
+            f"--listen takes HOST:PORT (e.g. 127.0.0.1:8787; port 0: any free one), got {listen!r}"
+        )
     try:
         return WebhookOptions(listen=(host.strip("[]"), int(port_text)), url=webhook_url, grace=grace)
     except ValueError as exc:
-        raise _Usage(str(exc)) from None
+        raise UsageProblem(str(exc)) from None
 
 
 @app.command(cls=RpqCommand, epilog=EXIT_HELP)
@@ -210,33 +202,75 @@ def batch(
 
     Stopped (Ctrl-C, kill, crash, sleep)? Run the same command again to resume: nothing is paid twice.
     """
-    from rich.console import Console
+    with session(api_key, base_url, local, False, debug) as s:
+        _run_batch(
+            s,
+            inputs,
+            endpoint=endpoint,
+            out=out,
+            journal_path=journal if journal is not None else out.with_name(out.name + ".journal"),
+            max_in_flight=max_in_flight,
+            retry_failed=retry_failed,
+            resubmit_lost=resubmit_lost,
+            policy=_policy(policy_ttl, execution_timeout),
+            webhooks=_webhooks(listen, webhook_url, webhook_grace),
+            no_rate_limits=no_rate_limits,
+            progress=progress,
+            resume_options=_resume_options(no_rate_limits, listen, webhook_url),
+        )
 
-    from runpod_queue import Client, RateLimits
-    from runpod_queue.batch import BatchRunner, JournalError
+
+def _resume_options(no_rate_limits: bool, listen: str | None, webhook_url: str | None) -> list[str]:
+    """The options besides the connection's that the resume command repeats (the key never: see _next)."""
+    extra = ["--no-rate-limits"] if no_rate_limits else []
+    if listen is not None:
+        extra += ["--listen", listen]
+    if webhook_url is not None:
+        extra += ["--webhook-url", webhook_url]
+    return extra
+
+
+def _run_batch(
+    s: Session,
+    inputs: Path,
+    *,
+    endpoint: str,
+    out: Path,
+    journal_path: Path,
+    max_in_flight: int,
+    retry_failed: int,
+    resubmit_lost: bool,
+    policy: Policy | None,
+    webhooks: WebhookOptions | None,
+    no_rate_limits: bool,
+    progress: bool,
+    resume_options: list[str],
+) -> NoReturn:
+    """The batch inside the shared session: it maps the errors to messages and exit codes, as for every
+    command; what is the batch's own is said here (its journal, the resume command, the summary)."""
+    from runpod_queue import RateLimits
+    from runpod_queue.batch import BatchRunner
     from runpod_queue.batch._progress import LiveProgress, summary_lines, summary_table
-    from runpod_queue.errors import RunpodQueueError
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    out_console = Console(highlight=False)
     if not inputs.is_file():
         what = "is a directory, not an input file" if inputs.is_dir() else "no such input file"
-        err.print(f"error: {inputs}: {what}")
-        raise typer.Exit(EXIT_USAGE)
+        raise UsageProblem(f"{inputs}: {what}")
     try:
         total = _count_lines(inputs)  # also proves the file readable, before anything is created
     except OSError as exc:
-        err.print(f"error: cannot read the input file {_os_error(exc)}")
-        raise typer.Exit(EXIT_USAGE) from None
-    journal_path = journal if journal is not None else out.with_name(out.name + ".journal")
-    try:
-        key, url = _resolve(api_key, base_url, local)
-        policy = _policy(policy_ttl, execution_timeout)
-        webhooks = _webhooks(listen, webhook_url, webhook_grace)
-    except (UsageProblem, _Usage) as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
+        raise UsageProblem(f"cannot read the input file {_os_error(exc)}") from None
 
+    err = s.err
+    resume = s.connection.script(
+        "batch", str(inputs), "--endpoint", endpoint, "--out", str(out), "--journal", str(journal_path),
+        *resume_options,
+    )  # fmt: skip
+
+    def explain(exc: RunpodQueueError) -> str:
+        return f"{_hint(exc, s.local, s.base_url, endpoint)}\n{_after_error(exc, journal_path, resume)}"
+
+    s.explainer = explain
+    s.on_interrupt = lambda: f"interrupted; the journal is consistent. Resume with:\n  {resume}"
     warnings = 0
 
     def warn(message: str) -> None:
@@ -257,15 +291,19 @@ def batch(
             announced = True
             host, port = address
             where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            via = f" (public URL {webhook_url})" if webhook_url is not None else ""
-            err.print(f"receiving webhooks on {where}{via}")
+            via = f" (public URL {webhooks.url})" if webhooks is not None and webhooks.url is not None else ""
+            s.note(f"receiving webhooks on {where}{via}")
         if live is not None:
             live(summary)
 
+    def stop() -> None:
+        s.note("stopping: no new submissions; finishing requests on the wire (Ctrl-C again: now)")
+        runner.stop()
+
     limits = RateLimits.off() if no_rate_limits else RateLimits.runpod()
-    client = Client(key, base_url=url, rate_limits=limits)
+    s.rate_limits = limits
     runner = BatchRunner(
-        client.endpoint(endpoint),
+        s.client.endpoint(endpoint),
         journal=journal_path,
         output=out,
         max_in_flight=max_in_flight,
@@ -278,78 +316,43 @@ def batch(
         on_progress=on_progress,
         on_warning=warn,
     )
-
-    stops = 0
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        nonlocal stops
-        stops += 1
-        if stops == 1:
-            err.print("stopping: no new submissions; finishing requests on the wire (Ctrl-C again: now)")
-            runner.stop()
-        else:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            raise KeyboardInterrupt
-
-    previous: dict[signal.Signals, Any] = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        previous[signum] = signal.signal(signum, on_signal)
-    # The command that resumes this batch; the key, if it came with --api-key, is read from the
-    # environment instead (never printed, nor put in `ps` again).
-    extra = ["--endpoint", endpoint, "--out", str(out), "--journal", str(journal_path)]
-    if no_rate_limits:
-        extra.append("--no-rate-limits")
-    if listen is not None:
-        extra += ["--listen", listen]
-    if webhook_url is not None:
-        extra += ["--webhook-url", webhook_url]
-    resume = Connection.given(api_key, base_url, local).script("batch", str(inputs), *extra)
-    handler = _configure_debug_logging() if debug else None
     try:
-        with client, open(inputs, "rb") as lines:  # bytes: a line that is not UTF-8 is reported as malformed
+        with (
+            graceful_stop(stop),
+            open(inputs, "rb") as lines,
+        ):  # bytes: non-UTF-8 lines are reported malformed
             if live is not None:
                 with live:
                     summary = runner.run(lines)
             else:
                 summary = runner.run(lines)
-    except KeyboardInterrupt:
-        err.print(f"interrupted; the journal is consistent. Resume with:\n  {resume}")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    except JournalError as exc:
-        err.print(f"error: {exc}")
-        raise typer.Exit(EXIT_USAGE) from None
-    except RunpodQueueError as exc:
-        err.print(f"error: {exc}{_hint(exc, local is not None, url, endpoint)}")
-        err.print(_after_error(exc, journal_path, resume))
-        raise typer.Exit(EXIT_API) from None
-    except OSError as exc:
-        err.print(f"error: {_os_error(exc)}")
-        raise typer.Exit(EXIT_USAGE) from None
-    finally:
-        for signum, previous_handler in previous.items():
-            signal.signal(signum, previous_handler)
-        if handler is not None:
-            logging.getLogger("runpod_queue").removeHandler(handler)
+    except OSError as exc:  # the output's directory missing, the --listen address taken, ...
+        raise UsageProblem(_os_error(exc)) from None
     short = summary_lines(summary, str(out))
     for line in short:  # a clean success: one line, the breakdown is for batches that need a look
-        out_console.print(line, soft_wrap=True)  # a path is copied, not broken across lines
+        s.out.print(line, soft_wrap=True)  # a path is copied, not broken across lines
     if short:
-        raise typer.Exit(EXIT_OK)
-    out_console.print(summary_table(summary))
+        raise typer.Exit(exit_code_for(summary))
+    s.out.print(summary_table(summary))
     if summary.interrupted:
         running = (
             f"{summary.in_flight} jobs keep running on the endpoint; they and the remaining inputs are"
             if summary.in_flight
             else "the remaining inputs are"
         )
-        err.print(f"stopped: {running} picked up by running the same command again:\n  {resume}")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        s.note(f"stopped: {running} picked up by running the same command again:\n  {resume}")
+    else:
+        _report_failures(s, summary, out)
+    raise typer.Exit(exit_code_for(summary))
+
+
+def _report_failures(s: Session, summary: BatchSummary, out: Path) -> None:
     if summary.ambiguous:
-        err.print(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
+        s.note(f"{summary.ambiguous} submissions were ambiguous and resubmitted: they may have run twice")
     if summary.resubmitted_lost:
-        err.print(f"{summary.resubmitted_lost} items recorded LOST were submitted anew (--resubmit-lost)")
+        s.note(f"{summary.resubmitted_lost} items recorded LOST were submitted anew (--resubmit-lost)")
     if summary.lost:
-        err.print(f"{summary.lost} items are LOST; run again with --resubmit-lost to submit them anew")
+        s.note(f"{summary.lost} items are LOST; run again with --resubmit-lost to submit them anew")
     if not summary.ok:
         kinds = {
             "failed": summary.failed,
@@ -359,10 +362,9 @@ def batch(
             "duplicate": summary.duplicates,
         }
         which = ", ".join(f"{count} {word}" for word, count in kinds.items() if count)
-        err.print(f"{summary.failures} items did not complete ({which}); see 'error' in {out}")
-        raise typer.Exit(EXIT_JOB)
-    err.print(f"all {summary.completed} items completed: {out}")
-    raise typer.Exit(EXIT_OK)
+        s.note(f"{summary.failures} items did not complete ({which}); see 'error' in {out}")
+    else:
+        s.note(f"all {summary.completed} items completed: {out}")
 
 
 def _hint(exc: Exception, local: bool, url: str, endpoint: str) -> str:

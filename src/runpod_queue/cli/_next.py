@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL
 from runpod_queue.errors import APIConnectionError, AuthenticationError
 
 __all__ = ["Connection", "failure_hint"]

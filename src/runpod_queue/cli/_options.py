@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from runpod_queue._contract import DEFAULT_BASE_URL
-from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue._settings import ENV_API_KEY, ENV_BASE_URL
 from runpod_queue.cli._duration import DURATION_METAVAR, duration
 
 __all__ = [

@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, NoReturn, Self
+from typing import TYPE_CHECKING, Any, NoReturn, Self
 
 import typer
 from rich.console import Console, RenderableType
@@ -21,16 +21,24 @@ from rich.spinner import Spinner
 from rich.table import Table
 
 from runpod_queue import Endpoint, Health, Job, JobStatus, RunpodQueueError
-from runpod_queue.cli._app import EXIT_JOB, EXIT_OK
+from runpod_queue.cli._app import EXIT_INTERRUPTED, EXIT_JOB, EXIT_OK
 from runpod_queue.cli._interrupt import deferred_interrupt
 from runpod_queue.cli._retrying import RetryLine, spinner_line
+
+if TYPE_CHECKING:  # the batch package loads aiohttp: only `rpq batch` imports it
+    from runpod_queue.batch import BatchSummary
 
 __all__ = ["Printer", "Progress", "exit_code_for"]
 
 
-def exit_code_for(job: Job) -> int:
-    """0 unless the job ended FAILED, CANCELLED or TIMED_OUT (a pending job is not a failure)."""
-    return EXIT_JOB if job.is_terminal and not job.is_completed else EXIT_OK
+def exit_code_for(result: Job | BatchSummary) -> int:
+    """A job: 0 unless it ended FAILED, CANCELLED or TIMED_OUT (a pending job is not a failure). A batch:
+    130 when it was stopped (the same command resumes it), else 0 unless some item did not complete."""
+    if isinstance(result, Job):
+        return EXIT_JOB if result.is_terminal and not result.is_completed else EXIT_OK
+    if result.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if result.ok else EXIT_JOB
 
 
 def _error_type(job: Job) -> str | None:

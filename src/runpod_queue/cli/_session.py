@@ -7,10 +7,8 @@ traceback (unless ``--debug``) or a message that names the API key.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NoReturn
@@ -20,18 +18,16 @@ from rich.console import Console
 from rich.text import Text
 
 from runpod_queue import (
-    APIConnectionError,
-    APIResponseError,
-    APIStatusError,
     Client,
     Endpoint,
     JobFailedError,
+    JournalError,
+    RateLimits,
     RunpodQueueError,
     WaitTimeoutError,
 )
-from runpod_queue._contract import DEFAULT_BASE_URL
-from runpod_queue._settings import is_loopback
-from runpod_queue._wire import ENV_API_KEY, ENV_BASE_URL
+from runpod_queue._logs import debug_to_stderr
+from runpod_queue._settings import ENV_API_KEY, key_missing, resolve_api_key, resolve_base_url
 from runpod_queue.cli._app import EXIT_API, EXIT_INTERRUPTED, EXIT_JOB, EXIT_USAGE
 from runpod_queue.cli._errors import UsageProblem
 from runpod_queue.cli._next import Connection, failure_hint
@@ -39,7 +35,7 @@ from runpod_queue.cli._ready import wait_for_listener
 from runpod_queue.cli._render import Printer
 from runpod_queue.cli._retrying import RetryLine
 
-__all__ = ["Session", "configure_debug_logging", "local_base_url", "resolve", "session"]
+__all__ = ["Session", "local_base_url", "resolve", "session"]
 
 
 def local_base_url(port: int) -> str:
@@ -47,33 +43,23 @@ def local_base_url(port: int) -> str:
 
 
 def resolve(api_key: str | None, base_url: str | None, local: int | None) -> tuple[str | None, str]:
-    """Flags win over the environment; a remote base URL without a key is refused before any request."""
-    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY) or None
-    if local is not None:
-        url = local_base_url(local)
-    else:
-        url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
-    if not url.startswith(("http://", "https://")):
-        raise UsageProblem(f"--base-url must start with http:// or https://, got {url!r}")
-    if key is not None and not key.strip():
-        raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`")
-    if key is None and not is_loopback(url):
+    """Flags win over the environment (``_settings`` resolves both, as for a ``Client``); a remote base URL
+    without a key is refused before any request. Problems are usage errors, worded for the command line."""
+    try:
+        url = resolve_base_url(local_base_url(local) if local is not None else base_url, name="--base-url")
+    except ValueError as exc:
+        raise UsageProblem(str(exc)) from None
+    try:
+        key = resolve_api_key(api_key)
+    except ValueError:
+        raise UsageProblem(f"the API key is empty: `export {ENV_API_KEY}=...`") from None
+    if key_missing(key, url):
         raise UsageProblem(
             f"no API key for {url}. Create one in the RunPod console (Settings > API Keys), then "
             f"`export {ENV_API_KEY}=...` (rather than --api-key, which `ps` shows to every user of the "
             "machine). For a local emulator, use --local."
         )
-    return key, url.rstrip("/")
-
-
-def configure_debug_logging() -> logging.Handler:
-    """``--debug``: the library's request log on stderr; the caller removes the handler when done."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("runpod_queue")
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    return handler
+    return key, url
 
 
 @dataclass
@@ -90,6 +76,11 @@ class Session(Printer):
     # While a submission is on the wire (no id yet): `rpq run` arguments that would submit it again.
     submitting: list[str] | None = None
     sync: bool = False  # that submission is a /runsync
+    rate_limits: RateLimits | bool = True  # for the client, when it is made (`rpq batch --no-rate-limits`)
+    # A command's own words after a failure or a Ctrl-C (`rpq batch`: its journal and resume command);
+    # None: the words every command uses (``explain`` / ``interrupted``).
+    explainer: Callable[[RunpodQueueError], str] | None = field(default=None, repr=False)
+    on_interrupt: Callable[[], str] | None = field(default=None, repr=False)
     _api_key: str | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
@@ -97,10 +88,19 @@ class Session(Printer):
     def client(self) -> Client:
         if self._client is None:
             wait_for_listener(self.base_url, self.err)  # `rpq serve … &` pasted just before: let it bind
-            self._client = Client(api_key=self._api_key, base_url=self.base_url)
-            if self.retrying is not None:
-                self._client._observe_retries(self.retrying)
+            self._client = Client(
+                api_key=self._api_key,
+                base_url=self.base_url,
+                rate_limits=self.rate_limits,
+                on_retry=self.retrying,
+            )
         return self._client
+
+    def explain(self, exc: RunpodQueueError) -> str:
+        """What follows an error's own message: where to look ("" when there is nothing to add)."""
+        if self.explainer is not None:
+            return self.explainer(exc)
+        return failure_hint(exc, self.local, self.base_url)
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
         self.endpoint_id = endpoint_id
@@ -117,6 +117,8 @@ class Session(Printer):
 
     def interrupted(self) -> str:
         """What Ctrl-C leaves behind, and how to carry on from there."""
+        if self.on_interrupt is not None:
+            return self.on_interrupt()
         endpoint = self.endpoint_id or "ENDPOINT"
         if self.job_id is not None:
             running = f"interrupted; job {self.job_id} keeps running on endpoint {endpoint}"
@@ -147,7 +149,7 @@ def session(
     """Resolve the connection and map every failure to a message and an exit code (see ``rpq --help``)."""
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False)
-    handler = configure_debug_logging() if debug else None
+    handler = debug_to_stderr() if debug else None
     current: Session | None = None
 
     def fail(code: int, message: str, exc: BaseException | None = None) -> NoReturn:
@@ -184,11 +186,10 @@ def session(
         )
     except JobFailedError as exc:
         fail(EXIT_JOB, str(exc), exc)
-    except (APIStatusError, APIConnectionError, APIResponseError) as exc:
-        hint = failure_hint(exc, current.local, current.base_url) if current is not None else ""
-        fail(EXIT_API, f"{exc}{hint}", exc)
-    except RunpodQueueError as exc:
-        fail(EXIT_API, str(exc), exc)
+    except JournalError as exc:  # `rpq batch` given a journal it cannot use: fix the command, not the server
+        fail(EXIT_USAGE, str(exc), exc)
+    except RunpodQueueError as exc:  # an APIError (a request failed) or another: its message, then what to do
+        fail(EXIT_API, f"{exc}{current.explain(exc) if current is not None else ''}", exc)
     except KeyboardInterrupt:
         if current is not None:
             current.settle()

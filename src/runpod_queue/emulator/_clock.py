@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
 
+from runpod_queue._units import Duration
 from runpod_queue._units import seconds as _seconds
 
 __all__ = ["Clock", "ClockKind", "RealClock", "TimerHandle", "VirtualClock", "make_clock"]
@@ -72,7 +73,7 @@ class Clock:
         """Attach to the loop the emulator serves on."""
         raise NotImplementedError
 
-    async def advance(self, seconds: float) -> float:
+    async def advance(self, seconds: Duration) -> float:
         """Move a virtual clock forward (run on the emulator's loop); returns the new `now()`."""
         raise RuntimeError(
             "this emulator runs on the real clock, which cannot be advanced: create it with "
@@ -202,7 +203,7 @@ class VirtualClock(Clock):
 
     # -- moving time ----------------------------------------------------------------------------
 
-    async def advance(self, seconds: float) -> float:
+    async def advance(self, seconds: Duration) -> float:
         """Fire every timer due within `seconds`, in time order, letting each one's effects settle."""
         amount = _seconds(seconds, "advance(seconds)")
         async with self._advance_lock:
@@ -222,7 +223,7 @@ class VirtualClock(Clock):
                 self._poke()
             return self._now
 
-    def advance_idle(self, seconds: float) -> float:
+    def advance_idle(self, seconds: Duration) -> float:
         """Move a clock that has no timers and no loop (an emulator not started yet)."""
         amount = _seconds(seconds, "advance(seconds)")
         if self.pending():

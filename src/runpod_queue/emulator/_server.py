@@ -9,7 +9,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +17,7 @@ import uvicorn
 from runpod_queue._limits import RateLimits
 from runpod_queue._net import listen_socket
 from runpod_queue._serving import guarded_config
+from runpod_queue._units import Duration
 from runpod_queue._units import seconds as _seconds
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._assembly import assemble
@@ -205,7 +205,7 @@ class Emulator:
         """Seconds since start on the emulator's clock (virtual seconds on a virtual clock)."""
         return self.clock.now()
 
-    def advance(self, seconds: float | timedelta) -> float:
+    def advance(self, seconds: Duration) -> float:
         """Move a virtual clock forward and return the new `now`, after the timers that fell due have
         fired (in time order) and their effects settled. Thread-safe; blocks until done.
 
@@ -294,12 +294,13 @@ class Emulator:
         else:
             loop.call_soon_threadsafe(self.app.set_faults, faults)
 
-    def call(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: float = 10.0) -> Any:
+    def call(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: Duration = 10.0) -> Any:
         """Run a coroutine on the server's loop and return its result (for tests and tools)."""
+        wait = _seconds(timeout, "call(timeout)")
         loop = self.app.loop
         if loop is None:
             raise RuntimeError("the emulator is not running")
-        return asyncio.run_coroutine_threadsafe(fn(), loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(fn(), loop).result(wait)
 
     # -- running --------------------------------------------------------------------------------
 

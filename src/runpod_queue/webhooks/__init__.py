@@ -30,12 +30,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from runpod_queue._models import Job
-from runpod_queue._units import Duration
+from runpod_queue._units import Duration, seconds
 from runpod_queue.errors import WebhookVerificationError
 
 __all__ = [
@@ -69,12 +68,14 @@ class TokenClaims:
 
 def _lifetime(expires_in: Duration) -> float:
     """A token's lifetime in seconds (a number or a ``timedelta``, as every duration in this package)."""
-    value = expires_in.total_seconds() if isinstance(expires_in, timedelta) else expires_in
-    if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+    value = seconds(
+        expires_in, "expires_in", low=None
+    )  # a TypeError that says what a duration is, as everywhere
+    if not value > 0:
         raise ValueError(
             f"expires_in must be a positive number of seconds or a timedelta, got {expires_in!r}"
         )
-    return float(value)
+    return value
 
 
 class WebhookSigner:
