@@ -9,6 +9,8 @@ from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
+from runpod_queue._public import publish as _publish
+from runpod_queue._public import relocate as _relocate
 from runpod_queue._retry import Retries
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.errors import (
@@ -56,6 +58,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'runpod_queue' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    _relocate(value, __name__)
     globals()[name] = value
     return value
 
@@ -105,3 +108,5 @@ __all__ = [
     "WebhookVerificationError",
     "WorkerCounts",
 ]
+
+_publish(globals(), _LAZY.items())

@@ -28,6 +28,7 @@ from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_fl
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import async_openai_client, openai_base_url
+from runpod_queue._public import publish as _publish
 from runpod_queue._retry import OnRetry, Retries
 from runpod_queue._settings import ClientSettings, client_settings, default_headers
 from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
@@ -318,3 +319,8 @@ class AsyncEndpoint:
     async def health(self) -> Health:
         """See ``Endpoint.health``."""
         return parse_health(await self._client._run(attempts(health_call(self.id), self._client._rules)))
+
+
+# AsyncClient & co. are exported by the root lazily: a direct import of this module (the CLI's) names them
+# runpod_queue.AsyncClient too.
+_publish(globals())

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
+from runpod_queue._frozen import frozen_getstate, frozen_setstate
 
 __all__ = ["AsyncLimiter", "RateLimits", "SyncLimiter", "Window"]
 
@@ -41,6 +42,10 @@ class RateLimits:
     window: float = RATE_WINDOW_S
     margin: float = 0.25
     enabled: bool = True
+
+    # ``limits`` is a read-only mappingproxy, which does not pickle on its own.
+    __getstate__ = frozen_getstate
+    __setstate__ = frozen_setstate
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.margin < 0:

@@ -22,6 +22,7 @@ from runpod_queue._contract import (
     TERMINAL_STATUSES,
     JobStatus,
 )
+from runpod_queue._frozen import frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds, to_ms
 from runpod_queue.errors import JobFailedError
 
@@ -165,6 +166,10 @@ class Job:
     error_type: str | None = field(default=None, init=False, repr=False, compare=False)
     error_message: str | None = field(default=None, init=False, repr=False, compare=False)
     error_traceback: str | None = field(default=None, init=False, repr=False, compare=False)
+
+    # ``raw`` is a read-only mappingproxy, which does not pickle on its own.
+    __getstate__ = frozen_getstate
+    __setstate__ = frozen_setstate
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -313,6 +318,9 @@ class StreamChunk:
     output: Any
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
+    __getstate__ = frozen_getstate
+    __setstate__ = frozen_setstate
+
 
 def _count(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key, 0)
@@ -347,6 +355,9 @@ class Health:
     jobs: JobCounts
     workers: WorkerCounts
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
+
+    __getstate__ = frozen_getstate
+    __setstate__ = frozen_setstate
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

@@ -9,6 +9,8 @@ and the `runpod_mock` marker. See docs/testing.md.
 
 from __future__ import annotations
 
+from runpod_queue._public import publish as _publish
+
 try:
     from runpod_queue.emulator import Emulator, EndpointSpec, Faults, JobView, RecordedRequest, Timings
     from runpod_queue.testing._mock import MOCK_API_KEY, mock_runpod
@@ -29,3 +31,5 @@ __all__ = [
     "Timings",
     "mock_runpod",
 ]
+
+_publish(globals())

@@ -35,6 +35,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from runpod_queue._models import Job
+from runpod_queue._public import publish as _publish
 from runpod_queue._units import Duration
 from runpod_queue.errors import WebhookVerificationError
 
@@ -420,3 +421,6 @@ async def _send(send: Any, status: int, body: bytes, *, close: bool = False) -> 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+_publish(globals())
