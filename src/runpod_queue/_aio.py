@@ -70,7 +70,7 @@ class AsyncClient:
             max_connections,
             own_transport=transport is not None,
         )
-        self.base_url = settings.base_url
+        self.base_url: str = settings.base_url
         self._rules = AttemptRules.of(settings)
         self._limiter = AsyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
@@ -184,7 +184,7 @@ class AsyncJobStream(AsyncIterator[StreamChunk]):
         self._client = client
         self._flow = flow
         self._done = False
-        self.job_id = job_id
+        self.job_id: str = job_id
         self.job: Job | None = None
 
     def __aiter__(self) -> Self:
@@ -223,7 +223,7 @@ class AsyncEndpoint:
         if not isinstance(endpoint_id, str) or not endpoint_id:
             raise ValueError(f"endpoint_id must be a non-empty string, got {endpoint_id!r}")
         self._client = client
-        self.id = endpoint_id
+        self.id: str = endpoint_id
 
     def __repr__(self) -> str:
         return f"AsyncEndpoint({self.id!r})"

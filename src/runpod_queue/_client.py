@@ -69,7 +69,7 @@ class Client:
             max_connections,
             own_transport=transport is not None,
         )
-        self.base_url = settings.base_url
+        self.base_url: str = settings.base_url
         self._rules = AttemptRules.of(settings)
         self._limiter = SyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
@@ -168,7 +168,7 @@ class JobStream(Iterator[StreamChunk]):
         self._client = client
         self._flow = flow
         self._done = False
-        self.job_id = job_id
+        self.job_id: str = job_id
         self.job: Job | None = None
 
     def __iter__(self) -> Self:
@@ -207,7 +207,7 @@ class Endpoint:
         if not isinstance(endpoint_id, str) or not endpoint_id:
             raise ValueError(f"endpoint_id must be a non-empty string, got {endpoint_id!r}")
         self._client = client
-        self.id = endpoint_id
+        self.id: str = endpoint_id
 
     def __repr__(self) -> str:
         return f"Endpoint({self.id!r})"

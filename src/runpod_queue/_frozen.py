@@ -11,12 +11,12 @@ import dataclasses
 from types import MappingProxyType
 from typing import Any
 
-__all__ = ["frozen_getstate", "frozen_setstate"]
+__all__ = ["FrozenState", "frozen_getstate", "frozen_setstate"]
 
-State = tuple[dict[str, Any], tuple[str, ...]]
+FrozenState = tuple[dict[str, Any], tuple[str, ...]]
 
 
-def frozen_getstate(self: Any) -> State:
+def frozen_getstate(self: Any) -> FrozenState:
     """Every field's value, read-only mappings as dicts, and the names of those to make read-only again."""
     values: dict[str, Any] = {}
     proxied: list[str] = []
@@ -29,7 +29,7 @@ def frozen_getstate(self: Any) -> State:
     return values, tuple(proxied)
 
 
-def frozen_setstate(self: Any, state: State) -> None:
+def frozen_setstate(self: Any, state: FrozenState) -> None:
     """Set the fields back (``object.__setattr__``: the class is frozen), re-wrapping the mappings."""
     values, proxied = state
     for name, value in values.items():

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
-from runpod_queue._frozen import frozen_getstate, frozen_setstate
+from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 
 __all__ = ["AsyncLimiter", "RateLimits", "SyncLimiter", "Window"]
 
@@ -43,9 +43,13 @@ class RateLimits:
     margin: float = 0.25
     enabled: bool = True
 
-    # ``limits`` is a read-only mappingproxy, which does not pickle on its own.
-    __getstate__ = frozen_getstate
-    __setstate__ = frozen_setstate
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
 
     def __post_init__(self) -> None:
         if self.window <= 0 or self.margin < 0:

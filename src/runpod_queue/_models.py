@@ -22,7 +22,7 @@ from runpod_queue._contract import (
     TERMINAL_STATUSES,
     JobStatus,
 )
-from runpod_queue._frozen import frozen_getstate, frozen_setstate
+from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds, to_ms
 from runpod_queue.errors import JobFailedError
 
@@ -167,9 +167,13 @@ class Job:
     error_message: str | None = field(default=None, init=False, repr=False, compare=False)
     error_traceback: str | None = field(default=None, init=False, repr=False, compare=False)
 
-    # ``raw`` is a read-only mappingproxy, which does not pickle on its own.
-    __getstate__ = frozen_getstate
-    __setstate__ = frozen_setstate
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
@@ -318,8 +322,13 @@ class StreamChunk:
     output: Any
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
-    __getstate__ = frozen_getstate
-    __setstate__ = frozen_setstate
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
 
 
 def _count(data: Mapping[str, Any], key: str) -> int:
@@ -356,8 +365,13 @@ class Health:
     workers: WorkerCounts
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
-    __getstate__ = frozen_getstate
-    __setstate__ = frozen_setstate
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:

@@ -126,17 +126,17 @@ class BatchRunner:
         ):
             if not isinstance(value, kind) and not (value is None and name in ("policy", "webhooks")):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-        self.endpoint = endpoint
-        self.journal_path = Path(journal)
-        self.output_path = None if output is None else Path(output)
-        self.max_in_flight = max_in_flight
-        self.retry_failed = retry_failed
-        self.resubmit_lost = bool(resubmit_lost)
-        self.policy = policy
-        self.rate_limits = rate_limits
-        self.polling = polling
-        self.webhooks = webhooks
-        self.total = total
+        self.endpoint: Endpoint | AsyncEndpoint = endpoint
+        self.journal_path: Path = Path(journal)
+        self.output_path: Path | None = None if output is None else Path(output)
+        self.max_in_flight: int = max_in_flight
+        self.retry_failed: int = retry_failed
+        self.resubmit_lost: bool = bool(resubmit_lost)
+        self.policy: Policy | None = policy
+        self.rate_limits: RateLimits = rate_limits
+        self.polling: PollOptions = polling
+        self.webhooks: WebhookOptions | None = webhooks
+        self.total: int | None = total
         self._on_result = on_result
         self._on_progress = on_progress
         self._on_warning = on_warning

@@ -77,18 +77,18 @@ class EmulatorApp:
         on_shutdown: Callable[[], Awaitable[None]],
         console: Console | None = None,
     ) -> None:
-        self.core = core
-        self.console = console
+        self.core: Core = core
+        self.console: Console | None = console
         self._now = core.clock.now
-        self.limiter = limiter
-        self.control = control
+        self.limiter: RateLimiter = limiter
+        self.control: Control = control
         self._log_request = request_log.entries.append
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key = api_key.encode() if api_key else None
-        self.faults = faults or Faults()
-        self.strict = strict
+        self.faults: Faults = faults or Faults()
+        self.strict: bool = strict
         self._rng = random.Random(self.faults.seed)
         # operation → (route, allowed methods, needs a job id, rate-limit name or None)
         self.routes: dict[str, tuple[Route, frozenset[str], bool, str | None]] = {
@@ -103,9 +103,9 @@ class EmulatorApp:
             "health": (self.health, frozenset({"GET"}), False, None),
         }
         # The worker protocol: never rate-limited or fault-injected.
-        self.worker_routes = dict(worker_routes)
+        self.worker_routes: dict[str, Route] = dict(worker_routes)
         # `/openai/v1/*`: queue jobs too, but with OpenAI's error bodies and streaming answers.
-        self.openai = OpenAIRoutes(core, limiter)
+        self.openai: OpenAIRoutes = OpenAIRoutes(core, limiter)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:

@@ -111,7 +111,7 @@ class RealClock(Clock):
     def __init__(self, scale: float = 1.0) -> None:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= 1000):
             raise ValueError(f"time_scale must be a number in (0, 1000], got {scale!r}")
-        self.scale = float(scale)
+        self.scale: float = float(scale)
         self._origin = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -157,8 +157,8 @@ class VirtualClock(Clock):
     """
 
     def __init__(self, *, auto: bool = False) -> None:
-        self.kind = "auto" if auto else "virtual"
-        self.auto = auto
+        self.kind: ClockKind = "auto" if auto else "virtual"
+        self.auto: bool = auto
         self._now = 0.0
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()

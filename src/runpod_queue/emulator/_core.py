@@ -61,8 +61,8 @@ class Core:
         readings: Readings | None = None,
     ) -> None:
         self.clock = clock
-        self.readings = readings or Readings()
-        self.notices = notices or Notices()
+        self.readings: Readings = readings or Readings()
+        self.notices: Notices = notices or Notices()
         self.timings = timings
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls

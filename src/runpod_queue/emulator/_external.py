@@ -31,7 +31,7 @@ from runpod_queue.emulator._oversize import RESULT_LIMIT, is_progress, progress_
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, decode_json, encode_json
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator._clock import TimerHandle
+    from runpod_queue.emulator._clock import Clock, TimerHandle
     from runpod_queue.emulator._core import Core
 
 __all__ = ["ExternalWorkers", "worker_environment"]
@@ -118,8 +118,8 @@ class ExternalWorkers:
     """Serves the worker protocol (`routes`) over a `Core` and watches its external workers' liveness."""
 
     def __init__(self, core: Core) -> None:
-        self.core = core
-        self.clock = core.clock
+        self.core: Core = core
+        self.clock: Clock = core.clock
         self.workers: dict[tuple[str, str], _Worker] = {}
         self._sweeper: TimerHandle | None = None
         self._sweep_at: float | None = None

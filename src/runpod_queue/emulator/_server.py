@@ -156,7 +156,7 @@ class Emulator:
                 "table as RateLimits(limits={...}) (runpod_queue._limits.RateLimits)"
             )
         self.clock: Clock = make_clock(clock, time_scale)
-        self.timings = timings or Timings()
+        self.timings: Timings = timings or Timings()
         self._parts = assemble(
             specs,
             clock=self.clock,
@@ -170,9 +170,9 @@ class Emulator:
             readings=readings,
         )
         self.app: EmulatorApp = self._parts.app
-        self.host = host
-        self.port = port
-        self.log_level = log_level
+        self.host: str = host
+        self.port: int = port
+        self.log_level: str = log_level
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None

@@ -94,7 +94,7 @@ class WebhookSigner:
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         self._key = key
-        self.expires_in = _lifetime(expires_in)
+        self.expires_in: float = _lifetime(expires_in)
 
     def __repr__(self) -> str:
         return f"WebhookSigner(secret=***, expires_in={self.expires_in:g})"
@@ -227,11 +227,11 @@ class WebhookReceiver:
     ) -> None:
         if not callable(callback):
             raise TypeError("callback must be callable: def on_job(job: Job) -> None")
-        self.signer = signer
-        self.callback = callback
-        self.store = store or MemoryWebhookStore()
-        self.max_body = max_body
-        self.with_delivery = with_delivery
+        self.signer: WebhookSigner = signer
+        self.callback: Callback = callback
+        self.store: MemoryWebhookStore = store or MemoryWebhookStore()
+        self.max_body: int = max_body
+        self.with_delivery: bool = with_delivery
 
     # -- the framework-agnostic core ------------------------------------------------------------
 
