@@ -23,7 +23,6 @@ from runpod_queue._aiohttp import AiohttpTransport
 from runpod_queue._answers import parse_health, parse_job, parse_purge
 from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
-from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
@@ -260,7 +259,7 @@ class AsyncEndpoint:
         self,
         input: Any,
         *,
-        timeout: Duration = RUNSYNC_DEFAULT_WAIT_MS / 1000,  # noqa: ASYNC109
+        timeout: Duration = 90.0,  # noqa: ASYNC109 - RUNSYNC_DEFAULT_WAIT_MS, as a value
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,

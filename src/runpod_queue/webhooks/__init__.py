@@ -86,7 +86,7 @@ class WebhookSigner:
 
     __slots__ = ("_key", "expires_in")
 
-    def __init__(self, secret: str | bytes, *, expires_in: Duration = DEFAULT_EXPIRES_IN) -> None:
+    def __init__(self, secret: str | bytes, *, expires_in: Duration = 691_200.0) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(key, bytes) or len(key) < MIN_SECRET_BYTES:
             raise ValueError(
@@ -222,7 +222,7 @@ class WebhookReceiver:
         callback: Callback,
         *,
         store: MemoryWebhookStore | None = None,
-        max_body: int = DEFAULT_MAX_BODY,
+        max_body: int = 25_000_000,
         with_delivery: bool = False,
     ) -> None:
         if not callable(callback):
