@@ -67,6 +67,7 @@ class RateLimits:
 
     @classmethod
     def off(cls) -> RateLimits:
+        """No limiting at all: every request is sent at once (``rate_limits=False`` means the same)."""
         return cls(enabled=False)
 
 

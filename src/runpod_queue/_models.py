@@ -257,10 +257,26 @@ class Job:
         return out
 
     def to_json(self) -> str:
+        """The job as compact JSON, in RunPod's field names and units (``to_dict()`` encoded).
+
+        Returns:
+            A JSON object text; ``Job.from_json`` reads it back.
+        """
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:
+        """Parse a job from JSON in RunPod's field names (the inverse of ``to_json``).
+
+        Args:
+            text: A JSON object, as RunPod's ``/status`` answers or ``to_json`` writes.
+
+        Returns:
+            The job.
+
+        Raises:
+            ValueError: Not JSON, or not a job (no ``id`` or ``status``).
+        """
         return cls.from_dict(json.loads(text))
 
     @property
@@ -286,26 +302,32 @@ class Job:
 
     @property
     def is_in_queue(self) -> bool:
+        """Waiting for a worker (IN_QUEUE)."""
         return self.status is JobStatus.IN_QUEUE
 
     @property
     def is_in_progress(self) -> bool:
+        """Running on a worker (IN_PROGRESS)."""
         return self.status is JobStatus.IN_PROGRESS
 
     @property
     def is_completed(self) -> bool:
+        """Finished with an output (COMPLETED)."""
         return self.status is JobStatus.COMPLETED
 
     @property
     def is_failed(self) -> bool:
+        """Finished with an error (FAILED); ``error_message`` says what."""
         return self.status is JobStatus.FAILED
 
     @property
     def is_cancelled(self) -> bool:
+        """Cancelled before it finished (CANCELLED)."""
         return self.status is JobStatus.CANCELLED
 
     @property
     def is_timed_out(self) -> bool:
+        """Stopped by its execution timeout or ttl (TIMED_OUT)."""
         return self.status is JobStatus.TIMED_OUT
 
     def raise_for_status(self) -> Self:
@@ -340,6 +362,8 @@ def _count(data: Mapping[str, Any], key: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class JobCounts:
+    """``/health``'s job counts, by state. ``retried`` counts jobs RunPod retried."""
+
     completed: int = 0
     failed: int = 0
     in_progress: int = 0
@@ -349,6 +373,8 @@ class JobCounts:
 
 @dataclass(frozen=True, slots=True)
 class WorkerCounts:
+    """``/health``'s worker counts, by state (``throttled``: waiting for a GPU to free up)."""
+
     idle: int = 0
     initializing: int = 0
     ready: int = 0
@@ -375,6 +401,17 @@ class Health:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Parse RunPod's ``/health`` answer; missing counts read as 0.
+
+        Args:
+            data: The answer's JSON object (``{"jobs": {...}, "workers": {...}}``).
+
+        Returns:
+            The counts, with ``raw`` keeping the answer as it was.
+
+        Raises:
+            ValueError: ``jobs`` or ``workers`` is missing, or a count is not an integer.
+        """
         if not isinstance(data, Mapping):
             raise MalformedError(f"expected a JSON object, got {type(data).__name__}")
         jobs = data.get("jobs")
@@ -403,6 +440,7 @@ class Health:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts in RunPod's field names (``inProgress``, ``inQueue``, ...), as ``/health`` has them."""
         j, w = self.jobs, self.workers
         return {
             "jobs": {
@@ -464,6 +502,7 @@ class Policy:
         object.__setattr__(self, "low_priority", low_priority)
 
     def to_wire(self) -> dict[str, Any]:
+        """The policy as RunPod's ``policy`` object: milliseconds, only the fields that are set."""
         out: dict[str, Any] = {}
         if self.execution_timeout is not None:
             out["executionTimeout"] = to_ms(self.execution_timeout)
@@ -491,6 +530,7 @@ class S3Config:
                 raise ValueError(f"S3Config.{name} must be a non-empty string, got {shown}")
 
     def to_wire(self) -> dict[str, str]:
+        """The config as RunPod's ``s3Config`` object (camelCase keys), secret included."""
         return {
             "accessId": self.access_id,
             "accessSecret": self.access_secret,

@@ -99,6 +99,7 @@ class Faults:
 
     @property
     def active(self) -> bool:
+        """Whether any fault is switched on."""
         return bool(self.error_429 or self.error_503 or self.error_500 or self.drop or self.latency)
 
 

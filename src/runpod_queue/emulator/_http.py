@@ -69,6 +69,7 @@ class Request:
         return self._query
 
     def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase bytes), or None."""
         for key, value in self.scope["headers"]:
             if key == name:
                 return value  # type: ignore[no-any-return]

@@ -45,6 +45,7 @@ class OperationGate:
         return None
 
     def release(self) -> None:
+        """A request admitted by ``try_acquire`` has been answered: one slot in flight frees."""
         self.in_flight -= 1
 
 
@@ -70,6 +71,7 @@ class RateLimiter:
         self._gates: dict[tuple[str, str], OperationGate] = {}
 
     def gate(self, endpoint_id: str, operation: str) -> OperationGate | None:
+        """The gate of one endpoint's operation, or None when it is not limited."""
         if not self.enabled:
             return None
         key = (endpoint_id, operation)
@@ -84,4 +86,5 @@ class RateLimiter:
     @staticmethod
     def retry_after_header(seconds: float) -> bytes:
         # Retry-After is whole seconds (RFC 9110); never 0, or a client would hammer the window edge.
+        """A ``Retry-After`` value: whole seconds, at least 1."""
         return str(max(1, math.ceil(seconds))).encode()

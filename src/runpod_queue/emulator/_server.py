@@ -233,6 +233,7 @@ class Emulator:
 
     @property
     def root_url(self) -> str:
+        """``http://host:port``, without ``/v2`` (the console and ``/_emulator/*`` live there)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
@@ -243,6 +244,7 @@ class Emulator:
 
     @property
     def endpoint_ids(self) -> list[str]:
+        """The ids of the endpoints this emulator serves, sorted."""
         return sorted(self.core.endpoints)
 
     @property

@@ -95,6 +95,7 @@ _UUID4_BITS: Final = (0x4000 << 64) | (0x8000 << 48)
 
 def new_worker_id() -> str:
     # RunPod worker ids are 14 lowercase alphanumerics.
+    """A fresh worker id, shaped as RunPod's (14 lowercase alphanumerics)."""
     return "".join(secrets.choice(_WORKER_ALPHABET) for _ in range(14))
 
 
@@ -216,6 +217,7 @@ class JobRecord:
         self.stop_run: Callable[[], object] | None = None
 
     def log_chunk(self, chunk_json: bytes) -> None:
+        """Keep a streamed chunk for the console, up to a bound per attempt."""
         log = self.chunk_log
         if log is None:
             self.chunk_log = [chunk_json]
@@ -259,10 +261,12 @@ class JobRecord:
         return body
 
     def original_input(self) -> Any:
+        """The input as submitted, decoded again from the request body."""
         assert self.raw_body is not None
         return decode_json(self.raw_body)["input"]
 
     def original_input_json(self) -> bytes:
+        """The input as submitted, as JSON bytes."""
         return encode_json(self.original_input())
 
     def handler_job(self) -> dict[str, Any]:

@@ -64,6 +64,8 @@ def _b64(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
+    """What a verified webhook token says: its single-use ``nonce`` and when it expires."""
+
     nonce: str
     expires_at: float
 
@@ -136,6 +138,11 @@ class WebhookSigner:
 
     @staticmethod
     def token_from_url(url: str) -> str | None:
+        """The ``rpq_token`` query parameter of a webhook URL, or None.
+
+        Args:
+            url: A URL made by ``sign``, or any URL.
+        """
         return _token_from_query(urlsplit(url).query)
 
 
@@ -170,6 +177,13 @@ class MemoryWebhookStore:
             return "new"
 
     def finish(self, job_id: str, status: str, *, accepted: bool) -> None:
+        """Release a delivery claimed by ``begin``; an accepted one is remembered as seen.
+
+        Args:
+            job_id: The job the delivery reports.
+            status: The status it reports.
+            accepted: Whether the callback took it; if not, a redelivery may claim it again.
+        """
         key = (job_id, status)
         with self._lock:
             self._busy.discard(key)
@@ -177,6 +191,13 @@ class MemoryWebhookStore:
                 self._seen.add(key)
 
     def remember(self, nonce: str | None, job_id: str, status: str) -> None:
+        """Record a delivery as handled, and its token's nonce as spent for ``job_id``.
+
+        Args:
+            nonce: The token's nonce (None for a token without one).
+            job_id: The job the delivery reports.
+            status: The status it reports.
+        """
         with self._lock:
             if nonce:
                 self._claims.setdefault(nonce, job_id)
@@ -196,9 +217,11 @@ class Delivery:
 
     @property
     def accepted(self) -> bool:
+        """The delivery was verified and the callback took it (answered 200)."""
         return self.status_code == 200
 
     def answer(self) -> bytes:
+        """The JSON body to answer the delivery with (``ok``, ``reason``; ``error`` on a refusal)."""
         body: dict[str, Any] = {"ok": self.accepted, "reason": self.reason}
         if self.status_code >= 400:
             body["error"] = self.reason  # as every error answer of the emulator and RunPod carries it
@@ -251,6 +274,7 @@ class WebhookReceiver:
         return None
 
     def too_large(self) -> Delivery:
+        """The refusal for a body over ``max_body`` (413)."""
         return Delivery(413, f"body over {self.max_body} bytes")
 
     def _prepare(self, token: str | None, body: bytes) -> Delivery:
