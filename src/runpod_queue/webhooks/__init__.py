@@ -83,7 +83,19 @@ def _lifetime(expires_in: Duration) -> float:
 class WebhookSigner:
     """Makes and checks signed webhook URLs. The secret never appears in a URL, repr or message.
 
-    ``expires_in`` (seconds or a ``timedelta``; default 8 days) is how long a signed URL is accepted.
+    RunPod's webhooks carry no signature of their own, so the URL does: each submission gets a URL with
+    a fresh single-use token (``sign``) that the receiver checks (``verify``).
+
+    Args:
+        secret: The HMAC key, at least 16 bytes; keep it out of source control.
+        expires_in: Seconds (or a ``timedelta``) a signed URL is accepted; default 8 days, longer than
+            RunPod keeps any job.
+
+    Raises:
+        ValueError: ``secret`` is shorter than 16 bytes.
+
+    Attributes:
+        expires_in: Seconds a new token stays valid.
     """
 
     __slots__ = ("_key", "expires_in")
@@ -105,7 +117,12 @@ class WebhookSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def token(self, *, expires_in: Duration | None = None, now: float | None = None) -> str:
-        """A fresh token: `<nonce>.<expiry unix seconds>.<hmac>`; ``now`` is a Unix time (for tests)."""
+        """A fresh token, ``<nonce>.<expiry unix seconds>.<hmac>``.
+
+        Args:
+            expires_in: Seconds this token stays valid; ``None`` takes the signer's ``expires_in``.
+            now: The Unix time to count from (tests); ``None`` for the current time.
+        """
         nonce = secrets.token_urlsafe(16)
         lifetime = self.expires_in if expires_in is None else _lifetime(expires_in)
         expires_at = int((time.time() if now is None else now) + lifetime)
@@ -113,7 +130,18 @@ class WebhookSigner:
         return f"{payload}.{self._signature(payload)}"
 
     def sign(self, base_url: str, *, expires_in: Duration | None = None) -> str:
-        """`base_url` with a fresh token added to its query string (existing parameters kept)."""
+        """A webhook URL to submit a job with: ``base_url`` plus a fresh token in its query string.
+
+        Args:
+            base_url: The receiver's public address (``https://...``); its own query parameters are kept.
+            expires_in: Seconds the URL stays valid; ``None`` takes the signer's ``expires_in``.
+
+        Returns:
+            The signed URL.
+
+        Raises:
+            ValueError: ``base_url`` is not an absolute http(s) URL.
+        """
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"webhook base URL must be an absolute http(s) URL, got {base_url!r}")
@@ -122,7 +150,18 @@ class WebhookSigner:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     def verify(self, token: str | None, *, now: float | None = None) -> TokenClaims:
-        """Check a token's signature and expiry; raise WebhookVerificationError (401) otherwise."""
+        """Check a token's signature and expiry.
+
+        Args:
+            token: The ``rpq_token`` query parameter of a delivery (None when it had none).
+            now: The Unix time to check against (tests); ``None`` for the current time.
+
+        Returns:
+            The token's nonce and expiry.
+
+        Raises:
+            WebhookVerificationError: Missing, malformed, forged or expired token (status 401).
+        """
         if not token:
             raise WebhookVerificationError(f"missing {TOKEN_PARAM} in the webhook URL")
         pieces = token.split(".")
@@ -232,11 +271,25 @@ Callback = Callable[[Any], Any]
 
 
 class WebhookReceiver:
-    """Verifies deliveries and passes each verified (job id, status) to `callback` exactly once.
+    """Verifies deliveries and passes each verified (job id, status) to ``callback`` exactly once.
 
-    `callback(job)` may be sync or async; with `with_delivery=True` it gets the whole `Delivery` (the
-    raw body and the token's nonce too, e.g. to persist them). If it raises, the delivery is answered 500
-    so RunPod delivers it again, and it is not marked as seen.
+    Framework-agnostic: ``handle``/``ahandle`` take the token and body and return the ``Delivery`` to
+    answer with; ``asgi_app``, ``runpod_queue.webhooks.fastapi`` and ``runpod_queue.webhooks.flask`` wire
+    it into a server.
+
+    Args:
+        signer: The signer whose URLs the jobs were submitted with.
+        callback: Called with the delivered ``Job`` (or the whole ``Delivery`` with ``with_delivery``);
+            sync or async. If it raises, the delivery is answered 500 so RunPod delivers it again, and
+            it is not marked as seen.
+        store: Where spent nonces and accepted deliveries are kept; default in memory. A receiver that
+            must survive restarts loads its history back with ``store.remember``.
+        max_body: Largest body accepted, in bytes (413 beyond).
+        with_delivery: Pass the whole ``Delivery`` (raw body and token nonce too, e.g. to persist them)
+            instead of the ``Job``.
+
+    Raises:
+        TypeError: ``callback`` is not callable.
     """
 
     def __init__(
@@ -314,7 +367,15 @@ class WebhookReceiver:
         return replace(pending, status_code=200) if self.with_delivery else pending.job
 
     def handle(self, token: str | None, body: bytes) -> Delivery:
-        """Verify and dispatch one delivery, calling a sync callback (an async one runs to completion)."""
+        """Verify and dispatch one delivery, for sync servers (an async callback runs to completion).
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            body: The request body as received.
+
+        Returns:
+            The ``Delivery``: answer with its ``status_code`` and ``answer()`` body.
+        """
         pending = self._prepare(token, body)
         if pending.status_code:
             return pending
@@ -327,7 +388,15 @@ class WebhookReceiver:
         return self._settle(pending, None)
 
     async def ahandle(self, token: str | None, body: bytes) -> Delivery:
-        """The same for async servers: an async callback is awaited, a sync one runs in a thread."""
+        """Verify and dispatch one delivery, for async servers (a sync callback runs in a thread).
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            body: The request body as received.
+
+        Returns:
+            The ``Delivery``: answer with its ``status_code`` and ``answer()`` body.
+        """
         pending = self._prepare(token, body)
         if pending.status_code:
             return pending
@@ -374,10 +443,19 @@ AnswerHook = Callable[[Delivery, str | None], None]
 def asgi_app(
     receiver: WebhookReceiver, *, paths: Iterable[str] | None = None, on_answer: AnswerHook | None = None
 ) -> Any:
-    """A ready ASGI app: POST deliveries to any path (or only `paths`), GET /healthz answers ok.
+    """A ready ASGI app for a receiver: POST deliveries to it, GET ``/healthz`` answers ok.
 
-    ``on_answer(delivery, client_host)`` is called after each answer to a delivery, refused or accepted
-    (e.g. to log it); an exception it raises is ignored, since the answer has already been sent.
+    Bodies are read in chunks up to ``receiver.max_body``, and the token is checked before the body is
+    read, so a stranger cannot make the app buffer an upload.
+
+    Args:
+        receiver: The receiver that verifies and dispatches each delivery.
+        paths: The paths deliveries may be posted to; ``None`` accepts any.
+        on_answer: Called as ``on_answer(delivery, client_host)`` after each answer, refused or
+            accepted (e.g. to log it); an exception it raises is ignored, the answer being sent.
+
+    Returns:
+        The ASGI application (serve it with uvicorn or any ASGI server).
     """
     allowed = None if paths is None else set(paths)
 
