@@ -92,6 +92,8 @@ def test_a_pickled_job_names_runpod_queue_and_no_private_module() -> None:
     assert (again.error_message, again.delay_time) == ("boom", 1.2)
 
 
+REQUEST = httpx.Request("POST", "https://api.runpod.ai/v2/e/run")
+
 # Examples of the exported dataclasses; an exported dataclass without one fails below.
 JOB = runpod_queue.Job.from_dict({"id": "j1", "status": "COMPLETED", "output": {"n": 1}, "executionTime": 5})
 DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
@@ -109,10 +111,17 @@ DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
     "StreamChunk": lambda: runpod_queue.StreamChunk({"token": "a"}, {"output": {"token": "a"}, "m": 1}),
     "WebhookOptions": lambda: runpod_queue.WebhookOptions(listen=("127.0.0.1", 0)),
     "WorkerCounts": lambda: runpod_queue.WorkerCounts(idle=2),
+    # Exported from the root by another change of #21; used only once the name is in __all__.
+    "RetryNotice": lambda: runpod_queue.RetryNotice(  # type: ignore[attr-defined]
+        url="https://api.runpod.ai/v2/e/status/j1",
+        attempt=2,
+        attempts=5,
+        delay=1.5,
+        error=runpod_queue.APIConnectionError("reset", request=REQUEST, sent=True),
+    ),
 }
 
 # What an exported error's constructor is given, by parameter name.
-REQUEST = httpx.Request("POST", "https://api.runpod.ai/v2/e/run")
 ERROR_ARGUMENTS: dict[str, Any] = {
     "message": "boom",
     "reason": "bad token",
@@ -165,7 +174,10 @@ def test_every_exported_error_and_dataclass_survives_a_pickle_round_trip(name: s
     data = pickle.dumps(example)
     assert b"runpod_queue._" not in data
     again = pickle.loads(data)
-    assert again == example
     for field in dataclasses.fields(example):  # compare=False fields (raw) too
-        assert getattr(again, field.name) == getattr(example, field.name), field.name
-        assert type(getattr(again, field.name)) is type(getattr(example, field.name)), field.name
+        before, after = getattr(example, field.name), getattr(again, field.name)
+        assert type(after) is type(before), field.name
+        if isinstance(before, BaseException):  # exceptions compare by identity: compare what they say
+            assert str(after) == str(before), field.name
+        else:
+            assert after == before, field.name

@@ -7,6 +7,10 @@ path users import from, and pickles refer to it, so renaming a private module ne
 Where several public modules export one object, the package root wins (``runpod_queue.JournalError``, not
 ``runpod_queue.batch.JournalError``) whatever was imported first, and a public module never hands an object
 over to another non-root one (``runpod_queue.testing.Emulator`` stays ``runpod_queue.emulator.Emulator``).
+
+The price, as for httpx's and openai's classes: ``inspect.getsource`` of a moved class looks for it in the
+public module's file and fails. Documentation tools that parse the files (griffe, mkdocstrings) are not
+affected.
 """
 
 from __future__ import annotations
