@@ -476,9 +476,16 @@ class Policy:
 
     Durations are seconds (a number or a ``timedelta``), sent as RunPod's milliseconds:
     ``Policy(execution_timeout=120, ttl=600)`` → ``{"executionTimeout": 120000, "ttl": 600000}``.
-    ``execution_timeout`` (5 s to 7 days) counts from when a worker starts the job; ``ttl`` (10 s to
-    7 days) from submission, queue time included; ``low_priority`` jobs do not make the endpoint scale
-    up. None leaves RunPod's default.
+    ``None`` leaves RunPod's default.
+
+    Args:
+        execution_timeout: How long the job may run, counted from when a worker starts it (5 s to 7 days).
+        ttl: How long the job may live, counted from submission, queue time included (10 s to 7 days).
+        low_priority: Queue behind normal jobs, without making the endpoint scale up for it.
+
+    Raises:
+        ValueError: A duration out of range.
+        TypeError: ``low_priority`` is not a bool.
     """
 
     execution_timeout: float | None = None
@@ -515,7 +522,17 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class S3Config:
-    """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr."""
+    """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr.
+
+    Args:
+        access_id: The storage access key id.
+        access_secret: The secret key; never shown in a repr.
+        bucket_name: The bucket the worker reads and writes.
+        endpoint_url: The storage service's URL (``https://s3.amazonaws.com``, a MinIO address...).
+
+    Raises:
+        ValueError: A field is empty or not a string.
+    """
 
     access_id: str
     access_secret: str = field(repr=False)
