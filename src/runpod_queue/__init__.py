@@ -10,6 +10,8 @@ from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue._logs import setup_logging
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
+from runpod_queue._public import publish as _publish
+from runpod_queue._public import relocate as _relocate
 from runpod_queue._retry import Retries, RetryNotice
 from runpod_queue._version import __version__ as __version__
 from runpod_queue.errors import (
@@ -60,6 +62,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'runpod_queue' has no attribute {name!r}")
     value = getattr(importlib.import_module(module), name)
+    _relocate(value, __name__)
     globals()[name] = value
     return value
 
@@ -111,3 +114,5 @@ __all__ = [
     "WebhookVerificationError",
     "WorkerCounts",
 ]
+
+_publish(globals(), _LAZY.items())

@@ -22,11 +22,11 @@ from runpod_queue._aiohttp import AiohttpTransport
 from runpod_queue._answers import parse_health, parse_job, parse_purge
 from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
-from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import async_openai_client, openai_base_url
+from runpod_queue._public import publish as _publish
 from runpod_queue._retry import Retries, RetryNotice, check_on_retry
 from runpod_queue._settings import ClientSettings, client_settings, default_headers
 from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
@@ -42,11 +42,33 @@ AsyncOnUpdate = Callable[[Job], Awaitable[object] | object]
 
 
 class AsyncClient:
-    """Asyncio client; use from one event loop, as ``async with AsyncClient() as client:``.
+    """Asyncio client for RunPod queue endpoints; use it from one event loop, as ``async with``.
 
-    Same arguments as ``Client``; ``on_retry`` is a plain function here too (called in the event loop,
-    before each retry's pause). Without ``transport`` requests go through aiohttp; with one (any
-    ``httpx.AsyncBaseTransport``: ``httpx.MockTransport``, ``httpx.AsyncHTTPTransport``, ...) through it.
+    The twin of ``Client``: the same arguments and the same decisions (retries, rate limits, waits), with
+    coroutines. Requests go through aiohttp, which stays fast with many requests in flight.
+
+    Args:
+        api_key: RunPod API key; defaults to ``$RUNPOD_API_KEY``. A loopback ``base_url`` (the emulator)
+            needs none.
+        base_url: Where the queue API lives; defaults to ``$RUNPOD_ENDPOINT_BASE_URL``, else RunPod's own
+            (``https://api.runpod.ai/v2``). ``http://127.0.0.1:8000/v2`` reaches ``rpq serve``.
+        timeout: Seconds (or a ``timedelta``) one request may take; a long-poll's hold comes on top.
+        retries: How often and how patiently to retry; ``None`` takes ``Retries()`` (5 attempts).
+        rate_limits: The per-operation limits to keep to, RunPod's published table by default; ``False``
+            turns limiting off.
+        transport: Any ``httpx.AsyncBaseTransport`` (``httpx.MockTransport``, ...) to send through
+            instead of aiohttp (tests).
+        on_retry: Called with a ``RetryNotice`` before every retry's pause (retry metrics, a
+            "retrying" line); a plain function, not ``async``, run on the event loop, so keep it quick.
+            Clients made by ``with_options`` keep it.
+        max_connections: Size of the connection pool.
+
+    Raises:
+        ConfigurationError: No API key for a remote ``base_url``.
+        ValueError: An argument out of range (a non-positive timeout, a URL that is not http(s)).
+
+    Attributes:
+        base_url: The base URL requests go to.
     """
 
     def __init__(
@@ -70,7 +92,7 @@ class AsyncClient:
             max_connections,
             own_transport=transport is not None,
         )
-        self.base_url = settings.base_url
+        self.base_url: str = settings.base_url
         self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = AsyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
@@ -83,6 +105,17 @@ class AsyncClient:
         self._owner = True
 
     def endpoint(self, endpoint_id: str) -> AsyncEndpoint:
+        """A handle for one endpoint; cheap, make one whenever convenient.
+
+        Args:
+            endpoint_id: The endpoint's id, as in its URL (``https://api.runpod.ai/v2/<id>/run``).
+
+        Returns:
+            An ``AsyncEndpoint`` that sends through this client.
+
+        Raises:
+            ValueError: ``endpoint_id`` is empty or not a string.
+        """
         return AsyncEndpoint(self, endpoint_id)
 
     @classmethod
@@ -99,7 +132,18 @@ class AsyncClient:
         )
 
     def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> AsyncClient:
-        """See ``Client.with_options``: same pool, limiter and key; other per-request settings."""
+        """A client with other per-request settings that shares this one's pool, limiter and key.
+
+        As openai-python's ``with_options``: for one slow call or one call without retries, with no new
+        connections. Closing the derived client leaves the pool to this one.
+
+        Args:
+            timeout: Seconds one request may take; ``None`` keeps this client's.
+            retries: Retry settings; ``None`` keeps this client's.
+
+        Returns:
+            The derived client.
+        """
         derived = copy.copy(self)
         derived._owner = False
         derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
@@ -107,6 +151,10 @@ class AsyncClient:
         return derived
 
     async def aclose(self) -> None:
+        """Close the connection pool (``async with AsyncClient() as client:`` does it on exit).
+
+        A client made by ``with_options`` leaves the pool open: it belongs to the client it came from.
+        """
         if self._owner:
             await self._transport.aclose()
 
@@ -170,8 +218,22 @@ class AsyncClient:
 
 
 class AsyncJobStream(AsyncIterator[StreamChunk]):
-    """``JobStream`` for ``async for``: the chunks of one job, each once, in order; ``job`` is the
-    terminal ``Job`` once iteration has ended (None before, or after an error)."""
+    """The chunks of one job, each once, in order, from ``AsyncEndpoint.stream``; use ``async for``.
+
+    Iteration ends when the job reaches any terminal state; ``job`` is then that terminal ``Job``, so how
+    it ended (COMPLETED, FAILED, CANCELLED, TIMED_OUT) needs no second call. When a FAILED job's last
+    ``/stream`` answer carries no error, one ``/status`` call fetches it.
+
+    Raises:
+        WaitTimeoutError: The stream's ``timeout`` ran out before the job ended.
+        APIStatusError: RunPod refused a request (after retries).
+        APIConnectionError: No answer arrived (after retries).
+
+    Attributes:
+        job_id: The job being streamed.
+        job: The terminal ``Job`` once iteration has ended; ``None`` before, and after an error (the error
+            says what happened).
+    """
 
     __slots__ = ("_client", "_done", "_flow", "job", "job_id")
 
@@ -179,7 +241,7 @@ class AsyncJobStream(AsyncIterator[StreamChunk]):
         self._client = client
         self._flow = flow
         self._done = False
-        self.job_id = job_id
+        self.job_id: str = job_id
         self.job: Job | None = None
 
     def __aiter__(self) -> Self:
@@ -200,7 +262,7 @@ class AsyncJobStream(AsyncIterator[StreamChunk]):
         return step
 
     async def aclose(self) -> None:
-        """Stop early: no further request is sent."""
+        """Stop early: no further request is sent, and iteration ends."""
         self._done = True
         self._flow.close()
 
@@ -210,7 +272,14 @@ class AsyncJobStream(AsyncIterator[StreamChunk]):
 
 
 class AsyncEndpoint:
-    """One endpoint through an AsyncClient; mirrors ``Endpoint`` with coroutines."""
+    """One endpoint through an ``AsyncClient``: every queue operation as a coroutine, each self-contained.
+
+    Made by ``AsyncClient.endpoint(id)``. Every method retries what is safe to retry (see ``Retries``) and
+    keeps to the client's rate limits; none keeps state between calls.
+
+    Attributes:
+        id: The endpoint's id.
+    """
 
     __slots__ = ("_client", "id")
 
@@ -218,7 +287,7 @@ class AsyncEndpoint:
         if not isinstance(endpoint_id, str) or not endpoint_id:
             raise ValueError(f"endpoint_id must be a non-empty string, got {endpoint_id!r}")
         self._client = client
-        self.id = endpoint_id
+        self.id: str = endpoint_id
 
     def __repr__(self) -> str:
         return f"AsyncEndpoint({self.id!r})"
@@ -234,9 +303,20 @@ class AsyncEndpoint:
         return openai_base_url(self._client.base_url, self.id)
 
     def openai(self, **options: Any) -> openai_sdk.AsyncOpenAI:
-        """An ``openai.AsyncOpenAI`` for this endpoint's OpenAI-compatible routes (worker-vllm), with this
-        client's key and base URL; ``options`` go to its constructor (``max_retries``, ``timeout``...).
-        Needs the ``openai`` extra (``pip install 'runpod-queue[openai]'``), else ConfigurationError."""
+        """An ``openai.AsyncOpenAI`` for this endpoint's OpenAI-compatible routes (worker-vllm).
+
+        It carries this client's key and base URL, so ``await client.chat.completions.create(...)``
+        reaches the endpoint's ``/openai/v1`` routes.
+
+        Args:
+            **options: Passed to ``openai.AsyncOpenAI`` (``max_retries``, ``timeout``, ...).
+
+        Returns:
+            A configured ``openai.AsyncOpenAI``.
+
+        Raises:
+            ConfigurationError: The ``openai`` package is missing (``pip install 'runpod-queue[openai]'``).
+        """
         return async_openai_client(self._client._settings.api_key, self._client.base_url, self.id, options)
 
     async def run(
@@ -247,7 +327,24 @@ class AsyncEndpoint:
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
     ) -> Job:
-        """See ``Endpoint.run``."""
+        """Queue a job and return at once with its id (status IN_QUEUE).
+
+        Never sent twice: after a failure that RunPod may have acted on (a dropped connection), the error
+        is raised instead of a retry that could create a second job.
+
+        Args:
+            input: The job's input, any JSON value; RunPod hands it to the handler as ``job["input"]``.
+            webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
+            policy: Execution timeout, time to live and priority for this job.
+            s3_config: Object storage credentials handed to the worker with the job.
+
+        Returns:
+            The new job's first snapshot; ``wait(job.id)`` or ``status(job.id)`` follow it.
+
+        Raises:
+            APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
+            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit).
+        """
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
         return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
@@ -255,13 +352,34 @@ class AsyncEndpoint:
         self,
         input: Any,
         *,
-        timeout: Duration = RUNSYNC_DEFAULT_WAIT_MS / 1000,  # noqa: ASYNC109
+        timeout: Duration = 90.0,  # noqa: ASYNC109 - RUNSYNC_DEFAULT_WAIT_MS, as a value
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
         on_update: AsyncOnUpdate | None = None,
     ) -> Job:
-        """See ``Endpoint.run_sync``; ``on_update`` may be a coroutine function."""
+        """Run a job and wait for its terminal snapshot, in one call.
+
+        Polls past RunPod's ``/runsync`` window when the job needs longer. A FAILED job is returned, not
+        raised: call ``raise_for_status()`` on it.
+
+        Args:
+            input: The job's input, any JSON value; RunPod hands it to the handler as ``job["input"]``.
+            webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
+            policy: Execution timeout, time to live and priority for this job.
+            s3_config: Object storage credentials handed to the worker with the job.
+            timeout: Seconds (or a ``timedelta``, at least 1) to wait for the job to end.
+            on_update: Called with every new snapshot while waiting (progress display); may be a
+                coroutine function, then awaited.
+
+        Returns:
+            The terminal ``Job``: COMPLETED, FAILED, CANCELLED or TIMED_OUT.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` ran out; the job keeps running and the error carries it.
+            APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
+            APIStatusError: RunPod refused a request.
+        """
         client = self._client
         flow = run_sync_flow(
             client._rules,
@@ -276,7 +394,21 @@ class AsyncEndpoint:
         return await client._run(flow, on_update)
 
     async def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
-        """See ``Endpoint.status``."""
+        """The job's current snapshot.
+
+        Args:
+            job_id: The job's id.
+            keep_result_for: Seconds from now that RunPod keeps a finished job's result (RunPod's
+                ``/status?ttl=``), to free it sooner; ``None`` leaves RunPod's retention.
+
+        Returns:
+            The job as RunPod reports it now.
+
+        Raises:
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         call = status_call(self.id, job_id, keep_result_for=keep_result_for)
         return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
@@ -288,29 +420,100 @@ class AsyncEndpoint:
         timeout: Duration | None = None,  # noqa: ASYNC109
         on_update: AsyncOnUpdate | None = None,
     ) -> Job:
-        """See ``Endpoint.wait``; ``on_update`` may be a coroutine function."""
+        """Block until the job is terminal and return it, long-polling where RunPod allows.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds (wall clock) to wait; ``None`` waits as long as the job runs.
+            on_update: Called with every new snapshot while waiting; may be a coroutine function, then
+                awaited.
+
+        Returns:
+            The terminal ``Job``; a FAILED one is returned, not raised.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` ran out; the error carries the last snapshot.
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused a request.
+            APIConnectionError: No answer arrived.
+        """
         client = self._client
         flow = wait_flow(client._rules, self.id, job_id, timeout, client._long_poll)
         return await client._run(flow, on_update)
 
     def stream(self, job_id: str, *, timeout: Duration | None = None) -> AsyncJobStream:
-        """See ``Endpoint.stream``; use with ``async for``, then read ``.job``."""
+        """The job's streamed outputs (a generator handler's yields), each once, in order.
+
+        Nothing is sent until iteration starts. When it ends, the stream's ``job`` is the terminal Job.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds the whole stream may take; ``None`` for no bound.
+
+        Returns:
+            A ``AsyncJobStream`` to iterate with ``for``.
+        """
         flow = stream_flow(self._client._rules, self.id, job_id, timeout)
         return AsyncJobStream(self._client, job_id, flow)
 
     async def cancel(self, job_id: str) -> Job:
-        """See ``Endpoint.cancel``."""
+        """Cancel a queued or running job; idempotent.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            The job after the cancel (an already cancelled or finished job as it is).
+
+        Raises:
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         return await self._client._run(cancel_flow(self._client._rules, self.id, job_id))
 
     async def retry(self, job_id: str) -> Job:
-        """See ``Endpoint.retry``."""
+        """Requeue a FAILED or TIMED_OUT job under the same id, with its original input.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            The job, queued again.
+
+        Raises:
+            BadRequestError: The job is not FAILED or TIMED_OUT.
+            NotFoundError: Unknown job, or one past its retention window.
+            APIConnectionError: No answer arrived; ``sent=True`` means the retry may have happened.
+        """
         call = retry_call(self.id, job_id)
         return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
     async def purge_queue(self) -> int:
-        """See ``Endpoint.purge_queue``."""
+        """Remove every IN_QUEUE job; running ones continue.
+
+        Returns:
+            How many jobs were removed.
+
+        Raises:
+            APIStatusError: RunPod refused the request (``RateLimitError``: 2 purges per 10 s).
+            APIConnectionError: No answer arrived.
+        """
         return parse_purge(await self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     async def health(self) -> Health:
-        """See ``Endpoint.health``."""
+        """The endpoint's job and worker counts.
+
+        Returns:
+            A ``Health`` snapshot (``health.jobs.in_queue``, ``health.workers.idle``, ...).
+
+        Raises:
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         return parse_health(await self._client._run(attempts(health_call(self.id), self._client._rules)))
+
+
+# AsyncClient & co. are exported by the root lazily: a direct import of this module (the CLI's) names them
+# runpod_queue.AsyncClient too.
+_publish(globals())

@@ -20,7 +20,6 @@ from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sle
 from runpod_queue._answers import parse_health, parse_job, parse_purge
 from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
-from runpod_queue._contract import RUNSYNC_DEFAULT_WAIT_MS
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import RateLimits, SyncLimiter
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
@@ -40,14 +39,32 @@ OnUpdate = Callable[[Job], object]
 
 
 class Client:
-    """Sync client for RunPod queue endpoints; thread-safe, reuses connections, closes with ``with``.
+    """Sync client for RunPod queue endpoints: thread-safe, reuses connections, closes with ``with``.
 
-    ``api_key`` defaults to ``$RUNPOD_API_KEY`` and ``base_url`` to ``$RUNPOD_ENDPOINT_BASE_URL`` or
-    RunPod's own. ``timeout`` (s) bounds each request (long-polls get their hold on top). ``retries`` and
-    ``rate_limits`` (``False`` turns limiting off) apply to every call; ``transport`` (an
-    ``httpx.BaseTransport``) is for tests. ``on_retry`` receives a ``RetryNotice`` before every retry's
-    pause (for retry metrics or a "retrying" line); it runs in the calling thread, so keep it quick, and
-    clients made by ``with_options`` keep it.
+    One client serves every endpoint and thread of a program: it owns the connection pool, the retry
+    settings and the rate limiter that keeps all of them under RunPod's per-endpoint limits.
+
+    Args:
+        api_key: RunPod API key; defaults to ``$RUNPOD_API_KEY``. A loopback ``base_url`` (the emulator)
+            needs none.
+        base_url: Where the queue API lives; defaults to ``$RUNPOD_ENDPOINT_BASE_URL``, else RunPod's own
+            (``https://api.runpod.ai/v2``). ``http://127.0.0.1:8000/v2`` reaches ``rpq serve``.
+        timeout: Seconds (or a ``timedelta``) one request may take; a long-poll's hold comes on top.
+        retries: How often and how patiently to retry; ``None`` takes ``Retries()`` (5 attempts).
+        rate_limits: The per-operation limits to keep to, RunPod's published table by default; ``False``
+            turns limiting off.
+        transport: An ``httpx.BaseTransport`` to send through instead of the network (tests).
+        on_retry: Called with a ``RetryNotice`` before every retry's pause (retry metrics, a
+            "retrying" line); it runs in the calling thread, so keep it quick. Clients made by
+            ``with_options`` keep it.
+        max_connections: Size of the connection pool.
+
+    Raises:
+        ConfigurationError: No API key for a remote ``base_url``.
+        ValueError: An argument out of range (a non-positive timeout, a URL that is not http(s)).
+
+    Attributes:
+        base_url: The base URL requests go to.
     """
 
     def __init__(
@@ -71,7 +88,7 @@ class Client:
             max_connections,
             own_transport=transport is not None,
         )
-        self.base_url = settings.base_url
+        self.base_url: str = settings.base_url
         self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = SyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
@@ -81,12 +98,32 @@ class Client:
         self._owner = True
 
     def endpoint(self, endpoint_id: str) -> Endpoint:
+        """A handle for one endpoint; cheap, make one whenever convenient.
+
+        Args:
+            endpoint_id: The endpoint's id, as in its URL (``https://api.runpod.ai/v2/<id>/run``).
+
+        Returns:
+            An ``Endpoint`` that sends through this client.
+
+        Raises:
+            ValueError: ``endpoint_id`` is empty or not a string.
+        """
         return Endpoint(self, endpoint_id)
 
     def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> Client:
-        """A client with another per-request ``timeout`` (s) and/or ``retries`` that shares this one's
-        connection pool, rate limiter and API key (as openai-python's ``with_options``); closing it leaves
-        the pool to this client."""
+        """A client with other per-request settings that shares this one's pool, limiter and key.
+
+        As openai-python's ``with_options``: for one slow call or one call without retries, with no new
+        connections. Closing the derived client leaves the pool to this one.
+
+        Args:
+            timeout: Seconds one request may take; ``None`` keeps this client's.
+            retries: Retry settings; ``None`` keeps this client's.
+
+        Returns:
+            The derived client.
+        """
         derived = copy.copy(self)
         derived._owner = False
         derived._settings = self._settings.with_options(timeout=timeout, retries=retries)
@@ -94,6 +131,10 @@ class Client:
         return derived
 
     def close(self) -> None:
+        """Close the connection pool (``with Client() as client:`` does it on exit).
+
+        A client made by ``with_options`` leaves the pool open: it belongs to the client it came from.
+        """
         if self._owner:
             self._transport.close()
 
@@ -151,12 +192,22 @@ class Client:
 
 
 class JobStream(Iterator[StreamChunk]):
-    """The chunks of one job, each once, in order (``Endpoint.stream``). Iteration ends when the job
-    reaches any terminal state; ``job`` is then that terminal ``Job`` (None until the end, and after a
-    WaitTimeoutError or any other error: the error says what happened).
+    """The chunks of one job, each once, in order, from ``Endpoint.stream``.
 
-    The terminal Job is the last ``/stream`` answer's view of the job — status, and output/error when the
-    answer has them; when a FAILED job's answer carries no error, one ``/status`` call fetches it.
+    Iteration ends when the job reaches any terminal state; ``job`` is then that terminal ``Job``, so how
+    it ended (COMPLETED, FAILED, CANCELLED, TIMED_OUT) needs no second call. The terminal Job is the last
+    ``/stream`` answer's view of the job: status, and output/error when the answer has them; when a
+    FAILED job's answer carries no error, one ``/status`` call fetches it.
+
+    Raises:
+        WaitTimeoutError: The stream's ``timeout`` ran out before the job ended.
+        APIStatusError: RunPod refused a request (after retries).
+        APIConnectionError: No answer arrived (after retries).
+
+    Attributes:
+        job_id: The job being streamed.
+        job: The terminal ``Job`` once iteration has ended; ``None`` before, and after an error (the error
+            says what happened).
     """
 
     __slots__ = ("_client", "_done", "_flow", "job", "job_id")
@@ -165,7 +216,7 @@ class JobStream(Iterator[StreamChunk]):
         self._client = client
         self._flow = flow
         self._done = False
-        self.job_id = job_id
+        self.job_id: str = job_id
         self.job: Job | None = None
 
     def __iter__(self) -> Self:
@@ -186,7 +237,7 @@ class JobStream(Iterator[StreamChunk]):
         return step
 
     def close(self) -> None:
-        """Stop early: no further request is sent."""
+        """Stop early: no further request is sent, and iteration ends."""
         self._done = True
         self._flow.close()
 
@@ -196,7 +247,14 @@ class JobStream(Iterator[StreamChunk]):
 
 
 class Endpoint:
-    """One endpoint through a Client: every queue operation, each call self-contained."""
+    """One endpoint through a ``Client``: every queue operation, each call self-contained.
+
+    Made by ``Client.endpoint(id)``. Every method retries what is safe to retry (see ``Retries``) and
+    keeps to the client's rate limits; none keeps state between calls.
+
+    Attributes:
+        id: The endpoint's id.
+    """
 
     __slots__ = ("_client", "id")
 
@@ -204,7 +262,7 @@ class Endpoint:
         if not isinstance(endpoint_id, str) or not endpoint_id:
             raise ValueError(f"endpoint_id must be a non-empty string, got {endpoint_id!r}")
         self._client = client
-        self.id = endpoint_id
+        self.id: str = endpoint_id
 
     def __repr__(self) -> str:
         return f"Endpoint({self.id!r})"
@@ -220,9 +278,20 @@ class Endpoint:
         return openai_base_url(self._client.base_url, self.id)
 
     def openai(self, **options: Any) -> openai_sdk.OpenAI:
-        """An ``openai.OpenAI`` for this endpoint's OpenAI-compatible routes (worker-vllm), with this client's
-        key and base URL; ``options`` go to its constructor (``max_retries``, ``timeout``...). Needs the
-        ``openai`` extra (``pip install 'runpod-queue[openai]'``), else ConfigurationError."""
+        """An ``openai.OpenAI`` for this endpoint's OpenAI-compatible routes (worker-vllm).
+
+        It carries this client's key and base URL, so ``client.chat.completions.create(...)`` reaches the
+        endpoint's ``/openai/v1`` routes.
+
+        Args:
+            **options: Passed to ``openai.OpenAI`` (``max_retries``, ``timeout``, ...).
+
+        Returns:
+            A configured ``openai.OpenAI``.
+
+        Raises:
+            ConfigurationError: The ``openai`` package is missing (``pip install 'runpod-queue[openai]'``).
+        """
         return openai_client(self._client._settings.api_key, self._client.base_url, self.id, options)
 
     def run(
@@ -233,7 +302,24 @@ class Endpoint:
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
     ) -> Job:
-        """Queue a job; returns at once with its id (IN_QUEUE). Never re-sent after an ambiguous failure."""
+        """Queue a job and return at once with its id (status IN_QUEUE).
+
+        Never sent twice: after a failure that RunPod may have acted on (a dropped connection), the error
+        is raised instead of a retry that could create a second job.
+
+        Args:
+            input: The job's input, any JSON value; RunPod hands it to the handler as ``job["input"]``.
+            webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
+            policy: Execution timeout, time to live and priority for this job.
+            s3_config: Object storage credentials handed to the worker with the job.
+
+        Returns:
+            The new job's first snapshot; ``wait(job.id)`` or ``status(job.id)`` follow it.
+
+        Raises:
+            APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
+            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit).
+        """
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
         return parse_job(self._client._run(attempts(call, self._client._rules)))
 
@@ -241,15 +327,33 @@ class Endpoint:
         self,
         input: Any,
         *,
-        timeout: Duration = RUNSYNC_DEFAULT_WAIT_MS / 1000,
+        timeout: Duration = 90.0,  # RUNSYNC_DEFAULT_WAIT_MS, as a value the signature shows
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
         on_update: OnUpdate | None = None,
     ) -> Job:
-        """Run and wait up to ``timeout`` seconds (default 90, at least 1) for the terminal Job, polling
-        past RunPod's 300 s runsync window if needed; WaitTimeoutError (with the job) when it runs out. A
-        FAILED job is returned, not raised: call ``raise_for_status()``."""
+        """Run a job and wait for its terminal snapshot, in one call.
+
+        Polls past RunPod's ``/runsync`` window when the job needs longer. A FAILED job is returned, not
+        raised: call ``raise_for_status()`` on it.
+
+        Args:
+            input: The job's input, any JSON value; RunPod hands it to the handler as ``job["input"]``.
+            webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
+            policy: Execution timeout, time to live and priority for this job.
+            s3_config: Object storage credentials handed to the worker with the job.
+            timeout: Seconds (or a ``timedelta``, at least 1) to wait for the job to end.
+            on_update: Called with every new snapshot while waiting (progress display).
+
+        Returns:
+            The terminal ``Job``: COMPLETED, FAILED, CANCELLED or TIMED_OUT.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` ran out; the job keeps running and the error carries it.
+            APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
+            APIStatusError: RunPod refused a request.
+        """
         client = self._client
         flow = run_sync_flow(
             client._rules,
@@ -264,35 +368,111 @@ class Endpoint:
         return client._run(flow, on_update)
 
     def status(self, job_id: str, *, keep_result_for: Duration | None = None) -> Job:
-        """The job's current snapshot; ``keep_result_for`` (s) shortens how long RunPod keeps a finished
-        job's result from now (RunPod's ``/status?ttl=``)."""
+        """The job's current snapshot.
+
+        Args:
+            job_id: The job's id.
+            keep_result_for: Seconds from now that RunPod keeps a finished job's result (RunPod's
+                ``/status?ttl=``), to free it sooner; ``None`` leaves RunPod's retention.
+
+        Returns:
+            The job as RunPod reports it now.
+
+        Raises:
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         call = status_call(self.id, job_id, keep_result_for=keep_result_for)
         return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def wait(self, job_id: str, *, timeout: Duration | None = None, on_update: OnUpdate | None = None) -> Job:
-        """Block until the job is terminal and return it; ``timeout`` (s, wall clock) raises
-        WaitTimeoutError on time. ``on_update`` sees every new snapshot."""
+        """Block until the job is terminal and return it, long-polling where RunPod allows.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds (wall clock) to wait; ``None`` waits as long as the job runs.
+            on_update: Called with every new snapshot while waiting.
+
+        Returns:
+            The terminal ``Job``; a FAILED one is returned, not raised.
+
+        Raises:
+            WaitTimeoutError: ``timeout`` ran out; the error carries the last snapshot.
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused a request.
+            APIConnectionError: No answer arrived.
+        """
         client = self._client
         return client._run(wait_flow(client._rules, self.id, job_id, timeout, client._long_poll), on_update)
 
     def stream(self, job_id: str, *, timeout: Duration | None = None) -> JobStream:
-        """Iterate over the job's streamed chunks, each once, in order; ``timeout`` (s) bounds the whole
-        stream. When iteration ends, the returned stream's ``.job`` is the terminal Job, so how the job
-        ended (COMPLETED, FAILED, CANCELLED, TIMED_OUT) needs no second call."""
+        """The job's streamed outputs (a generator handler's yields), each once, in order.
+
+        Nothing is sent until iteration starts. When it ends, the stream's ``job`` is the terminal Job.
+
+        Args:
+            job_id: The job's id.
+            timeout: Seconds the whole stream may take; ``None`` for no bound.
+
+        Returns:
+            A ``JobStream`` to iterate with ``for``.
+        """
         return JobStream(self._client, job_id, stream_flow(self._client._rules, self.id, job_id, timeout))
 
     def cancel(self, job_id: str) -> Job:
-        """Cancel a queued or running job; idempotent (an already cancelled job is returned as is)."""
+        """Cancel a queued or running job; idempotent.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            The job after the cancel (an already cancelled or finished job as it is).
+
+        Raises:
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         return self._client._run(cancel_flow(self._client._rules, self.id, job_id))
 
     def retry(self, job_id: str) -> Job:
-        """Requeue a FAILED or TIMED_OUT job under the same id (BadRequestError otherwise)."""
+        """Requeue a FAILED or TIMED_OUT job under the same id, with its original input.
+
+        Args:
+            job_id: The job's id.
+
+        Returns:
+            The job, queued again.
+
+        Raises:
+            BadRequestError: The job is not FAILED or TIMED_OUT.
+            NotFoundError: Unknown job, or one past its retention window.
+            APIConnectionError: No answer arrived; ``sent=True`` means the retry may have happened.
+        """
         call = retry_call(self.id, job_id)
         return parse_job(self._client._run(attempts(call, self._client._rules)))
 
     def purge_queue(self) -> int:
-        """Remove every IN_QUEUE job (running ones continue); returns how many were removed."""
+        """Remove every IN_QUEUE job; running ones continue.
+
+        Returns:
+            How many jobs were removed.
+
+        Raises:
+            APIStatusError: RunPod refused the request (``RateLimitError``: 2 purges per 10 s).
+            APIConnectionError: No answer arrived.
+        """
         return parse_purge(self._client._run(attempts(purge_call(self.id), self._client._rules)))
 
     def health(self) -> Health:
+        """The endpoint's job and worker counts.
+
+        Returns:
+            A ``Health`` snapshot (``health.jobs.in_queue``, ``health.workers.idle``, ...).
+
+        Raises:
+            APIStatusError: RunPod refused the request.
+            APIConnectionError: No answer arrived.
+        """
         return parse_health(self._client._run(attempts(health_call(self.id), self._client._rules)))

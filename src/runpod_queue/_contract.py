@@ -51,6 +51,7 @@ class JobStatus(enum.StrEnum):
 
     @property
     def is_terminal(self) -> bool:
+        """COMPLETED, FAILED, CANCELLED or TIMED_OUT: a job in it will not change any more."""
         return self in TERMINAL_STATUSES
 
 

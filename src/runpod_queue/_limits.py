@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
+from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds
 
 __all__ = ["AsyncLimiter", "RateLimits", "SyncLimiter", "Window"]
@@ -43,6 +44,14 @@ class RateLimits:
     window: float = RATE_WINDOW_S
     margin: float = 0.25
     enabled: bool = True
+
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
 
     def __init__(
         self,
@@ -69,6 +78,7 @@ class RateLimits:
 
     @classmethod
     def off(cls) -> RateLimits:
+        """No limiting at all: every request is sent at once (``rate_limits=False`` means the same)."""
         return cls(enabled=False)
 
 

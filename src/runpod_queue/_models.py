@@ -22,6 +22,7 @@ from runpod_queue._contract import (
     TERMINAL_STATUSES,
     JobStatus,
 )
+from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds, to_ms
 from runpod_queue.errors import JobFailedError
 
@@ -166,6 +167,14 @@ class Job:
     error_message: str | None = field(default=None, init=False, repr=False, compare=False)
     error_traceback: str | None = field(default=None, init=False, repr=False, compare=False)
 
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
+
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not self.id:
             raise ValueError(f"Job.id must be a non-empty string, got {self.id!r}")
@@ -248,10 +257,26 @@ class Job:
         return out
 
     def to_json(self) -> str:
+        """The job as compact JSON, in RunPod's field names and units (``to_dict()`` encoded).
+
+        Returns:
+            A JSON object text; ``Job.from_json`` reads it back.
+        """
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Self:
+        """Parse a job from JSON in RunPod's field names (the inverse of ``to_json``).
+
+        Args:
+            text: A JSON object, as RunPod's ``/status`` answers or ``to_json`` writes.
+
+        Returns:
+            The job.
+
+        Raises:
+            ValueError: Not JSON, or not a job (no ``id`` or ``status``).
+        """
         return cls.from_dict(json.loads(text))
 
     @property
@@ -277,26 +302,32 @@ class Job:
 
     @property
     def is_in_queue(self) -> bool:
+        """Waiting for a worker (IN_QUEUE)."""
         return self.status is JobStatus.IN_QUEUE
 
     @property
     def is_in_progress(self) -> bool:
+        """Running on a worker (IN_PROGRESS)."""
         return self.status is JobStatus.IN_PROGRESS
 
     @property
     def is_completed(self) -> bool:
+        """Finished with an output (COMPLETED)."""
         return self.status is JobStatus.COMPLETED
 
     @property
     def is_failed(self) -> bool:
+        """Finished with an error (FAILED); ``error_message`` says what."""
         return self.status is JobStatus.FAILED
 
     @property
     def is_cancelled(self) -> bool:
+        """Cancelled before it finished (CANCELLED)."""
         return self.status is JobStatus.CANCELLED
 
     @property
     def is_timed_out(self) -> bool:
+        """Stopped by its execution timeout or ttl (TIMED_OUT)."""
         return self.status is JobStatus.TIMED_OUT
 
     def raise_for_status(self) -> Self:
@@ -313,6 +344,14 @@ class StreamChunk:
     output: Any
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
+
 
 def _count(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key, 0)
@@ -323,6 +362,8 @@ def _count(data: Mapping[str, Any], key: str) -> int:
 
 @dataclass(frozen=True, slots=True)
 class JobCounts:
+    """``/health``'s job counts, by state. ``retried`` counts jobs RunPod retried."""
+
     completed: int = 0
     failed: int = 0
     in_progress: int = 0
@@ -332,6 +373,8 @@ class JobCounts:
 
 @dataclass(frozen=True, slots=True)
 class WorkerCounts:
+    """``/health``'s worker counts, by state (``throttled``: waiting for a GPU to free up)."""
+
     idle: int = 0
     initializing: int = 0
     ready: int = 0
@@ -348,8 +391,27 @@ class Health:
     workers: WorkerCounts
     raw: Mapping[str, Any] = field(default_factory=_empty, repr=False, compare=False)
 
+    def __getstate__(self) -> FrozenState:
+        """Pickle support: a read-only mapping goes as a dict (a mappingproxy does not pickle)."""
+        return frozen_getstate(self)
+
+    def __setstate__(self, state: FrozenState) -> None:
+        """Unpickle: the fields back, the mapping read-only again."""
+        frozen_setstate(self, state)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Parse RunPod's ``/health`` answer; missing counts read as 0.
+
+        Args:
+            data: The answer's JSON object (``{"jobs": {...}, "workers": {...}}``).
+
+        Returns:
+            The counts, with ``raw`` keeping the answer as it was.
+
+        Raises:
+            ValueError: ``jobs`` or ``workers`` is missing, or a count is not an integer.
+        """
         if not isinstance(data, Mapping):
             raise MalformedError(f"expected a JSON object, got {type(data).__name__}")
         jobs = data.get("jobs")
@@ -378,6 +440,7 @@ class Health:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts in RunPod's field names (``inProgress``, ``inQueue``, ...), as ``/health`` has them."""
         j, w = self.jobs, self.workers
         return {
             "jobs": {
@@ -413,9 +476,16 @@ class Policy:
 
     Durations are seconds (a number or a ``timedelta``), sent as RunPod's milliseconds:
     ``Policy(execution_timeout=120, ttl=600)`` → ``{"executionTimeout": 120000, "ttl": 600000}``.
-    ``execution_timeout`` (5 s to 7 days) counts from when a worker starts the job; ``ttl`` (10 s to
-    7 days) from submission, queue time included; ``low_priority`` jobs do not make the endpoint scale
-    up. None leaves RunPod's default.
+    ``None`` leaves RunPod's default.
+
+    Args:
+        execution_timeout: How long the job may run, counted from when a worker starts it (5 s to 7 days).
+        ttl: How long the job may live, counted from submission, queue time included (10 s to 7 days).
+        low_priority: Queue behind normal jobs, without making the endpoint scale up for it.
+
+    Raises:
+        ValueError: A duration out of range.
+        TypeError: ``low_priority`` is not a bool.
     """
 
     execution_timeout: float | None = None
@@ -439,6 +509,7 @@ class Policy:
         object.__setattr__(self, "low_priority", low_priority)
 
     def to_wire(self) -> dict[str, Any]:
+        """The policy as RunPod's ``policy`` object: milliseconds, only the fields that are set."""
         out: dict[str, Any] = {}
         if self.execution_timeout is not None:
             out["executionTimeout"] = to_ms(self.execution_timeout)
@@ -451,7 +522,17 @@ class Policy:
 
 @dataclass(frozen=True, slots=True)
 class S3Config:
-    """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr."""
+    """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr.
+
+    Args:
+        access_id: The storage access key id.
+        access_secret: The secret key; never shown in a repr.
+        bucket_name: The bucket the worker reads and writes.
+        endpoint_url: The storage service's URL (``https://s3.amazonaws.com``, a MinIO address...).
+
+    Raises:
+        ValueError: A field is empty or not a string.
+    """
 
     access_id: str
     access_secret: str = field(repr=False)
@@ -466,6 +547,7 @@ class S3Config:
                 raise ValueError(f"S3Config.{name} must be a non-empty string, got {shown}")
 
     def to_wire(self) -> dict[str, str]:
+        """The config as RunPod's ``s3Config`` object (camelCase keys), secret included."""
         return {
             "accessId": self.access_id,
             "accessSecret": self.access_secret,

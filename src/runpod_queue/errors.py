@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Final
 
 import httpx
 
+from runpod_queue._public import publish as _publish
+
 if TYPE_CHECKING:
     from runpod_queue._models import Job
 
@@ -255,3 +257,6 @@ class JournalError(RunpodQueueError):
 
 class ConfigurationError(RunpodQueueError):
     """Settings that cannot work as given (a handler that does not load, a missing API key, ...)."""
+
+
+_publish(globals())

@@ -10,9 +10,12 @@ shares) and ``options`` (``PollOptions``, ``WebhookOptions``). ``progress`` is a
 
 from __future__ import annotations
 
+from runpod_queue._public import publish as _publish
 from runpod_queue.batch._journal import JournalError
 from runpod_queue.batch._options import PollOptions, WebhookOptions
 from runpod_queue.batch._runner import BatchRunner
 from runpod_queue.batch._types import BatchResult, BatchSummary
 
 __all__ = ["BatchResult", "BatchRunner", "BatchSummary", "JournalError", "PollOptions", "WebhookOptions"]
+
+_publish(globals())

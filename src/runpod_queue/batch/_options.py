@@ -24,11 +24,17 @@ def _positive(value: Duration, name: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class PollOptions:
-    """How results are collected by status checks.
+    """How results are collected by status checks: each job's interval grows with its age, within bounds.
 
-    ``concurrency`` status calls at most at once (the client's rate limit still holds them all under
-    ``/status``'s budget); each job is checked no sooner than ``min_interval`` and no later than
-    ``max_interval`` after its previous check — in between, its interval grows with its age.
+    Args:
+        concurrency: Status calls in flight at most (the client's rate limit still holds them all under
+            ``/status``'s budget).
+        min_interval: Seconds (or a ``timedelta``) before a job is checked again, at least.
+        max_interval: Seconds before a job is checked again, at most.
+
+    Raises:
+        ValueError: ``concurrency`` below 1, an interval not above 0, or ``min_interval`` over
+            ``max_interval``.
     """
 
     concurrency: int = 64
@@ -56,12 +62,18 @@ class WebhookOptions:
     """A webhook-driven batch: every job is submitted with a signed webhook URL, and a receiver the runner
     serves on its own loop takes the deliveries as results.
 
-    ``listen`` is the (host, port) the receiver binds; port 0 takes a free one (``runner.webhook_address``
-    says which). ``url`` is the public address that reaches it (a tunnel or a public host); without it,
-    the receiver's own address is used — for an emulator, or a host the endpoint reaches directly.
-    ``secret`` signs the URLs (default: generated once and kept in the journal, so a resumed batch still
-    verifies deliveries for jobs submitted before the restart). A job is polled only once its delivery is
-    late: ``grace`` seconds, or twice the jobs' usual run time if that is longer.
+    Args:
+        listen: The (host, port) the receiver binds; port 0 takes a free one
+            (``runner.webhook_address`` says which).
+        url: The public address that reaches the receiver (a tunnel or a public host); ``None`` uses
+            the receiver's own address, for an emulator or a host the endpoint reaches directly.
+        secret: Signs the webhook URLs (at least 16 bytes); ``None`` generates one, kept in the journal
+            so a resumed batch still verifies deliveries for jobs submitted before the restart.
+        grace: Seconds after which a job whose delivery is late is polled (or twice the jobs' usual run
+            time, if that is longer).
+
+    Raises:
+        ValueError: A bad address, URL or secret; ``listen`` on every interface without ``url``.
     """
 
     listen: tuple[str, int]

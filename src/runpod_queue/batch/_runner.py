@@ -74,20 +74,36 @@ class BatchRunner:
     # asyncio: async with AsyncClient() as client: ... await runner.arun(items)
     ```
 
-    ``endpoint`` is an ``Endpoint`` (``run()`` or ``arun()``; the async engine gets a client of its own
-    built from the same settings) or an ``AsyncEndpoint`` (``arun()`` only: its connections belong to its
-    event loop). Its client supplies the key, base URL, timeout and the backoff timing of the runner's own
-    resends; its transport retries are switched off for the batch.
+    Running again with the same journal and inputs resumes: journaled jobs are collected, not
+    resubmitted, and journaled results are not fetched again.
 
-    ``inputs`` is any iterable of JSON lines, dicts or ``(key, input)`` tuples (see ``inputs.parse_item``),
-    read lazily. Running again with the same journal and inputs resumes: journaled jobs are collected, not
-    resubmitted; journaled results are not fetched again. ``retry_failed`` is how many times a FAILED or
-    TIMED_OUT job is sent to ``/retry``. ``rate_limits`` are the limits the runner keeps to (the client's
-    own, where stricter, still apply). ``on_result`` sees each result once, as it is written;
-    ``on_progress`` a copy of the summary at the start and every ``progress_interval`` seconds;
-    ``on_warning`` one line per malformed, duplicate, ambiguous or lost item (default: the
-    ``runpod_queue.batch`` logger). ``resubmit_lost`` submits anew the items an earlier run recorded LOST
-    (their job may have run: they are counted in ``summary.ambiguous`` and ``resubmitted_lost``).
+    Args:
+        endpoint: An ``Endpoint`` (``run()`` or ``arun()``; the async engine gets a client of its own built
+            from the same settings) or an ``AsyncEndpoint`` (``arun()`` only: its connections belong to
+            its event loop). Its client supplies the key, base URL, timeout and the backoff timing of the
+            runner's own resends; its transport retries are switched off for the batch.
+        journal: The SQLite file that makes the run resumable (created when missing).
+        output: A JSON-lines file, one line per item, appended as results arrive and valid after any
+            kill; ``None`` keeps them in the journal only (``results()`` reads them).
+        max_in_flight: Items between being read and their result (waiting for a ``/run`` slot or
+            running), at most.
+        retry_failed: How many times a FAILED or TIMED_OUT job is sent to ``/retry``.
+        policy: The execution policy every job is submitted with.
+        rate_limits: The limits the runner keeps to (the client's own, where stricter, still apply).
+        polling: How results are collected by status checks.
+        webhooks: Collect results from webhook deliveries instead, polling only late jobs.
+        total: How many inputs to expect, for the progress display's ETA.
+        on_result: Sees each result once, as it is written.
+        on_progress: Sees a copy of the summary at the start and every ``progress_interval`` seconds.
+        on_warning: Sees one line per malformed, duplicate, ambiguous or lost item (default: the
+            ``runpod_queue.batch`` logger).
+        progress_interval: Seconds between ``on_progress`` calls.
+        resubmit_lost: Submit anew the items an earlier run recorded LOST (their job may have run: they
+            are counted in ``summary.ambiguous`` and ``resubmitted_lost``).
+
+    Raises:
+        TypeError: ``endpoint`` is not an ``Endpoint`` or ``AsyncEndpoint``, or an option has the wrong type.
+        ValueError: ``max_in_flight`` or ``retry_failed`` out of range.
     """
 
     def __init__(
@@ -126,17 +142,17 @@ class BatchRunner:
         ):
             if not isinstance(value, kind) and not (value is None and name in ("policy", "webhooks")):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
-        self.endpoint = endpoint
-        self.journal_path = Path(journal)
-        self.output_path = None if output is None else Path(output)
-        self.max_in_flight = max_in_flight
-        self.retry_failed = retry_failed
-        self.resubmit_lost = bool(resubmit_lost)
-        self.policy = policy
-        self.rate_limits = rate_limits
-        self.polling = polling
-        self.webhooks = webhooks
-        self.total = total
+        self.endpoint: Endpoint | AsyncEndpoint = endpoint
+        self.journal_path: Path = Path(journal)
+        self.output_path: Path | None = None if output is None else Path(output)
+        self.max_in_flight: int = max_in_flight
+        self.retry_failed: int = retry_failed
+        self.resubmit_lost: bool = bool(resubmit_lost)
+        self.policy: Policy | None = policy
+        self.rate_limits: RateLimits = rate_limits
+        self.polling: PollOptions = polling
+        self.webhooks: WebhookOptions | None = webhooks
+        self.total: int | None = total
         self._on_result = on_result
         self._on_progress = on_progress
         self._on_warning = on_warning
@@ -167,8 +183,24 @@ class BatchRunner:
     # -- public entry points -----------------------------------------------------------------------
 
     def run(self, inputs: Iterable[Any]) -> BatchSummary:
-        """Run the batch to the end (or until ``stop()``); see ``arun``. Ctrl-C stops it like ``stop()``
-        (requests on the wire finish and are journaled), then raises KeyboardInterrupt."""
+        """Run the batch to the end, or until ``stop()``, and return its summary.
+
+        Ctrl-C stops it like ``stop()`` (requests on the wire finish and are journaled), then raises
+        KeyboardInterrupt.
+
+        Args:
+            inputs: Any iterable of JSON lines, dicts or ``(key, input)`` tuples, read lazily (an open
+                ``.jsonl`` file works as it is).
+
+        Returns:
+            The counts of the whole batch, earlier runs included.
+
+        Raises:
+            RuntimeError: Called with an ``AsyncEndpoint`` or inside a running event loop (use ``arun``).
+            JournalError: The journal belongs to another endpoint or is not a journal.
+            APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
+            APIConnectionError: The endpoint cannot be reached.
+        """
         if isinstance(self.endpoint, AsyncEndpoint):
             raise RuntimeError(
                 "BatchRunner.run() needs a sync Endpoint: an AsyncEndpoint's connections belong to the "
@@ -207,10 +239,19 @@ class BatchRunner:
     async def arun(self, inputs: Iterable[Any]) -> BatchSummary:
         """Run the batch in the current event loop and return its summary.
 
-        Raises ``JournalError`` for a journal of another endpoint, and the API error (``AuthenticationError``,
-        ``NotFoundError`` for an unknown endpoint, ``APIConnectionError`` ...) when the endpoint cannot be
-        used at all; the journal is left consistent either way. Cancelling the task behaves like ``stop()``
+        The journal is left consistent whatever happens. Cancelling the task behaves like ``stop()``
         followed by re-raising the cancellation.
+
+        Args:
+            inputs: Any iterable of JSON lines, dicts or ``(key, input)`` tuples, read lazily.
+
+        Returns:
+            The counts of the whole batch, earlier runs included.
+
+        Raises:
+            JournalError: The journal belongs to another endpoint or is not a journal.
+            APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
+            APIConnectionError: The endpoint cannot be reached.
         """
         self._loop = asyncio.get_running_loop()
         self._summary = summary = BatchSummary(total=self.total)

@@ -43,9 +43,15 @@ class BatchResult:
 
     @property
     def ok(self) -> bool:
+        """True when the item's job COMPLETED."""
         return self.status == "COMPLETED"
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as its output line's object: RunPod's names and milliseconds.
+
+        Returns:
+            ``{"key", "id", "status", "output" | "error", "delayTime", "executionTime", "attempts"}``.
+        """
         data: dict[str, Any] = {"key": self.key, "id": self.id, "status": self.status}
         if self.status == "COMPLETED":
             data["output"] = self.output
@@ -57,10 +63,19 @@ class BatchResult:
         return data
 
     def to_json(self) -> str:
+        """The result as one line of the results file (``to_dict()`` as compact JSON)."""
         return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BatchResult:
+        """Read a result back from an output line's object (the inverse of ``to_dict``).
+
+        Args:
+            data: One parsed line of a results file.
+
+        Returns:
+            The result; milliseconds become seconds.
+        """
         return cls(
             key=data.get("key"),
             id=data.get("id"),
@@ -126,6 +141,7 @@ class BatchSummary:
 
     @property
     def failures(self) -> int:
+        """Items that did not complete: failed, lost, invalid, rejected and duplicate lines."""
         return self.failed + self.lost + self.invalid + self.rejected + self.duplicates
 
     @property

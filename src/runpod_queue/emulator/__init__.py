@@ -6,6 +6,7 @@ or marked as our own choice.
 
 from __future__ import annotations
 
+from runpod_queue._public import publish as _publish
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
@@ -34,3 +35,5 @@ __all__ = [
     "WebhookAttempt",
     "load_endpoint",
 ]
+
+_publish(globals())

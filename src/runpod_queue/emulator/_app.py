@@ -77,18 +77,18 @@ class EmulatorApp:
         on_shutdown: Callable[[], Awaitable[None]],
         console: Console | None = None,
     ) -> None:
-        self.core = core
-        self.console = console
+        self.core: Core = core
+        self.console: Console | None = console
         self._now = core.clock.now
-        self.limiter = limiter
-        self.control = control
+        self.limiter: RateLimiter = limiter
+        self.control: Control = control
         self._log_request = request_log.entries.append
         self._on_startup = on_startup
         self._on_shutdown = on_shutdown
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key = api_key.encode() if api_key else None
-        self.faults = faults or Faults()
-        self.strict = strict
+        self.faults: Faults = faults or Faults()
+        self.strict: bool = strict
         self._rng = random.Random(self.faults.seed)
         # operation → (route, allowed methods, needs a job id, rate-limit name or None)
         self.routes: dict[str, tuple[Route, frozenset[str], bool, str | None]] = {
@@ -103,9 +103,9 @@ class EmulatorApp:
             "health": (self.health, frozenset({"GET"}), False, None),
         }
         # The worker protocol: never rate-limited or fault-injected.
-        self.worker_routes = dict(worker_routes)
+        self.worker_routes: dict[str, Route] = dict(worker_routes)
         # `/openai/v1/*`: queue jobs too, but with OpenAI's error bodies and streaming answers.
-        self.openai = OpenAIRoutes(core, limiter)
+        self.openai: OpenAIRoutes = OpenAIRoutes(core, limiter)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop | None:
@@ -113,6 +113,11 @@ class EmulatorApp:
         return self._loop
 
     def set_faults(self, faults: Faults) -> None:
+        """Change fault injection while serving (tests turn errors on and off between calls).
+
+        Args:
+            faults: The new settings; its ``seed`` restarts the random draws.
+        """
         self.faults = faults
         self._rng = random.Random(faults.seed)
 
@@ -146,6 +151,7 @@ class EmulatorApp:
                 return
 
     async def aclose(self) -> None:
+        """Stop what the app started (timers, deliveries, workers); the server calls it on shutdown."""
         await self._on_shutdown()
 
     async def _recorded(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -349,12 +355,14 @@ class EmulatorApp:
         return wait_ms / 1000
 
     async def run(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``POST /run``: queue a job and answer its id at once."""
         body = await request.body(contract.RUN_PAYLOAD_LIMIT, "/run")
         job, warnings = self._submit(request, body, sync=False)
         answer = {"id": job.id, "status": JobStatus.IN_QUEUE.value}
         return 200, Warned(answer, warnings) if warnings else answer
 
     async def runsync(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``POST /runsync``: queue a job and hold the answer until it ends or ``?wait=`` runs out."""
         wait = self._wait_query(request, self.core.timings.runsync_default_wait, contract.RUNSYNC_MIN_WAIT_MS)
         body = await request.body(contract.RUNSYNC_PAYLOAD_LIMIT, "/runsync")
         job, warnings = self._submit(request, body, sync=True)
@@ -380,6 +388,7 @@ class EmulatorApp:
         return 200, _warned(answer, job, warnings)
 
     async def status(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``GET|POST /status/<id>``: the job's snapshot; ``?ttl=`` shortens its retention."""
         job = self._job(request)
         ttl_ms = request.int_query("ttl", low=1, high=contract.MAX_DURATION_MS)
         if ttl_ms is not None:
@@ -387,6 +396,7 @@ class EmulatorApp:
         return 200, _warned(job.status_dict(), job, None)
 
     async def status_sync(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``GET|POST /status-sync/<id>``: the snapshot, held until the job ends or ``?wait=``."""
         job = self._job(request)
         await self.core.wait_terminal(
             job, self._wait_query(request, self.core.timings.status_sync_default_wait)
@@ -394,6 +404,7 @@ class EmulatorApp:
         return self._status_answer(request, job)
 
     async def stream(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``GET|POST /stream/<id>``: the chunks not yet handed out, held until one arrives."""
         job = self._job(request)
         await self.core.wait_stream(
             job, self._wait_query(request, self.core.timings.stream_default_wait, contract.MIN_HOLD_MS)
@@ -411,6 +422,7 @@ class EmulatorApp:
         }
 
     async def cancel(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``POST /cancel/<id>``: cancel a queued or running job (400 for a finished one)."""
         job = self._job(request)
         problem = self.core.cancel(job)
         if problem is not None:
@@ -418,6 +430,7 @@ class EmulatorApp:
         return 200, {"id": job.id, "status": JobStatus.CANCELLED.value}
 
     async def retry(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``POST /retry/<id>``: requeue a FAILED or TIMED_OUT job (400 otherwise)."""
         job = self._job(request)
         problem = self.core.retry(job)
         if problem is not None:
@@ -425,9 +438,11 @@ class EmulatorApp:
         return 200, {"id": job.id, "status": JobStatus.IN_QUEUE.value}
 
     async def purge_queue(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``POST /purge-queue``: drop every queued job; running ones continue."""
         return 200, {"removed": self.core.purge(request.endpoint), "status": "completed"}
 
     async def health(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``GET /health``: the endpoint's job and worker counts."""
         return 200, self.core.health(request.endpoint)
 
 

@@ -49,7 +49,10 @@ _GRID: Final = 9
 
 
 class TimerHandle(Protocol):
-    def cancel(self) -> None: ...
+    """A scheduled callback that can be called off (``asyncio.TimerHandle`` or a virtual timer)."""
+
+    def cancel(self) -> None:
+        """Call it off; cancelling twice, or after it ran, does nothing."""
 
 
 class Clock:
@@ -82,24 +85,31 @@ class Clock:
 
     # What the auto rule watches; nothing to do on other clocks.
     def hold_started(self) -> None:
+        """A request began holding for time to pass (a long-poll): the auto clock may skip ahead."""
         pass
 
     def hold_ended(self) -> None:
+        """A hold ended."""
         pass
 
     def work_started(self) -> None:
+        """A handler began running: time must not jump under it."""
         pass
 
     def work_ended(self) -> None:
+        """A handler stopped running."""
         pass
 
     def io_started(self) -> None:
+        """Network work began (a webhook delivery, an external worker's request)."""
         pass
 
     def io_ended(self) -> None:
+        """That network work ended."""
         pass
 
     def activity(self) -> None:
+        """Something changed (a request arrived): the auto clock restarts its count of quiet turns."""
         pass
 
 
@@ -112,7 +122,7 @@ class RealClock(Clock):
     def __init__(self, scale: float = 1.0) -> None:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= 1000):
             raise ValueError(f"time_scale must be a number in (0, 1000], got {scale!r}")
-        self.scale = float(scale)
+        self.scale: float = float(scale)
         self._origin = time.monotonic()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,12 +130,15 @@ class RealClock(Clock):
         return f"<RealClock scale={self.scale:g} now={self.now():.3f}>"
 
     def now(self) -> float:
+        """Seconds since the clock started, from the monotonic clock."""
         return time.monotonic() - self._origin
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Refused until the emulator starts: ``bind`` replaces it with the loop's own ``call_later``."""
         raise RuntimeError("the clock is not bound to a loop yet: start the emulator first")
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the serving loop; from then on ``call_later`` is the loop's own."""
         self._loop = loop
         # The hot path schedules three timers per job: no wrapper frame in front of the loop's own.
         self.call_later = loop.call_later  # type: ignore[method-assign]
@@ -158,8 +171,8 @@ class VirtualClock(Clock):
     """
 
     def __init__(self, *, auto: bool = False) -> None:
-        self.kind = "auto" if auto else "virtual"
-        self.auto = auto
+        self.kind: ClockKind = "auto" if auto else "virtual"
+        self.auto: bool = auto
         self._now = 0.0
         self._heap: list[tuple[float, int, _Timer]] = []
         self._seq = itertools.count()
@@ -181,6 +194,7 @@ class VirtualClock(Clock):
         return f"<VirtualClock {self.kind} now={self._now:g} timers={self.pending()}>"
 
     def now(self) -> float:
+        """Virtual seconds since the clock started; moves only when advanced."""
         return self._now
 
     def pending(self) -> int:
@@ -188,6 +202,7 @@ class VirtualClock(Clock):
         return len(self._heap) - self._cancelled
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` when virtual time reaches ``now() + delay``."""
         timer = _Timer(self, callback, args)
         if delay <= 0 and self._loop is not None and not self._advancing:
             # Already due: runs on the next loop turn, as asyncio would run it.
@@ -199,6 +214,7 @@ class VirtualClock(Clock):
         return timer
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the loop that due timers run on."""
         self._loop = loop
 
     # -- moving time ----------------------------------------------------------------------------
@@ -286,26 +302,32 @@ class VirtualClock(Clock):
     # -- activity reports and the auto rule -----------------------------------------------------
 
     def hold_started(self) -> None:
+        """Count a hold (a long-poll waiting on time); the auto rule may advance."""
         self._holds += 1
         self._poke()
 
     def hold_ended(self) -> None:
+        """Count a hold off."""
         self._holds -= 1
         self._poke()
 
     def work_started(self) -> None:
+        """Count a running handler: no automatic advance while one runs."""
         self._work += 1
         self._poke()
 
     def work_ended(self) -> None:
+        """Count a running handler off."""
         self._work -= 1
         self._poke()
 
     def io_started(self) -> None:
+        """Count network work in progress: no automatic advance meanwhile."""
         self._io += 1
         self._poke()
 
     def io_ended(self) -> None:
+        """Count network work off; wakes ``advance`` calls waiting for it to settle."""
         self._io -= 1
         if not self._io and self._io_idle is not None:
             idle, self._io_idle = self._io_idle, None
@@ -314,6 +336,7 @@ class VirtualClock(Clock):
         self._poke()
 
     def activity(self) -> None:
+        """Note a change, so the auto rule starts counting quiet turns again."""
         self._poke()
 
     def _quiet(self) -> bool:

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
-from runpod_queue import _contract as contract
 from runpod_queue._units import Duration, seconds
 
 __all__ = ["EndpointSpec", "Faults", "Handler", "Timings"]
@@ -37,17 +36,18 @@ class Timings:
     job_take_hold: float
     worker_lost_after: float
 
+    # RunPod's durations (``_contract``), written out so the signature shows them; a test keeps them equal.
     def __init__(
         self,
         *,
-        retention_run: Duration = contract.RETENTION_RUN_MS / 1000,
-        retention_sync: Duration = contract.RETENTION_SYNC_MS / 1000,
-        webhook_retry_gap: Duration = contract.WEBHOOK_RETRY_GAP_MS / 1000,
-        default_execution_timeout: Duration = contract.DEFAULT_EXECUTION_TIMEOUT_MS / 1000,
-        default_ttl: Duration = contract.DEFAULT_TTL_MS / 1000,
-        runsync_default_wait: Duration = contract.RUNSYNC_DEFAULT_WAIT_MS / 1000,
+        retention_run: Duration = 1800.0,
+        retention_sync: Duration = 60.0,
+        webhook_retry_gap: Duration = 10.0,
+        default_execution_timeout: Duration = 600.0,
+        default_ttl: Duration = 86_400.0,
+        runsync_default_wait: Duration = 90.0,
         stream_default_wait: Duration = 10.0,
-        status_sync_default_wait: Duration = contract.RUNSYNC_DEFAULT_WAIT_MS / 1000,
+        status_sync_default_wait: Duration = 90.0,
         job_take_hold: Duration = 20.0,
         worker_lost_after: Duration = 30.0,
     ) -> None:
@@ -99,6 +99,7 @@ class Faults:
 
     @property
     def active(self) -> bool:
+        """Whether any fault is switched on."""
         return bool(self.error_429 or self.error_503 or self.error_500 or self.drop or self.latency)
 
 

@@ -87,6 +87,7 @@ class Console:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start sampling the endpoints' counts for the charts, on the serving loop."""
         self._loop = loop
         self._closing = asyncio.Event()
         self._sample()
@@ -99,6 +100,7 @@ class Console:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample)
 
     async def aclose(self) -> None:
+        """Stop sampling and end the open live-update streams."""
         if self._sampler is not None:
             self._sampler.cancel()
             self._sampler = None

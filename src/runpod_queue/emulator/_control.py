@@ -55,6 +55,7 @@ class Control:
         raise HTTPError(404, f"no emulator route /_emulator/{'/'.join(request.rest)}; routes: {known}")
 
     async def advance(self, request: Request) -> tuple[int, Any]:
+        """``POST /_emulator/advance?seconds=``: move a virtual clock forward (409 on a real one)."""
         if self.clock.kind == "real":
             raise HTTPError(
                 409,
@@ -80,6 +81,7 @@ class Control:
         return 200, {"now": await self.clock.advance(float(value))}
 
     async def jobs(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/jobs[?endpoint=]``: every job the emulator still answers for."""
         endpoints = self.core.endpoints
         wanted = request.query.get("endpoint")
         if wanted is not None and wanted not in endpoints:
@@ -89,6 +91,7 @@ class Control:
         return 200, {"jobs": [view.to_dict() for ep in chosen for view in job_views(ep)]}
 
     async def list_requests(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/requests[?all=true]``: the requests served, oldest first."""
         flag = request.query.get("all", "false").lower()
         if flag not in ("true", "false", "1", "0"):
             raise HTTPError(400, f"?all= takes true or false, got {flag!r}")
@@ -96,5 +99,6 @@ class Control:
         return 200, {"requests": [r.to_dict() for r in records]}
 
     async def clear_requests(self, request: Request) -> tuple[int, Any]:
+        """``DELETE /_emulator/requests``: forget the requests served so far."""
         self.requests.clear()
         return 200, {"requests": []}

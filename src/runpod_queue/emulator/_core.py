@@ -38,11 +38,15 @@ _MIN_LOST_AFTER_REAL_S: Final = 2.5
 class RunStarter(Protocol):
     """Runs handlers for in-process workers; reports each run's end back to `core`."""
 
-    def start(self, job: JobRecord, worker: WorkerSlot, core: Core) -> None: ...
+    def start(self, job: JobRecord, worker: WorkerSlot, core: Core) -> None:
+        """Run ``job`` on ``worker`` now; report its end through ``core``."""
 
 
 class WebhookSender(Protocol):
-    def send(self, job_id: str, url: str, payload: bytes) -> None: ...
+    """Delivers a finished job's webhook (the emulator's ``WebhookDelivery``)."""
+
+    def send(self, job_id: str, url: str, payload: bytes) -> None:
+        """Deliver ``payload`` to ``url`` for ``job_id``, retrying as RunPod does."""
 
 
 class Core:
@@ -61,8 +65,8 @@ class Core:
         readings: Readings | None = None,
     ) -> None:
         self.clock = clock
-        self.readings = readings or Readings()
-        self.notices = notices or Notices()
+        self.readings: Readings = readings or Readings()
+        self.notices: Notices = notices or Notices()
         self.timings = timings
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
@@ -193,9 +197,11 @@ class Core:
     # -- results --------------------------------------------------------------------------------
 
     def is_current(self, job: JobRecord, attempt: int) -> bool:
+        """Whether ``attempt`` is still the job's running attempt (a stale worker's report is dropped)."""
         return job.attempt == attempt and job.status is JobStatus.IN_PROGRESS and job.id in job.endpoint.jobs
 
     def push_chunk(self, job: JobRecord, attempt: int, chunk_json: bytes) -> None:
+        """Add one streamed chunk of the current attempt and wake ``/stream`` waiters."""
         if not self.is_current(job, attempt):
             return
         job.chunks.append(chunk_json)
@@ -203,6 +209,7 @@ class Core:
         _wake(job, stream_only=True)
 
     def set_progress(self, job: JobRecord, attempt: int, output_json: bytes) -> None:
+        """Record a progress update of the current attempt (shown as ``output`` while running)."""
         if self.is_current(job, attempt):
             job.progress_json = output_json
 
@@ -433,6 +440,7 @@ class Core:
             job.retention_override = ttl
 
     def health(self, ep: EndpointState) -> dict[str, Any]:
+        """The ``/health`` answer for one endpoint: job counts and worker states."""
         now = self.clock.now()
         lost_after = self.worker_lost_after()
         idle = running = unhealthy = 0

@@ -41,6 +41,7 @@ class WebhookAttempt:
 
     @property
     def delivered(self) -> bool:
+        """The receiver answered 200: RunPod stops delivering."""
         return self.status_code == 200
 
 
@@ -66,6 +67,7 @@ class WebhookDelivery:
         self._retries: set[TimerHandle] = set()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Attach to the serving loop that deliveries run on."""
         self._loop = loop
 
     def send(self, job_id: str, url: str, payload: bytes) -> None:
@@ -119,6 +121,7 @@ class WebhookDelivery:
             self.clock.io_ended()
 
     async def aclose(self) -> None:
+        """Cancel pending retries and deliveries in flight."""
         for handle in list(self._retries):
             handle.cancel()
         self._retries.clear()

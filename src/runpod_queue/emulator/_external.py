@@ -31,7 +31,7 @@ from runpod_queue.emulator._oversize import RESULT_LIMIT, is_progress, progress_
 from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, decode_json, encode_json
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator._clock import TimerHandle
+    from runpod_queue.emulator._clock import Clock, TimerHandle
     from runpod_queue.emulator._core import Core
 
 __all__ = ["ExternalWorkers", "worker_environment"]
@@ -118,8 +118,8 @@ class ExternalWorkers:
     """Serves the worker protocol (`routes`) over a `Core` and watches its external workers' liveness."""
 
     def __init__(self, core: Core) -> None:
-        self.core = core
-        self.clock = core.clock
+        self.core: Core = core
+        self.clock: Clock = core.clock
         self.workers: dict[tuple[str, str], _Worker] = {}
         self._sweeper: TimerHandle | None = None
         self._sweep_at: float | None = None
@@ -250,6 +250,7 @@ class ExternalWorkers:
         self._seen(worker)
 
     async def aclose(self) -> None:
+        """Stop the liveness sweep and release every held worker request."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = self._sweep_at = None
@@ -261,12 +262,14 @@ class ExternalWorkers:
     # -- job-take -------------------------------------------------------------------------------
 
     async def job_take(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``job-take``: hand the worker one job, holding the request while none is queued."""
         jobs = await self._take(request, 1)
         if not jobs:
             return 204, None
         return 200, jobs[0]
 
     async def job_take_batch(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``job-take-batch?batch_size=``: up to that many jobs, as ``job_take``."""
         raw = request.query.get("batch_size", "1")
         try:
             size = int(raw)
@@ -381,6 +384,7 @@ class ExternalWorkers:
         return data
 
     async def job_done(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``job-done``: a worker's result (or error) for a job it took."""
         worker = self._touch(request)
         body = await request.body(_DONE_LIMIT, "job-done")
         if len(body) > RESULT_LIMIT:
@@ -432,6 +436,7 @@ class ExternalWorkers:
         raise refusal(len(body))
 
     async def job_stream(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``job-stream``: streamed chunks of a generator handler's job."""
         worker = self._touch(request)
         data = await self._payload(request, _STREAM_READ_LIMIT, "job-stream")
         entry = self._held_job(request, worker)
@@ -457,6 +462,7 @@ class ExternalWorkers:
     # -- job-stop and ping ----------------------------------------------------------------------
 
     async def job_stop(self, request: EndpointRequest) -> tuple[int, Any]:
+        """``job-stop``: held until one of the worker's jobs must stop (cancel, timeout)."""
         worker = self._touch(request)
         await request.body(1_000, "job-stop")
         if not worker.stops:

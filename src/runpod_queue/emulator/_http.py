@@ -55,10 +55,10 @@ class Request:
     __slots__ = ("_query", "method", "raw_query", "receive", "rest", "scope")
 
     def __init__(self, scope: Scope, receive: Receive, rest: list[str]):
-        self.scope = scope
-        self.receive = receive
+        self.scope: Scope = scope
+        self.receive: Receive = receive
         self.method: str = scope["method"]
-        self.rest = rest
+        self.rest: list[str] = rest
         self.raw_query: bytes = scope.get("query_string", b"")
         self._query: dict[str, str] | None = None
 
@@ -69,6 +69,7 @@ class Request:
         return self._query
 
     def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lowercase bytes), or None."""
         for key, value in self.scope["headers"]:
             if key == name:
                 return value  # type: ignore[no-any-return]
@@ -118,11 +119,11 @@ class EndpointRequest(Request):
         # Request.__init__ spelled out: one frame less on every public request.
         self.scope = scope
         self.receive = receive
-        self.method = scope["method"]
-        self.rest = rest
-        self.raw_query = scope.get("query_string", b"")
+        self.method: str = scope["method"]
+        self.rest: list[str] = rest
+        self.raw_query: bytes = scope.get("query_string", b"")
         self._query = None
-        self.endpoint = endpoint
+        self.endpoint: EndpointState = endpoint
 
 
 Route = Callable[[Any], Awaitable[tuple[int, Any]]]

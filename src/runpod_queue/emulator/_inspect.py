@@ -51,16 +51,19 @@ class RecordedRequest:
 
     @property
     def endpoint_id(self) -> str | None:
+        """The endpoint of a ``/v2/<endpoint>/...`` request; None for other paths."""
         parts = self._parts
         return parts[2] if len(parts) >= 3 and parts[1] == "v2" else None
 
     @property
     def operation(self) -> str | None:
+        """The operation of a ``/v2/...`` request (``run``, ``status``, ...); None otherwise."""
         parts = self._parts
         return parts[3] if len(parts) >= 4 and parts[1] == "v2" else None
 
     @property
     def job_id(self) -> str | None:
+        """The job id a job operation addressed (``/status/<id>``, ...); None otherwise."""
         parts = self._parts
         if len(parts) >= 5 and parts[1] == "v2" and parts[3] in _JOB_OPERATIONS and parts[4]:
             return parts[4]
@@ -72,6 +75,7 @@ class RecordedRequest:
         return self.endpoint_id is not None and self.operation not in _WORKER_OPERATIONS
 
     def to_dict(self) -> dict[str, Any]:
+        """The request as ``/_emulator/requests`` lists it."""
         return {
             "method": self.method,
             "path": self.path,
@@ -94,6 +98,11 @@ class RequestLog:
         self.entries: deque[tuple[float, str, str, bytes, int | None]] = deque(maxlen=size)
 
     def records(self, *, api_only: bool = True) -> list[RecordedRequest]:
+        """The requests served, oldest first.
+
+        Args:
+            api_only: Only requests to RunPod's API: not the worker protocol, not ``/_emulator/*``.
+        """
         out = []
         for at, method, path, query, status in list(self.entries):  # list(): a copy, appends may follow
             record = RecordedRequest(method, path, query.decode("latin-1"), status, at)
@@ -102,6 +111,7 @@ class RequestLog:
         return out
 
     def clear(self) -> None:
+        """Forget every request recorded so far."""
         self.entries.clear()
 
 
@@ -127,6 +137,7 @@ class JobView:
     chunks_pending: int
 
     def to_dict(self) -> dict[str, Any]:
+        """The job as ``/_emulator/jobs`` lists it (RunPod's field names)."""
         return {
             "id": self.id,
             "endpointId": self.endpoint_id,

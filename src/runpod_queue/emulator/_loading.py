@@ -31,6 +31,8 @@ class HandlerLoadError(ConfigurationError):
 
 @dataclass(frozen=True, slots=True)
 class LoadedEndpoint:
+    """An endpoint loaded from a handler reference: its id, its spec, and where it came from."""
+
     endpoint_id: str
     spec: EndpointSpec
     source: str

@@ -43,10 +43,12 @@ class Notices:
                 del self._items[: len(self._items) - _KEEP]
 
     def snapshot(self) -> list[str]:
+        """The notices so far, oldest first."""
         with self._lock:
             return list(self._items)
 
     def clear(self) -> None:
+        """Forget the notices so far."""
         with self._lock:
             self._items.clear()
 

@@ -23,10 +23,10 @@ class OperationGate:
     __slots__ = ("_stamps", "in_flight", "limit", "window")
 
     def __init__(self, limit: OperationLimit, window: float) -> None:
-        self.limit = limit
-        self.window = window
+        self.limit: OperationLimit = limit
+        self.window: float = window
         self._stamps: deque[float] = deque()
-        self.in_flight = 0
+        self.in_flight: int = 0
 
     def try_acquire(self, now: float, extra_allowance: int = 0) -> float | None:
         """Admit one request (returns None) or say how many seconds until one would be admitted."""
@@ -45,6 +45,7 @@ class OperationGate:
         return None
 
     def release(self) -> None:
+        """A request admitted by ``try_acquire`` has been answered: one slot in flight frees."""
         self.in_flight -= 1
 
 
@@ -63,13 +64,14 @@ class RateLimiter:
             raise ValueError(
                 f"per_worker_allowance must be >= 0 requests per window, got {per_worker_allowance}"
             )
-        self.enabled = config.enabled
-        self.limits = dict(config.limits)
-        self.window = config.window
-        self.per_worker_allowance = per_worker_allowance
+        self.enabled: bool = config.enabled
+        self.limits: dict[str, OperationLimit] = dict(config.limits)
+        self.window: float = config.window
+        self.per_worker_allowance: int = per_worker_allowance
         self._gates: dict[tuple[str, str], OperationGate] = {}
 
     def gate(self, endpoint_id: str, operation: str) -> OperationGate | None:
+        """The gate of one endpoint's operation, or None when it is not limited."""
         if not self.enabled:
             return None
         key = (endpoint_id, operation)
@@ -84,4 +86,5 @@ class RateLimiter:
     @staticmethod
     def retry_after_header(seconds: float) -> bytes:
         # Retry-After is whole seconds (RFC 9110); never 0, or a client would hammer the window edge.
+        """A ``Retry-After`` value: whole seconds, at least 1."""
         return str(max(1, math.ceil(seconds))).encode()

@@ -101,16 +101,32 @@ class Emulator:
         emu.advance(600)   # ten virtual minutes pass: ttl, timeouts, retention, webhook retries, ...
     ```
 
-    `endpoints` maps an endpoint id to a handler or an `EndpointSpec`; an endpoint given `None` (or
-    `EndpointSpec(handler=None)`) is fed only by external workers over HTTP (see `rpq worker-env`).
-    `clock` is "real" (default), "virtual" (time moves only through `advance`) or "auto" (virtual, and
-    a held client long-poll that only time can end skips ahead; see `emulator.clock`). `time_scale`
-    multiplies every RunPod duration (`timings`, seconds) on a real clock only. `rate_limits` is the
-    client's `RateLimits` (its `limits`, `window`, `enabled`): `True` for RunPod's table, `False` for
-    none. Binds 127.0.0.1 by default. Request bodies are lenient, as RunPod's: unknown keys are
-    ignored with a warning (`warnings`, the log, an `X-Rpq-Warning` header); `strict=True` refuses
-    them with a 400 instead. `readings` picks, where RunPod's documents contradict each other (ttl,
-    executionTimeout, `/status?ttl=`), which reading to follow (see `Readings`).
+    Args:
+        endpoints: Maps an endpoint id to a handler (``def handler(job): ...``, sync, async or a
+            generator) or an ``EndpointSpec``; ``None`` (or ``EndpointSpec(handler=None)``) makes an
+            endpoint fed only by external workers over HTTP (see ``rpq worker-env``).
+        api_key: The key requests must carry; ``None`` accepts any key or none.
+        workers: In-process workers per endpoint (an ``EndpointSpec`` may set its own).
+        clock: ``"real"``; ``"virtual"``, where time moves only through ``advance``; or ``"auto"``,
+            virtual, and a held client long-poll that only time can end skips ahead.
+        time_scale: Multiplies every RunPod duration on a real clock (``0.001``: a 30-minute retention
+            passes in 1.8 s); ignored on a virtual clock.
+        rate_limits: RunPod's limits to enforce, as the client's ``RateLimits``: ``True`` for RunPod's
+            table, ``False`` for none.
+        per_worker_allowance: Requests per rate window per running worker: an endpoint's limit is
+            max(RunPod's table, running workers * this), as RunPod scales limits with workers.
+        faults: Errors, dropped connections and latency to inject on the public routes.
+        timings: RunPod's lifecycle durations (retention, ttl, timeouts...), to override one.
+        host: The address to bind; 127.0.0.1 keeps the emulator off the network.
+        port: The port to bind; 0 takes a free one (``base_url`` says which).
+        log_level: uvicorn's log level.
+        strict: Refuse unknown keys in request bodies with a 400; by default they are ignored with a
+            warning (``warnings``, the log, an ``X-Rpq-Warning`` header), as RunPod ignores them.
+        readings: Which reading to follow where RunPod's documents contradict each other (ttl,
+            executionTimeout, ``/status?ttl=``).
+
+    Raises:
+        ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
     """
 
     def __init__(
@@ -156,7 +172,7 @@ class Emulator:
                 "table as RateLimits(limits={...}) (runpod_queue._limits.RateLimits)"
             )
         self.clock: Clock = make_clock(clock, time_scale)
-        self.timings = timings or Timings()
+        self.timings: Timings = timings or Timings()
         self._parts = assemble(
             specs,
             clock=self.clock,
@@ -170,9 +186,9 @@ class Emulator:
             readings=readings,
         )
         self.app: EmulatorApp = self._parts.app
-        self.host = host
-        self.port = port
-        self.log_level = log_level
+        self.host: str = host
+        self.port: int = port
+        self.log_level: str = log_level
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -206,11 +222,21 @@ class Emulator:
         return self.clock.now()
 
     def advance(self, seconds: Duration) -> float:
-        """Move a virtual clock forward and return the new `now`, after the timers that fell due have
-        fired (in time order) and their effects settled. Thread-safe; blocks until done.
+        """Move a virtual clock forward, firing the timers that fall due in time order.
 
-        A real clock raises `RuntimeError`. From code running on the emulator's own loop, use
-        `await emu.clock.advance(seconds)` instead (this method would wait on itself)."""
+        Thread-safe; returns once their effects have settled, so a test can assert right after. From
+        code running on the emulator's own loop, use ``await emu.clock.advance(seconds)`` instead (this
+        method would wait on itself).
+
+        Args:
+            seconds: How far to move, in seconds or as a ``timedelta``.
+
+        Returns:
+            The new ``now``.
+
+        Raises:
+            RuntimeError: The emulator runs on the real clock, or this was called on its own loop.
+        """
         amount = _seconds(seconds, "advance(seconds)")
         clock = self.clock
         if not isinstance(clock, VirtualClock):
@@ -233,6 +259,7 @@ class Emulator:
 
     @property
     def root_url(self) -> str:
+        """``http://host:port``, without ``/v2`` (the console and ``/_emulator/*`` live there)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
@@ -243,6 +270,7 @@ class Emulator:
 
     @property
     def endpoint_ids(self) -> list[str]:
+        """The ids of the endpoints this emulator serves, sorted."""
         return sorted(self.core.endpoints)
 
     @property
@@ -287,7 +315,11 @@ class Emulator:
         return views
 
     def set_faults(self, faults: Faults) -> None:
-        """Change fault injection while running (thread-safe)."""
+        """Change fault injection while running (thread-safe).
+
+        Args:
+            faults: The new settings, replacing the current ones.
+        """
         loop = self.app.loop
         if loop is None or not loop.is_running():
             self.app.set_faults(faults)
@@ -295,7 +327,15 @@ class Emulator:
             loop.call_soon_threadsafe(self.app.set_faults, faults)
 
     def call(self, fn: Callable[[], Coroutine[Any, Any, Any]], timeout: Duration = 10.0) -> Any:
-        """Run a coroutine on the server's loop and return its result (for tests and tools)."""
+        """Run a coroutine on the server's loop and return its result (for tests and tools).
+
+        Args:
+            fn: A coroutine function taking no arguments.
+            timeout: Seconds (or a ``timedelta``) to wait for the result.
+
+        Raises:
+            RuntimeError: The emulator is not running.
+        """
         wait = _seconds(timeout, "call(timeout)")
         loop = self.app.loop
         if loop is None:
@@ -329,7 +369,14 @@ class Emulator:
         return _Server(config)
 
     def start(self) -> Emulator:
-        """Start serving in a background thread; returns when the port accepts connections."""
+        """Start serving in a background thread; returns when the port accepts connections.
+
+        Returns:
+            The emulator itself, so ``emu = Emulator(...).start()`` reads naturally.
+
+        Raises:
+            RuntimeError: Already running, or the server failed to start (the cause is in the message).
+        """
         if self._thread is not None:
             raise RuntimeError("this emulator is already running")
         self._socket = self._bind()
@@ -365,9 +412,11 @@ class Emulator:
         self._server = self._thread = self._socket = None
 
     def serve_forever(self, on_ready: Callable[[Emulator], None] | None = None) -> None:
-        """Serve in the calling thread until Ctrl-C / SIGTERM (used by `rpq serve`).
+        """Serve in the calling thread until Ctrl-C / SIGTERM (used by ``rpq serve``).
 
-        `on_ready` is called once the port is bound (so `base_url` is final), before serving."""
+        Args:
+            on_ready: Called once the port is bound (so ``base_url`` is final), before serving.
+        """
         sock = self._bind()
         if on_ready is not None:
             on_ready(self)
@@ -381,6 +430,7 @@ class Emulator:
             self._server = None
 
     def __enter__(self) -> Emulator:
+        """Start serving (``start``); the ``with`` block's end stops it."""
         return self.start()
 
     def __exit__(

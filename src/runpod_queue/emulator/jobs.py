@@ -95,6 +95,7 @@ _UUID4_BITS: Final = (0x4000 << 64) | (0x8000 << 48)
 
 def new_worker_id() -> str:
     # RunPod worker ids are 14 lowercase alphanumerics.
+    """A fresh worker id, shaped as RunPod's (14 lowercase alphanumerics)."""
     return "".join(secrets.choice(_WORKER_ALPHABET) for _ in range(14))
 
 
@@ -104,12 +105,12 @@ class WorkerSlot:
     __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired")
 
     def __init__(self, endpoint: EndpointState, *, external: bool = False, worker_id: str | None = None):
-        self.endpoint = endpoint
-        self.id = worker_id or new_worker_id()
-        self.external = external
+        self.endpoint: EndpointState = endpoint
+        self.id: str = worker_id or new_worker_id()
+        self.external: bool = external
         self.job: JobRecord | None = None
-        self.retired = False
-        self.last_seen = 0.0
+        self.retired: bool = False
+        self.last_seen: float = 0.0
 
 
 class JobRecord:
@@ -167,23 +168,23 @@ class JobRecord:
         sync: bool,
         now: float,
     ) -> None:
-        self.id = job_id
-        self.endpoint = endpoint
-        self.input = job_input
+        self.id: str = job_id
+        self.endpoint: EndpointState = endpoint
+        self.input: Any = job_input
         # The request body as received: the original input is re-read from it for a retry or a
         # webhook, since a handler may have mutated `input` in place.
         self.raw_body: bytes | None = None
-        self.webhook = webhook
+        self.webhook: str | None = webhook
         # RunPod seconds (the wire's ms / 1000), before time_scale.
-        self.policy_execution_timeout = execution_timeout
-        self.policy_ttl = ttl
-        self.low_priority = low_priority
-        self.s3_config = s3_config
-        self.sync = sync
-        self.status = JobStatus.IN_QUEUE
-        self.attempt = 0
-        self.queued_at = now
-        self.created_at = now
+        self.policy_execution_timeout: float = execution_timeout
+        self.policy_ttl: float = ttl
+        self.low_priority: bool = low_priority
+        self.s3_config: dict[str, str] | None = s3_config
+        self.sync: bool = sync
+        self.status: JobStatus = JobStatus.IN_QUEUE
+        self.attempt: int = 0
+        self.queued_at: float = now
+        self.created_at: float = now
         # Earlier attempts' state changes (retry, lost-worker requeue), up to and including the latest
         # re-entry into the queue; None for the usual single attempt, which costs nothing here: its
         # changes are `queued_at`, `started_at` and `finished_at` (read by the console).
@@ -196,7 +197,7 @@ class JobRecord:
         self.delay_ms: int | None = None
         self.execution_ms: int | None = None
         self.worker: WorkerSlot | None = None
-        self.retries = 0
+        self.retries: int = 0
         self.output_json: bytes | None = None
         self.progress_json: bytes | None = None
         self.error: str | None = None
@@ -216,6 +217,7 @@ class JobRecord:
         self.stop_run: Callable[[], object] | None = None
 
     def log_chunk(self, chunk_json: bytes) -> None:
+        """Keep a streamed chunk for the console, up to a bound per attempt."""
         log = self.chunk_log
         if log is None:
             self.chunk_log = [chunk_json]
@@ -259,10 +261,12 @@ class JobRecord:
         return body
 
     def original_input(self) -> Any:
+        """The input as submitted, decoded again from the request body."""
         assert self.raw_body is not None
         return decode_json(self.raw_body)["input"]
 
     def original_input_json(self) -> bytes:
+        """The input as submitted, as JSON bytes."""
         return encode_json(self.original_input())
 
     def handler_job(self) -> dict[str, Any]:
@@ -284,20 +288,20 @@ class EndpointState:
     """One endpoint: its queue, its workers, its jobs and its health counters."""
 
     def __init__(self, endpoint_id: str, spec: EndpointSpec, workers: int) -> None:
-        self.id = endpoint_id
-        self.spec = spec
+        self.id: str = endpoint_id
+        self.spec: EndpointSpec = spec
         self.jobs: dict[str, JobRecord] = {}
         self.queue: deque[tuple[JobRecord, int]] = deque()
         self.low_queue: deque[tuple[JobRecord, int]] = deque()
         self.workers: list[WorkerSlot] = []
         self.idle: deque[WorkerSlot] = deque()
-        self.in_process_workers = workers if spec.handler is not None else 0
-        self.in_queue = 0
-        self.in_progress = 0
-        self.completed = 0
-        self.failed = 0
-        self.retried = 0
-        self.replaced_workers = 0
+        self.in_process_workers: int = workers if spec.handler is not None else 0
+        self.in_queue: int = 0
+        self.in_progress: int = 0
+        self.completed: int = 0
+        self.failed: int = 0
+        self.retried: int = 0
+        self.replaced_workers: int = 0
         # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.
         self.take_waiters: deque[asyncio.Future[None]] = deque()
 

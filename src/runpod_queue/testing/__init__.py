@@ -9,15 +9,17 @@ process makes to `https://api.runpod.ai/...` to it — from requests, httpx, aio
 
 from __future__ import annotations
 
+from runpod_queue._public import publish as _publish
+
 try:
     from runpod_queue.emulator import Emulator, EndpointSpec, Faults, JobView, RecordedRequest, Timings
     from runpod_queue.testing._mock import MOCK_API_KEY, mock_runpod
-except ModuleNotFoundError as exc:  # the plugin is loaded wherever the package is: say what to install
+except ModuleNotFoundError as _missing:  # the plugin is loaded wherever the package is: say what to install
     raise ModuleNotFoundError(
-        f"runpod_queue.testing needs the emulator extra ({exc.name} is missing): "
+        f"runpod_queue.testing needs the emulator extra ({_missing.name} is missing): "
         "pip install 'runpod-queue[emulator]'",
-        name=exc.name,
-    ) from exc
+        name=_missing.name,
+    ) from _missing
 
 __all__ = [
     "MOCK_API_KEY",
@@ -29,3 +31,5 @@ __all__ = [
     "Timings",
     "mock_runpod",
 ]
+
+_publish(globals())

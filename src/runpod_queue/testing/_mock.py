@@ -46,18 +46,25 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
         assert emu.jobs("my-endpoint")[0].status == "COMPLETED"
     ```
 
-    `endpoints` and `emulator_options` are `Emulator`'s, with two defaults changed for tests:
-    `clock="auto"` (a wait that only time can end skips ahead, so a job's 24 h ttl runs out at once;
-    pass "virtual" to move time only with `emu.advance()`, "real" for wall-clock time) and
-    `rate_limits=False` (on a virtual clock rate-limit windows slide only with virtual time, so a test
-    polling in a loop would hit a 429 that real time never lifts; pass `rate_limits=True` with
-    `clock="real"` to test your app against RunPod's limits, or `emu.set_faults(Faults(error_429=...))`).
-
     For the duration, `RUNPOD_API_KEY` (the emulator's `api_key`, else a placeholder accepted by an
     emulator that takes any key) and `RUNPOD_ENDPOINT_BASE_URL` (`emu.base_url`) are set, and so are
     the official SDK's `runpod.api_key` / `runpod.endpoint_url_base` when it is imported; all are
     restored on exit, even after an exception. Requests to other hosts are untouched. Mocks nest: the
     innermost active one receives the traffic.
+
+    Args:
+        endpoints: As ``Emulator``'s: endpoint id to handler, ``EndpointSpec`` or ``None``.
+        **emulator_options: ``Emulator``'s options, with two defaults changed for tests:
+            ``clock="auto"`` (a wait that only time can end skips ahead, so a job's 24 h ttl runs out at
+            once; ``"virtual"`` moves time only with ``emu.advance()``, ``"real"`` is wall-clock time)
+            and ``rate_limits=False`` (on a virtual clock rate-limit windows slide only with virtual
+            time, so a test polling in a loop would hit a 429 that real time never lifts; pass
+            ``rate_limits=True`` with ``clock="real"`` to test against RunPod's limits). ``host`` and
+            ``port`` are chosen by the mock.
+
+    Raises:
+        TypeError: ``endpoints`` is not a mapping, or an option is not one of ``Emulator``'s.
+        ValueError: ``host`` or ``port`` given, or an option out of range.
     """
 
     def __init__(
@@ -86,6 +93,7 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
     # -- context manager ------------------------------------------------------------------------
 
     def __enter__(self) -> Emulator:
+        """Start the emulator and reroute RunPod traffic to it until the ``with`` block ends."""
         emulator = Emulator(self._endpoints, **self._options).start()
         active = _Active(emulator)
         try:

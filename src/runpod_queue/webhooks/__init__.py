@@ -34,6 +34,7 @@ from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from runpod_queue._models import Job
+from runpod_queue._public import publish as _publish
 from runpod_queue._units import Duration, seconds
 from runpod_queue.errors import WebhookVerificationError
 
@@ -62,6 +63,8 @@ def _b64(data: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class TokenClaims:
+    """What a verified webhook token says: its single-use ``nonce`` and when it expires."""
+
     nonce: str
     expires_at: float
 
@@ -81,12 +84,24 @@ def _lifetime(expires_in: Duration) -> float:
 class WebhookSigner:
     """Makes and checks signed webhook URLs. The secret never appears in a URL, repr or message.
 
-    ``expires_in`` (seconds or a ``timedelta``; default 8 days) is how long a signed URL is accepted.
+    RunPod's webhooks carry no signature of their own, so the URL does: each submission gets a URL with
+    a fresh single-use token (``sign``) that the receiver checks (``verify``).
+
+    Args:
+        secret: The HMAC key, at least 16 bytes; keep it out of source control.
+        expires_in: Seconds (or a ``timedelta``) a signed URL is accepted; default 8 days, longer than
+            RunPod keeps any job.
+
+    Raises:
+        ValueError: ``secret`` is shorter than 16 bytes.
+
+    Attributes:
+        expires_in: Seconds a new token stays valid.
     """
 
     __slots__ = ("_key", "expires_in")
 
-    def __init__(self, secret: str | bytes, *, expires_in: Duration = DEFAULT_EXPIRES_IN) -> None:
+    def __init__(self, secret: str | bytes, *, expires_in: Duration = 691_200.0) -> None:
         key = secret.encode() if isinstance(secret, str) else secret
         if not isinstance(key, bytes) or len(key) < MIN_SECRET_BYTES:
             raise ValueError(
@@ -94,7 +109,7 @@ class WebhookSigner:
                 "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
             )
         self._key = key
-        self.expires_in = _lifetime(expires_in)
+        self.expires_in: float = _lifetime(expires_in)
 
     def __repr__(self) -> str:
         return f"WebhookSigner(secret=***, expires_in={self.expires_in:g})"
@@ -103,7 +118,12 @@ class WebhookSigner:
         return _b64(hmac.new(self._key, payload.encode(), hashlib.sha256).digest())
 
     def token(self, *, expires_in: Duration | None = None, now: float | None = None) -> str:
-        """A fresh token: `<nonce>.<expiry unix seconds>.<hmac>`; ``now`` is a Unix time (for tests)."""
+        """A fresh token, ``<nonce>.<expiry unix seconds>.<hmac>``.
+
+        Args:
+            expires_in: Seconds this token stays valid; ``None`` takes the signer's ``expires_in``.
+            now: The Unix time to count from (tests); ``None`` for the current time.
+        """
         nonce = secrets.token_urlsafe(16)
         lifetime = self.expires_in if expires_in is None else _lifetime(expires_in)
         expires_at = int((time.time() if now is None else now) + lifetime)
@@ -111,7 +131,18 @@ class WebhookSigner:
         return f"{payload}.{self._signature(payload)}"
 
     def sign(self, base_url: str, *, expires_in: Duration | None = None) -> str:
-        """`base_url` with a fresh token added to its query string (existing parameters kept)."""
+        """A webhook URL to submit a job with: ``base_url`` plus a fresh token in its query string.
+
+        Args:
+            base_url: The receiver's public address (``https://...``); its own query parameters are kept.
+            expires_in: Seconds the URL stays valid; ``None`` takes the signer's ``expires_in``.
+
+        Returns:
+            The signed URL.
+
+        Raises:
+            ValueError: ``base_url`` is not an absolute http(s) URL.
+        """
         parts = urlsplit(base_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"webhook base URL must be an absolute http(s) URL, got {base_url!r}")
@@ -120,7 +151,18 @@ class WebhookSigner:
         return urlunsplit(parts._replace(query=urlencode(query)))
 
     def verify(self, token: str | None, *, now: float | None = None) -> TokenClaims:
-        """Check a token's signature and expiry; raise WebhookVerificationError (401) otherwise."""
+        """Check a token's signature and expiry.
+
+        Args:
+            token: The ``rpq_token`` query parameter of a delivery (None when it had none).
+            now: The Unix time to check against (tests); ``None`` for the current time.
+
+        Returns:
+            The token's nonce and expiry.
+
+        Raises:
+            WebhookVerificationError: Missing, malformed, forged or expired token (status 401).
+        """
         if not token:
             raise WebhookVerificationError(f"missing {TOKEN_PARAM} in the webhook URL")
         pieces = token.split(".")
@@ -136,6 +178,11 @@ class WebhookSigner:
 
     @staticmethod
     def token_from_url(url: str) -> str | None:
+        """The ``rpq_token`` query parameter of a webhook URL, or None.
+
+        Args:
+            url: A URL made by ``sign``, or any URL.
+        """
         return _token_from_query(urlsplit(url).query)
 
 
@@ -170,6 +217,13 @@ class MemoryWebhookStore:
             return "new"
 
     def finish(self, job_id: str, status: str, *, accepted: bool) -> None:
+        """Release a delivery claimed by ``begin``; an accepted one is remembered as seen.
+
+        Args:
+            job_id: The job the delivery reports.
+            status: The status it reports.
+            accepted: Whether the callback took it; if not, a redelivery may claim it again.
+        """
         key = (job_id, status)
         with self._lock:
             self._busy.discard(key)
@@ -177,6 +231,13 @@ class MemoryWebhookStore:
                 self._seen.add(key)
 
     def remember(self, nonce: str | None, job_id: str, status: str) -> None:
+        """Record a delivery as handled, and its token's nonce as spent for ``job_id``.
+
+        Args:
+            nonce: The token's nonce (None for a token without one).
+            job_id: The job the delivery reports.
+            status: The status it reports.
+        """
         with self._lock:
             if nonce:
                 self._claims.setdefault(nonce, job_id)
@@ -196,9 +257,11 @@ class Delivery:
 
     @property
     def accepted(self) -> bool:
+        """The delivery was verified and the callback took it (answered 200)."""
         return self.status_code == 200
 
     def answer(self) -> bytes:
+        """The JSON body to answer the delivery with (``ok``, ``reason``; ``error`` on a refusal)."""
         body: dict[str, Any] = {"ok": self.accepted, "reason": self.reason}
         if self.status_code >= 400:
             body["error"] = self.reason  # as every error answer of the emulator and RunPod carries it
@@ -209,11 +272,25 @@ Callback = Callable[[Any], Any]
 
 
 class WebhookReceiver:
-    """Verifies deliveries and passes each verified (job id, status) to `callback` exactly once.
+    """Verifies deliveries and passes each verified (job id, status) to ``callback`` exactly once.
 
-    `callback(job)` may be sync or async; with `with_delivery=True` it gets the whole `Delivery` (the
-    raw body and the token's nonce too, e.g. to persist them). If it raises, the delivery is answered 500
-    so RunPod delivers it again, and it is not marked as seen.
+    Framework-agnostic: ``handle``/``ahandle`` take the token and body and return the ``Delivery`` to
+    answer with; ``asgi_app``, ``runpod_queue.webhooks.fastapi`` and ``runpod_queue.webhooks.flask`` wire
+    it into a server.
+
+    Args:
+        signer: The signer whose URLs the jobs were submitted with.
+        callback: Called with the delivered ``Job`` (or the whole ``Delivery`` with ``with_delivery``);
+            sync or async. If it raises, the delivery is answered 500 so RunPod delivers it again, and
+            it is not marked as seen.
+        store: Where spent nonces and accepted deliveries are kept; default in memory. A receiver that
+            must survive restarts loads its history back with ``store.remember``.
+        max_body: Largest body accepted, in bytes (413 beyond).
+        with_delivery: Pass the whole ``Delivery`` (raw body and token nonce too, e.g. to persist them)
+            instead of the ``Job``.
+
+    Raises:
+        TypeError: ``callback`` is not callable.
     """
 
     def __init__(
@@ -222,16 +299,16 @@ class WebhookReceiver:
         callback: Callback,
         *,
         store: MemoryWebhookStore | None = None,
-        max_body: int = DEFAULT_MAX_BODY,
+        max_body: int = 25_000_000,
         with_delivery: bool = False,
     ) -> None:
         if not callable(callback):
             raise TypeError("callback must be callable: def on_job(job: Job) -> None")
-        self.signer = signer
-        self.callback = callback
-        self.store = store or MemoryWebhookStore()
-        self.max_body = max_body
-        self.with_delivery = with_delivery
+        self.signer: WebhookSigner = signer
+        self.callback: Callback = callback
+        self.store: MemoryWebhookStore = store or MemoryWebhookStore()
+        self.max_body: int = max_body
+        self.with_delivery: bool = with_delivery
 
     # -- the framework-agnostic core ------------------------------------------------------------
 
@@ -251,6 +328,7 @@ class WebhookReceiver:
         return None
 
     def too_large(self) -> Delivery:
+        """The refusal for a body over ``max_body`` (413)."""
         return Delivery(413, f"body over {self.max_body} bytes")
 
     def _prepare(self, token: str | None, body: bytes) -> Delivery:
@@ -290,7 +368,15 @@ class WebhookReceiver:
         return replace(pending, status_code=200) if self.with_delivery else pending.job
 
     def handle(self, token: str | None, body: bytes) -> Delivery:
-        """Verify and dispatch one delivery, calling a sync callback (an async one runs to completion)."""
+        """Verify and dispatch one delivery, for sync servers (an async callback runs to completion).
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            body: The request body as received.
+
+        Returns:
+            The ``Delivery``: answer with its ``status_code`` and ``answer()`` body.
+        """
         pending = self._prepare(token, body)
         if pending.status_code:
             return pending
@@ -303,7 +389,15 @@ class WebhookReceiver:
         return self._settle(pending, None)
 
     async def ahandle(self, token: str | None, body: bytes) -> Delivery:
-        """The same for async servers: an async callback is awaited, a sync one runs in a thread."""
+        """Verify and dispatch one delivery, for async servers (a sync callback runs in a thread).
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            body: The request body as received.
+
+        Returns:
+            The ``Delivery``: answer with its ``status_code`` and ``answer()`` body.
+        """
         pending = self._prepare(token, body)
         if pending.status_code:
             return pending
@@ -350,10 +444,19 @@ AnswerHook = Callable[[Delivery, str | None], None]
 def asgi_app(
     receiver: WebhookReceiver, *, paths: Iterable[str] | None = None, on_answer: AnswerHook | None = None
 ) -> Any:
-    """A ready ASGI app: POST deliveries to any path (or only `paths`), GET /healthz answers ok.
+    """A ready ASGI app for a receiver: POST deliveries to it, GET ``/healthz`` answers ok.
 
-    ``on_answer(delivery, client_host)`` is called after each answer to a delivery, refused or accepted
-    (e.g. to log it); an exception it raises is ignored, since the answer has already been sent.
+    Bodies are read in chunks up to ``receiver.max_body``, and the token is checked before the body is
+    read, so a stranger cannot make the app buffer an upload.
+
+    Args:
+        receiver: The receiver that verifies and dispatches each delivery.
+        paths: The paths deliveries may be posted to; ``None`` accepts any.
+        on_answer: Called as ``on_answer(delivery, client_host)`` after each answer, refused or
+            accepted (e.g. to log it); an exception it raises is ignored, the answer being sent.
+
+    Returns:
+        The ASGI application (serve it with uvicorn or any ASGI server).
     """
     allowed = None if paths is None else set(paths)
 
@@ -421,3 +524,6 @@ async def _send(send: Any, status: int, body: bytes, *, close: bool = False) -> 
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+_publish(globals())
