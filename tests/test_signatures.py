@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runpod_queue import AsyncEndpoint, Endpoint, _contract
+from runpod_queue import AsyncEndpoint, Endpoint, RateLimits, _contract
 from runpod_queue.emulator import Timings
 from runpod_queue.webhooks import DEFAULT_EXPIRES_IN, DEFAULT_MAX_BODY, WebhookReceiver, WebhookSigner
 
@@ -70,5 +70,6 @@ def test_the_written_defaults_are_runpods() -> None:
         runsync_default_wait=wait,
         status_sync_default_wait=wait,
     )
+    assert RateLimits().window == _contract.RATE_WINDOW_S
     assert inspect.signature(WebhookSigner).parameters["expires_in"].default == DEFAULT_EXPIRES_IN
     assert inspect.signature(WebhookReceiver).parameters["max_body"].default == DEFAULT_MAX_BODY

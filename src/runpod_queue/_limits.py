@@ -56,7 +56,7 @@ class RateLimits:
     def __init__(
         self,
         limits: Mapping[str, OperationLimit] | None = None,
-        window: Duration = RATE_WINDOW_S,
+        window: Duration = 10.0,
         margin: Duration = 0.25,
         enabled: bool = True,
     ) -> None:
