@@ -1,0 +1,416 @@
+"""Every ```python and ```bash / ```sh / ```console block of README.md and docs/*.md runs, as written.
+
+One test per block, with the id `page:Lline` (the line of its opening fence). A block that is not meant
+to run (a synopsis, an install command, output) is fenced ```text and is not collected; a fence with no
+language at all fails `test_every_fence_names_its_language`, so nothing is skipped silently.
+
+How a page runs — the conventions, which docs/contributing.md states for writers:
+
+- **One session per page, in page order.** The page's shell blocks run in one bash session (variables,
+  `cd`, background jobs `&` carry over to the next block) and its Python blocks in one interpreter (names
+  carry over), both in a scratch directory holding links to the checkout's `examples/` and `.venv/`, with
+  the venv's `bin` first on PATH. Running one block alone first runs the page's earlier blocks. At the end
+  of the page every process the session started is stopped.
+- **A shell block passes when every command in it succeeds** (an `ERR` trap records each failing command,
+  pipefail on): a terminal shows the same. Each block is bounded by `BLOCK_TIMEOUT` seconds.
+- **Glue only from the prose.** The paragraph just above a block may say "with `rpq serve ARGS` running"
+  (more than one such command may be named): the harness starts exactly those commands in the page's
+  shell session, waits until the port they serve on answers (`--port`, else 8000), runs the block and
+  stops them. Nothing else is added.
+- **A Python block whose first line is `# NAME.py`** is that file: it is written into the scratch
+  directory (and must compile), and a later block runs it (`pytest -q NAME.py`).
+- **RunPod itself is an emulator.** Blocks written against RunPod (no `--local`, `Client()` without a
+  base URL, `https://api.runpod.ai/...`) run against a stand-in emulator serving the endpoint ids the
+  pages use as placeholders (`abc123`, `abc123xyz`: examples/echo.py; `ENDPOINT_ID`:
+  examples/fake_llm.py), by the routes docs/testing.md documents: the shell session gets
+  `RUNPOD_ENDPOINT_BASE_URL` pointing at one (`rpq serve ... --port 0`), and the Python interpreter runs
+  inside `mock_runpod(...)`, which also sets `RUNPOD_API_KEY` and reroutes `https://api.runpod.ai`.
+- The examples use `rpq serve`'s default port, 8000: the pages run one at a time under a lock file, and a
+  port 8000 already taken fails with a message that says so.
+- A block known to fail until another change lands is listed in `KNOWN_FAILURES` (strict xfail: it fails
+  the suite once it passes, so the entry is removed then).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+SHELL = {"bash", "sh", "console"}
+RUN = {"python", *SHELL}
+NOT_RUN = {"text"}
+BLOCK_TIMEOUT = 60.0
+SERVE_READY_TIMEOUT = 20.0
+DEFAULT_PORT = 8000
+STAND_IN = {"abc123": "echo.py", "abc123xyz": "echo.py", "ENDPOINT_ID": "fake_llm.py"}
+
+# (page, a line of the block) -> why it fails today. Strict: remove the entry once the block passes.
+KNOWN_FAILURES: dict[tuple[str, str], str] = {
+    ("README.md", "rpq serve examples/echo.py examples/tokens.py &"): (
+        "README tour race: fixed on branch i21-ux"
+    ),
+    ("README.md", "rpq run abc123xyz @request.json --timeout 10m"): (
+        "README's request.json is never shown: fixed on branch i21-ux"
+    ),
+    ("README.md", 'with Client(base_url="http://127.0.0.1:8000/v2") as client:'): (
+        "README tour ends with kill %1 before this block: fixed on branch i21-ux"
+    ),
+}
+
+FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[^\n`]*)\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
+GLUE = re.compile(r"`(rpq serve [^`]+)`")
+GLUE_SENTENCE = re.compile(r"\bwith\s+((?:`rpq serve [^`]+`(?:,\s*|\s+and\s+)?)+)[^.:`]*?\brunning\b", re.I)
+FILE_HEADER = re.compile(r"#\s*(?P<name>[\w.-]+\.py)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    page: str  # relative to the checkout, e.g. docs/client.md
+    line: int  # the opening fence's line, 1-based
+    lang: str
+    code: str
+    prose: str  # the paragraph just above the block
+
+    @property
+    def id(self) -> str:
+        return f"{self.page}:L{self.line}"
+
+    @property
+    def glue(self) -> list[str]:
+        """The servers the prose says are running during this block, in the order named."""
+        commands: list[str] = []
+        for sentence in GLUE_SENTENCE.finditer(" ".join(self.prose.split())):
+            commands += GLUE.findall(sentence.group(1))
+        return commands
+
+    @property
+    def file_name(self) -> str | None:
+        first = self.code.split("\n", 1)[0]
+        match = FILE_HEADER.fullmatch(first.strip()) if self.lang == "python" else None
+        return match.group("name") if match else None
+
+
+def parse(page: Path) -> list[Block]:
+    text = page.read_text()
+    blocks = []
+    previous_end = 0
+    for match in FENCE.finditer(text):
+        above = text[previous_end : match.start()].strip()
+        paragraph = re.split(r"\n\s*\n", above)[-1] if above else ""
+        line = text.count("\n", 0, match.start()) + 1
+        indent = len(match.group("indent"))
+        code = "\n".join(ln[indent:] for ln in match.group("code").split("\n"))
+        blocks.append(Block(page.relative_to(ROOT).as_posix(), line, match.group("lang").strip(), code, paragraph))
+        previous_end = match.end()
+    return blocks
+
+
+def _runnable(page: Path) -> list[Block]:
+    return [b for b in parse(page) if b.lang in RUN]
+
+
+def _params() -> Iterator[object]:
+    for page in PAGES:
+        for block in _runnable(page):
+            marks = [pytest.mark.timeout(BLOCK_TIMEOUT * 8)]
+            lines = [ln.strip() for ln in block.code.splitlines()]
+            for (known_page, known_line), reason in KNOWN_FAILURES.items():
+                if block.page == known_page and any(ln.startswith(known_line) for ln in lines):
+                    marks.append(pytest.mark.xfail(strict=True, reason=reason))
+            yield pytest.param(block, id=block.id, marks=marks)
+
+
+def _shell_commands(block: Block) -> str:
+    if block.lang != "console":
+        return block.code
+    # A console block shows a prompt: `$ command` lines run, the others are the output shown.
+    return "\n".join(ln[2:] for ln in block.code.splitlines() if ln.startswith("$ "))
+
+
+def _port_of(command: str) -> int:
+    words = shlex.split(command)
+    for i, word in enumerate(words):
+        if word == "--port" and i + 1 < len(words):
+            return int(words[i + 1])
+        if word.startswith("--port="):
+            return int(word.split("=", 1)[1])
+    return DEFAULT_PORT
+
+
+def _port_answers(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(predicate: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.05)
+
+
+# The Python session: one interpreter per page, inside mock_runpod (RunPod's stand-in), executing the
+# page's blocks in one namespace. It reads a block's path on stdin and writes `<path>.result` (JSON).
+DRIVER = r"""
+import contextlib, io, json, runpy, sys, traceback
+from pathlib import Path
+from runpod_queue.testing import mock_runpod
+
+examples, stand_in = Path(sys.argv[1]), json.loads(sys.argv[2])
+handlers = {eid: runpy.run_path(str(examples / f))["handler"] for eid, f in stand_in.items()}
+namespace = {"__name__": "__main__"}
+commands = sys.stdin
+sys.stdin = open("/dev/null")
+with mock_runpod(handlers, clock="real"):
+    for line in commands:
+        path, name = json.loads(line)
+        result = {"ok": True, "error": ""}
+        try:
+            exec(compile(Path(path).read_text(), name, "exec"), namespace)
+        except BaseException:
+            result = {"ok": False, "error": traceback.format_exc()}
+        sys.stdout.flush(); sys.stderr.flush()
+        Path(path + ".result").write_text(json.dumps(result))
+"""
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    report: str
+
+
+@dataclass
+class PageSession:
+    """The page's scratch directory, shell session and Python interpreter, run up to some block."""
+
+    blocks: list[Block]
+    workdir: Path
+    env: dict[str, str]
+    done: dict[str, Outcome] = field(default_factory=dict)
+    shell: subprocess.Popen[bytes] | None = None
+    python: subprocess.Popen[bytes] | None = None
+    stand_in: subprocess.Popen[bytes] | None = None
+    counter: int = 0
+
+    def run_through(self, block: Block) -> Outcome:
+        for earlier in self.blocks:
+            if earlier.id not in self.done:
+                self.done[earlier.id] = self._run(earlier)
+            if earlier == block:
+                break
+        return self.done[block.id]
+
+    @property
+    def finished(self) -> bool:
+        return len(self.done) == len(self.blocks)
+
+    # -- running one block ---------------------------------------------------------------------
+
+    def _run(self, block: Block) -> Outcome:
+        self.counter += 1
+        step = self.workdir.parent / f"step{self.counter}"
+        if block.file_name:
+            try:
+                compile(block.code, block.id, "exec")
+            except SyntaxError as exc:
+                return Outcome(False, f"{block.file_name} does not compile: {exc}")
+            (self.workdir / block.file_name).write_text(block.code)
+            return Outcome(True, "")
+        started: list[str] = []
+        try:
+            for command in block.glue:
+                port = _port_of(command)
+                if _port_answers(port):
+                    return Outcome(False, f"port {port} is taken before `{command}` starts: free it")
+                self._shell(step.with_suffix(".glue"), f"{command} &\n__rpq_glue+=($!)\n", check=False)
+                started.append(command)
+                _wait_for(lambda p=port: _port_answers(p), SERVE_READY_TIMEOUT, f"`{command}` (the prose's glue)")
+            if block.lang == "python":
+                return self._python(step, block)
+            return self._shell(step, _shell_commands(block), check=True)
+        finally:
+            if started:
+                self._shell(step.with_suffix(".unglue"), 'kill "${__rpq_glue[@]}"; wait "${__rpq_glue[@]}"; __rpq_glue=()\n', check=False)
+
+    def _shell(self, step: Path, code: str, *, check: bool) -> Outcome:
+        if self.shell is None:
+            self._start_shell()
+        assert self.shell is not None and self.shell.stdin is not None
+        script, log, fails, done = (step.with_suffix(s) for s in (".sh", ".log", ".fails", ".done"))
+        script.write_text(code)
+        fails.write_text("")
+        command = f"__rpq_fails={shlex.quote(str(fails))}; source {shlex.quote(str(script))} </dev/null >{shlex.quote(str(log))} 2>&1; echo $? > {shlex.quote(str(done))}\n"
+        self.shell.stdin.write(command.encode())
+        self.shell.stdin.flush()
+        try:
+            _wait_for(done.exists, BLOCK_TIMEOUT, "the block to finish")
+        except AssertionError as exc:
+            self.close()
+            return Outcome(False, f"{exc}; the page's session is stopped\n{_tail(log)}")
+        failed = [ln for ln in fails.read_text().splitlines() if not ln.startswith("source ")]
+        if check and failed:
+            return Outcome(False, "failing commands:\n  " + "\n  ".join(failed) + "\noutput:\n" + _tail(log))
+        return Outcome(True, "")
+
+    def _python(self, step: Path, block: Block) -> Outcome:
+        if self.python is None:
+            log = open(self.workdir.parent / "python.log", "ab")  # noqa: SIM115 - the child keeps it
+            self.python = subprocess.Popen(
+                [sys.executable, "-c", DRIVER, str(ROOT / "examples"), json.dumps(STAND_IN)],
+                cwd=self.workdir, env=self.env, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                start_new_session=True,
+            )
+        assert self.python.stdin is not None
+        path = step.with_suffix(".py")
+        path.write_text(block.code)
+        result = Path(f"{path}.result")
+        self.python.stdin.write((json.dumps([str(path), block.id]) + "\n").encode())
+        self.python.stdin.flush()
+        try:
+            _wait_for(lambda: result.exists() or self.python.poll() is not None, BLOCK_TIMEOUT, "the block")  # type: ignore[union-attr]
+        except AssertionError as exc:
+            self.close()
+            return Outcome(False, f"{exc}; the page's session is stopped")
+        if not result.exists():
+            return Outcome(False, "the Python session exited:\n" + _tail(self.workdir.parent / "python.log"))
+        outcome = json.loads(result.read_text())
+        return Outcome(outcome["ok"], outcome["error"])
+
+    def _start_shell(self) -> None:
+        # The stand-in for RunPod: an emulator serving the pages' placeholder endpoint ids.
+        ids = [f"{eid}={ROOT / 'examples' / f}" for eid, f in STAND_IN.items()]
+        stand_log = self.workdir.parent / "stand-in.log"
+        self.stand_in = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rpq"), "serve", *ids, "--port", "0"],
+            cwd=self.workdir, env=self.env, stdout=open(stand_log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            start_new_session=True,
+        )
+        url = re.compile(r"http://127\.0\.0\.1:(\d+)/v2")
+        _wait_for(lambda: url.search(stand_log.read_text()), SERVE_READY_TIMEOUT, "the RunPod stand-in")
+        port = int(url.search(stand_log.read_text()).group(1))  # type: ignore[union-attr]
+        env = {**self.env, "RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2"}
+        self.shell = subprocess.Popen(
+            ["bash", "--norc", "--noprofile"],
+            cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        assert self.shell.stdin is not None
+        prelude = "set -E -o pipefail\ntrap 'echo \"$BASH_COMMAND (exit $?)\" >> \"$__rpq_fails\"' ERR\n__rpq_glue=()\n"
+        self.shell.stdin.write(prelude.encode())
+        self.shell.stdin.flush()
+
+    def close(self) -> None:
+        """Stop every process the page started: the shell with its background jobs, the interpreter."""
+        for proc in (self.shell, self.python, self.stand_in):
+            if proc is not None and proc.poll() is None:
+                _stop_group(proc)
+        self.shell = self.python = self.stand_in = None
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    with_suppress = (ProcessLookupError, PermissionError)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except with_suppress:
+        return
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # background jobs that outlived the shell
+    except with_suppress:
+        pass
+    proc.wait()
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return "(no output)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Pages:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.sessions: dict[str, PageSession] = {}
+        venv_bin = Path(sys.executable).parent
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "RPQ_"))}
+        self.env["PATH"] = f"{venv_bin}{os.pathsep}{self.env.get('PATH', '')}"
+        self.env["VIRTUAL_ENV"] = str(venv_bin.parent)
+        self.env.pop("PYTHONPATH", None)
+
+    def session(self, block: Block) -> PageSession:
+        if block.page not in self.sessions:
+            base = Path(tempfile.mkdtemp(prefix=block.page.replace("/", "_") + ".", dir=self.tmp))
+            work = base / "work"
+            work.mkdir()
+            (work / "examples").symlink_to(ROOT / "examples")
+            (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
+            blocks = _runnable(ROOT / block.page)
+            self.sessions[block.page] = PageSession(blocks, work, dict(self.env))
+        return self.sessions[block.page]
+
+    def close(self) -> None:
+        for session in self.sessions.values():
+            session.close()
+
+
+@pytest.fixture(scope="module")
+def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
+    lock = open(Path(tempfile.gettempdir()) / "rpq-docs-blocks.lock", "w")  # noqa: SIM115
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another checkout's run on this machine would want port 8000 too
+    registry = Pages(tmp_path_factory.mktemp("docs-blocks"))
+    try:
+        yield registry
+    finally:
+        registry.close()
+        lock.close()
+
+
+@pytest.mark.parametrize("block", list(_params()))
+def test_block_runs_as_written(block: Block, pages: Pages) -> None:
+    session = pages.session(block)
+    first = not session.done
+    if first and _port_answers(DEFAULT_PORT):
+        pytest.fail(f"port {DEFAULT_PORT} is taken: the doc blocks use rpq serve's default port; free it")
+    outcome = session.run_through(block)
+    if session.finished:
+        session.close()
+    assert outcome.ok, f"{block.id} ({block.lang}) failed:\n{outcome.report}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_fence_names_its_language(page: Path) -> None:
+    unnamed = [b.id for b in parse(page) if not b.lang]
+    unknown = [f"{b.id} ({b.lang})" for b in parse(page) if b.lang and b.lang not in RUN | NOT_RUN]
+    assert not unnamed, f"fence these as ```text (not run) or a language the harness runs: {unnamed}"
+    assert not unknown, f"the harness runs {sorted(RUN)} and skips `text`: {unknown}"
+
+
+def test_prose_glue_is_read_from_the_paragraph_above() -> None:
+    block = Block("x.md", 1, "bash", "rpq run echo '{}' --local", "With `rpq serve examples/echo.py` running:")
+    assert block.glue == ["rpq serve examples/echo.py"]
+    two = "With `rpq serve a.py --port 9000` and `rpq serve b.py` running in other terminals:"
+    assert Block("x.md", 1, "bash", "", two).glue == ["rpq serve a.py --port 9000", "rpq serve b.py"]
+    assert Block("x.md", 1, "bash", "", "`rpq serve a.py` is the emulator.").glue == []
+    assert _port_of("rpq serve a.py --port 9000") == 9000 and _port_of("rpq serve a.py") == DEFAULT_PORT
