@@ -57,7 +57,8 @@ RUN = {"python", *SHELL}
 NOT_RUN = {"text"}
 BLOCK_TIMEOUT = 60.0
 SERVE_READY_TIMEOUT = 20.0
-DEFAULT_PORT = 8000
+DEFAULT_PORT = 8000  # rpq serve's
+LISTEN_PORT = 8787  # rpq listen's
 STAND_IN = {"abc123": "echo.py", "abc123xyz": "echo.py", "ENDPOINT_ID": "fake_llm.py"}
 
 # (page, a line of the block) -> why it fails today. Strict: remove the entry once the block passes.
@@ -74,8 +75,9 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
 }
 
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[^\n`]*)\n(?P<code>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
-GLUE = re.compile(r"`(rpq serve [^`]+)`")
-GLUE_SENTENCE = re.compile(r"\bwith\s+((?:`rpq serve [^`]+`(?:,\s*|\s+and\s+)?)+)[^.:`]*?\brunning\b", re.I)
+GLUE = re.compile(r"`(rpq (?:serve|listen) [^`]+)`")
+# "with `rpq serve X` running", "with `rpq serve X` (a note) and `rpq listen Y` running in two terminals"
+GLUE_SENTENCE = re.compile(r"\bwith\s+(`rpq (?:serve|listen) [^`]+`.*?)\brunning\b", re.I)
 FILE_HEADER = re.compile(r"#\s*(?P<name>[\w.-]+\.py)\s*$")
 
 
@@ -150,7 +152,7 @@ def _port_of(command: str) -> int:
             return int(words[i + 1])
         if word.startswith("--port="):
             return int(word.split("=", 1)[1])
-    return DEFAULT_PORT
+    return LISTEN_PORT if words[1] == "listen" else DEFAULT_PORT
 
 
 def _port_answers(port: int) -> bool:
@@ -170,7 +172,7 @@ def _wait_for(predicate: object, timeout: float, what: str) -> None:
 # The Python session: one interpreter per page, inside mock_runpod (RunPod's stand-in), executing the
 # page's blocks in one namespace. It reads a block's path on stdin and writes `<path>.result` (JSON).
 DRIVER = r"""
-import contextlib, io, json, runpy, sys, traceback
+import json, os, runpy, socket, sys, traceback
 from pathlib import Path
 from runpod_queue.testing import mock_runpod
 
@@ -178,10 +180,23 @@ examples, stand_in = Path(sys.argv[1]), json.loads(sys.argv[2])
 handlers = {eid: runpy.run_path(str(examples / f))["handler"] for eid, f in stand_in.items()}
 namespace = {"__name__": "__main__"}
 commands = sys.stdin
-sys.stdin = open("/dev/null")
+sys.stdin = open(os.devnull)
+real_getaddrinfo = socket.getaddrinfo
+
+def loopback_only(host, *args, **kwargs):  # a block (or a webhook it asks for) never leaves the machine
+    if host not in (None, "localhost", "::1") and not str(host).startswith("127."):
+        raise socket.gaierror(f"doc blocks reach only 127.0.0.1 (RunPod is an emulator): not {host}")
+    return real_getaddrinfo(host, *args, **kwargs)
+
+socket.getaddrinfo = loopback_only
 with mock_runpod(handlers, clock="real"):
     for line in commands:
-        path, name = json.loads(line)
+        path, name, env_file = json.loads(line)
+        if env_file:  # what the page's shell exported so far, as a python started from it would see
+            for entry in Path(env_file).read_bytes().split(b"\0"):
+                key, sep, value = entry.decode().partition("=")
+                if sep and key not in ("RUNPOD_ENDPOINT_BASE_URL", "PWD", "OLDPWD", "SHLVL", "_"):
+                    os.environ[key] = value
         result = {"ok": True, "error": ""}
         try:
             exec(compile(Path(path).read_text(), name, "exec"), namespace)
@@ -241,17 +256,19 @@ class PageSession:
                 port = _port_of(command)
                 if _port_answers(port):
                     return Outcome(False, f"port {port} is taken before `{command}` starts: free it")
-                self._shell(step.with_suffix(".glue"), f"{command} &\n__rpq_glue+=($!)\n", check=False)
+                self._shell(f"{command} &\n__rpq_glue+=($!)\n", check=False)
                 started.append(command)
                 _wait_for(lambda p=port: _port_answers(p), SERVE_READY_TIMEOUT, f"`{command}` (the prose's glue)")
             if block.lang == "python":
                 return self._python(step, block)
-            return self._shell(step, _shell_commands(block), check=True)
+            return self._shell(_shell_commands(block), check=True)
         finally:
             if started:
-                self._shell(step.with_suffix(".unglue"), 'kill "${__rpq_glue[@]}"; wait "${__rpq_glue[@]}"; __rpq_glue=()\n', check=False)
+                self._shell('kill "${__rpq_glue[@]}"; wait "${__rpq_glue[@]}"; __rpq_glue=()\n', check=False)
 
-    def _shell(self, step: Path, code: str, *, check: bool) -> Outcome:
+    def _shell(self, code: str, *, check: bool) -> Outcome:
+        self.counter += 1
+        step = self.workdir.parent / f"shell{self.counter}"
         if self.shell is None:
             self._start_shell()
         assert self.shell is not None and self.shell.stdin is not None
@@ -283,7 +300,11 @@ class PageSession:
         path = step.with_suffix(".py")
         path.write_text(block.code)
         result = Path(f"{path}.result")
-        self.python.stdin.write((json.dumps([str(path), block.id]) + "\n").encode())
+        env_file = ""
+        if self.shell is not None:  # Python blocks see what the shell blocks before them exported
+            env_file = str(step.with_suffix(".env"))
+            self._shell(f"env -0 > {shlex.quote(env_file)}\n", check=False)
+        self.python.stdin.write((json.dumps([str(path), block.id, env_file]) + "\n").encode())
         self.python.stdin.flush()
         try:
             _wait_for(lambda: result.exists() or self.python.poll() is not None, BLOCK_TIMEOUT, "the block")  # type: ignore[union-attr]
