@@ -33,6 +33,7 @@ How a page runs — the conventions, which docs/contributing.md states for write
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -44,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,7 +119,9 @@ def parse(page: Path) -> list[Block]:
         line = text.count("\n", 0, match.start()) + 1
         indent = len(match.group("indent"))
         code = "\n".join(ln[indent:] for ln in match.group("code").split("\n"))
-        blocks.append(Block(page.relative_to(ROOT).as_posix(), line, match.group("lang").strip(), code, paragraph))
+        blocks.append(
+            Block(page.relative_to(ROOT).as_posix(), line, match.group("lang").strip(), code, paragraph)
+        )
         previous_end = match.end()
     return blocks
 
@@ -223,7 +226,7 @@ class PageSession:
     done: dict[str, Outcome] = field(default_factory=dict)
     shell: subprocess.Popen[bytes] | None = None
     python: subprocess.Popen[bytes] | None = None
-    stand_in: subprocess.Popen[bytes] | None = None
+    stand_in_url: Callable[[], str] = str
     counter: int = 0
 
     def run_through(self, block: Block) -> Outcome:
@@ -258,7 +261,9 @@ class PageSession:
                     return Outcome(False, f"port {port} is taken before `{command}` starts: free it")
                 self._shell(f"{command} &\n__rpq_glue+=($!)\n", check=False)
                 started.append(command)
-                _wait_for(lambda p=port: _port_answers(p), SERVE_READY_TIMEOUT, f"`{command}` (the prose's glue)")
+                _wait_for(
+                    lambda p=port: _port_answers(p), SERVE_READY_TIMEOUT, f"`{command}` (the prose's glue)"
+                )
             if block.lang == "python":
                 return self._python(step, block)
             return self._shell(_shell_commands(block), check=True)
@@ -275,7 +280,11 @@ class PageSession:
         script, log, fails, done = (step.with_suffix(s) for s in (".sh", ".log", ".fails", ".done"))
         script.write_text(code)
         fails.write_text("")
-        command = f"__rpq_fails={shlex.quote(str(fails))}; source {shlex.quote(str(script))} </dev/null >{shlex.quote(str(log))} 2>&1; echo $? > {shlex.quote(str(done))}\n"
+        q = shlex.quote
+        command = (
+            f"__rpq_fails={q(str(fails))}; source {q(str(script))} </dev/null >{q(str(log))} 2>&1; "
+            f"echo $? > {q(str(done))}\n"
+        )
         self.shell.stdin.write(command.encode())
         self.shell.stdin.flush()
         try:
@@ -293,7 +302,11 @@ class PageSession:
             log = open(self.workdir.parent / "python.log", "ab")  # noqa: SIM115 - the child keeps it
             self.python = subprocess.Popen(
                 [sys.executable, "-c", DRIVER, str(ROOT / "examples"), json.dumps(STAND_IN)],
-                cwd=self.workdir, env=self.env, stdin=subprocess.PIPE, stdout=log, stderr=log,
+                cwd=self.workdir,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=log,
                 start_new_session=True,
             )
         assert self.python.stdin is not None
@@ -317,50 +330,38 @@ class PageSession:
         return Outcome(outcome["ok"], outcome["error"])
 
     def _start_shell(self) -> None:
-        # The stand-in for RunPod: an emulator serving the pages' placeholder endpoint ids.
-        ids = [f"{eid}={ROOT / 'examples' / f}" for eid, f in STAND_IN.items()]
-        stand_log = self.workdir.parent / "stand-in.log"
-        self.stand_in = subprocess.Popen(
-            [str(Path(sys.executable).parent / "rpq"), "serve", *ids, "--port", "0"],
-            cwd=self.workdir, env=self.env, stdout=open(stand_log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True,
-        )
-        url = re.compile(r"http://127\.0\.0\.1:(\d+)/v2")
-        _wait_for(lambda: url.search(stand_log.read_text()), SERVE_READY_TIMEOUT, "the RunPod stand-in")
-        port = int(url.search(stand_log.read_text()).group(1))  # type: ignore[union-attr]
-        env = {**self.env, "RUNPOD_ENDPOINT_BASE_URL": f"http://127.0.0.1:{port}/v2"}
+        env = {**self.env, "RUNPOD_ENDPOINT_BASE_URL": self.stand_in_url()}
         self.shell = subprocess.Popen(
             ["bash", "--norc", "--noprofile"],
-            cwd=self.workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True,
+            cwd=self.workdir,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         assert self.shell.stdin is not None
-        prelude = "set -E -o pipefail\ntrap 'echo \"$BASH_COMMAND (exit $?)\" >> \"$__rpq_fails\"' ERR\n__rpq_glue=()\n"
+        record = 'echo "$BASH_COMMAND (exit $?)" >> "$__rpq_fails"'
+        prelude = f"set -E -o pipefail\ntrap '{record}' ERR\n__rpq_glue=()\n"
         self.shell.stdin.write(prelude.encode())
         self.shell.stdin.flush()
 
     def close(self) -> None:
         """Stop every process the page started: the shell with its background jobs, the interpreter."""
-        for proc in (self.shell, self.python, self.stand_in):
+        for proc in (self.shell, self.python):
             if proc is not None and proc.poll() is None:
                 _stop_group(proc)
-        self.shell = self.python = self.stand_in = None
+        self.shell = self.python = None
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    with_suppress = (ProcessLookupError, PermissionError)
-    try:
+    """SIGTERM the process group (servers stop their own workers), then SIGKILL what outlived it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except with_suppress:
-        return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # background jobs that outlived the shell
-    except with_suppress:
-        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
@@ -371,9 +372,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 class Pages:
+    """The page sessions, and the RunPod stand-in their shell sessions share."""
+
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
         self.sessions: dict[str, PageSession] = {}
+        self.stand_in: subprocess.Popen[bytes] | None = None
+        self.stand_in_base_url = ""
         venv_bin = Path(sys.executable).parent
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNPOD_", "RPQ_"))}
         self.env["PATH"] = f"{venv_bin}{os.pathsep}{self.env.get('PATH', '')}"
@@ -388,12 +393,33 @@ class Pages:
             (work / "examples").symlink_to(ROOT / "examples")
             (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
             blocks = _runnable(ROOT / block.page)
-            self.sessions[block.page] = PageSession(blocks, work, dict(self.env))
+            self.sessions[block.page] = PageSession(blocks, work, dict(self.env), stand_in_url=self.stand_in_url)
         return self.sessions[block.page]
+
+    def stand_in_url(self) -> str:
+        """The base URL of an emulator serving the pages' placeholder endpoint ids, started once."""
+        if self.stand_in is None:
+            ids = [f"{eid}={ROOT / 'examples' / f}" for eid, f in STAND_IN.items()]
+            log = self.tmp / "stand-in.log"
+            with open(log, "wb") as out:
+                self.stand_in = subprocess.Popen(
+                    [str(Path(sys.executable).parent / "rpq"), "serve", *ids, "--port", "0"],
+                    cwd=self.tmp,
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            url = re.compile(r"http://127\.0\.0\.1:\d+/v2")
+            _wait_for(lambda: url.search(log.read_text()), SERVE_READY_TIMEOUT, "the RunPod stand-in")
+            self.stand_in_base_url = url.search(log.read_text()).group(0)  # type: ignore[union-attr]
+        return self.stand_in_base_url
 
     def close(self) -> None:
         for session in self.sessions.values():
             session.close()
+        if self.stand_in is not None:
+            _stop_group(self.stand_in)
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +455,9 @@ def test_every_fence_names_its_language(page: Path) -> None:
 
 
 def test_prose_glue_is_read_from_the_paragraph_above() -> None:
-    block = Block("x.md", 1, "bash", "rpq run echo '{}' --local", "With `rpq serve examples/echo.py` running:")
+    block = Block(
+        "x.md", 1, "bash", "rpq run echo '{}' --local", "With `rpq serve examples/echo.py` running:"
+    )
     assert block.glue == ["rpq serve examples/echo.py"]
     two = "With `rpq serve a.py --port 9000` and `rpq serve b.py` running in other terminals:"
     assert Block("x.md", 1, "bash", "", two).glue == ["rpq serve a.py --port 9000", "rpq serve b.py"]
