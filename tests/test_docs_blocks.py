@@ -393,7 +393,9 @@ class Pages:
             (work / "examples").symlink_to(ROOT / "examples")
             (work / ".venv").symlink_to(Path(sys.executable).parent.parent)
             blocks = _runnable(ROOT / block.page)
-            self.sessions[block.page] = PageSession(blocks, work, dict(self.env), stand_in_url=self.stand_in_url)
+            self.sessions[block.page] = PageSession(
+                blocks, work, dict(self.env), stand_in_url=self.stand_in_url
+            )
         return self.sessions[block.page]
 
     def stand_in_url(self) -> str:
@@ -463,3 +465,46 @@ def test_prose_glue_is_read_from_the_paragraph_above() -> None:
     assert Block("x.md", 1, "bash", "", two).glue == ["rpq serve a.py --port 9000", "rpq serve b.py"]
     assert Block("x.md", 1, "bash", "", "`rpq serve a.py` is the emulator.").glue == []
     assert _port_of("rpq serve a.py --port 9000") == 9000 and _port_of("rpq serve a.py") == DEFAULT_PORT
+
+
+def _session(tmp_path: Path, *blocks: tuple[str, str]) -> PageSession:
+    work = tmp_path / "work"
+    work.mkdir()
+    parsed = [Block("x.md", i + 1, lang, code, "") for i, (lang, code) in enumerate(blocks)]
+    env = Pages(tmp_path).env
+    return PageSession(parsed, work, env, stand_in_url=lambda: "http://127.0.0.1:9/v2")
+
+
+def test_a_command_failing_mid_block_fails_the_block(tmp_path: Path) -> None:
+    session = _session(tmp_path, ("bash", "false\necho still here"))
+    try:
+        outcome = session.run_through(session.blocks[0])
+    finally:
+        session.close()
+    assert not outcome.ok and "false (exit 1)" in outcome.report and "still here" in outcome.report
+
+
+def test_background_jobs_stop_with_the_page_and_blocks_share_one_session(tmp_path: Path) -> None:
+    session = _session(
+        tmp_path,
+        ("bash", "sleep 300 &\necho $! > sleeper.pid\nexport SHARED=from-the-shell"),
+        ("python", "import os\nseen = os.environ['SHARED']"),
+        ("python", "assert seen == 'from-the-shell'"),
+    )
+    try:
+        outcomes = [session.run_through(block) for block in session.blocks]
+        pid = int((session.workdir / "sleeper.pid").read_text())
+        assert _running(pid)  # alive while the page runs
+    finally:
+        session.close()
+    assert [o.ok for o in outcomes] == [True, True, True], [o.report for o in outcomes]
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may be slow to reap an orphan)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
