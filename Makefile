@@ -1,13 +1,13 @@
 # Two commands on a fresh machine with Python 3.11+:  `make demo`  and  `make test`.
 # Each creates .venv and installs the project (editable) when missing or stale: `demo` only what the demo
-# runs (the `all` extra), `test`, `lint` and `bench` the development tools too (the `dev` extra).
+# runs (the `all` extra), `test`, `lint`, `docs` and `bench` the development tools too (the `dev` extra).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench install clean rebuild-venv
+.PHONY: demo test lint docs bench install clean rebuild-venv
 
 # `PYTHON=python3.12 make demo` after a `make demo` with another interpreter: .venv is made anew with the
 # one asked for (before, the old .venv was silently kept). The interpreter a venv runs is its own record
@@ -60,8 +60,13 @@ lint: $(DEV)
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
+# The API reference from the docstrings plus the guides, into site/; any warning fails the build.
+# NO_MKDOCS_2_WARNING silences Material's end-of-life banner, which is not about this site.
+docs: $(DEV)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 bench: $(DEV)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache site
