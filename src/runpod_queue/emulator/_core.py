@@ -251,7 +251,6 @@ class Core:
             ep.workers.remove(worker)
         if worker in ep.idle:
             ep.idle.remove(worker)
-        ep.replaced_workers += 1
 
     def _abandon_run(self, job: JobRecord) -> None:
         """Stop the run of an IN_PROGRESS job we are ending (cancel, timeout, ttl)."""
