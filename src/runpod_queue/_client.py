@@ -81,6 +81,16 @@ class Client:
     def endpoint(self, endpoint_id: str) -> Endpoint:
         return Endpoint(self, endpoint_id)
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each request may take (the constructor's or ``with_options``'s ``timeout``)."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> Retries:
+        """How failed requests are retried (the constructor's or ``with_options``'s ``retries``)."""
+        return self._settings.retries
+
     def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> Client:
         """A client with another per-request ``timeout`` (s) and/or ``retries`` that shares this one's
         connection pool, rate limiter and API key (as openai-python's ``with_options``); closing it leaves

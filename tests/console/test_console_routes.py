@@ -233,7 +233,8 @@ def test_a_failing_route_is_a_500_with_a_log_line(
     def broken(query: dict[str, str]) -> dict[str, Any]:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(emu._parts.console, "snapshot", broken)
+    assert emu.app.console is not None
+    monkeypatch.setattr(emu.app.console, "snapshot", broken)
     answer = http.get("/_console/api/snapshot")
     assert answer.status_code == 500 and "see the server log" in answer.json()["error"]
     assert "console route /_console/api/snapshot failed" in caplog.text
