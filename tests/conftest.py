@@ -27,8 +27,8 @@ def shared_emulators() -> Iterator[dict[EmuSetup, Emulator]]:
     """Emulators of `shared` setups, started on first use and stopped when the session ends."""
     started: dict[EmuSetup, Emulator] = {}
     yield started
-    for emulator in started.values():
-        emulator.stop()
+    for setup, emulator in started.items():
+        setup.stop(emulator)
 
 
 @pytest.fixture(scope="module")
@@ -43,4 +43,4 @@ def emu(emu_setup: EmuSetup, shared_emulators: dict[EmuSetup, Emulator]) -> Iter
     try:
         yield emulator
     finally:
-        emulator.stop()
+        emu_setup.stop(emulator)

@@ -30,14 +30,21 @@ class EmuSetup:
     ``endpoints`` is a function, so an emulator started for each module gets handlers (and their state)
     of its own. ``shared``: one emulator serves every module of the session that uses this setup (the
     tests do not disturb each other's jobs or counters); otherwise each module starts its own.
+    ``before_stop`` runs just before it stops: to release handlers a test left blocked.
     """
 
     endpoints: Callable[[], Mapping[str, Any]]
     options: Mapping[str, Any] = field(default_factory=dict)
     shared: bool = False
+    before_stop: Callable[[], object] | None = None
 
     def start(self) -> Emulator:
         return Emulator(dict(self.endpoints()), **self.options).start()
+
+    def stop(self, emulator: Emulator) -> None:
+        if self.before_stop is not None:
+            self.before_stop()
+        emulator.stop()
 
 
 #: The default `emu`: `echo` and `fail`, RunPod's durations a thousand times shorter (a webhook's retry

@@ -12,14 +12,11 @@ import pytest
 
 from runpod_queue.emulator import Emulator
 from runpod_queue.emulator._console import SCAN_LIMIT, VALUE_LIMIT
+from shared_support import EmuSetup, echo
 
 KEY = "console-route-key-91aa"
 AUTH = {"authorization": f"Bearer {KEY}"}
 HOLD = threading.Event()
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 def held(job: dict[str, Any]) -> Any:
@@ -36,11 +33,10 @@ def fail(job: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
+def emu_setup() -> EmuSetup:
     endpoints = {"echo": echo, "held": held, "tokens": tokens, "fail": fail}
-    with Emulator(endpoints, api_key=KEY, clock="virtual", rate_limits=False) as emulator:
-        yield emulator
-        HOLD.set()
+    options = {"api_key": KEY, "clock": "virtual", "rate_limits": False}
+    return EmuSetup(lambda: endpoints, options, before_stop=HOLD.set)
 
 
 @pytest.fixture
