@@ -25,7 +25,7 @@ from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator._readings import Readings
-from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
+from runpod_queue.emulator.jobs import EndpointState, JobRecord, RunRef, WorkerSlot, encode_json, new_job_id
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -142,7 +142,7 @@ class Core:
         ep.in_queue += 1
         _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
-        entry = (job, job.attempt)
+        entry = RunRef(job, job.attempt)
         q = ep.low_queue if job.low_priority else ep.queue
         if front:
             q.appendleft(entry)

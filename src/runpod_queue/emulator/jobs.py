@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EndpointState",
     "JobRecord",
+    "RunRef",
     "StateChange",
     "WorkerSlot",
     "decode_json",
@@ -106,6 +107,14 @@ class StateChange(NamedTuple):
     status: JobStatus
     at: float
     note: str
+
+
+class RunRef(NamedTuple):
+    """One run of a job (see the module docstring): a queue entry, or a job an external worker holds.
+    Stale once ``job.attempt`` has moved past ``attempt``."""
+
+    job: JobRecord
+    attempt: int
 
 
 class WorkerSlot:
@@ -297,8 +306,8 @@ class EndpointState:
         self.id = endpoint_id
         self.spec = spec
         self.jobs: dict[str, JobRecord] = {}
-        self.queue: deque[tuple[JobRecord, int]] = deque()
-        self.low_queue: deque[tuple[JobRecord, int]] = deque()
+        self.queue: deque[RunRef] = deque()
+        self.low_queue: deque[RunRef] = deque()
         self.workers: list[WorkerSlot] = []
         self.idle: deque[WorkerSlot] = deque()
         self.in_process_workers = workers if spec.handler is not None else 0
