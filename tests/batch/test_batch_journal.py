@@ -11,6 +11,18 @@ from runpod_queue.batch import JournalError
 from runpod_queue.batch._journal import ItemState, Journal
 
 
+def test_states_are_the_text_journals_have_always_held(tmp_path: Path) -> None:
+    """A journal written by 1.0 (plain strings) resumes: each state's value is that string."""
+    assert [s.value for s in ItemState] == ["pending", "submitting", "submitted", "terminal"]
+    j = Journal(tmp_path / "j", endpoint_id="ep")
+    j.close()
+    with sqlite3.connect(tmp_path / "j") as db:  # as 1.0 wrote it
+        db.execute("INSERT INTO items (key, line, state, job_id) VALUES ('\"a\"', 1, 'submitted', 'job-a')")
+    j = Journal(tmp_path / "j", endpoint_id="ep")
+    assert [(r.key, r.state) for r in j.in_state(ItemState.SUBMITTED)] == [('"a"', ItemState.SUBMITTED)]
+    j.close()
+
+
 def test_states_and_what_a_resume_reads(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j", endpoint_id="ep")
     j.add_pending('"a"', 1)
