@@ -118,6 +118,16 @@ class AsyncClient:
         """
         return AsyncEndpoint(self, endpoint_id)
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each request may take (the constructor's or ``with_options``'s ``timeout``)."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> Retries:
+        """How failed requests are retried (the constructor's or ``with_options``'s ``retries``)."""
+        return self._settings.retries
+
     @classmethod
     def _from_settings(cls, settings: ClientSettings) -> AsyncClient:
         """An async client with a sync client's connection settings (the batch runner's async engine

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import aiohttp
 
-from runpod_queue._transport import Answer, Budget, TransportFailure, failure_reason
+from runpod_queue._transport import KEEPALIVE_EXPIRY_S, Answer, Budget, TransportFailure, failure_reason
 
 __all__ = ["AiohttpTransport", "aiohttp_failure"]
 
@@ -43,7 +43,7 @@ class AiohttpTransport:
             raise RuntimeError("the client has been closed")
         connector = aiohttp.TCPConnector(
             limit=self._max_connections,
-            keepalive_timeout=4.0,  # under common 5 s server idle timeouts, so a reused socket is alive
+            keepalive_timeout=KEEPALIVE_EXPIRY_S,
         )
         session = aiohttp.ClientSession(connector=connector, headers=self._headers)
         # aiohttp quietly sends a GET a second time when the connection drops. Every re-send is decided in

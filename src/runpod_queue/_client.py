@@ -111,6 +111,16 @@ class Client:
         """
         return Endpoint(self, endpoint_id)
 
+    @property
+    def timeout(self) -> float:
+        """Seconds each request may take (the constructor's or ``with_options``'s ``timeout``)."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> Retries:
+        """How failed requests are retried (the constructor's or ``with_options``'s ``retries``)."""
+        return self._settings.retries
+
     def with_options(self, *, timeout: Duration | None = None, retries: Retries | None = None) -> Client:
         """A client with other per-request settings that shares this one's pool, limiter and key.
 

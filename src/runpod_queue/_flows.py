@@ -30,6 +30,9 @@ PAUSE_MIN = 0.05
 PAUSE_MAX_LONG_POLL = 1.0
 PAUSE_MAX_POLL = 3.0
 HELD = 0.05  # an answer slower than this means the server really held the request
+# Each pause without news is this much longer than the last, up to its cap: a job that ends at once is
+# seen at once, one that runs for minutes costs a handful of polls, not one per PAUSE_MIN.
+PAUSE_GROWTH = 1.5
 
 
 def _deadline(rules: AttemptRules, timeout: Duration | None) -> tuple[float | None, float]:
@@ -94,7 +97,7 @@ def wait_flow(
             continue
         remaining = None if deadline is None else deadline - clock()
         yield Sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
-        pause = min(pause * 1.5, PAUSE_MAX_LONG_POLL if use_long_poll else PAUSE_MAX_POLL)
+        pause = min(pause * PAUSE_GROWTH, PAUSE_MAX_LONG_POLL if use_long_poll else PAUSE_MAX_POLL)
 
 
 def run_sync_flow(
@@ -157,7 +160,7 @@ def stream_flow(rules: AttemptRules, endpoint_id: str, job_id: str, timeout: Dur
                     last = now
                     remaining = deadline - clock() if deadline is not None else None
                     yield Sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
-                    pause = min(pause * 1.5, PAUSE_MAX_LONG_POLL)
+                    pause = min(pause * PAUSE_GROWTH, PAUSE_MAX_LONG_POLL)
                     continue
                 call_deadline = None  # the job ended: its remaining chunks must not be cut off
             answer = yield from attempts(stream_call(endpoint_id, job_id, wait_ms=hold), rules, call_deadline)
@@ -174,7 +177,7 @@ def stream_flow(rules: AttemptRules, endpoint_id: str, job_id: str, timeout: Dur
             continue
         remaining = None if deadline is None else deadline - clock()
         yield Sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
-        pause = min(pause * 1.5, PAUSE_MAX_LONG_POLL)
+        pause = min(pause * PAUSE_GROWTH, PAUSE_MAX_LONG_POLL)
 
 
 def _stream_end(rules: AttemptRules, endpoint_id: str, job: Job) -> Flow[Job]:

@@ -24,6 +24,7 @@ from typing import NamedTuple, Protocol
 import httpx
 
 __all__ = [
+    "KEEPALIVE_EXPIRY_S",
     "Answer",
     "AsyncTransport",
     "Budget",
@@ -37,6 +38,10 @@ __all__ = [
 ]
 
 Headers = Sequence[tuple[bytes, bytes]] | httpx.Headers
+
+# How long an idle pooled connection is kept, both HTTP stacks: under the common 5 s server idle timeout,
+# so a reused socket is still open at the other end.
+KEEPALIVE_EXPIRY_S = 4.0
 
 
 class Budget(NamedTuple):
@@ -229,7 +234,7 @@ class HttpxTransport:
             limits=httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_connections,
-                keepalive_expiry=4.0,  # under common 5 s server idle timeouts, so a reused socket is alive
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
             ),
         )
         # The client's base budget comes back on nearly every call: convert it once.

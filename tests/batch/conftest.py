@@ -1,5 +1,6 @@
-"""Fixtures: one in-process emulator per test module (limits off unless a test is about them; starting one
-costs more than most batch tests), a fresh recorder per test, and a client for the emulator."""
+"""Fixtures: `emu` (tests/conftest.py) is one emulator per test module serving the module's recorder as
+``ep`` (limits off unless a test is about them; starting one costs more than most batch tests), a fresh
+recorder per test, and a client for the emulator."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from batch_support import FAST, Recorder
 
 from runpod_queue import Client
 from runpod_queue.emulator import Emulator
+from shared_support import EmuSetup
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +27,10 @@ def recorder(shared_recorder: Recorder) -> Recorder:
 
 
 @pytest.fixture(scope="module")
-def emu(shared_recorder: Recorder) -> Iterator[Emulator]:
-    with Emulator({"ep": shared_recorder}, workers=4, time_scale=0.001, rate_limits=False) as emulator:
-        yield emulator
+def emu_setup(shared_recorder: Recorder) -> EmuSetup:
+    return EmuSetup(
+        lambda: {"ep": shared_recorder}, {"workers": 4, "time_scale": 0.001, "rate_limits": False}
+    )
 
 
 @pytest.fixture

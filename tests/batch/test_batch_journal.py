@@ -8,7 +8,19 @@ from pathlib import Path
 import pytest
 
 from runpod_queue.batch import JournalError
-from runpod_queue.batch._journal import Journal
+from runpod_queue.batch._journal import ItemState, Journal
+
+
+def test_states_are_the_text_journals_have_always_held(tmp_path: Path) -> None:
+    """A journal written by 1.0 (plain strings) resumes: each state's value is that string."""
+    assert [s.value for s in ItemState] == ["pending", "submitting", "submitted", "terminal"]
+    j = Journal(tmp_path / "j", endpoint_id="ep")
+    j.close()
+    with sqlite3.connect(tmp_path / "j") as db:  # as 1.0 wrote it
+        db.execute("INSERT INTO items (key, line, state, job_id) VALUES ('\"a\"', 1, 'submitted', 'job-a')")
+    j = Journal(tmp_path / "j", endpoint_id="ep")
+    assert [(r.key, r.state) for r in j.in_state(ItemState.SUBMITTED)] == [('"a"', ItemState.SUBMITTED)]
+    j.close()
 
 
 def test_states_and_what_a_resume_reads(tmp_path: Path) -> None:
@@ -29,10 +41,10 @@ def test_states_and_what_a_resume_reads(tmp_path: Path) -> None:
     j = Journal(tmp_path / "j", endpoint_id="ep")
     assert j.counts() == {"submitted": 1, "submitting": 1, "terminal": 1}
     a, b, c = j.get('"a"'), j.get('"b"'), j.get('"c"')
-    assert a is not None and a.state == "submitted" and a.job_id == "job-a" and a.attempts == 1
+    assert a is not None and a.state is ItemState.SUBMITTED and a.job_id == "job-a" and a.attempts == 1
     assert b is not None and b.state == "submitting" and b.job_id is None and b.submits == 1
     assert c is not None and c.attempts == 2 and c.result == '{"key":"c"}'
-    assert [r.key for r in j.in_state("submitted")] == ['"a"']
+    assert [r.key for r in j.in_state(ItemState.SUBMITTED)] == ['"a"']
     assert j.unwritten_results() == [('"c"', '{"key":"c"}')]
     j.mark_written(['"c"'])
     assert j.unwritten_results() == [] and j.final_counts() == {"FAILED": 1}

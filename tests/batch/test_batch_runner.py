@@ -23,6 +23,7 @@ from runpod_queue import (
     RateLimits,
     Retries,
 )
+from runpod_queue._limits import AsyncLimiter
 from runpod_queue.batch import JournalError, PollOptions
 from runpod_queue.batch._journal import Journal
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings
@@ -321,10 +322,21 @@ def test_an_async_endpoint_runs_with_arun_and_its_client_limiter_never_makes_a_r
         limits={"run": OperationLimit(8, 3), "status": OperationLimit(8, 3)}, window=0.2, margin=0.0
     )
     waited: list[str] = []
+    # The client's limiter is the one its constructor makes (shared by with_options(): the one the
+    # runner's requests go through); the runner's own is made later.
+    made: list[AsyncLimiter] = []
+    init = AsyncLimiter.__init__
+
+    def recording_init(self: AsyncLimiter, config: RateLimits) -> None:
+        init(self, config)
+        made.append(self)
 
     async def main() -> BatchSummary:
-        async with AsyncClient(base_url=emu.base_url, retries=FAST, rate_limits=limits) as client:
-            limiter = client._limiter  # shared by with_options(): the one the runner's requests go through
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(AsyncLimiter, "__init__", recording_init)
+            client = AsyncClient(base_url=emu.base_url, retries=FAST, rate_limits=limits)
+        async with client:
+            (limiter,) = made
             acquire = limiter.acquire
 
             async def must_not_wait(endpoint_id: str, op: str, deadline: float | None = None) -> Any:

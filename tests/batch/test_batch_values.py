@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 
 from runpod_queue import BatchResult, OperationLimit, RateLimits
-from runpod_queue.batch import PollOptions, WebhookOptions
+from runpod_queue.batch import ItemStatus, PollOptions, WebhookOptions
 from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
 from runpod_queue.batch._submit import runner_limits
 
@@ -49,6 +49,19 @@ def test_result_seconds_in_python_milliseconds_in_the_file() -> None:
     # A line written before 1.0 (RunPod's ms, or nothing at all) still reads.
     old = BatchResult.from_dict({"key": 1, "id": None, "status": "INVALID", "error": "x", "delayTime": None})
     assert old.delay_time is None and old.execution_time is None and not old.ok
+
+
+def test_statuses_are_named_and_spelled_as_the_files_have_always_spelled_them() -> None:
+    lost = BatchResult("k", "job-1", ItemStatus.LOST, error="gone")
+    assert lost.to_json() == (
+        '{"key":"k","id":"job-1","status":"LOST","error":"gone","delayTime":null,"executionTime":null,'
+        '"attempts":0}'
+    )
+    assert BatchResult.from_dict(json.loads(lost.to_json())).status is ItemStatus.LOST
+    assert [s.value for s in ItemStatus] == [s.name for s in ItemStatus]  # the value is the text written
+    # A status a later version may write reads back as its text, not an error.
+    newer = BatchResult.from_dict({"key": 1, "id": "j", "status": "PAUSED"})
+    assert newer.status == "PAUSED" and not isinstance(newer.status, ItemStatus) and not newer.ok
 
 
 def test_poll_options() -> None:

@@ -1,4 +1,5 @@
-"""One emulator for the CLI tests, serving the example handlers a user would copy, on loopback.
+"""One emulator (`emu`, tests/conftest.py) for the CLI tests, serving the example handlers a user would copy,
+on loopback.
 
 `time_scale=0.1` makes RunPod's durations short enough to test (executionTimeout 5 s -> 0.5 s) while
 keeping results around long enough (runsync retention 1 min -> 6 s) to inspect after a command.
@@ -19,6 +20,7 @@ from runpod_queue import Client
 from runpod_queue.cli import _ready
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator, EndpointSpec, load_endpoint
+from shared_support import EmuSetup
 
 load_commands()
 # typer's CliRunner rebuilds the click command from the app on every invoke (~40 ms); build it once.
@@ -42,13 +44,17 @@ def _broken_stream(job: dict[str, Any]) -> Iterator[str]:
     raise ValueError(f"stream broke at {job['input'].get('at', 1)}")
 
 
-@pytest.fixture(scope="session")
-def emu() -> Iterator[Emulator]:
-    with Emulator(_specs(), api_key=API_KEY, workers=2, time_scale=0.1, rate_limits=False) as emulator:
-        yield emulator
+_EMU = EmuSetup(
+    _specs, {"api_key": API_KEY, "workers": 2, "time_scale": 0.1, "rate_limits": False}, shared=True
+)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
+def emu_setup() -> EmuSetup:
+    return _EMU
+
+
+@pytest.fixture(scope="module")
 def client(emu: Emulator) -> Iterator[Client]:
     with Client(api_key=API_KEY, base_url=emu.base_url) as c:
         yield c

@@ -92,12 +92,12 @@ def _terminal() -> Console:
 def test_on_a_terminal_a_spinner_says_it_is_retrying_until_the_answer_comes() -> None:
     line = RetryLine(_terminal())
     line(_notice())
-    assert line._live is not None and line._live.is_started
+    assert line.spinning
     described = line.describe()
     assert described.startswith("connecting to api.runpod.ai: retrying (attempt 2 of 5, next in ")
     assert described.endswith("s) after HTTP 503…")
     line.clear()  # what the command does before it prints the answer
-    assert line._live is None and line.describe() == ""
+    assert not line.spinning and line.describe() == ""
 
 
 def test_a_live_status_line_tells_the_retry_itself_and_drops_it_at_the_next_answer() -> None:
@@ -105,10 +105,10 @@ def test_a_live_status_line_tells_the_retry_itself_and_drops_it_at_the_next_answ
     line = RetryLine(console)
     with Progress(console, "ep", enabled=True, retry=line) as progress:
         line(_notice(attempt=3, delay=0.0))
-        assert line._live is None  # one live display at a time: the status line's
-        assert progress._line().endswith("ep  · connecting to api.runpod.ai: attempt 3 of 5…")
+        assert not line.spinning  # one live display at a time: the status line's
+        assert progress.line().endswith("ep  · connecting to api.runpod.ai: attempt 3 of 5…")
         progress.update(Job("j1", JobStatus.IN_PROGRESS))
-        assert "connecting" not in progress._line()
+        assert "connecting" not in progress.line()
 
 
 def test_only_the_commands_own_retries_are_shown() -> None:
@@ -117,7 +117,7 @@ def test_only_the_commands_own_retries_are_shown() -> None:
     worker = threading.Thread(target=line, args=(_notice(),))
     worker.start()
     worker.join()
-    assert line.describe() == "" and line._live is None
+    assert line.describe() == "" and not line.spinning
     line.close()
     line(_notice())
     assert line.describe() == ""

@@ -18,12 +18,9 @@ from typing import Any
 
 from runpod_queue import AsyncClient, Client, Job, StreamChunk
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults
+from shared_support import EmuSetup, echo, fail
 
 API_KEY = "rpq-test-key-0c4f9e2d7b1a"
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 async def slow(job: dict[str, Any]) -> Any:
@@ -49,10 +46,6 @@ async def gen_forever(job: dict[str, Any]) -> Any:
     yield "never"
 
 
-def fail(job: dict[str, Any]) -> Any:
-    return {"error": "bad input: no prompt"}
-
-
 def boom(job: dict[str, Any]) -> Any:
     raise ValueError("boom")
 
@@ -69,6 +62,9 @@ ENDPOINTS: dict[str, Any] = {
     # needs it (purge-queue allows 2 calls per 10 s, too few to empty a shared one between tests).
     **{f"idle{i}": EndpointSpec(handler=echo, workers=0) for i in range(40)},
 }
+
+#: One emulator for every client test module.
+EMU = EmuSetup(lambda: ENDPOINTS, {"api_key": API_KEY, "workers": 2, "time_scale": 0.01}, shared=True)
 
 
 def set_faults(emu: Emulator, faults: Faults) -> None:

@@ -1,4 +1,5 @@
-"""Fixtures: an emulator over real loopback HTTP, and one `api` that is the sync or the async client.
+"""Fixtures: `emu` (tests/conftest.py) over real loopback HTTP, and one `api` that is the sync or the async
+client.
 
 Every operation test takes `api` (or `connect`), parametrized over both variants, so the sync and async
 clients are held to the same test body and cannot drift.
@@ -10,16 +11,16 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from client_support import API_KEY, ENDPOINTS, Api, AsyncApi, Portal, SyncApi, set_faults
+from client_support import API_KEY, EMU, Api, AsyncApi, Portal, SyncApi, set_faults
 
 from runpod_queue import Retries
 from runpod_queue.emulator import Emulator, Faults
+from shared_support import EmuSetup
 
 
-@pytest.fixture(scope="session")
-def emu() -> Iterator[Emulator]:
-    with Emulator(ENDPOINTS, api_key=API_KEY, workers=2, time_scale=0.01) as emulator:
-        yield emulator
+@pytest.fixture(scope="module")
+def emu_setup() -> EmuSetup:
+    return EMU
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from client_support import API_KEY, Api, echo
+from client_support import API_KEY, Api
 
 from runpod_queue import (
     APIConnectionError,
@@ -33,6 +33,7 @@ from runpod_queue import (
     WaitTimeoutError,
 )
 from runpod_queue.emulator import Emulator, Faults, Timings
+from shared_support import echo
 
 # ---------------------------------------------------------------------------------------------- emulator
 

@@ -19,6 +19,7 @@ from runpod_queue import (
     WaitTimeoutError,
 )
 from runpod_queue.emulator import Emulator
+from shared_support import FAIL_MESSAGE
 
 
 def test_run_then_wait_returns_the_terminal_job_and_reports_updates(api: Api) -> None:
@@ -193,7 +194,7 @@ def test_failed_job_keeps_its_error_parsed(api: Api) -> None:
     assert info.value.job is job and "boom" in str(info.value)
 
     plain = api.endpoint("fail").run_sync({}, timeout=10)
-    assert plain.is_failed and plain.error_message == "bad input: no prompt" and plain.error_type is None
+    assert plain.is_failed and plain.error_message == FAIL_MESSAGE and plain.error_type is None
 
 
 def test_ids_are_path_encoded(api: Api) -> None:

@@ -12,7 +12,6 @@ from client_support import API_KEY, Api, LoopbackServer
 
 from runpod_queue import (
     APITimeoutError,
-    AsyncClient,
     OperationLimit,
     RateLimits,
     Retries,
@@ -84,11 +83,8 @@ def test_a_derived_client_has_its_own_timeout_and_retries(
         impatient.with_options(retries=Retries.off()).endpoint("slow").status("j1")
     assert impatient.endpoint("ep").status("j1").is_completed  # the same pool still serves it
 
-    settings = impatient.client._settings  # what the batch runner builds its own engine from
-    assert (settings.timeout, settings.retries) == (0.05, parent.client._settings.retries)
-    assert parent.client._settings.timeout == 30.0
-    rebuilt = AsyncClient._from_settings(settings)
-    assert rebuilt._settings == settings
+    assert (impatient.client.timeout, impatient.client.retries) == (0.05, parent.client.retries)
+    assert parent.client.timeout == 30.0 and parent.client.retries == Retries(attempts=3, wait=False)
 
 
 @pytest.mark.parametrize(

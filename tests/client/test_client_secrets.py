@@ -17,6 +17,7 @@ from runpod_queue import (
     ConfigurationError,
     RunpodQueueError,
 )
+from runpod_queue._settings import client_settings
 from runpod_queue.emulator import Emulator, Faults
 
 
@@ -77,7 +78,7 @@ def test_debug_logs_each_request_without_the_key(
         repr(ep.ep),
         repr(job),
         repr(ep.ep.stream(job.id)),
-        repr(api.client._settings),
+        repr(client_settings(API_KEY, emu.base_url, 30.0, None, True, 100)),  # what a client keeps
     ]
     assert not [t for t in texts if API_KEY in t]
 

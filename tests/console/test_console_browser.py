@@ -256,7 +256,8 @@ async def _measure(emu: Emulator, page: Page, shot: Path) -> None:
             await asyncio.sleep(0.1)
 
     async def snapshot_ms() -> float:
-        console = emu._parts.console
+        console = emu.app.console
+        assert console is not None
         start = time.perf_counter()
         for _ in range(20):
             console.snapshot({})

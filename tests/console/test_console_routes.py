@@ -12,14 +12,11 @@ import pytest
 
 from runpod_queue.emulator import Emulator
 from runpod_queue.emulator._console import SCAN_LIMIT, VALUE_LIMIT
+from shared_support import EmuSetup, echo
 
 KEY = "console-route-key-91aa"
 AUTH = {"authorization": f"Bearer {KEY}"}
 HOLD = threading.Event()
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 def held(job: dict[str, Any]) -> Any:
@@ -36,11 +33,10 @@ def fail(job: dict[str, Any]) -> Any:
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
+def emu_setup() -> EmuSetup:
     endpoints = {"echo": echo, "held": held, "tokens": tokens, "fail": fail}
-    with Emulator(endpoints, api_key=KEY, clock="virtual", rate_limits=False) as emulator:
-        yield emulator
-        HOLD.set()
+    options = {"api_key": KEY, "clock": "virtual", "rate_limits": False}
+    return EmuSetup(lambda: endpoints, options, before_stop=HOLD.set)
 
 
 @pytest.fixture
@@ -240,7 +236,8 @@ def test_a_failing_route_is_a_500_with_a_log_line(
     def broken(query: dict[str, str]) -> dict[str, Any]:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(emu._parts.console, "snapshot", broken)
+    assert emu.app.console is not None
+    monkeypatch.setattr(emu.app.console, "snapshot", broken)
     answer = http.get("/_console/api/snapshot")
     assert answer.status_code == 500 and "see the server log" in answer.json()["error"]
     assert "console route /_console/api/snapshot failed" in caplog.text

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import httpx
 
 from runpod_queue.emulator import Emulator, EndpointSpec
+from shared_support import echo
 
 KEY = "emu-test-key-5d1c"
 
@@ -31,10 +32,6 @@ def gate(name: str) -> threading.Event:
 
 def started(name: str) -> threading.Event:
     return STARTED.setdefault(name, threading.Event())
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 def held(job: dict[str, Any]) -> Any:

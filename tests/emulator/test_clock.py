@@ -10,10 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import KEY, Http, echo, eventually, gate, held, started
+from emulator_support import KEY, Http, eventually, gate, held, started
 
 from runpod_queue import Client, JobStatus, OperationLimit, Policy, RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec, Timings, VirtualClock
+from shared_support import echo
 
 # -- VirtualClock on its own ----------------------------------------------------------------------
 

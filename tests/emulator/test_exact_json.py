@@ -31,7 +31,7 @@ def test_integers_past_64_bits_reach_the_handler_and_come_back_exactly() -> None
 
 
 def test_decode_and_encode_keep_every_number_and_refuse_what_is_not_json() -> None:
-    from runpod_queue.emulator.jobs import decode_json, encode_json
+    from runpod_queue.emulator._jobs import decode_json, encode_json
 
     assert decode_json(b'{"n": 18446744073709551616, "s": "1234567890123456789012"}') == {
         "n": BIG,

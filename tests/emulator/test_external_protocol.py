@@ -20,6 +20,7 @@ from external_support import wait_for
 
 from runpod_queue import Client, JobStatus, Policy, S3Config
 from runpod_queue.emulator import Emulator, EndpointSpec
+from shared_support import EmuSetup
 
 KEY = "protocol-key"
 _ids = iter(f"ep{i}" for i in range(100))
@@ -31,13 +32,16 @@ def _blocking(job: dict[str, Any]) -> Any:
     return {"in_process": True}
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
+def _endpoints() -> dict[str, Any]:
     endpoints: dict[str, Any] = {eid: EndpointSpec(handler=None) for eid in (f"ep{i}" for i in range(100))}
     endpoints["mixed"] = EndpointSpec(handler=_blocking, workers=1)
-    with Emulator(endpoints, api_key=KEY, clock="virtual", rate_limits=False) as emulator:
-        yield emulator
-    _release.set()
+    return endpoints
+
+
+@pytest.fixture(scope="module")
+def emu_setup() -> EmuSetup:
+    options = {"api_key": KEY, "clock": "virtual", "rate_limits": False}
+    return EmuSetup(_endpoints, options, before_stop=_release.set)
 
 
 @pytest.fixture(scope="module")

@@ -20,20 +20,17 @@ from external_support import API_KEY, TIMINGS, WORKERS, live_group_members, runp
 from runpod_queue import Client, JobStatus
 from runpod_queue.emulator import Emulator, EndpointSpec
 from runpod_queue.emulator._worker_processes import WorkerProcesses
+from shared_support import EmuSetup
 
 ENDPOINTS = ("basic", "stream", "stream-agg", "batch", "lost")
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    with Emulator(
-        {name: EndpointSpec(handler=None) for name in ENDPOINTS},
-        api_key=API_KEY,
-        clock="virtual",
-        timings=TIMINGS,
-        rate_limits=False,
-    ) as emulator:
-        yield emulator
+def emu_setup() -> EmuSetup:
+    return EmuSetup(
+        lambda: {name: EndpointSpec(handler=None) for name in ENDPOINTS},
+        {"api_key": API_KEY, "clock": "virtual", "timings": TIMINGS, "rate_limits": False},
+    )
 
 
 @pytest.fixture(scope="module")

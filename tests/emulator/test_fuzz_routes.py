@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runpod_queue.emulator import Emulator
+from shared_support import EmuSetup, echo
 
 KEY = "fuzz-key-0123456789"
 OPERATIONS = ["run", "runsync", "status", "status-sync", "stream", "cancel", "retry", "purge-queue", "health"]
@@ -56,9 +57,8 @@ queries = st.dictionaries(
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    with Emulator({"echo": lambda job: job["input"]}, api_key=KEY, workers=2, rate_limits=False) as emulator:
-        yield emulator
+def emu_setup() -> EmuSetup:
+    return EmuSetup(lambda: {"echo": echo}, {"api_key": KEY, "workers": 2, "rate_limits": False})
 
 
 @pytest.fixture(scope="module")

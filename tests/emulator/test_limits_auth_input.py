@@ -7,10 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import KEY, Http, echo, gate, held, started
+from emulator_support import KEY, Http, gate, held, started
 
 from runpod_queue import OperationLimit, RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec
+from shared_support import echo
 
 # -- payload limits -----------------------------------------------------------------------------
 

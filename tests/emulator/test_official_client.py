@@ -16,6 +16,7 @@ from emulator_support import Http
 from external_support import runpod_imported, wait_for
 
 from runpod_queue.emulator import Emulator, EndpointSpec
+from shared_support import EmuSetup
 
 KEY = "official-key"
 _release = threading.Event()
@@ -51,18 +52,20 @@ def official(emu: Emulator) -> Iterator[Any]:
         runpod.api_key, runpod.endpoint_url_base = saved
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    endpoints = {
+def _endpoints() -> dict[str, EndpointSpec]:
+    return {
         "echo": EndpointSpec(handler=_echo),
         "slow": EndpointSpec(handler=_slow),
         "fail": EndpointSpec(handler=_fail),
         "tokens": EndpointSpec(handler=_tokens, return_aggregate_stream=True),
         "idle": EndpointSpec(handler=None),  # no worker ever: jobs stay queued
     }
-    with Emulator(endpoints, api_key=KEY, workers=1, time_scale=0.01) as emulator:
-        yield emulator
-    _release.set()
+
+
+@pytest.fixture(scope="module")
+def emu_setup() -> EmuSetup:
+    options = {"api_key": KEY, "workers": 1, "time_scale": 0.01}
+    return EmuSetup(_endpoints, options, before_stop=_release.set)
 
 
 def test_run_status_output(official: Any) -> None:

@@ -20,21 +20,18 @@ from runpod_queue._contract import JobStatus
 from runpod_queue.emulator import Emulator, EndpointSpec
 from runpod_queue.emulator._loading import load_endpoint
 from runpod_queue.emulator._worker_processes import WorkerProcesses
+from shared_support import EmuSetup
 
 FAKE_LLM = Path(__file__).parents[2] / "examples" / "fake_llm.py"
 MESSAGES = [{"role": "user", "content": "Why queue jobs?"}]
 
 
 @pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    with Emulator(
-        {"vllm": EndpointSpec(handler=None)},
-        api_key=API_KEY,
-        clock="virtual",
-        timings=TIMINGS,
-        rate_limits=False,
-    ) as emulator:
-        yield emulator
+def emu_setup() -> EmuSetup:
+    return EmuSetup(
+        lambda: {"vllm": EndpointSpec(handler=None)},
+        {"api_key": API_KEY, "clock": "virtual", "timings": TIMINGS, "rate_limits": False},
+    )
 
 
 @pytest.fixture(scope="module")

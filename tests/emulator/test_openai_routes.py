@@ -22,6 +22,7 @@ from runpod_queue._contract import LIMITS, JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec
 from runpod_queue.emulator._loading import load_endpoint
+from shared_support import EmuSetup
 
 # Loaded as `rpq serve examples/fake_llm.py` loads it.
 FAKE_LLM = load_endpoint(str(Path(__file__).parents[2] / "examples" / "fake_llm.py")).spec.handler
@@ -81,9 +82,8 @@ def fails_mid_stream(job: dict[str, Any]) -> Iterator[Any]:
     raise RuntimeError("lost the GPU mid-answer")
 
 
-@pytest.fixture(scope="module")
-def emu() -> Iterator[Emulator]:
-    endpoints = {
+def _endpoints() -> dict[str, EndpointSpec]:
+    return {
         "llm": EndpointSpec(handler=FAKE_LLM, return_aggregate_stream=True),
         "llm-plain": EndpointSpec(handler=FAKE_LLM),  # without return_aggregate_stream
         "held": EndpointSpec(handler=held_stream, return_aggregate_stream=True),
@@ -92,8 +92,11 @@ def emu() -> Iterator[Emulator]:
         "boom": EndpointSpec(handler=boom),
         "midfail": EndpointSpec(handler=fails_mid_stream),
     }
-    with Emulator(endpoints, api_key=KEY, workers=2) as emulator:
-        yield emulator
+
+
+@pytest.fixture(scope="module")
+def emu_setup() -> EmuSetup:
+    return EmuSetup(_endpoints, {"api_key": KEY, "workers": 2})
 
 
 @pytest.fixture(scope="module")

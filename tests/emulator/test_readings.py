@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from emulator_support import Http, async_held, echo, gate, started
+from emulator_support import Http, async_held, gate, started
 
 from runpod_queue.emulator import Emulator, EndpointSpec, Readings
+from shared_support import echo
 
 
 @contextmanager

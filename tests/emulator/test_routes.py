@@ -9,6 +9,7 @@ import pytest
 from emulator_support import Http, answered_while_advancing, gate, held, started
 
 from runpod_queue.emulator import Emulator
+from shared_support import echo
 
 JOB_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}-u1$")
 
@@ -142,7 +143,7 @@ def test_app_also_runs_without_a_server(emu: Emulator) -> None:
 
     from runpod_queue.emulator import Emulator as Fresh
 
-    fresh = Fresh({"echo": lambda job: job["input"]})
+    fresh = Fresh({"echo": echo})
 
     async def go() -> dict[str, object]:
         transport = httpx.ASGITransport(app=fresh.app)

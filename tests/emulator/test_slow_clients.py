@@ -12,13 +12,14 @@ from emulator_support import KEY
 
 from runpod_queue._serving import GuardedHttpTools
 from runpod_queue.emulator import Emulator
+from shared_support import echo
 
 
 @pytest.fixture
 def port(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     monkeypatch.setattr(GuardedHttpTools, "header_timeout", 0.3)  # read on each connection
     monkeypatch.setattr(GuardedHttpTools, "body_timeout", 0.3)
-    with Emulator({"echo": lambda job: job["input"]}, api_key=KEY) as emu:
+    with Emulator({"echo": echo}, api_key=KEY) as emu:
         yield emu.port
 
 

@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
-from emulator_support import Http, echo, eventually
+from emulator_support import Http, eventually
 
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults, WebhookAttempt
+from shared_support import echo
 
 
 class Receiver:

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from runpod_queue.emulator import Emulator
+from shared_support import echo
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,7 +30,7 @@ def fail(job: dict[str, Any]) -> Any:
 @pytest.fixture(scope="module")
 def http() -> Iterator[httpx.Client]:
     with (
-        Emulator({"echo": lambda job: job["input"], "fail": fail}, api_key=KEY, clock="virtual") as emu,
+        Emulator({"echo": echo, "fail": fail}, api_key=KEY, clock="virtual") as emu,
         httpx.Client(base_url=emu.root_url, headers={"authorization": f"Bearer {KEY}"}) as client,
     ):
         yield client

@@ -21,12 +21,9 @@ import runpod
 from runpod_queue import Client
 from runpod_queue.emulator import Faults
 from runpod_queue.testing import MOCK_API_KEY, mock_runpod
+from shared_support import echo
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 def _patched_state() -> tuple[Any, ...]:

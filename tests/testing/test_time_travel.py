@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Any
 
 import pytest
 import requests
@@ -13,14 +12,11 @@ import requests
 from runpod_queue import Client, Policy
 from runpod_queue.emulator import EndpointSpec
 from runpod_queue.testing import mock_runpod
+from shared_support import echo
 
 pytestmark = pytest.mark.timeout(30)
 
 BASE = "https://api.runpod.ai/v2"
-
-
-def echo(job: dict[str, Any]) -> Any:
-    return job["input"]
 
 
 def test_a_job_that_sat_in_the_queue_past_its_24h_ttl() -> None:

@@ -15,6 +15,7 @@ from webhook_support import HTTP, SECRET, attempts, eventually, run
 from runpod_queue import Job
 from runpod_queue.emulator import Emulator
 from runpod_queue.webhooks import TOKEN_PARAM, WebhookReceiver, WebhookSigner, asgi_app
+from shared_support import FAIL_MESSAGE
 
 
 class Served:
@@ -99,7 +100,7 @@ def test_a_verified_delivery_reaches_the_callback_once_although_delivered_again(
     assert HTTP.post(f"{emu.base_url}/fail/retry/{job_id}").status_code == 200
     eventually(lambda: attempts(emu, job_id) == [200, 200])
     assert [(j.id, j.status.value) for j in served.calls] == [(job_id, "FAILED")]
-    assert served.calls[0].error == "no good"
+    assert served.calls[0].error == FAIL_MESSAGE
 
 
 def test_forged_deliveries_are_refused_and_never_reach_the_callback(served: Served, emu: Emulator) -> None:

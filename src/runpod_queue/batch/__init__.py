@@ -14,8 +14,16 @@ from runpod_queue._public import publish as _publish
 from runpod_queue.batch._journal import JournalError
 from runpod_queue.batch._options import PollOptions, WebhookOptions
 from runpod_queue.batch._runner import BatchRunner
-from runpod_queue.batch._types import BatchResult, BatchSummary
+from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus
 
-__all__ = ["BatchResult", "BatchRunner", "BatchSummary", "JournalError", "PollOptions", "WebhookOptions"]
+__all__ = [
+    "BatchResult",
+    "BatchRunner",
+    "BatchSummary",
+    "ItemStatus",
+    "JournalError",
+    "PollOptions",
+    "WebhookOptions",
+]
 
 _publish(globals())

@@ -20,7 +20,7 @@ from runpod_queue._models import Job, Policy
 from runpod_queue.batch._schedule import Watched
 from runpod_queue.batch._state import Fatal, RunState
 from runpod_queue.batch._submit import resend_is_safe
-from runpod_queue.batch._types import BatchResult
+from runpod_queue.batch._types import BatchResult, ItemStatus, item_status
 from runpod_queue.errors import (
     APIError,
     APIResponseError,
@@ -31,9 +31,8 @@ from runpod_queue.errors import (
     RateLimitError,
 )
 
-__all__ = ["UNREADABLE", "Collector", "lost_message"]
+__all__ = ["Collector", "lost_message"]
 
-UNREADABLE = "UNREADABLE"  # our status for an item whose answers break the API contract
 _UNREADABLE_AFTER = 3  # consecutive such status answers before the item is recorded and left
 
 
@@ -231,7 +230,9 @@ class Collector:
         run.summary.lost += 1
         message = lost_message(job.job_id, time.monotonic() - job.since, run.config.policy)
         run.warn(f"line {job.line} (key {job.key}): lost: {message}")
-        result = BatchResult(json.loads(job.key), job.job_id, "LOST", error=message, attempts=job.attempts)
+        result = BatchResult(
+            json.loads(job.key), job.job_id, ItemStatus.LOST, error=message, attempts=job.attempts
+        )
         run.finish(job.key, job.line, result)
 
     def _unreadable(self, job: Watched, error: APIResponseError) -> None:
@@ -246,7 +247,7 @@ class Collector:
         message = f"the status answer broke the API contract ({error.reason}); the job may still have run"
         run.warn(f"line {job.line} (key {job.key}): job {job.job_id}: {message}")
         key = json.loads(job.key)
-        result = BatchResult(key, job.job_id, UNREADABLE, error=message, attempts=job.attempts)
+        result = BatchResult(key, job.job_id, ItemStatus.UNREADABLE, error=message, attempts=job.attempts)
         run.finish(job.key, job.line, result)
 
     def _finish_job(self, job: Watched, snapshot: Job) -> None:
@@ -260,7 +261,7 @@ class Collector:
         result = BatchResult(
             json.loads(job.key),
             job.job_id,
-            snapshot.status_text,
+            item_status(snapshot.status_text),
             output=snapshot.output,
             error=snapshot.error,
             delay_time=snapshot.delay_time,

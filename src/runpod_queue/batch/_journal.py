@@ -21,6 +21,7 @@ Keys are stored as their JSON text, so ``1`` and ``"1"`` are different keys, as 
 
 from __future__ import annotations
 
+import enum
 import os
 import sqlite3
 import time
@@ -28,9 +29,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from runpod_queue.batch._types import ItemStatus
 from runpod_queue.errors import JournalError
 
-__all__ = ["Journal", "JournalError", "Row"]
+__all__ = ["ItemState", "Journal", "JournalError", "Row"]
 
 SCHEMA_VERSION = "1"
 
@@ -52,10 +54,17 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE INDEX IF NOT EXISTS items_state ON items (state, written);
 """
 
-PENDING = "pending"
-SUBMITTING = "submitting"
-SUBMITTED = "submitted"
-TERMINAL = "terminal"
+
+class ItemState(enum.StrEnum):
+    """``items.state``: where an item is on the path above (each value is the text stored, so journals
+    written before this type existed still resume)."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    SUBMITTED = "submitted"
+    TERMINAL = "terminal"
+
+
 _RETRY_MARK = "retry:"  # meta rows: a /retry sent and not yet confirmed, by item key
 
 
@@ -63,7 +72,7 @@ _RETRY_MARK = "retry:"  # meta rows: a /retry sent and not yet confirmed, by ite
 class Row:
     key: str
     line: int
-    state: str
+    state: ItemState
     job_id: str | None
     attempts: int
     submits: int
@@ -81,7 +90,7 @@ def _row(values: tuple[object, ...]) -> Row:
     return Row(
         key=str(key),
         line=int(line),  # type: ignore[call-overload]
-        state=str(state),
+        state=ItemState(str(state)),
         job_id=None if job_id is None else str(job_id),
         attempts=int(attempts),  # type: ignore[call-overload]
         submits=int(submits),  # type: ignore[call-overload]
@@ -178,7 +187,7 @@ class Journal:
         found = self._db.execute(query, (key,)).fetchone()
         return None if found is None else _row(found)
 
-    def in_state(self, state: str) -> Iterator[Row]:
+    def in_state(self, state: ItemState) -> Iterator[Row]:
         """Rows in ``state``, oldest submission first (fetched lazily)."""
         query = f"SELECT {_COLUMNS} FROM items WHERE state = ? ORDER BY submitted_at, line"  # noqa: S608
         cursor = self._db.execute(query, (state,))
@@ -188,14 +197,15 @@ class Journal:
     def unwritten_results(self) -> list[tuple[str, str]]:
         """(key, result line) of terminal items whose output line was not delivered yet."""
         rows = self._db.execute(
-            "SELECT key, result FROM items WHERE state = ? AND written = 0 ORDER BY line", (TERMINAL,)
+            "SELECT key, result FROM items WHERE state = ? AND written = 0 ORDER BY line",
+            (ItemState.TERMINAL,),
         ).fetchall()
         return [(str(k), str(r)) for k, r in rows]
 
     def results(self) -> Iterator[str]:
         """Every terminal item's output line, in input order."""
         for (result,) in self._db.execute(
-            "SELECT result FROM items WHERE state = ? ORDER BY line", (TERMINAL,)
+            "SELECT result FROM items WHERE state = ? ORDER BY line", (ItemState.TERMINAL,)
         ):
             yield str(result)
 
@@ -219,7 +229,7 @@ class Journal:
         return {
             str(status): int(n)
             for status, n in self._db.execute(
-                "SELECT status, COUNT(*) FROM items WHERE state = ? GROUP BY status", (TERMINAL,)
+                "SELECT status, COUNT(*) FROM items WHERE state = ? GROUP BY status", (ItemState.TERMINAL,)
             )
         }
 
@@ -228,7 +238,7 @@ class Journal:
     def add_pending(self, key: str, line: int) -> None:
         self._db.execute(
             "INSERT INTO items (key, line, state, seen) VALUES (?, ?, ?, ?) ON CONFLICT (key) DO NOTHING",
-            (key, line, PENDING, self.run),
+            (key, line, ItemState.PENDING, self.run),
         )
 
     def see(self, key: str, line: int) -> None:
@@ -240,7 +250,7 @@ class Journal:
         self._db.execute(
             "INSERT INTO items (key, line, state, submits, seen) VALUES (?, ?, ?, 1, ?) "
             "ON CONFLICT (key) DO UPDATE SET state = excluded.state, submits = submits + 1",
-            (key, line, SUBMITTING, self.run),
+            (key, line, ItemState.SUBMITTING, self.run),
         )
 
     def unsent(self, key: str) -> None:
@@ -248,7 +258,7 @@ class Journal:
         a kill while it waits to be sent again does not make the resume suspect a duplicate."""
         self._db.execute(
             "UPDATE items SET state = ?, submits = submits - 1 WHERE key = ? AND state = ?",
-            (PENDING, key, SUBMITTING),
+            (ItemState.PENDING, key, ItemState.SUBMITTING),
         )
 
     def ambiguous(self) -> int:
@@ -256,7 +266,7 @@ class Journal:
         /run after an item's first, and every item still caught in ``submitting``."""
         found = self._db.execute(
             "SELECT COALESCE(SUM(MAX(submits - 1, 0)), 0) + COALESCE(SUM(state = ?), 0) FROM items",
-            (SUBMITTING,),
+            (ItemState.SUBMITTING,),
         ).fetchone()
         return int(found[0])
 
@@ -264,7 +274,7 @@ class Journal:
         """Written as soon as the /run answer (the job id) arrives."""
         self._db.execute(
             "UPDATE items SET state = ?, job_id = ?, submitted_at = ?, attempts = attempts + 1 WHERE key = ?",
-            (SUBMITTED, job_id, at, key),
+            (ItemState.SUBMITTED, job_id, at, key),
         )
 
     # A /retry is counted in ``attempts`` only once the service confirms it (its 200, or a later status
@@ -296,7 +306,9 @@ class Journal:
 
     def lost_keys(self) -> list[str]:
         """Items recorded LOST (the service no longer knew their job)."""
-        rows = self._db.execute("SELECT key FROM items WHERE state = ? AND status = 'LOST'", (TERMINAL,))
+        rows = self._db.execute(
+            "SELECT key FROM items WHERE state = ? AND status = ?", (ItemState.TERMINAL, ItemStatus.LOST)
+        )
         return [str(key) for (key,) in rows]
 
     def reopen(self, keys: Iterable[str]) -> None:
@@ -306,16 +318,16 @@ class Journal:
             self._db.executemany(
                 "UPDATE items SET state = ?, job_id = NULL, status = NULL, result = NULL, written = 0, "
                 "attempts = 0, submitted_at = NULL WHERE key = ? AND state = ?",
-                ((PENDING, key, TERMINAL) for key in keys),
+                ((ItemState.PENDING, key, ItemState.TERMINAL) for key in keys),
             )
 
-    def terminal(self, key: str, line: int, status: str, result: str) -> None:
+    def terminal(self, key: str, line: int, status: ItemStatus | str, result: str) -> None:
         """The item's final result (also for items that never reached the API, such as malformed lines)."""
         self._db.execute(
             "INSERT INTO items (key, line, state, status, result, seen) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (key) DO UPDATE SET state = excluded.state, status = excluded.status, "
             "result = excluded.result",
-            (key, line, TERMINAL, status, result, self.run),
+            (key, line, ItemState.TERMINAL, status, result, self.run),
         )
 
     def mark_written(self, keys: Iterable[str]) -> None:

@@ -38,14 +38,14 @@ from runpod_queue._retry import Retries, backoff_delay
 from runpod_queue._units import Duration, seconds
 from runpod_queue.batch._collect import Collector
 from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
-from runpod_queue.batch._journal import SUBMITTED, SUBMITTING, TERMINAL, Journal
+from runpod_queue.batch._journal import ItemState, Journal
 from runpod_queue.batch._options import PollOptions, WebhookOptions
 from runpod_queue.batch._output import OutputFile, drop_lines
 from runpod_queue.batch._receiver import ReceiverServer
 from runpod_queue.batch._schedule import Schedule, Watched
 from runpod_queue.batch._state import RunConfig, RunState
 from runpod_queue.batch._submit import runner_limits, submit
-from runpod_queue.batch._types import BatchResult, BatchSummary, key_text
+from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, key_text
 from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError, ServerError
 
 __all__ = ["BatchRunner"]
@@ -54,6 +54,10 @@ _HEALTH_ATTEMPTS = 3
 # Connections of a sync Endpoint's engine client at most: RunPod's 200 /run in flight plus the default 64
 # checks, well under the common 1024 open-file limit (with limits off, more would only queue in the pool).
 _MAX_ENGINE_CONNECTIONS = 300
+# Final statuses the summary counts as ``failed``: the job ran (or was asked to) and gave no output.
+_COUNTED_FAILED = frozenset(
+    {ItemStatus.FAILED, ItemStatus.TIMED_OUT, ItemStatus.CANCELLED, ItemStatus.UNREADABLE}
+)
 
 
 def _size(path: Path | None) -> int | None:
@@ -461,15 +465,15 @@ class BatchRunner:
     @staticmethod
     def _count_finished(summary: BatchSummary, counts: dict[str, int]) -> None:
         for status, n in counts.items():
-            if status == "COMPLETED":
+            if status == ItemStatus.COMPLETED:
                 summary.completed += n
-            elif status in ("FAILED", "TIMED_OUT", "CANCELLED", "UNREADABLE"):
+            elif status in _COUNTED_FAILED:
                 summary.failed += n
-            elif status == "LOST":
+            elif status == ItemStatus.LOST:
                 summary.lost += n
-            elif status == "INVALID":
+            elif status == ItemStatus.INVALID:
                 summary.invalid += n
-            elif status == "REJECTED":
+            elif status == ItemStatus.REJECTED:
                 summary.rejected += n
 
     @staticmethod
@@ -477,7 +481,7 @@ class BatchRunner:
         """Jobs an earlier run submitted: polled first, oldest first (they are nearest to expiring)."""
         now_mono, now_wall = time.monotonic(), time.time()
         unconfirmed = run.journal.unconfirmed_retries()  # a kill around a /retry: settled by the first check
-        for row in run.journal.in_state(SUBMITTED):
+        for row in run.journal.in_state(ItemState.SUBMITTED):
             assert row.job_id is not None
             age = max(0.0, now_wall - (row.submitted_at or now_wall))
             job = Watched(row.key, row.line, row.job_id, max(1, row.attempts), now_mono - age)
@@ -506,7 +510,9 @@ class BatchRunner:
                 else:
                     run.warn(f"line {line}: malformed input, recorded as INVALID: {item.message}")
                     s.invalid += 1
-                    invalid = BatchResult(line, None, "INVALID", error=f"line {line}: {item.message}")
+                    invalid = BatchResult(
+                        line, None, ItemStatus.INVALID, error=f"line {line}: {item.message}"
+                    )
                     run.record(key, line, invalid)
                 continue
             assert isinstance(item, tuple)
@@ -518,9 +524,9 @@ class BatchRunner:
                 continue
             if row is not None:
                 journal.see(key, line)
-            if row is not None and row.state in (SUBMITTED, TERMINAL):
+            if row is not None and row.state in (ItemState.SUBMITTED, ItemState.TERMINAL):
                 continue  # being collected, or done: never sent again
-            if row is not None and row.state == SUBMITTING:  # counted by journal.ambiguous()
+            if row is not None and row.state is ItemState.SUBMITTING:  # counted by journal.ambiguous()
                 run.warn(
                     f"line {line} (key {key}): an earlier run was stopped while submitting it, before its "
                     "job id was recorded; submitting it again (it may run twice)"

@@ -23,6 +23,17 @@ from runpod_queue._contract import JobStatus
 
 __all__ = ["Schedule", "Watched"]
 
+# The first check comes at this share of the latency estimate: a little before a typical job ends, so a
+# job that ends on time is seen with at most one early call.
+FIRST_CHECK_SHARE = 0.8
+# Later checks come after this share of a job's age: a long job costs a few calls (log of its length).
+AGE_SHARE = 0.5
+# Weight of the newest sample in the latency estimate (an EWMA): smooths one odd job, yet follows a
+# change of workload within some ten jobs.
+LATENCY_SAMPLE_WEIGHT = 0.1
+# With webhooks, a delivery is late once it is this many typical latencies overdue.
+LATE_LATENCIES = 2.0
+
 
 @dataclass(slots=True, eq=False)
 class Watched:
@@ -79,7 +90,7 @@ class Schedule:
     def late(self) -> float:
         """With webhooks: how long a job may go without a delivery before it is polled."""
         assert self.late_after is not None
-        usual = 0.0 if self.latency is None else 2 * self.latency
+        usual = 0.0 if self.latency is None else LATE_LATENCIES * self.latency
         return max(self.late_after, usual)
 
     def first_interval(self) -> float:
@@ -88,11 +99,11 @@ class Schedule:
             return self.late()
         if self.latency is None:
             return self.min_interval
-        return self._clamp(0.8 * self.latency)
+        return self._clamp(FIRST_CHECK_SHARE * self.latency)
 
     def interval(self, job: Watched, now: float) -> float:
         """Between later checks: half the job's age, so a long job costs a few calls."""
-        gap = self._clamp(0.5 * (now - job.since))
+        gap = self._clamp(AGE_SHARE * (now - job.since))
         return max(gap, self.late()) if self.late_after is not None else gap
 
     def _clamp(self, value: float) -> float:
@@ -132,7 +143,11 @@ class Schedule:
             sample = delay_time + execution_time
         else:
             sample = now - job.since
-        self.latency = sample if self.latency is None else 0.9 * self.latency + 0.1 * sample
+        if self.latency is None:
+            self.latency = sample
+        else:
+            weight = LATENCY_SAMPLE_WEIGHT
+            self.latency = (1 - weight) * self.latency + weight * sample
 
     def check_failed(self, job: Watched, backoff: float, now: float) -> None:
         """A call about the job failed (transiently): ask again after ``backoff``, never sooner than the

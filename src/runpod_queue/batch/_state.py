@@ -21,7 +21,7 @@ from runpod_queue._retry import Retries, backoff_delay
 from runpod_queue.batch._journal import Journal
 from runpod_queue.batch._output import OutputFile
 from runpod_queue.batch._schedule import Schedule, Watched
-from runpod_queue.batch._types import BatchResult, BatchSummary
+from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncEndpoint
@@ -32,6 +32,8 @@ __all__ = ["Fatal", "RunConfig", "RunState"]
 log = logging.getLogger("runpod_queue.batch")
 
 _MAX_BACKOFF_STEP = 8  # attempts beyond this do not lengthen the backoff further
+# A 429 without Retry-After pauses its operation this long: about when a 10 s window frees its next slot.
+_PAUSE_WITHOUT_RETRY_AFTER_S = 1.0
 
 
 class Fatal(Exception):
@@ -98,7 +100,7 @@ class RunState:
         text = result.to_json()
         self.journal.terminal(key, line, result.status, text)
         self.output.deliver(key, text)
-        if result.status != "INVALID":  # the rate is of work done: a malformed line costs no time
+        if result.status != ItemStatus.INVALID:  # the rate is of work done: a malformed line costs no time
             self.summary.done_this_run += 1
 
     def released(self) -> None:
@@ -124,7 +126,10 @@ class RunState:
         waits, instead of each queued one collecting its own 429. ``Retries(wait=False)``: no pause."""
         if not self.config.backoff.wait:
             return
-        pause = min(self.config.backoff.max_retry_after, retry_after if retry_after is not None else 1.0)
+        pause = min(
+            self.config.backoff.max_retry_after,
+            _PAUSE_WITHOUT_RETRY_AFTER_S if retry_after is None else retry_after,
+        )
         until = time.monotonic() + pause
         self._pause_until[op] = max(self._pause_until.get(op, 0.0), until)
 

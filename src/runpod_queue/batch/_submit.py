@@ -19,7 +19,7 @@ from runpod_queue._limits import RateLimits
 from runpod_queue._retry import Safety, may_resend
 from runpod_queue.batch._schedule import Watched
 from runpod_queue.batch._state import RunState
-from runpod_queue.batch._types import BatchResult
+from runpod_queue.batch._types import BatchResult, ItemStatus
 from runpod_queue.errors import (
     APIError,
     APIResponseError,
@@ -98,7 +98,7 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
                     job = await run.endpoint.run(payload, policy=run.config.policy, webhook=webhook)
             except (ValueError, TypeError, BadRequestError, PayloadTooLargeError) as exc:
                 s.rejected += 1
-                run.finish(key, line, BatchResult(json.loads(key), None, "REJECTED", error=str(exc)))
+                run.finish(key, line, BatchResult(json.loads(key), None, ItemStatus.REJECTED, error=str(exc)))
                 return
             except (AuthenticationError, PermissionDeniedError, NotFoundError) as exc:
                 run.journal.unsent(key)  # refused outright: no job was made
@@ -111,7 +111,7 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
                 s.failed += 1
                 message = f"the /run answer broke the API contract ({exc.reason}); a job may have started"
                 run.warn(f"line {line} (key {key}): {message}")
-                result = BatchResult(json.loads(key), None, "UNREADABLE", error=message)
+                result = BatchResult(json.loads(key), None, ItemStatus.UNREADABLE, error=message)
                 run.finish(key, line, result)
                 return
             except APIError as exc:

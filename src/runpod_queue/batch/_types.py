@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,13 +10,36 @@ from typing import Any
 
 from runpod_queue._units import to_ms
 
-__all__ = ["FAILURE_STATUSES", "BatchResult", "BatchSummary", "key_text"]
+__all__ = ["BatchResult", "BatchSummary", "ItemStatus", "item_status", "key_text"]
 
-# Final statuses of our own, next to RunPod's COMPLETED / FAILED / TIMED_OUT / CANCELLED:
-#   INVALID   the input line was malformed (never sent)
-#   REJECTED  the API refused the submission (400, 413, an input that cannot be encoded)
-#   LOST      the job was gone (404) when collected: RunPod's retention or the job's ttl ran out first
-FAILURE_STATUSES = frozenset({"FAILED", "TIMED_OUT", "CANCELLED", "INVALID", "REJECTED", "LOST"})
+
+class ItemStatus(enum.StrEnum):
+    """An item's final status, as the output file and the journal spell it (a ``str``: each value is
+    the text written, so files written before this type existed still resume).
+
+    RunPod's four final statuses, and four of our own.
+    """
+
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"
+    #: The input line was malformed (never sent).
+    INVALID = "INVALID"
+    #: The API refused the submission (400, 413, an input that cannot be encoded).
+    REJECTED = "REJECTED"
+    #: The job was gone (404) when collected: RunPod's retention or the job's ttl ran out first.
+    LOST = "LOST"
+    #: The job's answers broke the API contract, again and again.
+    UNREADABLE = "UNREADABLE"
+
+
+_ITEM_STATUSES: dict[str, ItemStatus] = {status.value: status for status in ItemStatus}
+
+
+def item_status(text: str) -> ItemStatus | str:
+    """``text`` as its ``ItemStatus``; a status this version does not know stays the plain string."""
+    return _ITEM_STATUSES.get(text, text)
 
 
 def key_text(key: Any) -> str:
@@ -34,7 +58,7 @@ class BatchResult:
 
     key: Any
     id: str | None
-    status: str
+    status: ItemStatus | str
     output: Any = None
     error: Any = None
     delay_time: float | None = None
@@ -44,7 +68,7 @@ class BatchResult:
     @property
     def ok(self) -> bool:
         """True when the item's job COMPLETED."""
-        return self.status == "COMPLETED"
+        return self.status == ItemStatus.COMPLETED
 
     def to_dict(self) -> dict[str, Any]:
         """The result as its output line's object: RunPod's names and milliseconds.
@@ -52,8 +76,8 @@ class BatchResult:
         Returns:
             ``{"key", "id", "status", "output" | "error", "delayTime", "executionTime", "attempts"}``.
         """
-        data: dict[str, Any] = {"key": self.key, "id": self.id, "status": self.status}
-        if self.status == "COMPLETED":
+        data: dict[str, Any] = {"key": self.key, "id": self.id, "status": str(self.status)}
+        if self.status == ItemStatus.COMPLETED:
             data["output"] = self.output
         else:
             data["error"] = self.error
@@ -79,7 +103,7 @@ class BatchResult:
         return cls(
             key=data.get("key"),
             id=data.get("id"),
-            status=str(data.get("status")),
+            status=item_status(str(data.get("status"))),
             output=data.get("output"),
             error=data.get("error"),
             delay_time=_seconds(data.get("delayTime")),

@@ -126,14 +126,15 @@ class Progress:
             watcher.start()
         self._watcher = watcher
 
-    def _line(self) -> str:
+    def line(self) -> str:
+        """The status line's text, as drawn next to its spinner (or printed once when not live)."""
         job = f" {self.job_id}" if self.job_id else ""
         retrying = self.retry.describe() if self.retry is not None and self._live is not None else ""
         retrying = f"  · {retrying}" if retrying else ""
         return f"{self.status:<11} {time.monotonic() - self.started:5.1f} s  {self.label}{job}{retrying}"
 
     def __rich__(self) -> RenderableType:
-        return spinner_line(self._spinner, self._line())
+        return spinner_line(self._spinner, self.line())
 
     def update(self, job: Job) -> None:
         if self.retry is not None:
@@ -144,7 +145,7 @@ class Progress:
         self.status, self.job_id = job.status_text, job.id
         # Off a terminal, one line per change; the terminal state itself is the caller's verdict line.
         if changed and self.enabled and self._live is None and not job.is_terminal:
-            self.console.print(self._line(), highlight=False, soft_wrap=True)
+            self.console.print(self.line(), highlight=False, soft_wrap=True)
 
 
 @dataclass

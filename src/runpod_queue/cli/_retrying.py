@@ -75,6 +75,11 @@ class RetryLine:
             with deferred_interrupt():  # Live.start() starts its refresh thread
                 self._live.start(refresh=True)  # at once: a short pause would otherwise never show
 
+    @property
+    def spinning(self) -> bool:
+        """Its own spinner line is on screen (never while a status line shows the retry instead)."""
+        return self._live is not None
+
     def describe(self) -> str:
         """The retry in progress as words ("" when there is none)."""
         notice = self._notice

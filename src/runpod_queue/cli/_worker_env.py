@@ -56,7 +56,7 @@ def worker_env(
         python my_worker.py
     """
     from runpod_queue.emulator._external import worker_environment
-    from runpod_queue.emulator.jobs import new_worker_id
+    from runpod_queue.emulator._jobs import new_worker_id
 
     if not 1.0 <= ping_interval <= 60.0:
         raise typer.BadParameter(

@@ -19,7 +19,7 @@ import hmac
 import logging
 import random
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -48,14 +48,27 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._control import Control
     from runpod_queue.emulator._core import Core
     from runpod_queue.emulator._inspect import RequestLog
+    from runpod_queue.emulator._jobs import EndpointState, JobRecord
     from runpod_queue.emulator._ratelimit import RateLimiter
-    from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["EmulatorApp"]
 
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_WAIT_MS: Final = contract.RUNSYNC_MAX_WAIT_MS
+
+_POST: Final = frozenset({"POST"})
+_GET: Final = frozenset({"GET"})
+_GET_OR_POST: Final = frozenset({"GET", "POST"})
+
+
+class ApiRoute(NamedTuple):
+    """One public operation under `/v2/<endpoint>/`."""
+
+    handler: Route
+    methods: frozenset[str]
+    needs_job_id: bool  # `/<operation>/<job_id>`, else `/<operation>`
+    rate_limit: str | None  # the `RateLimits` operation it counts against; None: not limited
 
 
 class EmulatorApp:
@@ -90,17 +103,16 @@ class EmulatorApp:
         self.faults: Faults = faults or Faults()
         self.strict: bool = strict
         self._rng = random.Random(self.faults.seed)
-        # operation → (route, allowed methods, needs a job id, rate-limit name or None)
-        self.routes: dict[str, tuple[Route, frozenset[str], bool, str | None]] = {
-            "run": (self.run, frozenset({"POST"}), False, "run"),
-            "runsync": (self.runsync, frozenset({"POST"}), False, "runsync"),
-            "status": (self.status, frozenset({"GET", "POST"}), True, "status"),
-            "status-sync": (self.status_sync, frozenset({"GET", "POST"}), True, "status-sync"),
-            "stream": (self.stream, frozenset({"GET", "POST"}), True, "stream"),
-            "cancel": (self.cancel, frozenset({"POST"}), True, "cancel"),
-            "retry": (self.retry, frozenset({"POST"}), True, None),
-            "purge-queue": (self.purge_queue, frozenset({"POST"}), False, "purge-queue"),
-            "health": (self.health, frozenset({"GET"}), False, None),
+        self.routes: dict[str, ApiRoute] = {
+            "run": ApiRoute(self.run, _POST, False, "run"),
+            "runsync": ApiRoute(self.runsync, _POST, False, "runsync"),
+            "status": ApiRoute(self.status, _GET_OR_POST, True, "status"),
+            "status-sync": ApiRoute(self.status_sync, _GET_OR_POST, True, "status-sync"),
+            "stream": ApiRoute(self.stream, _GET_OR_POST, True, "stream"),
+            "cancel": ApiRoute(self.cancel, _POST, True, "cancel"),
+            "retry": ApiRoute(self.retry, _POST, True, None),
+            "purge-queue": ApiRoute(self.purge_queue, _POST, False, "purge-queue"),
+            "health": ApiRoute(self.health, _GET, False, None),
         }
         # The worker protocol: never rate-limited or fault-injected.
         self.worker_routes: dict[str, Route] = dict(worker_routes)
@@ -222,7 +234,12 @@ class EmulatorApp:
                     send, 404, {"error": f"unknown operation {operation!r} on endpoint {endpoint.id}"}
                 )
             return await self._serve(send, worker_route, request)
-        route, methods, needs_id, limit_name = entry
+        route, methods, needs_id, limit_name = (
+            entry.handler,
+            entry.methods,
+            entry.needs_job_id,
+            entry.rate_limit,
+        )
         if request.method not in methods:
             return await respond(
                 send,

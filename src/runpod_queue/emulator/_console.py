@@ -34,12 +34,12 @@ import orjson
 from runpod_queue._contract import JobStatus
 from runpod_queue._models import _parse_error
 from runpod_queue.emulator._http import HTTPError, Receive, Request, Scope, Send, respond
-from runpod_queue.emulator.jobs import encode_json
+from runpod_queue.emulator._jobs import StateChange, encode_json
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
     from runpod_queue.emulator._delivery import WebhookDelivery
-    from runpod_queue.emulator.jobs import EndpointState, JobRecord
+    from runpod_queue.emulator._jobs import EndpointState, JobRecord
 
 __all__ = ["Console"]
 
@@ -373,12 +373,14 @@ class Console:
 
 def history(job: JobRecord) -> list[dict[str, Any]]:
     """Every state change of the job with its time on the emulator's clock, oldest first."""
-    entries = list(job.history or [(JobStatus.IN_QUEUE.value, job.created_at, "submitted")])
+    entries = list(job.history or [StateChange(JobStatus.IN_QUEUE, job.created_at, "submitted")])
     if job.started_at is not None:
-        entries.append((JobStatus.IN_PROGRESS.value, job.started_at, job.worker.id if job.worker else ""))
+        entries.append(
+            StateChange(JobStatus.IN_PROGRESS, job.started_at, job.worker.id if job.worker else "")
+        )
     if job.finished_at is not None:
-        entries.append((job.status.value, job.finished_at, ""))
-    return [{"status": s, "at": round(at, 3), "note": note} for s, at, note in entries]
+        entries.append(StateChange(job.status, job.finished_at, ""))
+    return [{"status": e.status.value, "at": round(e.at, 3), "note": e.note} for e in entries]
 
 
 def _created(job: JobRecord) -> float:

@@ -22,10 +22,10 @@ import orjson
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
+from runpod_queue.emulator._jobs import EndpointState, JobRecord, RunRef, WorkerSlot, encode_json, new_job_id
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator._readings import Readings
-from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, encode_json, new_job_id
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -146,7 +146,7 @@ class Core:
         ep.in_queue += 1
         _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
-        entry = (job, job.attempt)
+        entry = RunRef(job, job.attempt)
         q = ep.low_queue if job.low_priority else ep.queue
         if front:
             q.appendleft(entry)
@@ -258,7 +258,6 @@ class Core:
             ep.workers.remove(worker)
         if worker in ep.idle:
             ep.idle.remove(worker)
-        ep.replaced_workers += 1
 
     def _abandon_run(self, job: JobRecord) -> None:
         """Stop the run of an IN_PROGRESS job we are ending (cancel, timeout, ttl)."""

@@ -27,8 +27,15 @@ from typing import TYPE_CHECKING, Any, Final
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Route
+from runpod_queue.emulator._jobs import (
+    EndpointState,
+    JobRecord,
+    RunRef,
+    WorkerSlot,
+    decode_json,
+    encode_json,
+)
 from runpod_queue.emulator._oversize import RESULT_LIMIT, is_progress, progress_warning, refusal
-from runpod_queue.emulator.jobs import EndpointState, JobRecord, WorkerSlot, decode_json, encode_json
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._clock import Clock, TimerHandle
@@ -89,7 +96,7 @@ class _Worker:
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
         # job id → (job, attempt) for every job this worker took and has not finished.
-        self.held: dict[str, tuple[JobRecord, int]] = {}
+        self.held: dict[str, RunRef] = {}
         # Job ids the worker must stop (cancelled, timed out, expired), handed out by job-stop.
         self.stops: list[str] = []
         self.stop_waiters: list[asyncio.Future[None]] = []
@@ -102,7 +109,7 @@ class _Worker:
     def sync_slot(self) -> None:
         """Keep `slot.job` (what health and the rate limiter read) pointing at a job still held."""
         slot = self.slot
-        slot.job = next(iter(self.held.values()))[0] if self.held else None
+        slot.job = next(iter(self.held.values())).job if self.held else None
 
     def signal_stop(self, job_id: str) -> None:
         self.pending_stop.add(job_id)
@@ -356,7 +363,7 @@ class ExternalWorkers:
                 break
             self.core.start(job, worker.slot)
             job.stop_run = self._stopper(worker, job)
-            worker.held[job.id] = (job, job.attempt)
+            worker.held[job.id] = RunRef(job, job.attempt)
             jobs.append(job.handler_job())
         if jobs:
             worker.sync_slot()
@@ -364,7 +371,7 @@ class ExternalWorkers:
 
     # -- results --------------------------------------------------------------------------------
 
-    def _held_job(self, request: EndpointRequest, worker: _Worker) -> tuple[JobRecord, int] | None:
+    def _held_job(self, request: EndpointRequest, worker: _Worker) -> RunRef | None:
         if len(request.rest) < 2:
             raise HTTPError(404, "use …/<operation>/<worker_id>/<job_id>")
         return worker.held.get(request.rest[1])

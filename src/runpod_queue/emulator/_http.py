@@ -11,10 +11,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
 
-from runpod_queue.emulator.jobs import decode_json, encode_json
+from runpod_queue.emulator._jobs import decode_json, encode_json
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.jobs import EndpointState
+    from runpod_queue.emulator._jobs import EndpointState
 
 __all__ = [
     "EndpointRequest",

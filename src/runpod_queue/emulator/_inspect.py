@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 import orjson
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.jobs import EndpointState, JobRecord
+    from runpod_queue.emulator._jobs import EndpointState, JobRecord
 
 __all__ = ["JobView", "RecordedRequest", "RequestLog", "job_views"]
 

@@ -30,12 +30,12 @@ import orjson
 
 from runpod_queue._contract import RUNSYNC_PAYLOAD_LIMIT, JobStatus
 from runpod_queue.emulator._http import EndpointRequest, HTTPError, Send, json_object, respond, type_name
-from runpod_queue.emulator.jobs import encode_json
+from runpod_queue.emulator._jobs import encode_json
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
+    from runpod_queue.emulator._jobs import EndpointState, JobRecord
     from runpod_queue.emulator._ratelimit import RateLimiter
-    from runpod_queue.emulator.jobs import EndpointState, JobRecord
 
 __all__ = ["OPENAI_LIMIT", "OPENAI_ROUTES", "OpenAIRoutes"]
 

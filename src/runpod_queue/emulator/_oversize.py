@@ -15,7 +15,7 @@ from runpod_queue._contract import RESULT_LIMIT, JobStatus
 from runpod_queue.emulator._http import HTTPError
 
 if TYPE_CHECKING:
-    from runpod_queue.emulator.jobs import JobRecord
+    from runpod_queue.emulator._jobs import JobRecord
 
 __all__ = ["RESULT_LIMIT", "dropped_warning", "is_progress", "progress_warning", "refusal"]
 

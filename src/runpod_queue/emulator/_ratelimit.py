@@ -16,6 +16,11 @@ from runpod_queue._limits import RateLimits
 
 __all__ = ["OperationGate", "RateLimiter"]
 
+# The shortest wait a refusal names: a window edge exactly `now` must still read as "not yet" to a client.
+_MIN_WAIT_S = 0.001
+# An in-flight cap frees a slot when some request ends, which no window predicts: ask again in a second.
+_IN_FLIGHT_WAIT_S = 1.0
+
 
 class OperationGate:
     """Admission for one operation of one endpoint. Not thread-safe: used from the server's loop only."""
@@ -36,10 +41,10 @@ class OperationGate:
             stamps.popleft()
         per_window = max(self.limit.per_window, extra_allowance)
         if len(stamps) >= per_window:
-            return max(stamps[len(stamps) - per_window] - horizon, 0.001)
+            return max(stamps[len(stamps) - per_window] - horizon, _MIN_WAIT_S)
         cap = self.limit.in_flight
         if cap is not None and self.in_flight >= cap:
-            return 1.0
+            return _IN_FLIGHT_WAIT_S
         stamps.append(now)
         self.in_flight += 1
         return None

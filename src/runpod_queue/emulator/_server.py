@@ -33,6 +33,13 @@ __all__ = ["Emulator"]
 
 log = logging.getLogger("runpod_queue.emulator")
 
+# start(): how long the server thread may take to bind and serve (an import-heavy handler file on a busy
+# CI machine takes seconds), and how often it is looked at meanwhile (a start takes a few ms: look often).
+_START_TIMEOUT_S = 15.0
+_START_POLL_S = 0.002
+# stop(): how long to wait for the server thread; it ends within a tick unless a handler blocks the loop.
+_STOP_TIMEOUT_S = 10.0
+
 
 class _QuietDrops(logging.Filter):
     """uvicorn logs an error when a response is left unfinished: that is our injected 'drop' fault. It
@@ -392,12 +399,12 @@ class Emulator:
 
         self._thread = threading.Thread(target=main, name=f"rpq-emulator-{self.port}", daemon=True)
         self._thread.start()
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + _START_TIMEOUT_S
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"emulator failed to start: {self._error!r}")
-            time.sleep(0.002)
+            time.sleep(_START_POLL_S)
         return self
 
     def stop(self) -> None:
@@ -406,7 +413,7 @@ class Emulator:
         if server is not None:
             server.request_stop()
         if thread is not None:
-            thread.join(timeout=10)
+            thread.join(timeout=_STOP_TIMEOUT_S)
         if self._socket is not None:
             self._socket.close()
         self._server = self._thread = self._socket = None

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from runpod_queue.emulator._external import worker_environment
-from runpod_queue.emulator.jobs import new_worker_id
+from runpod_queue.emulator._jobs import new_worker_id
 
 __all__ = ["ManagedWorker", "WorkerProcesses"]
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT
-from runpod_queue.emulator.jobs import JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator._jobs import JobRecord, WorkerSlot, encode_json
 
 __all__ = ["InProcessRunner", "RunOutcome", "RunReports", "exception_error_string", "normalize_result"]
 

@@ -18,7 +18,7 @@ import secrets
 import string
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import orjson
 
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EndpointState",
     "JobRecord",
+    "RunRef",
+    "StateChange",
     "WorkerSlot",
     "decode_json",
     "encode_json",
@@ -97,6 +99,23 @@ def new_worker_id() -> str:
     # RunPod worker ids are 14 lowercase alphanumerics.
     """A fresh worker id, shaped as RunPod's (14 lowercase alphanumerics)."""
     return "".join(secrets.choice(_WORKER_ALPHABET) for _ in range(14))
+
+
+class StateChange(NamedTuple):
+    """One entry of a job's history (the console shows them): the status it entered, when (emulator
+    clock seconds) and why or where (``"submitted"``, ``"retry"``, a worker id; may be empty)."""
+
+    status: JobStatus
+    at: float
+    note: str
+
+
+class RunRef(NamedTuple):
+    """One run of a job (see the module docstring): a queue entry, or a job an external worker holds.
+    Stale once ``job.attempt`` has moved past ``attempt``."""
+
+    job: JobRecord
+    attempt: int
 
 
 class WorkerSlot:
@@ -188,7 +207,7 @@ class JobRecord:
         # Earlier attempts' state changes (retry, lost-worker requeue), up to and including the latest
         # re-entry into the queue; None for the usual single attempt, which costs nothing here: its
         # changes are `queued_at`, `started_at` and `finished_at` (read by the console).
-        self.history: list[tuple[str, float, str]] | None = None
+        self.history: list[StateChange] | None = None
         # Every stream chunk of this attempt, kept (bounded) after /stream handed it out: the console
         # shows them. None until the first chunk.
         self.chunk_log: list[bytes] | None = None
@@ -226,14 +245,14 @@ class JobRecord:
 
     def archive_attempt(self, now: float, note: str) -> None:
         """Record the attempt that is ending (retry, lost worker) before its fields are reset."""
-        history = self.history or [(JobStatus.IN_QUEUE.value, self.created_at, "submitted")]
+        history = self.history or [StateChange(JobStatus.IN_QUEUE, self.created_at, "submitted")]
         if self.started_at is not None:
             history.append(
-                (JobStatus.IN_PROGRESS.value, self.started_at, self.worker.id if self.worker else "")
+                StateChange(JobStatus.IN_PROGRESS, self.started_at, self.worker.id if self.worker else "")
             )
         if self.finished_at is not None:
-            history.append((self.status.value, self.finished_at, ""))
-        history.append((JobStatus.IN_QUEUE.value, now, note))
+            history.append(StateChange(self.status, self.finished_at, ""))
+        history.append(StateChange(JobStatus.IN_QUEUE, now, note))
         if len(history) > _HISTORY_LIMIT:  # a job retried forever keeps its start and its latest changes
             del history[1 : len(history) - _HISTORY_LIMIT + 1]
         self.history = history
@@ -291,8 +310,8 @@ class EndpointState:
         self.id: str = endpoint_id
         self.spec: EndpointSpec = spec
         self.jobs: dict[str, JobRecord] = {}
-        self.queue: deque[tuple[JobRecord, int]] = deque()
-        self.low_queue: deque[tuple[JobRecord, int]] = deque()
+        self.queue: deque[RunRef] = deque()
+        self.low_queue: deque[RunRef] = deque()
         self.workers: list[WorkerSlot] = []
         self.idle: deque[WorkerSlot] = deque()
         self.in_process_workers: int = workers if spec.handler is not None else 0
@@ -301,7 +320,6 @@ class EndpointState:
         self.completed: int = 0
         self.failed: int = 0
         self.retried: int = 0
-        self.replaced_workers: int = 0
         # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.
         self.take_waiters: deque[asyncio.Future[None]] = deque()
 

@@ -1,0 +1,46 @@
+"""The one `emu` fixture: an in-process emulator on loopback, built as `emu_setup` says.
+
+A folder's conftest.py (or a test module) overrides `emu_setup` to serve its own handlers and options;
+without one, `emu` serves `echo` and `fail` (see shared_support). A module that needs several setups
+parametrizes it: ``@pytest.mark.parametrize("emu_setup", [A, B], indirect=True, scope="module")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from runpod_queue.emulator import Emulator
+from shared_support import DEFAULT_SETUP, EmuSetup
+
+
+@pytest.fixture(scope="module")
+def emu_setup(request: pytest.FixtureRequest) -> EmuSetup:
+    setup = getattr(request, "param", DEFAULT_SETUP)
+    assert isinstance(setup, EmuSetup), f"emu_setup takes an EmuSetup, got {setup!r}"
+    return setup
+
+
+@pytest.fixture(scope="session")
+def shared_emulators() -> Iterator[dict[EmuSetup, Emulator]]:
+    """Emulators of `shared` setups, started on first use and stopped when the session ends."""
+    started: dict[EmuSetup, Emulator] = {}
+    yield started
+    for setup, emulator in started.items():
+        setup.stop(emulator)
+
+
+@pytest.fixture(scope="module")
+def emu(emu_setup: EmuSetup, shared_emulators: dict[EmuSetup, Emulator]) -> Iterator[Emulator]:
+    if emu_setup.shared:
+        emulator = shared_emulators.get(emu_setup)
+        if emulator is None:
+            emulator = shared_emulators[emu_setup] = emu_setup.start()
+        yield emulator
+        return
+    emulator = emu_setup.start()
+    try:
+        yield emulator
+    finally:
+        emu_setup.stop(emulator)
