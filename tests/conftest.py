@@ -7,12 +7,17 @@ parametrizes it: ``@pytest.mark.parametrize("emu_setup", [A, B], indirect=True, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from runpod_queue.emulator import Emulator
 from shared_support import DEFAULT_SETUP, EmuSetup
+
+# A refused loopback port in a test means "nothing will listen": no grace for a starting emulator, here or
+# in the rpq subprocesses tests start (tests/cli/test_cli_startup.py and the README tour cover the grace).
+os.environ["RPQ_STARTUP_WAIT"] = "0"
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from cli_support import API_KEY, EXAMPLES, Invoke, WireRecorder
 from typer.testing import CliRunner, Result
 
 from runpod_queue import Client
-from runpod_queue.cli import _ready
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator, EndpointSpec, load_endpoint
 from shared_support import EmuSetup
@@ -70,9 +69,6 @@ def wire() -> Iterator[WireRecorder]:
 def rpq(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     """Run `rpq ARGS` in-process against the emulator (connection flags appended unless given)."""
     monkeypatch.setattr(typer.testing, "_get_command", lambda _app: _COMMAND)
-    # Tests of a refused loopback port mean "nothing will listen": no grace for a starting emulator
-    # (tests/cli/test_cli_startup.py covers that grace).
-    monkeypatch.setattr(_ready, "STARTUP_WAIT", 0.0)
     runner = CliRunner()
 
     def invoke(

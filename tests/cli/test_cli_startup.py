@@ -33,6 +33,7 @@ def test_a_command_waits_for_an_emulator_that_starts_after_it(tmp_path: Path) ->
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     env.pop("RUNPOD_API_KEY", None)
     env.pop("RUNPOD_ENDPOINT_BASE_URL", None)
+    env.pop("RPQ_STARTUP_WAIT", None)  # the default wait, which this test is about
     proc = subprocess.Popen(
         [sys.executable, "-m", "runpod_queue.cli", "run", "echo", '{"prompt": "hi"}', "--local", str(port)],
         stdout=subprocess.PIPE,
@@ -61,7 +62,7 @@ def test_a_command_waits_for_an_emulator_that_starts_after_it(tmp_path: Path) ->
 def test_a_port_that_stays_closed_is_waited_for_once_then_reported_after_one_attempt(
     rpq: Invoke, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(_ready, "STARTUP_WAIT", 0.2)  # a tight bound: nothing will ever listen here
+    monkeypatch.setenv("RPQ_STARTUP_WAIT", "0.2")  # a tight bound: nothing will ever listen here
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: the port refuses connections
         port = closed.getsockname()[1]

@@ -11,6 +11,7 @@ attempt, with "is the emulator running?". A remote server is never probed.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from urllib.parse import urlsplit
@@ -19,21 +20,33 @@ from rich.console import Console
 
 from runpod_queue._settings import is_loopback
 
-__all__ = ["STARTUP_WAIT", "wait_for_listener"]
+__all__ = ["ENV_STARTUP_WAIT", "STARTUP_WAIT", "startup_wait", "wait_for_listener"]
 
 STARTUP_WAIT = 5.0  # seconds; `rpq serve` binds in ~0.3 s, so this covers a slow or busy machine
+# Seconds to wait instead (0 turns the wait off: scripts and test suites that start no server just before).
+ENV_STARTUP_WAIT = "RPQ_STARTUP_WAIT"
 _POLL_INTERVAL = 0.05  # a refused loopback connect costs microseconds: poll often, start promptly
 _CONNECT_TIMEOUT = 1.0  # a loopback connect either succeeds or is refused at once; this is a backstop
 
 
+def startup_wait() -> float:
+    """``$RPQ_STARTUP_WAIT`` seconds when set to a number >= 0, else ``STARTUP_WAIT``."""
+    text = os.environ.get(ENV_STARTUP_WAIT, "").strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return STARTUP_WAIT
+    return value if value >= 0 else STARTUP_WAIT
+
+
 def wait_for_listener(base_url: str, err: Console) -> None:
-    """Return once something accepts connections at a loopback ``base_url``, or after ``STARTUP_WAIT``."""
+    """Return once something accepts connections at a loopback ``base_url``, or after ``startup_wait()``."""
     if not is_loopback(base_url):
         return
     parts = urlsplit(base_url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    deadline = time.monotonic() + STARTUP_WAIT
+    deadline = time.monotonic() + startup_wait()
     said = False
     while True:
         try:
