@@ -49,3 +49,16 @@ def emu(emu_setup: EmuSetup, shared_emulators: dict[EmuSetup, Emulator]) -> Iter
         yield emulator
     finally:
         emu_setup.stop(emulator)
+
+
+# The longest files start first, so xdist's last worker is not left alone with one of them at the end:
+# the docs blocks (one page after another, ~30 s) and the official-worker subprocess tests.
+_LONG_FILES = ("tests/test_docs_blocks.py", "tests/emulator/test_external_workers.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return _LONG_FILES.index(path) if path in _LONG_FILES else len(_LONG_FILES)
+
+    items.sort(key=rank)  # stable: every file keeps its own order
