@@ -110,6 +110,13 @@ def _batch(value: Any, tmp: Path) -> None:
     )
 
 
+def _batch_wait(emu: Emulator, value: Any) -> None:
+    batches = _endpoint(emu).batches
+    batch = batches.create(inputs=[{}])
+    batches.finalize(batch.id)
+    batches.wait(batch.id, timeout=value)
+
+
 def _timings(name: str) -> Callable[[Emulator, Any, Path], object]:
     return lambda emu, v, tmp: Timings(**{name: v})
 
@@ -134,6 +141,8 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     "AsyncEndpoint.status(keep_result_for)": lambda emu, v, tmp: _async_call(
         emu, "status", keep_result_for=v
     ),
+    "Batches.wait(timeout)": lambda emu, v, tmp: _batch_wait(emu, v),
+    "AsyncBatches.wait(timeout)": lambda emu, v, tmp: _async_call(emu, "batch_wait", timeout=v),
     "Policy(execution_timeout)": lambda emu, v, tmp: Policy(execution_timeout=v),
     "Policy(ttl)": lambda emu, v, tmp: Policy(ttl=v),
     "Retries(backoff)": lambda emu, v, tmp: Retries(backoff=v),
@@ -180,6 +189,10 @@ def _async_call(emu: Emulator, method: str, **kwargs: Any) -> None:
             ep = client.endpoint("echo")
             if method == "run_sync":
                 await ep.run_sync({}, **kwargs)
+            elif method == "batch_wait":
+                batch = await ep.batches.create(inputs=[{}])
+                await ep.batches.finalize(batch.id)
+                await ep.batches.wait(batch.id, **kwargs)
             elif method == "stream":
                 async for _ in ep.stream((await ep.run({})).id, **kwargs):
                     pass

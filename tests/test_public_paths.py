@@ -97,6 +97,12 @@ REQUEST = httpx.Request("POST", "https://api.runpod.ai/v2/e/run")
 # Examples of the exported dataclasses; an exported dataclass without one fails below.
 JOB = runpod_queue.Job.from_dict({"id": "j1", "status": "COMPLETED", "output": {"n": 1}, "executionTime": 5})
 DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
+    "Batch": lambda: runpod_queue.Batch.from_dict(
+        {"id": "batch_1", "status": "FINALIZED", "requestTotal": 2, "createdAt": 1783584000000}
+    ),
+    "BatchRequestResult": lambda: runpod_queue.BatchRequestResult.from_dict(
+        {"id": "req_1", "status": "COMPLETED", "output": {"k": 1}}
+    ),
     "BatchResult": lambda: runpod_queue.BatchResult(key="a", id="j1", status="COMPLETED", output=[1]),
     "BatchSummary": lambda: runpod_queue.BatchSummary(total=3, completed=2),
     "Health": lambda: runpod_queue.Health.from_dict({"jobs": {"inQueue": 2}, "workers": {"idle": 1}}),

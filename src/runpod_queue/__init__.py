@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from runpod_queue._batch_jobs import AsyncBatches, Batch, Batches, BatchRequestResult, BatchStatus
 from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
 from runpod_queue._limits import RateLimits
@@ -77,14 +78,19 @@ __all__ = [
     "APIResponseError",
     "APIStatusError",
     "APITimeoutError",
+    "AsyncBatches",
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
     "AuthenticationError",
     "BadRequestError",
+    "Batch",
+    "BatchRequestResult",
     "BatchResult",
     "BatchRunner",
+    "BatchStatus",
     "BatchSummary",
+    "Batches",
     "Client",
     "ConfigurationError",
     "Endpoint",

@@ -41,7 +41,7 @@ class Sleep:
 
 @dataclass(slots=True)
 class Notify:
-    job: Job
+    job: Job | Any  # a Job; a Batch for `Batches.wait` (whose on_update takes Batch snapshots)
 
 
 @dataclass(slots=True)

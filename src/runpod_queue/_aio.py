@@ -21,6 +21,7 @@ from runpod_queue._actions import Exchange, Expired, Finished, Flow, Notify, Sle
 from runpod_queue._aiohttp import AiohttpTransport
 from runpod_queue._answers import parse_health, parse_job, parse_purge
 from runpod_queue._attempts import AttemptRules, attempts
+from runpod_queue._batch_jobs import AsyncBatches
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
@@ -306,6 +307,11 @@ class AsyncEndpoint:
     def client(self) -> AsyncClient:
         """The client this endpoint sends through."""
         return self._client
+
+    @property
+    def batches(self) -> AsyncBatches:
+        """RunPod's Batch Jobs (beta) on this endpoint: create, add, finalize, wait, results."""
+        return AsyncBatches(self._client, self.id)
 
     @property
     def openai_base_url(self) -> str:

@@ -78,6 +78,19 @@ def test_plain_handler_result_and_worker_id(client: Client, procs: WorkerProcess
     assert job.execution_time is not None and job.delay_time is not None
 
 
+def test_batch_jobs_requests_reach_the_official_worker_with_their_batch_id(emu: Emulator) -> None:
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=f"{emu.base_url}/basic", headers=headers) as http:
+        batch_id = http.post("/batch", json=[{"input": {"mode": "batch-id"}}]).json()["id"]
+        assert http.post(f"/batch/{batch_id}/finalize").status_code == 200
+
+        def finished() -> dict[str, object] | None:
+            item = http.get(f"/batch/{batch_id}/requests").json()["requests"][0]
+            return item if item["status"] == "COMPLETED" else None
+
+        assert wait_for(finished, what="the batch request")["output"] == {"batchId": batch_id}
+
+
 def test_raising_handler_shows_runpods_error_string(client: Client) -> None:
     job = client.endpoint("basic").run_sync({"mode": "raise", "value": "x"})
     assert job.status is JobStatus.FAILED

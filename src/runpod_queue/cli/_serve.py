@@ -112,7 +112,8 @@ def serve(
             "--reading",
             metavar="NAME=VALUE",
             help="Where RunPod's docs contradict each other, follow the other reading: queued_ttl=deleted, "
-            "finished_ttl=deleted, execution_timeout=FAILED, status_ttl=job_ttl. Repeatable.",
+            "finished_ttl=deleted, execution_timeout=FAILED, status_ttl=job_ttl, and Batch Jobs' batch_* "
+            "readings (docs/batch-jobs.md). Repeatable.",
         ),
     ] = None,
 ) -> None:

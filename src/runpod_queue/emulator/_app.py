@@ -25,6 +25,7 @@ import orjson
 
 from runpod_queue import _contract as contract
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._batches import BatchRoutes
 from runpod_queue.emulator._bodies import Submission
 from runpod_queue.emulator._config import Faults
 from runpod_queue.emulator._http import (
@@ -114,6 +115,8 @@ class EmulatorApp:
             "purge-queue": ApiRoute(self.purge_queue, _POST, False, "purge-queue"),
             "health": ApiRoute(self.health, _GET, False, None),
         }
+        # Batch Jobs: nine routes under `/batch`, routed by method and path in `BatchRoutes`.
+        self.batches: BatchRoutes = BatchRoutes(core)
         # The worker protocol: never rate-limited or fault-injected.
         self.worker_routes: dict[str, Route] = dict(worker_routes)
         # `/openai/v1/*`: queue jobs too, but with OpenAI's error bodies and streaming answers.
@@ -226,6 +229,8 @@ class EmulatorApp:
         if rest and rest[-1] == "":
             rest.pop()
         request = EndpointRequest(scope, receive, endpoint, rest)
+        if operation == "batch":
+            return await self._serve(send, self.batches, request)
         entry = self.routes.get(operation)
         if entry is None:
             worker_route = self.worker_routes.get(operation)

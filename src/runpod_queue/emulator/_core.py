@@ -140,6 +140,27 @@ class Core:
         self._enqueue(job)
         return job
 
+    def submit_batch_request(self, ep: EndpointState, job_id: str, raw_body: bytes, batch: Any) -> JobRecord:
+        """Queue one request of a finalized batch in the endpoint's batch lane, under its `req_` id."""
+        timings = self.timings
+        job = JobRecord(
+            job_id,
+            ep,
+            None,  # re-read from raw_body when it runs: thousands of parsed inputs need not wait in memory
+            webhook=None,
+            execution_timeout=timings.default_execution_timeout,
+            ttl=timings.default_ttl,
+            low_priority=True,
+            s3_config=None,
+            sync=False,
+            now=self.clock.now(),
+        )
+        job.raw_body = raw_body
+        job.batch = batch
+        ep.jobs[job_id] = job
+        self._enqueue(job)
+        return job
+
     def _enqueue(self, job: JobRecord, *, front: bool = False) -> None:
         ep = job.endpoint
         job.status = JobStatus.IN_QUEUE
@@ -147,7 +168,7 @@ class Core:
         _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
         entry = RunRef(job, job.attempt)
-        q = ep.low_queue if job.low_priority else ep.queue
+        q = ep.batch_queue if job.batch is not None else ep.low_queue if job.low_priority else ep.queue
         if front:
             q.appendleft(entry)
         else:
@@ -184,12 +205,16 @@ class Core:
         job.delay_ms = int((now - job.queued_at) * 1000)
         job.worker = worker
         worker.job = job
+        if job.batch is not None:
+            job.batch.in_progress += 1
         job.timer_handle = self._later(
             job.policy_execution_timeout, self._execution_timed_out, job, job.attempt
         )
 
     def _leave_progress(self, job: JobRecord) -> None:
         job.endpoint.in_progress -= 1
+        if job.batch is not None:
+            job.batch.in_progress -= 1
         job.stop_run = None
         if self._reports:
             self.clock.work_ended()
@@ -305,6 +330,8 @@ class Core:
             payload["input"] = orjson.Fragment(job.original_input_json())
             payload["webhook"] = job.webhook
             self._webhooks.send(job.id, job.webhook, encode_json(payload))
+        if job.batch is not None:
+            job.batch.request_ended(job)
         _wake(job)
 
     def _remove(self, job: JobRecord) -> None:
@@ -326,6 +353,8 @@ class Core:
             job.endpoint.in_queue -= 1
             job.status = JobStatus.CANCELLED
             self._remove(job)
+            if job.batch is not None:
+                job.batch.request_ended(job)
         elif job.status is JobStatus.IN_QUEUE:
             self._finish(job, JobStatus.TIMED_OUT)
         elif job.status is JobStatus.IN_PROGRESS:
@@ -334,6 +363,8 @@ class Core:
             self._leave_progress(job)
             job.status = JobStatus.CANCELLED
             self._remove(job)
+            if job.batch is not None:
+                job.batch.request_ended(job)
 
     def _execution_timed_out(self, job: JobRecord, attempt: int) -> None:
         if not self.is_current(job, attempt):
@@ -404,7 +435,7 @@ class Core:
     def purge(self, ep: EndpointState) -> int:
         """Remove every IN_QUEUE job (they answer 404 afterwards); running jobs are untouched."""
         removed = 0
-        for q in (ep.queue, ep.low_queue):
+        for q in (ep.queue, ep.low_queue):  # Batch Jobs requests belong to their batch: cancel it instead
             while q:
                 job, attempt = q.popleft()
                 if job.attempt == attempt and job.status is JobStatus.IN_QUEUE and job.id in ep.jobs:

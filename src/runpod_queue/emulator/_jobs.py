@@ -137,6 +137,7 @@ class JobRecord:
 
     __slots__ = (
         "attempt",
+        "batch",
         "chunk_log",
         "chunks",
         "created_at",
@@ -198,6 +199,9 @@ class JobRecord:
         self.policy_execution_timeout: float = execution_timeout
         self.policy_ttl: float = ttl
         self.low_priority: bool = low_priority
+        # The Batch Jobs batch this job is a request of (`_batches.BatchRecord`), else None: such a job
+        # waits in the endpoint's batch lane and its worker job carries `batchId`.
+        self.batch: Any = None
         self.s3_config: dict[str, str] | None = s3_config
         self.sync: bool = sync
         self.status: JobStatus = JobStatus.IN_QUEUE
@@ -300,6 +304,8 @@ class JobRecord:
             job["webhook"] = self.webhook
         if self.s3_config is not None:
             job["s3Config"] = dict(self.s3_config)
+        if self.batch is not None:
+            job["batchId"] = self.batch.id  # as RunPod's worker receives it (runpod-python rp_scale.py)
         return job
 
 
@@ -312,6 +318,9 @@ class EndpointState:
         self.jobs: dict[str, JobRecord] = {}
         self.queue: deque[RunRef] = deque()
         self.low_queue: deque[RunRef] = deque()
+        # Batch Jobs requests: taken only when both queues above are empty, so a batch never delays
+        # /run traffic (RunPod runs batches on separate, off-peak capacity).
+        self.batch_queue: deque[RunRef] = deque()
         self.workers: list[WorkerSlot] = []
         self.idle: deque[WorkerSlot] = deque()
         self.in_process_workers: int = workers if spec.handler is not None else 0
@@ -324,8 +333,9 @@ class EndpointState:
         self.take_waiters: deque[asyncio.Future[None]] = deque()
 
     def next_queued(self) -> JobRecord | None:
-        """Pop the next runnable job: normal priority first, then lowPriority; stale entries skipped."""
-        for q in (self.queue, self.low_queue):
+        """Pop the next runnable job: normal priority, then lowPriority, then Batch Jobs requests; stale
+        entries skipped."""
+        for q in (self.queue, self.low_queue, self.batch_queue):
             while q:
                 job, attempt = q.popleft()
                 if job.attempt == attempt and job.status is JobStatus.IN_QUEUE and job.id in self.jobs:

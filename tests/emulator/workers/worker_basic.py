@@ -16,6 +16,8 @@ async def handler(job):
     mode = job_input.get("mode", "echo")
     if mode == "echo":
         return {"echo": job_input.get("value"), "worker": runpod.serverless.modules.worker_state.WORKER_ID}
+    if mode == "batch-id":
+        return {"batchId": job.get("batchId")}  # a Batch Jobs request carries its batch's id
     if mode == "big":
         return {"blob": "x" * job_input["size"]}
     if mode == "raise":
