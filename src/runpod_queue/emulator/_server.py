@@ -21,7 +21,7 @@ from runpod_queue._units import Duration
 from runpod_queue._units import seconds as _seconds
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._assembly import assemble
-from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, make_clock
+from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, advance_amount, make_clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._core import Core
 from runpod_queue.emulator._delivery import WebhookAttempt
@@ -243,8 +243,10 @@ class Emulator:
 
         Raises:
             RuntimeError: The emulator runs on the real clock, or this was called on its own loop.
+            ValueError: ``seconds`` is negative, not finite, over 10 years (one advance), or would move
+                the clock past what it can count.
         """
-        amount = _seconds(seconds, "advance(seconds)")
+        amount = advance_amount(seconds)
         clock = self.clock
         if not isinstance(clock, VirtualClock):
             raise RuntimeError(
