@@ -348,7 +348,7 @@ class EmulatorApp:
         if sub.ignored:
             message = sub.warning("runsync" if sync else "run", request.endpoint.id)
             # Logged once per message: a client sending webhookV2 on every request must not flood the log.
-            self.core.notices.warn(message, log_once=True)
+            self.core.notices.warn(message, "ignored_keys", log_once=True)
             warnings.append(message)
         job = self.core.submit(
             request.endpoint,
