@@ -10,6 +10,15 @@
    and run again until it finishes. Prints lost keys (no result line), doubled keys (an input the handler
    ran under two job ids), and the ambiguity the batch reported against the real number of doubles.
 
+3. Edges (issue #26), each run against this checkout and, with ``--before COMMIT``, against that commit's
+   emulator side by side (``git archive``; nothing is checked out):
+   - freeze: one OpenAI chat completion with n = 300,000 to `examples/fake_llm.py` while /health is polled
+     every 50 ms: the request's status and time, the slowest /health answer, the SIGTERM exit time.
+   - clock: two ``POST /_emulator/advance {"seconds": 1e308}``, then 10 /run: the statuses.
+   - deep: a /run with an input nested 1,000 levels, then GET /_emulator/jobs: the statuses.
+   - retained: ``--retained`` (100,000) trivial /run jobs finished and kept: the emulator's RSS growth and
+     the bytes per retained job, without a cap and under ``--max-retained-jobs`` (``--cap``, 10,000).
+
 Everything is bounded in count and time (each batch run at most 120 s) and binds 127.0.0.1 only.
 Prints `name: value` lines; nothing here asserts.
 """
@@ -18,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -111,6 +121,175 @@ def run_soak(tmp: Path, clients: int, seconds: float) -> None:
     print(f"soak_emulator_rss_end_mb: {end:.0f}")
 
 
+# -- 3. edges of issue #26 ----------------------------------------------------------------------------
+
+FAKE_LLM = Path(__file__).resolve().parents[1] / "examples" / "fake_llm.py"
+
+
+def _version(tmp: Path, before: str | None) -> tuple[str | None, Path]:
+    """The `source` for emulator_process and the fake_llm file of this checkout or of `before`."""
+    if before is None:
+        return None, FAKE_LLM
+    target = tmp / f"before-{before}"
+    if not target.exists():
+        target.mkdir()
+        archive = subprocess.run(
+            ["git", "archive", before, "src", "examples"],
+            capture_output=True,
+            check=True,
+            cwd=FAKE_LLM.parents[1],
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive, check=True)
+    return str(target / "src"), target / "examples" / "fake_llm.py"
+
+
+async def _freeze(base: str) -> dict[str, Any]:
+    timeout = aiohttp.ClientTimeout(total=120)
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": 300_000}
+    worst = 0.0
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def big() -> tuple[int, float]:
+            began = time.monotonic()
+            async with session.post(f"{base}/fake_llm/openai/v1/chat/completions", json=body) as r:
+                await r.read()
+                return r.status, time.monotonic() - began
+
+        task = asyncio.create_task(big())
+        await asyncio.sleep(0.05)
+        polls = 0
+        while not task.done() or polls < 5:
+            began = time.monotonic()
+            async with session.get(f"{base}/fake_llm/health") as r:
+                await r.read()
+            worst = max(worst, time.monotonic() - began)
+            polls += 1
+            await asyncio.sleep(0.05)
+        status, took = await task
+    return {"status": status, "seconds": took, "health_worst_ms": worst * 1000, "health_polls": polls}
+
+
+def run_freeze(tmp: Path, label: str, before: str | None) -> None:
+    source, fake_llm = _version(tmp, before)
+    with emulator_process(f"fake_llm={fake_llm}", "--no-rate-limits", source=source) as (base, pid):
+        found = asyncio.run(_freeze(base))
+        start_rss = rss_mb(pid)
+    print(f"freeze_{label}_n300000_status: {found['status']}")
+    print(f"freeze_{label}_n300000_seconds: {found['seconds']:.2f}")
+    print(f"freeze_{label}_health_worst_ms: {found['health_worst_ms']:.0f} ({found['health_polls']} polls)")
+    print(f"freeze_{label}_rss_after_mb: {start_rss:.0f}")
+
+
+def _hog_exit_seconds(tmp: Path, source: str | None) -> float | None:
+    """Seconds `rpq serve` takes to exit on SIGTERM while an async handler holds its loop (None: not
+    within 20 s, then killed)."""
+    hog = tmp / "hog.py"
+    hog.write_text("import time\n\nasync def handler(job):\n    time.sleep(60)\n    return {}\n")
+    args = [sys.executable, "-m", "runpod_queue.cli", "serve", f"hog={hog}", "--port", "0"]
+    env = {**os.environ, **({"PYTHONPATH": source} if source else {})}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert proc.stdout is not None
+        base = re.search(r"(http://127\.0\.0\.1:\d+/v2)", proc.stdout.readline())
+        assert base, "rpq serve did not print its address"
+        with contextlib.suppress(Exception):
+            import httpx
+
+            httpx.post(f"{base.group(1)}/hog/run", json={"input": {}}, timeout=0.5)
+        time.sleep(1.0)  # the handler now holds the loop
+        began = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            return None
+        return time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def run_sigterm(tmp: Path, label: str, before: str | None) -> None:
+    source, _ = _version(tmp, before)
+    took = _hog_exit_seconds(tmp, source)
+    print(f"sigterm_{label}_exit_seconds: {'not within 20 s (killed)' if took is None else f'{took:.1f}'}")
+
+
+async def _edges(base: str, root: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        advances = []
+        for _ in range(2):
+            async with session.post(f"{root}/_emulator/advance", json={"seconds": 1e308}) as r:
+                advances.append(r.status)
+        runs: Counter[int] = Counter()
+        for _ in range(10):
+            async with session.post(f"{base}/echo/run", json={"input": {}}) as r:
+                runs[r.status] += 1
+        deep = b'{"input": ' + b'{"a": ' * 1000 + b"1" + b"}" * 1000 + b"}"
+        headers = {"content-type": "application/json"}
+        async with session.post(f"{base}/echo/run", data=deep, headers=headers) as r:
+            deep_run = r.status
+        async with session.get(f"{root}/_emulator/jobs") as r:
+            jobs = r.status
+    return {"advances": advances, "runs": dict(runs), "deep_run": deep_run, "jobs": jobs}
+
+
+def run_edges(tmp: Path, label: str, before: str | None) -> None:
+    source, _ = _version(tmp, before)
+    handler = tmp / "echo.py"
+    handler.write_text(HANDLER)
+    with emulator_process(f"echo={handler}", "--clock", "virtual", source=source) as (base, _):
+        found = asyncio.run(_edges(base, base.removesuffix("/v2")))
+    print(f"clock_{label}_advance_1e308_statuses: {found['advances']}")
+    print(f"clock_{label}_later_run_statuses: {found['runs']}")
+    print(f"deep_{label}_run_1000_levels_status: {found['deep_run']}")
+    print(f"deep_{label}_emulator_jobs_status: {found['jobs']}")
+
+
+async def _fill(base: str, jobs: int) -> None:
+    connector = aiohttp.TCPConnector(limit=64)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        sent = 0
+
+        async def client() -> None:
+            nonlocal sent
+            while sent < jobs:
+                sent += 1
+                async with session.post(f"{base}/echo/run", json={"input": {"n": sent}}) as r:
+                    await r.read()
+
+        await asyncio.gather(*(client() for _ in range(64)))
+        while True:  # every job finished (and so retained, or forgotten past the cap)
+            async with session.get(f"{base}/echo/health") as r:
+                if (await r.json())["jobs"]["completed"] >= jobs:
+                    return
+            await asyncio.sleep(0.2)
+
+
+def run_retained(tmp: Path, label: str, before: str | None, jobs: int, cap: int | None) -> None:
+    source, _ = _version(tmp, before)
+    handler = tmp / "echo.py"
+    handler.write_text(HANDLER)
+    extra = ["--no-rate-limits", "--workers", "4"]
+    if before is None:
+        extra += ["--max-retained-jobs", str(cap or 0)]
+    with emulator_process(f"echo={handler}", *extra, source=source) as (base, pid):
+        asyncio.run(_fill(base, 1000))  # warm: imports, first allocations
+        start = rss_mb(pid)
+        began = time.monotonic()
+        asyncio.run(_fill(base, jobs + 1000))
+        elapsed = time.monotonic() - began
+        end = rss_mb(pid)
+    kept = jobs if cap is None else min(jobs, cap)
+    name = f"retained_{label}_{'no_cap' if cap is None else f'cap_{cap}'}"
+    print(f"{name}_jobs: {jobs} in {elapsed:.0f} s")
+    print(f"{name}_rss_start_mb: {start:.0f}")
+    print(f"{name}_rss_end_mb: {end:.0f}")
+    if cap is None or jobs <= cap:
+        print(f"{name}_bytes_per_retained_job: {(end - start) * 1024 * 1024 / kept:.0f}")
+
+
 # -- 2. fault-injected batch with kills ----------------------------------------------------------------
 
 
@@ -196,7 +375,15 @@ def main() -> int:
     parser.add_argument("--inputs", type=int, default=1000)
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--seed", type=int, default=12)
-    parser.add_argument("--only", choices=["soak", "batch"], help="run one half only")
+    parser.add_argument(
+        "--only",
+        choices=["soak", "batch", "freeze", "sigterm", "edges", "retained"],
+        help="run one part only (the edges of issue #26 run only when named, or with --edges)",
+    )
+    parser.add_argument("--edges", action="store_true", help="also run freeze, sigterm, edges, retained")
+    parser.add_argument("--before", metavar="COMMIT", help="run the edges against this commit too")
+    parser.add_argument("--retained", type=int, default=100_000, help="jobs for the retained part")
+    parser.add_argument("--cap", type=int, default=10_000, help="--max-retained-jobs for the retained part")
     args = parser.parse_args()
     clients, seconds, inputs = (
         (8, 5.0, 300) if args.quick else (args.clients, min(args.seconds, 600), args.inputs)
@@ -206,6 +393,21 @@ def main() -> int:
             run_soak(Path(tmp), clients, seconds)
         if args.only in (None, "batch"):
             run_fault_batch(Path(tmp), min(inputs, 20_000), min(args.kills, 10), args.seed)
+        versions: list[tuple[str, str | None]] = [("after", None)]
+        if args.before:
+            versions.insert(0, ("before", args.before))
+        retained = min(args.retained, 1_000_000)
+        for label, before in versions:
+            if args.only == "freeze" or args.edges:
+                run_freeze(Path(tmp), label, before)
+            if args.only == "sigterm" or args.edges:
+                run_sigterm(Path(tmp), label, before)
+            if args.only == "edges" or args.edges:
+                run_edges(Path(tmp), label, before)
+            if args.only == "retained" or args.edges:
+                run_retained(Path(tmp), label, before, retained, None)
+                if before is None:
+                    run_retained(Path(tmp), label, before, retained, args.cap)
     return 0
 
 

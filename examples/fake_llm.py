@@ -11,7 +11,8 @@ handler yields the response JSON once or, with `"stream": true`, the server-sent
 
 The "model" is deterministic: the words it answers are drawn from a small vocabulary with a random
 generator seeded by the prompt and the choice index, so the same request always gets the same answer.
-It honours `max_tokens` (finish_reason "length"), `n`, `stop` (finish_reason "stop", the stop text
+It honours `max_tokens` (finish_reason "length"; at most 32768), `n` (at most 128 choices a request),
+`stop` (finish_reason "stop", the stop text
 left out), `stream` and `stream_options.include_usage`. The model id is $FAKE_LLM_MODEL or "fake-llm".
 """
 
@@ -38,7 +39,8 @@ class BadRequest(ValueError):
 
 
 def _error(message: str, code: int = 400) -> dict[str, Any]:
-    # worker-vllm's `_error` shape; the code lets the emulator answer 400 (worker-vllm sends None: 500).
+    # worker-vllm's shape (`src/utils.py` create_error_response: message, type "BadRequestError", code
+    # 400); the code lets the emulator answer 400.
     return {"error": {"message": message, "type": "BadRequestError", "code": code}}
 
 
@@ -64,13 +66,28 @@ def _generate(prompt: str, index: int, max_tokens: int, stop: list[str]) -> tupl
     return tokens, finish
 
 
-def _int(body: dict[str, Any], key: str, default: int, low: int) -> int:
+# Bounds a real server enforces too, so one request cannot hold the handler (and, as it is async, the
+# emulator's whole loop) for seconds: OpenAI caps `n` at 128; vLLM refuses max_tokens past the model's
+# context length (this one's is 32768). A prompt list counts once per prompt, as vLLM runs each.
+MAX_CHOICES = 128
+MAX_TOKENS = 32_768
+
+
+def _int(body: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
     value = body.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise BadRequest(f"{key} must be an integer >= {low}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise BadRequest(f"{key} must be an integer from {low} to {high}, got {value!r}")
     return value
+
+
+def _choices(n: int, prompts: int = 1) -> None:
+    if n * prompts > MAX_CHOICES:
+        raise BadRequest(
+            f"{n} choice(s) for each of {prompts} prompt(s) is over {MAX_CHOICES} in one request: "
+            "lower n or split the prompts"
+        )
 
 
 def _stops(value: Any) -> list[str]:
@@ -120,8 +137,10 @@ def _sse(data: dict[str, Any]) -> str:
 def _chat(body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
     """A chat completion: the whole response, or (streaming) its SSE events."""
     prompt = _messages_prompt(body.get("messages"))
-    n = _int(body, "n", 1, 1)
-    max_tokens = _int(body, "max_completion_tokens", _int(body, "max_tokens", 16, 1), 1)
+    n = _int(body, "n", 1, 1, MAX_CHOICES)
+    max_tokens = _int(
+        body, "max_completion_tokens", _int(body, "max_tokens", 16, 1, MAX_TOKENS), 1, MAX_TOKENS
+    )
     stop = _stops(body.get("stop"))
     runs = [_generate(prompt, i, max_tokens, stop) for i in range(n)]
     rid, model = _request_id("chatcmpl", body), body.get("model") or MODEL
@@ -157,8 +176,9 @@ def _completion(body: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]
         prompts = [prompts]
     if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) for p in prompts):
         raise BadRequest("prompt must be a string or a non-empty list of strings")
-    n = _int(body, "n", 1, 1)
-    max_tokens = _int(body, "max_tokens", 16, 1)
+    n = _int(body, "n", 1, 1, MAX_CHOICES)
+    _choices(n, len(prompts))
+    max_tokens = _int(body, "max_tokens", 16, 1, MAX_TOKENS)
     stop = _stops(body.get("stop"))
     runs = [_generate(p, i, max_tokens, stop) for p in prompts for i in range(n)]
     rid, model = _request_id("cmpl", body), body.get("model") or MODEL
@@ -181,7 +201,7 @@ def _response(body: dict[str, Any]) -> dict[str, Any]:
     """/v1/responses (OpenAI's Responses API), not streaming."""
     given = body.get("input")
     prompt = given if isinstance(given, str) else _messages_prompt(given)
-    max_tokens = _int(body, "max_output_tokens", 16, 1)
+    max_tokens = _int(body, "max_output_tokens", 16, 1, MAX_TOKENS)
     tokens, finish = _generate(prompt, 0, max_tokens, [])
     rid = _request_id("resp", body)
     usage = _usage(prompt, [tokens])
@@ -217,7 +237,7 @@ def _response(body: dict[str, Any]) -> dict[str, Any]:
 def _message(body: dict[str, Any]) -> dict[str, Any]:
     """/v1/messages (Anthropic's Messages API), not streaming."""
     prompt = _messages_prompt(body.get("messages"))
-    max_tokens = _int(body, "max_tokens", 16, 1)
+    max_tokens = _int(body, "max_tokens", 16, 1, MAX_TOKENS)
     stop = _stops(body.get("stop_sequences"))
     tokens, finish = _generate(prompt, 0, max_tokens, stop)
     reason = "max_tokens" if finish == "length" else "end_turn"

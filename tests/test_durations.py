@@ -159,10 +159,15 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     "WebhookSigner.sign(expires_in)": lambda emu, v, tmp: WebhookSigner(SECRET).sign(LOOPBACK, expires_in=v),
     "Emulator.advance(seconds)": lambda emu, v, tmp: emu.advance(v),
     "Emulator.call(timeout)": lambda emu, v, tmp: emu.call(_nothing, timeout=v),
+    "Emulator(loop_warn_after)": lambda emu, v, tmp: Emulator({}, loop_warn_after=v),
     "VirtualClock.advance(seconds)": lambda emu, v, tmp: asyncio.run(VirtualClock().advance(v)),
     "VirtualClock.advance_idle(seconds)": lambda emu, v, tmp: VirtualClock().advance_idle(v),
     "Faults(latency)": lambda emu, v, tmp: Faults(latency=v),
-    **{f"Timings({name})": _timings(name) for name in inspect.signature(Timings).parameters},
+    **{
+        f"Timings({name})": _timings(name)
+        for name in inspect.signature(Timings).parameters
+        if name != "max_retained_jobs"  # a count, not a duration
+    },
 }
 
 

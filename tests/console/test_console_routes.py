@@ -273,3 +273,11 @@ def test_webhook_attempts_with_their_answers(emu: Emulator, http: httpx.Client) 
     )
     assert attempts[1]["at"] - attempts[0]["at"] == pytest.approx(10)
     assert detail["webhook"] == "http://127.0.0.1:9/hook"
+
+
+def test_snapshot_carries_the_emulators_latest_warnings(emu: Emulator, http: httpx.Client) -> None:
+    # The page shows them in a banner: a held loop or jobs forgotten past the cap are seen there too.
+    http.post("/v2/echo/run", json={"input": {}, "webhookV2": "http://127.0.0.1:9/h"})
+    warnings = http.get("/_console/api/snapshot").json()["warnings"]
+    assert 1 <= len(warnings) <= 5
+    assert warnings[-1]["kind"] == "ignored_keys" and "webhookV2" in warnings[-1]["message"]

@@ -269,6 +269,41 @@ def test_advance_route_refuses_a_bad_body_with_400(
     assert virtual.now == before
 
 
+def test_advance_route_refuses_over_ten_years_and_the_clock_keeps_serving(
+    virtual: Emulator, vhttp: Http
+) -> None:
+    # Two advances of 1e308 once made the clock infinite: every later /run answered 500.
+    before = virtual.now
+    for _ in range(2):
+        answer = vhttp.control("advance", json={"seconds": 1e308})
+        assert answer.status_code == 400
+        assert "at most 10 years" in answer.json()["error"]
+    assert virtual.now == before
+    assert vhttp.control("advance", json={"seconds": 315_360_000}).status_code == 200
+    assert vhttp.run("q", {}, policy={"ttl": 10_000})
+
+
+@pytest.mark.parametrize("seconds", [1e308, 315_360_001, timedelta(days=3651)])
+def test_advance_refuses_more_than_ten_years_with_a_value_error(seconds: Any) -> None:
+    with Emulator({"q": EndpointSpec(echo, workers=0)}, clock="virtual") as emu:
+        with pytest.raises(ValueError, match=r"at most 10 years \(315360000 seconds\)"):
+            emu.advance(seconds)
+        assert emu.now == 0.0
+    with pytest.raises(ValueError, match=r"at most 10 years \(315360000 seconds\)"):
+        _run(VirtualClock().advance(seconds))
+
+
+def test_a_clock_that_would_stop_counting_refuses_the_advance() -> None:
+    async def main() -> None:
+        clock = VirtualClock()
+        for _ in range(31):
+            await clock.advance(315_360_000)
+        with pytest.raises(ValueError, match="past what it can count"):
+            await clock.advance(315_360_000)
+
+    _run(main())
+
+
 def test_advance_route_needs_the_key_and_its_method(virtual: Emulator, vhttp: Http) -> None:
     for key in (None, "wrong"):
         anonymous = Http(virtual, key=key)

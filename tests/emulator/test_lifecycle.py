@@ -218,6 +218,38 @@ def test_overridden_timings_apply_to_one_rule() -> None:
         assert http.status("e", sync_id)["status"] == "COMPLETED"  # runsync keeps its 1 min
 
 
+def test_finished_jobs_past_the_cap_are_forgotten_oldest_first_and_warned_once() -> None:
+    with virtual({"e": echo, "q": EndpointSpec(echo, workers=0)}, timings=Timings(max_retained_jobs=3)) as (
+        emu,
+        http,
+    ):
+        queued = http.run("q", {})  # never finishes: not counted, never forgotten
+        ids = []
+        for n in range(5):
+            ids.append(http.run("e", {"n": n}))
+            http.wait("e", ids[-1])
+        assert [_gone(http, "e", job_id) for job_id in ids] == [True, True, False, False, False]
+        assert emu.forgotten_jobs == 2
+        assert http.status("q", queued)["status"] == "IN_QUEUE"
+        (warning,) = [w for w in emu.warnings if w.kind == "jobs_forgotten"]
+        assert "more than 3 finished jobs" in warning and "max_retained_jobs" in warning
+        # A job forgotten by its retention leaves room: nothing more is evicted early.
+        emu.advance(1800)
+        again = http.run("e", {})
+        http.wait("e", again)
+        assert emu.forgotten_jobs == 2 and http.status("e", again)["status"] == "COMPLETED"
+        assert len([w for w in emu.warnings if w.kind == "jobs_forgotten"]) == 1
+
+
+def test_max_retained_jobs_is_a_positive_count_or_none() -> None:
+    assert (
+        Timings().max_retained_jobs == 100_000 and Timings(max_retained_jobs=None).max_retained_jobs is None
+    )
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=r"max_retained_jobs must be an int >= 1 or None"):
+            Timings(max_retained_jobs=bad)  # type: ignore[arg-type]
+
+
 def test_timings_are_seconds_and_say_so_when_wrong() -> None:
     assert Timings(retention_run=timedelta(minutes=2)).retention_run == 120.0
     assert Timings().retention_run == 1800.0 and Timings().job_take_hold == 20.0

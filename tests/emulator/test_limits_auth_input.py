@@ -212,6 +212,8 @@ def test_without_a_key_configured_any_key_is_accepted() -> None:
         (b'{"input": {}, "policy": {"lowPriority": "yes"}}', "lowPriority must be true or false"),
         (b'{"input": {}, "webhook": 12}', '"webhook" must be an http(s) URL'),
         (b'{"input": {}, "webhook": "ftp://x"}', '"webhook" must be an http(s) URL'),
+        (b'{"input": {}, "webhook": "https://[::1"}', '"webhook" is not a valid URL'),
+        (b'{"input": {}, "webhook": "http:///hook"}', '"webhook" has no host'),
         (b'{"input": {}, "s3Config": {"accessId": "a"}}', "s3Config needs non-empty strings"),
         (b'{"input": {}, "s3Config": []}', '"s3Config" must be a JSON object'),
     ],
@@ -222,6 +224,27 @@ def test_bad_bodies_get_400_naming_the_problem(http: Http, body: bytes, needle: 
         assert response.status_code == 400, response.text
         assert needle in response.json()["error"]
     assert http.health("echo")["jobs"]["inQueue"] == 0
+
+
+@pytest.mark.parametrize("route", ["run", "runsync"])
+def test_a_body_nested_past_128_levels_is_a_400_naming_the_limit(http: Http, route: str) -> None:
+    # 1,000 levels once made GET /_emulator/jobs a plain-text 500 for the job's whole retention.
+    for levels in (130, 1000):
+        deep = b'{"input": ' + b'{"a": ' * levels + b"1" + b"}" * levels + b"}"
+        response = http.post("echo", route, content=deep)
+        assert response.status_code == 400, response.text
+        assert "nested more than 128 levels" in response.json()["error"]
+    # 128 levels, the body itself counted, is accepted and listed.
+    fits = b'{"input": ' + b'{"a": ' * 126 + b"1" + b"}" * 126 + b"}"
+    assert http.post("echo", route, content=fits, params={"wait": "1000"}).status_code == 200
+    listing = http.control("jobs", method="GET")
+    assert listing.status_code == 200 and listing.json()["jobs"]
+
+
+def test_a_body_whose_brackets_sit_in_strings_is_not_refused(http: Http) -> None:
+    text = "[" * 5000  # counted by the cheap pre-check, yet only 2 levels deep
+    job_id = http.run("echo", {"text": text})
+    assert job_id
 
 
 @pytest.mark.parametrize(
@@ -298,3 +321,22 @@ def test_garbage_never_gets_a_500(http: Http) -> None:
     for job_id in ["%00", "..", "a" * 500, "sync-", "\u2603"]:
         assert http.get("echo", f"status/{job_id}").status_code == 404
     http.post("idle", "purge-queue")
+
+
+def _deep_output(job: dict[str, Any]) -> Any:
+    value: Any = 1
+    for _ in range(job["input"]["levels"]):
+        value = [value]
+    return value
+
+
+def test_a_job_too_deep_to_list_still_lets_the_listing_answer() -> None:
+    # An output 254 levels deep encodes alone (orjson's limit) but not inside the listing: the job is
+    # listed with a note instead, and the route answers 200, not a plain-text 500.
+    with Emulator({"deep": _deep_output}) as emu:
+        answer = httpx.post(f"{emu.base_url}/deep/runsync", json={"input": {"levels": 254}})
+        assert answer.json()["status"] == "COMPLETED"
+        listing = httpx.get(f"{emu.root_url}/_emulator/jobs")
+        assert listing.status_code == 200
+        (job,) = listing.json()["jobs"]
+        assert job["status"] == "COMPLETED" and "nested too deep" in job["output"]

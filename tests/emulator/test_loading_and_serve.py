@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import httpx
@@ -176,6 +178,51 @@ def test_rpq_serve_strict_and_a_contested_reading() -> None:
             assert http.get(f"{base}/echo/status/{job_id}").status_code == 404  # deleted, not TIMED_OUT
     finally:
         _stop(proc)
+
+
+def test_rpq_serve_max_retained_jobs_forgets_the_oldest_and_warns_once() -> None:
+    proc = _serve(f"echo={HERE / 'simple.py'}", "--port", "0", "--max-retained-jobs", "2")
+    try:
+        base, _ = _base_url(proc)
+        with httpx.Client(verify=False) as http:
+            ids = [http.post(f"{base}/echo/runsync", json={"input": {}}).json()["id"] for _ in range(4)]
+            codes = [http.get(f"{base}/echo/status/{job_id}").status_code for job_id in ids]
+            assert codes == [404, 404, 200, 200]
+    finally:
+        err = _stop(proc)
+    assert err.count("more than 2 finished jobs retained") == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_rpq_serve_stops_on_a_signal_even_while_a_handler_holds_its_loop(sig: signal.Signals) -> None:
+    # An async handler that never awaits once made `rpq serve` ignore SIGTERM until it returned.
+    proc = _serve(f"{HERE / 'hog.py'}", "--port", "0")
+    try:
+        base, _ = _base_url(proc)
+        with httpx.Client(timeout=0.5) as http, contextlib.suppress(httpx.TimeoutException):
+            http.post(f"{base}/hog/run", json={"input": {}})
+        assert proc.stderr is not None
+        stderr = proc.stderr
+        warned: list[str] = []
+        seen = threading.Event()
+
+        def read() -> None:  # the watchdog's warning says the loop is held, and why
+            for line in stderr:
+                if "event loop has not answered" in line:
+                    warned.append(line)
+                    seen.set()
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        assert seen.wait(30), "no warning that the loop is held"
+        assert "hog/" in warned[0] and "asyncio.to_thread" in warned[0]
+        proc.send_signal(sig)
+        proc.wait(timeout=30)  # a bound for a hung process, not a timing assertion
+        assert proc.returncode == 128 + sig
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_rpq_serve_refuses_bad_settings_with_exit_2() -> None:

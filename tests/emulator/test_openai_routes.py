@@ -273,6 +273,33 @@ def test_wrong_key_is_refused_and_never_echoed(emu: Emulator) -> None:
     assert secret not in str(info.value) and secret not in repr(info.value.body)
 
 
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-key"])
+def test_the_401_is_the_same_for_known_and_unknown_endpoint_ids(emu: Emulator, auth: str | None) -> None:
+    headers = {"Authorization": auth} if auth else {}
+    answers = [
+        httpx.post(f"{emu.base_url}/{endpoint}/openai/v1/chat/completions", json={}, headers=headers)
+        for endpoint in ("llm", "no-such-endpoint")
+    ]
+    assert [a.status_code for a in answers] == [401, 401]
+    assert answers[0].content == answers[1].content
+    assert answers[0].json()["error"]["code"] == "invalid_api_key"
+
+
+def test_a_body_nested_past_128_levels_is_an_openai_400(emu: Emulator) -> None:
+    # 1,021 levels once answered a plain-text 500.
+    for levels in (130, 1021):
+        body = b'{"model": "m", "messages": ' + b"[" * levels + b"]" * levels + b"}"
+        answer = httpx.post(
+            f"{emu.base_url}/llm/openai/v1/chat/completions",
+            content=body,
+            headers={"Authorization": f"Bearer {KEY}"},
+        )
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["error"]
+        assert "nested more than 128 levels" in error["message"]
+        assert error["type"] == "invalid_request_error"
+
+
 def test_bad_requests_get_clear_openai_errors(emu: Emulator) -> None:
     auth = {"Authorization": f"Bearer {KEY}"}
     base = f"{emu.base_url}/llm/openai/v1"
@@ -287,6 +314,27 @@ def test_bad_requests_get_clear_openai_errors(emu: Emulator) -> None:
         error = answer.json()["error"]
         assert set(error) == {"message", "type", "code"}
         assert text in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "needle"),
+    [
+        ("chat/completions", {"messages": MESSAGES, "n": 300_000}, "n must be an integer from 1 to 128"),
+        ("chat/completions", {"messages": MESSAGES, "max_tokens": 10**9}, "from 1 to 32768"),
+        ("completions", {"prompt": ["a"] * 20, "n": 10}, "over 128 in one request"),
+        ("messages", {"messages": MESSAGES, "max_tokens": 32_769}, "from 1 to 32768"),
+    ],
+)
+def test_fake_llm_refuses_requests_too_big_to_answer_at_once(
+    emu: Emulator, route: str, body: dict[str, Any], needle: str
+) -> None:
+    # n = 300000 once held the emulator's loop for 7 s (every route timed out) and grew without bound.
+    answer = httpx.post(
+        f"{emu.base_url}/llm/openai/v1/{route}", json=body, headers={"Authorization": f"Bearer {KEY}"}
+    )
+    assert answer.status_code == 400
+    assert answer.json()["error"]["type"] == "BadRequestError"
+    assert needle in answer.json()["error"]["message"]
 
 
 # -- async --------------------------------------------------------------------------------------

@@ -131,6 +131,26 @@ def test_connection_errors_are_retried_too(webhook_emu: Emulator) -> None:
     http.close()
 
 
+def test_a_delivery_that_raises_outside_httpx_is_recorded_and_retried(
+    webhook_emu: Emulator, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Any failure of a POST (here one raised outside httpx's own errors, as an unsendable URL or a TLS
+    # setup error does) once killed the delivery task unseen: no attempt recorded, no retry.
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("TLS context could not be built")
+
+    monkeypatch.setattr(httpx.AsyncClient, "post", broken)
+    http = Http(webhook_emu, key=None)
+    job_id = http.run("e", {}, webhook=receiver.url)
+    eventually(lambda: len(_attempts(webhook_emu, job_id)) == 1)
+    webhook_emu.advance(20)
+    attempts = _attempts(webhook_emu, job_id)
+    assert [a.attempt for a in attempts] == [1, 2, 3]
+    assert all(a.error == "RuntimeError: TLS context could not be built" for a in attempts)
+    assert http.status("e", job_id)["status"] == "COMPLETED"
+    http.close()
+
+
 def test_cancelled_and_timed_out_jobs_are_delivered(webhook_emu: Emulator, receiver: Receiver) -> None:
     http = Http(webhook_emu, key=None)
     cancelled = http.run("idle", {}, webhook=receiver.url)

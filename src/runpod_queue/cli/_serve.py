@@ -106,6 +106,15 @@ def serve(
             "ignores them too, with a warning).",
         ),
     ] = False,
+    max_retained_jobs: Annotated[
+        int,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Keep at most N finished jobs for their retention (about 5.5 KB each); past it the oldest "
+            "is forgotten first and answers 404, as after retention. 0: no cap, as on RunPod.",
+        ),
+    ] = 100_000,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -120,7 +129,14 @@ def serve(
     """Serve a local emulator of RunPod queue endpoints, one per handler. Stops on Ctrl-C."""
     from dataclasses import replace
 
-    from runpod_queue.emulator import Emulator, EndpointSpec, HandlerLoadError, Readings, load_endpoint
+    from runpod_queue.emulator import (
+        Emulator,
+        EndpointSpec,
+        HandlerLoadError,
+        Readings,
+        Timings,
+        load_endpoint,
+    )
 
     handlers = handlers or []
     endpoints: dict[str, EndpointSpec] = {}
@@ -189,6 +205,7 @@ def serve(
         host=host,
         port=port,
         strict=strict,
+        timings=Timings(max_retained_jobs=max_retained_jobs or None),
     )
 
     from runpod_queue.emulator._worker_processes import WorkerProcesses

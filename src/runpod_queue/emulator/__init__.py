@@ -13,6 +13,7 @@ from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._delivery import WebhookAttempt
 from runpod_queue.emulator._inspect import JobView, RecordedRequest
 from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, load_endpoint
+from runpod_queue.emulator._notices import EmulatorWarning, WarningKind
 from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._server import Emulator
 
@@ -21,6 +22,7 @@ __all__ = [
     "ClockKind",
     "Emulator",
     "EmulatorApp",
+    "EmulatorWarning",
     "EndpointSpec",
     "Faults",
     "Handler",
@@ -32,6 +34,7 @@ __all__ = [
     "RecordedRequest",
     "Timings",
     "VirtualClock",
+    "WarningKind",
     "WebhookAttempt",
     "load_endpoint",
 ]

@@ -42,7 +42,7 @@ from runpod_queue.emulator._http import (
     respond_empty,
 )
 from runpod_queue.emulator._notices import Warned
-from runpod_queue.emulator._openai import OpenAIRoutes
+from runpod_queue.emulator._openai import OpenAIRoutes, openai_unauthorized
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._console import Console
@@ -204,25 +204,23 @@ class EmulatorApp:
             return await respond(
                 send, 404, {"error": f"no route {scope['path']}; routes live under /v2/<endpoint_id>/"}
             )
-        # The key first: a stranger learns nothing, not even which endpoint ids exist. (The OpenAI routes
-        # answer a missing key themselves, in OpenAI's shape, once the endpoint is known.)
-        authorized = self._authorized(scope)
-        if not authorized and parts[3] != "openai":
+        # The key first: a stranger learns nothing, not even which endpoint ids exist. The OpenAI routes
+        # answer it in OpenAI's shape, the same bytes for a known and an unknown endpoint id.
+        if not self._authorized(scope):
+            if parts[3] == "openai":
+                return await openai_unauthorized(send)
             return await _unauthorized(send)
         endpoint = self.core.endpoints.get(parts[2])
         if endpoint is None:
-            if not authorized:
-                return await _unauthorized(send)
             known = ", ".join(sorted(self.core.endpoints)) or "none"
             return await respond(
                 send, 404, {"error": f"endpoint {parts[2]!r} not found (this emulator serves: {known})"}
             )
         operation = parts[3]
-        if operation == "openai":  # answers its own errors, the 401 included, in OpenAI's shape
+        if operation == "openai":  # answers its own errors in OpenAI's shape
             return await self.openai(
                 EndpointRequest(scope, receive, endpoint, parts[4:]),
                 send,
-                authorized=authorized,
                 worker_allowance=self._worker_allowance,
             )
         rest = parts[4:]
@@ -355,7 +353,7 @@ class EmulatorApp:
         if sub.ignored:
             message = sub.warning("runsync" if sync else "run", request.endpoint.id)
             # Logged once per message: a client sending webhookV2 on every request must not flood the log.
-            self.core.notices.warn(message, log_once=True)
+            self.core.notices.warn(message, "ignored_keys", log_once=True)
             warnings.append(message)
         job = self.core.submit(
             request.endpoint,

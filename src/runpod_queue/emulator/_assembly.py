@@ -9,6 +9,7 @@ limiter  = RateLimiter(rate_limits)
 requests = RequestLog()                            # what the app answered, for tests (inspect)
 control  = Control(clock, core, requests)          # /_emulator/*
 console  = Console(core, delivery)                 # / and /_console/*: reads the core, never writes
+watchdog = LoopWatchdog(notices, warn_after)       # a thread warning when the loop stops answering
 app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown,
                        console)
 ```
@@ -36,6 +37,7 @@ from runpod_queue.emulator._external import ExternalWorkers
 from runpod_queue.emulator._inspect import RequestLog
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._watchdog import LoopWatchdog
 from runpod_queue.emulator._workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
@@ -56,6 +58,7 @@ class Emulation:
     control: Control
     console: Console
     app: EmulatorApp
+    watchdog: LoopWatchdog | None
 
 
 def assemble(
@@ -70,6 +73,7 @@ def assemble(
     faults: Faults | None,
     strict: bool = False,
     readings: Readings | None = None,
+    loop_warn_after: float | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
     runner = InProcessRunner()
@@ -88,8 +92,15 @@ def assemble(
     requests = RequestLog()
     control = Control(clock, core, requests)
     console = Console(core, delivery)
+    watchdog = (
+        LoopWatchdog(core.notices, loop_warn_after, core.running_jobs)
+        if loop_warn_after is not None
+        else None
+    )
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:
+        if watchdog is not None:
+            watchdog.start(loop)
         clock.bind(loop)
         core.bind(loop)
         runner.bind(loop)
@@ -97,6 +108,8 @@ def assemble(
         console.bind(loop)
 
     async def shutdown() -> None:
+        if watchdog is not None:
+            watchdog.stop()
         await console.aclose()
         await runner.aclose()
         await delivery.aclose()
@@ -116,5 +129,5 @@ def assemble(
         console=console,
     )
     return Emulation(
-        clock, timings, core, runner, delivery, external, limiter, requests, control, console, app
+        clock, timings, core, runner, delivery, external, limiter, requests, control, console, app, watchdog
     )

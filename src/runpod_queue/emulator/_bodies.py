@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import httpx
+
 from runpod_queue import _contract as contract
 from runpod_queue.emulator._http import HTTPError, type_name
 
@@ -39,6 +41,23 @@ def _duration(policy: dict[str, Any], key: str, low: int, high: int) -> float | 
     return int(value) / 1000
 
 
+def _check_webhook(webhook: object) -> None:
+    """A 400 unless `webhook` is an http(s) URL the delivery can send to: parsed here, with the same
+    parser the delivery uses, so `https://[::1` is refused at /run instead of failing later unseen."""
+    if not isinstance(webhook, str) or not webhook.startswith(("http://", "https://")):
+        raise HTTPError(400, f'field "webhook" must be an http(s) URL string, got {webhook!r}')
+    try:
+        host = httpx.URL(webhook).host
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        raise HTTPError(
+            400, f'field "webhook" is not a valid URL ({exc}): send e.g. "https://example.com/hook"'
+        ) from None
+    if not host:
+        raise HTTPError(
+            400, f'field "webhook" has no host: send e.g. "https://example.com/hook", got {webhook!r}'
+        )
+
+
 class Submission:
     """A /run or /runsync body; durations in seconds. `ignored` lists the unknown keys dropped (dotted
     for nested ones: `s3Config.objectPath`), in the order found."""
@@ -55,10 +74,8 @@ class Submission:
             raise HTTPError(400, f'field "input" must be a JSON object, got {type_name(job_input)}')
         self.input = job_input
         webhook = data.get("webhook")
-        if webhook is not None and (
-            not isinstance(webhook, str) or not webhook.startswith(("http://", "https://"))
-        ):
-            raise HTTPError(400, f'field "webhook" must be an http(s) URL string, got {webhook!r}')
+        if webhook is not None:
+            _check_webhook(webhook)
         self.webhook: str | None = webhook
         self.execution_timeout: float | None = None
         self.ttl: float | None = None

@@ -28,6 +28,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol
@@ -35,7 +36,16 @@ from typing import Any, Final, Literal, Protocol
 from runpod_queue._units import Duration
 from runpod_queue._units import seconds as _seconds
 
-__all__ = ["Clock", "ClockKind", "RealClock", "TimerHandle", "VirtualClock", "make_clock"]
+__all__ = [
+    "MAX_ADVANCE_S",
+    "Clock",
+    "ClockKind",
+    "RealClock",
+    "TimerHandle",
+    "VirtualClock",
+    "advance_amount",
+    "make_clock",
+]
 
 log = logging.getLogger("runpod_queue.emulator")
 
@@ -46,6 +56,11 @@ _KINDS: Final = ("real", "virtual", "auto")
 _SETTLE_TURNS: Final = 4
 # Virtual due times are kept on a nanosecond grid, so 0.1 + 9.9 and 10.0 are the same instant.
 _GRID: Final = 9
+# The most one advance may move a virtual clock: 10 years (365-day years), far past any RunPod duration
+# (retention 30 min, ttl 7 days at most), yet small enough that now stays finite and exact to the grid.
+MAX_ADVANCE_S: Final = 10 * 365 * 86_400.0
+# The latest time a virtual clock may show (~317 years): a float still counts microseconds there.
+_MAX_NOW_S: Final = 1e10
 
 
 class TimerHandle(Protocol):
@@ -221,9 +236,9 @@ class VirtualClock(Clock):
 
     async def advance(self, seconds: Duration) -> float:
         """Fire every timer due within `seconds`, in time order, letting each one's effects settle."""
-        amount = _seconds(seconds, "advance(seconds)")
+        amount = advance_amount(seconds)
         async with self._advance_lock:
-            target = round(self._now + amount, _GRID)
+            target = _finite_target(self._now, amount)
             self._advancing += 1
             try:
                 await self._settle()
@@ -241,10 +256,10 @@ class VirtualClock(Clock):
 
     def advance_idle(self, seconds: Duration) -> float:
         """Move a clock that has no timers and no loop (an emulator not started yet)."""
-        amount = _seconds(seconds, "advance(seconds)")
+        amount = advance_amount(seconds)
         if self.pending():
             raise RuntimeError("the emulator is not running: start it before advancing its clock")
-        self._now = round(self._now + amount, _GRID)
+        self._now = _finite_target(self._now, amount)
         return self._now
 
     def _next_due(self) -> float | None:
@@ -383,3 +398,26 @@ def make_clock(kind: str, time_scale: float = 1.0) -> Clock:
             "advanced (or, with 'auto', when a held request waits on nothing but time); drop time_scale"
         )
     return VirtualClock(auto=kind == "auto")
+
+
+def _finite_target(now: float, amount: float) -> float:
+    """Where an advance lands; refused when it would no longer be a finite, exact time (an infinite
+    clock makes every later timer and deadline meaningless)."""
+    target = round(now + amount, _GRID)
+    if not math.isfinite(target) or target > _MAX_NOW_S:
+        raise ValueError(
+            f"advance(seconds) would move the clock to {target!r} seconds, past what it can count: "
+            "restart the emulator to start from 0"
+        )
+    return target
+
+
+def advance_amount(seconds: Duration) -> float:
+    """`seconds` for one advance, checked: a finite number from 0 to `MAX_ADVANCE_S`."""
+    amount = _seconds(seconds, "advance(seconds)")
+    if amount > MAX_ADVANCE_S:
+        raise ValueError(
+            f"advance(seconds) moves a clock at most 10 years (315360000 seconds) at once, got {amount:g}: "
+            "advance in steps"
+        )
+    return amount

@@ -15,11 +15,17 @@ Handler = Callable[[dict[str, Any]], Any]
 
 @dataclass(frozen=True, slots=True, init=False)
 class Timings:
-    """Every RunPod lifecycle duration the emulator applies, in seconds (a number or a `timedelta`).
+    """Every RunPod lifecycle duration the emulator applies, in seconds (a number or a `timedelta`), and
+    the cap on finished jobs kept.
 
     On a real clock `Emulator(time_scale=…)` multiplies all of them, so a 30-minute retention can pass
     in milliseconds; on a virtual clock they are virtual seconds. Override one field to change a single
     rule. Rate-limit windows are not here (see `RateLimits`): they are never scaled.
+
+    `max_retained_jobs` is the one count here, as it bounds retention too: at most that many finished
+    jobs are kept for their retention (all endpoints together; about 5.5 KB each, see docs/emulator.md).
+    Past it the oldest finished job is forgotten first and answers 404 as after its retention, and the
+    emulator warns once. ``None`` keeps every finished job for its whole retention, as RunPod does.
     """
 
     retention_run: float
@@ -35,6 +41,7 @@ class Timings:
     # the official worker gives up at 90), and how long a silent external worker counts as alive.
     job_take_hold: float
     worker_lost_after: float
+    max_retained_jobs: int | None
 
     # RunPod's durations (``_contract``), written out so the signature shows them; a test keeps them equal.
     def __init__(
@@ -50,10 +57,21 @@ class Timings:
         status_sync_default_wait: Duration = 90.0,
         job_take_hold: Duration = 20.0,
         worker_lost_after: Duration = 30.0,
+        max_retained_jobs: int | None = 100_000,
     ) -> None:
         given = locals()
         for f in fields(self):
-            object.__setattr__(self, f.name, seconds(given[f.name], f"Timings.{f.name}"))
+            if f.name != "max_retained_jobs":
+                object.__setattr__(self, f.name, seconds(given[f.name], f"Timings.{f.name}"))
+        if max_retained_jobs is not None and (
+            isinstance(max_retained_jobs, bool)
+            or not isinstance(max_retained_jobs, int)
+            or max_retained_jobs < 1
+        ):
+            raise ValueError(
+                f"Timings.max_retained_jobs must be an int >= 1 or None (no cap), got {max_retained_jobs!r}"
+            )
+        object.__setattr__(self, "max_retained_jobs", max_retained_jobs)
 
 
 @dataclass(frozen=True, slots=True, init=False)

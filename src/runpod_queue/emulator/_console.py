@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Console"]
 
+_WARNINGS_SHOWN: Final = 5  # the page shows the last few; Emulator.warnings keeps 1000
+
 log = logging.getLogger("runpod_queue.emulator")
 
 SCAN_LIMIT: Final = 20_000  # newest jobs a filtered window looks through
@@ -222,6 +224,10 @@ class Console:
             "endpoints": [self._endpoint(ep) for ep in self.core.endpoints.values()],
             "jobs": self._window(endpoint, status, limit),
             "statuses": list(_STATUSES),
+            # The emulator's latest warnings (a held loop, jobs forgotten past the cap, ...), newest last.
+            "warnings": [
+                {"kind": w.kind, "message": str(w)} for w in self.core.notices.snapshot()[-_WARNINGS_SHOWN:]
+            ],
         }
 
     def _filter(self, query: dict[str, str]) -> tuple[EndpointState | None, str | None]:

@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._http import HTTPError, Request, Route, json_object, type_name
 from runpod_queue.emulator._inspect import RequestLog, job_views
+from runpod_queue.emulator._jobs import encode_json
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
@@ -78,7 +81,10 @@ class Control:
             raise HTTPError(
                 400, f'"seconds" must be a number of seconds >= 0, got {type_name(value)} {value!r}'
             )
-        return 200, {"now": await self.clock.advance(float(value))}
+        try:
+            return 200, {"now": await self.clock.advance(float(value))}
+        except ValueError as exc:  # over 10 years, or a clock that would stop being finite
+            raise HTTPError(400, str(exc)) from None
 
     async def jobs(self, request: Request) -> tuple[int, Any]:
         """``GET /_emulator/jobs[?endpoint=]``: every job the emulator still answers for."""
@@ -88,7 +94,7 @@ class Control:
             known = ", ".join(sorted(endpoints)) or "none"
             raise HTTPError(404, f"endpoint {wanted!r} not found (this emulator serves: {known})")
         chosen = [endpoints[wanted]] if wanted is not None else [endpoints[e] for e in sorted(endpoints)]
-        return 200, {"jobs": [view.to_dict() for ep in chosen for view in job_views(ep)]}
+        return 200, {"jobs": [_encoded(view.to_dict()) for ep in chosen for view in job_views(ep)]}
 
     async def list_requests(self, request: Request) -> tuple[int, Any]:
         """``GET /_emulator/requests[?all=true]``: the requests served, oldest first."""
@@ -102,3 +108,14 @@ class Control:
         """``DELETE /_emulator/requests``: forget the requests served so far."""
         self.requests.clear()
         return 200, {"requests": []}
+
+
+def _encoded(view: dict[str, Any]) -> orjson.Fragment:
+    """One job's view, encoded on its own: a handler's output nested near orjson's 254-level limit may
+    not fit inside the listing, and one such job must not make the whole route fail. Its input/output
+    are then replaced by a note saying why."""
+    try:
+        return orjson.Fragment(encode_json(view))
+    except (TypeError, ValueError, RecursionError):
+        note = "(not shown: nested too deep to encode here; see this job's /status)"
+        return orjson.Fragment(encode_json({**view, "input": note, "output": note}))

@@ -14,6 +14,7 @@ that a run was stopped through the `JobRecord.stop_run` they set.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
 
@@ -68,6 +69,11 @@ class Core:
         self.readings: Readings = readings or Readings()
         self.notices: Notices = notices or Notices()
         self.timings = timings
+        # Finished jobs kept for their retention, oldest first (keyed by id(): one entry per record),
+        # when Timings.max_retained_jobs caps them; `forgotten` counts the ones evicted early.
+        self._retain_cap = timings.max_retained_jobs
+        self._retained: OrderedDict[int, JobRecord] = OrderedDict()
+        self.forgotten = 0
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
         self._runner = runner
@@ -84,6 +90,15 @@ class Core:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the emulator serves on (client holds make their futures on it)."""
         self._loop = loop
+
+    def running_jobs(self) -> list[str]:
+        """``endpoint/job-id`` of every job a worker runs now (for the loop watchdog's warning)."""
+        return [
+            f"{ep.id}/{worker.job.id}"
+            for ep in list(self.endpoints.values())
+            for worker in list(ep.workers)
+            if worker.job is not None
+        ]
 
     def span(self, duration: float) -> float:
         """Clock seconds a RunPod duration (seconds) lasts: `time_scale` applies on a real clock."""
@@ -260,7 +275,7 @@ class Core:
     def drop_result(self, job: JobRecord, size: int) -> None:
         """A result over RunPod's 20 MB is lost there (COMPLETED, no `output`); here too, but loudly."""
         job.warning = dropped_warning(job, size)
-        self.notices.warn(job.warning)
+        self.notices.warn(job.warning, "result_dropped")
 
     def release_worker(self, worker: WorkerSlot, *, replace: bool = False) -> None:
         """A worker finished its run (or was abandoned): make it idle again, or replace it."""
@@ -323,6 +338,8 @@ class Core:
             retention = min(retention, job.retention_override)
         job.expires_at = now + self.span(retention)
         job.retention_handle = self._later(retention, self._remove, job)
+        if self._retain_cap is not None:
+            self._retain(job, self._retain_cap)
         if job.webhook is not None:
             # RunPod's delivery has no workerId (runpod-python issue 409 shows a real one).
             payload = job.status_dict()
@@ -334,7 +351,26 @@ class Core:
             job.batch.request_ended(job)
         _wake(job)
 
+    def _retain(self, job: JobRecord, cap: int) -> None:
+        """Count `job` among the finished jobs kept; past `cap`, forget the oldest first (as RunPod
+        forgets a result after its retention: it answers 404)."""
+        retained = self._retained
+        retained[id(job)] = job
+        while len(retained) > cap:
+            _, oldest = retained.popitem(last=False)
+            self.forgotten += 1
+            if self.forgotten == 1:
+                self.notices.warn(
+                    f"more than {cap} finished jobs retained: forgetting the oldest first, before their "
+                    "retention ends (they answer 404, as after it). Raise Timings(max_retained_jobs=...) "
+                    "(`rpq serve --max-retained-jobs`) if a client still needs them; warned once, "
+                    "counted in Emulator.forgotten_jobs",
+                    "jobs_forgotten",
+                )
+            self._remove(oldest)
+
     def _remove(self, job: JobRecord) -> None:
+        self._retained.pop(id(job), None)
         ep = job.endpoint
         if ep.jobs.get(job.id) is job:
             del ep.jobs[job.id]
@@ -396,6 +432,7 @@ class Core:
         if job.status not in (JobStatus.FAILED, JobStatus.TIMED_OUT):
             return f"job {job.id} is {job.status.value}; only FAILED or TIMED_OUT jobs can be retried"
         _cancel_timer(job, "retention_handle")
+        self._retained.pop(id(job), None)  # running again: no longer a finished job kept
         job.archive_attempt(self.clock.now(), "retry")
         job.attempt += 1
         job.output_json = None

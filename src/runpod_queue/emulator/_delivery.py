@@ -100,6 +100,9 @@ class WebhookDelivery:
                 status_code = response.status_code
             except httpx.HTTPError as exc:
                 error = failure_reason(exc)  # "connection refused", as the client words it
+            except Exception as exc:
+                # (an unsendable URL, a TLS setup error): a delivery task must never die unseen.
+                error = f"{type(exc).__name__}: {exc}"
             self.attempts.append(WebhookAttempt(job_id, url, attempt, status_code, error, at))
             if status_code == 200:
                 return

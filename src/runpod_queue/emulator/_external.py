@@ -432,7 +432,7 @@ class ExternalWorkers:
         `oversize`); an oversized progress update gets the 400 and ends nothing."""
         entry = self._held_job(request, worker)
         if entry is not None and is_progress(body):
-            self.core.notices.warn(progress_warning(entry[0], len(body)))
+            self.core.notices.warn(progress_warning(entry[0], len(body)), "progress_dropped")
         elif entry is not None:
             job, attempt = entry
             del worker.held[job.id]

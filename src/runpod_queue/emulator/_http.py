@@ -7,6 +7,7 @@ to fix it>"}` [ours].
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import parse_qsl
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._jobs import EndpointState
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "EndpointRequest",
     "HTTPError",
     "Receive",
@@ -35,8 +37,15 @@ Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
+log = logging.getLogger("runpod_queue.emulator")
+
 _JSON_HEADERS: Final = [(b"content-type", b"application/json")]
 MB: Final = 1_000_000
+#: The deepest JSON a request body may nest (objects and arrays; the body itself is level 1). Real inputs
+#: (chat messages, tool schemas) stay under 20; orjson encodes at most 254, and an input is written back
+#: inside a few levels of answer (`/status`, `/_emulator/jobs`, a webhook), so 128 keeps every accepted
+#: input encodable with room to spare.
+MAX_JSON_DEPTH: Final = 128
 
 
 class HTTPError(Exception):
@@ -138,7 +147,8 @@ def _too_large(size: int, limit: int, what: str) -> HTTPError:
 
 
 def json_object(body: bytes, example: str = '{"input": {...}}') -> dict[str, Any]:
-    """The body as a JSON object, or a 400 saying what was sent instead."""
+    """The body as a JSON object, or a 400 saying what was sent instead (nested past
+    `MAX_JSON_DEPTH` levels included)."""
     if not body:
         raise HTTPError(400, f"request body is empty: send a JSON object such as {example}")
     try:
@@ -147,7 +157,29 @@ def json_object(body: bytes, example: str = '{"input": {...}}') -> dict[str, Any
         raise HTTPError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise HTTPError(400, f"request body must be a JSON object, got {type_name(data)}")
+    # Counting brackets (in C) first: a body with fewer than the limit cannot be nested that deep, so
+    # the walk runs only for the rare body that might be.
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and _depth_over(data, MAX_JSON_DEPTH):
+        raise HTTPError(
+            400,
+            f"request body is nested more than {MAX_JSON_DEPTH} levels deep (objects and arrays): "
+            "flatten the input, or send it as a string or through object storage",
+        )
     return data
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether `value` nests objects/arrays more than `limit` levels (the top one counts as 1)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def type_name(value: Any) -> str:
@@ -167,8 +199,16 @@ def type_name(value: Any) -> str:
 async def respond(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    """A complete JSON answer; `payload` may already be encoded bytes."""
-    body = payload if isinstance(payload, bytes) else encode_json(payload)
+    """A complete JSON answer; `payload` may already be encoded bytes. A payload that cannot be encoded
+    (nested past orjson's 254 levels, say) answers a JSON 500, never the server's plain-text one."""
+    try:
+        body = payload if isinstance(payload, bytes) else encode_json(payload)
+    except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
+        log.exception("the emulator could not encode its answer as JSON")
+        status, headers = 500, None
+        body = encode_json(
+            {"error": "internal emulator error: the answer could not be encoded as JSON; see the server log"}
+        )
     await send(
         {
             "type": "http.response.start",

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._jobs import EndpointState, JobRecord
     from runpod_queue.emulator._ratelimit import RateLimiter
 
-__all__ = ["OPENAI_LIMIT", "OPENAI_ROUTES", "OpenAIRoutes"]
+__all__ = ["OPENAI_LIMIT", "OPENAI_ROUTES", "OpenAIRoutes", "openai_unauthorized"]
 
 # route under /openai/v1 → method (RunPod docs list the first three; worker-vllm's README adds the rest)
 OPENAI_ROUTES: Final = {
@@ -59,8 +59,21 @@ _SSE_HEADERS: Final = [
 ]
 
 
+async def openai_unauthorized(send: Send) -> None:
+    """The 401 of `/openai/*` without a valid key, in OpenAI's shape. The app answers it before looking
+    the endpoint up, so it is the same for every endpoint id and tells a stranger none of them."""
+    await _error(
+        send,
+        401,
+        "missing or invalid API key: send 'Authorization: Bearer <key>' (the openai package "
+        "sends its api_key that way)",
+        "invalid_request_error",
+        "invalid_api_key",
+    )
+
+
 class OpenAIRoutes:
-    """The `/openai/v1/*` routes of every endpoint; called by the app with the auth verdict it made."""
+    """The `/openai/v1/*` routes of every endpoint; the app has checked the key."""
 
     def __init__(self, core: Core, limiter: RateLimiter) -> None:
         self.core = core
@@ -71,19 +84,9 @@ class OpenAIRoutes:
         request: EndpointRequest,
         send: Send,
         *,
-        authorized: bool,
         worker_allowance: Callable[[EndpointState], int],
     ) -> None:
         endpoint = request.endpoint
-        if not authorized:
-            return await _error(
-                send,
-                401,
-                "missing or invalid API key: send 'Authorization: Bearer <key>' (the openai package "
-                "sends its api_key that way)",
-                "invalid_request_error",
-                "invalid_api_key",
-            )
         rest = request.rest
         if rest and rest[-1] == "":
             rest = rest[:-1]

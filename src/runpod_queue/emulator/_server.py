@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import uvicorn
@@ -21,12 +21,13 @@ from runpod_queue._units import Duration
 from runpod_queue._units import seconds as _seconds
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._assembly import assemble
-from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, make_clock
+from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, advance_amount, make_clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._core import Core
 from runpod_queue.emulator._delivery import WebhookAttempt
 from runpod_queue.emulator._external import ExternalWorkers
 from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
+from runpod_queue.emulator._notices import EmulatorWarning
 from runpod_queue.emulator._readings import Readings
 
 __all__ = ["Emulator"]
@@ -64,10 +65,17 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
 class _Server(uvicorn.Server):
     """uvicorn's server, told to stop through an event instead of noticing within its 0.1 s tick."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, on_exit_signal: Callable[[int], None] | None = None) -> None:
         super().__init__(config)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._on_exit_signal = on_exit_signal
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # uvicorn only sets a flag the loop reads; the watchdog ends the process if the loop is held.
+        super().handle_exit(sig, frame)
+        if self._on_exit_signal is not None:
+            self._on_exit_signal(sig)
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -131,6 +139,9 @@ class Emulator:
             warning (``warnings``, the log, an ``X-Rpq-Warning`` header), as RunPod ignores them.
         readings: Which reading to follow where RunPod's documents contradict each other (ttl,
             executionTimeout, ``/status?ttl=``).
+        loop_warn_after: Seconds the event loop may go without answering before the emulator warns
+            (``warnings`` with kind ``"loop_blocked"``, and the log): an async handler that computes
+            without awaiting holds every route meanwhile. ``None`` switches the watch off.
 
     Raises:
         ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
@@ -153,6 +164,7 @@ class Emulator:
         log_level: str = "warning",
         strict: bool = False,
         readings: Readings | None = None,
+        loop_warn_after: Duration | None = 0.5,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -191,6 +203,9 @@ class Emulator:
             faults=faults,
             strict=bool(strict),
             readings=readings,
+            loop_warn_after=None
+            if loop_warn_after is None
+            else _seconds(loop_warn_after, "loop_warn_after", low=0.05),
         )
         self.app: EmulatorApp = self._parts.app
         self.host: str = host
@@ -211,10 +226,18 @@ class Emulator:
         return self._parts.core
 
     @property
-    def warnings(self) -> list[str]:
+    def warnings(self) -> list[EmulatorWarning]:
         """What the emulator accepted or dropped where RunPod does so silently (unknown request keys,
-        results over 20 MB), oldest first; each is also logged and sent as `X-Rpq-Warning`."""
+        results over 20 MB; also sent as `X-Rpq-Warning`), and what went wrong in the emulator itself (a
+        handler holding its event loop, finished jobs forgotten past ``Timings.max_retained_jobs``),
+        oldest first, the last 1000. Each is logged too; each entry is a ``str`` with a ``kind``."""
         return self.core.notices.snapshot()
+
+    @property
+    def forgotten_jobs(self) -> int:
+        """Finished jobs forgotten before their retention ended because more than
+        ``Timings.max_retained_jobs`` were kept (oldest first; each answers 404 as after retention)."""
+        return self.core.forgotten
 
     @property
     def external(self) -> ExternalWorkers:
@@ -243,8 +266,10 @@ class Emulator:
 
         Raises:
             RuntimeError: The emulator runs on the real clock, or this was called on its own loop.
+            ValueError: ``seconds`` is negative, not finite, over 10 years (one advance), or would move
+                the clock past what it can count.
         """
-        amount = _seconds(seconds, "advance(seconds)")
+        amount = advance_amount(seconds)
         clock = self.clock
         if not isinstance(clock, VirtualClock):
             raise RuntimeError(
@@ -373,7 +398,8 @@ class Emulator:
             backlog=2048,
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        return _Server(config)
+        watchdog = self._parts.watchdog
+        return _Server(config, watchdog.exit_requested if watchdog is not None else None)
 
     def start(self) -> Emulator:
         """Start serving in a background thread; returns when the port accepts connections.

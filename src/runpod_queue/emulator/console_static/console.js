@@ -168,11 +168,19 @@ function onSnapshot(data) {
   fillSelects(data);
   renderEndpoints(data.endpoints);
   renderJobs(data.jobs);
+  renderWarnings(data.warnings || []);
   const took = performance.now() - t0;
   stats.renders++;
   stats.renderMsTotal += took;
   stats.renderMsMax = Math.max(stats.renderMsMax, took);
   if (stats.loadMs === null) stats.loadMs = performance.now();
+}
+
+// The emulator's latest warnings (a handler holding the loop, jobs forgotten past the cap, ...): text only.
+function renderWarnings(warnings) {
+  const box = $("#warnings");
+  box.hidden = warnings.length === 0;
+  box.replaceChildren(...warnings.map((w) => el("li", { class: "warning " + w.kind }, w.message)));
 }
 
 function fillSelects(data) {
