@@ -129,3 +129,12 @@ def official_test_server() -> Iterator[Served]:
     env = {"RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true", "RUNPOD_SKIP_GPU_CHECK": "true"}
     with announced(args, "/docs", env=env) as (proc, root):
         yield Served(root, proc.pid)
+
+
+@contextlib.contextmanager
+def ceiling_server() -> Iterator[Served]:
+    """A raw ASGI app answering a constant JSON on uvicorn + uvloop + httptools (`_ceiling_server.py`): what
+    any Python route can reach here. Yields its root URL and pid."""
+    args = [sys.executable, str(BENCH_DIR / "_ceiling_server.py")]
+    with announced(args, "/") as (proc, root):
+        yield Served(root, proc.pid)

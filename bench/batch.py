@@ -13,10 +13,13 @@
    limits off: status calls per job and how late a result is seen after its job ended, on average.
    The same jobs again as a webhook-driven batch (signed webhooks to a receiver the runner serves):
    status calls per job and the ratio to polling.
-3. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
+3. Calls per job of a queue that waits: 200 jobs of 1-10 s on 8 workers (limits off), collected with held
+   `/status-sync` long-polls (the default) and, side by side, with short `/status` polls on the schedule
+   only (`PollOptions(long_polls=0)`, what the runner did before): status calls per job (goal <= 1.5).
+4. Memory: peak RSS of a runner process pushing 100,000 inputs through (limits off), inputs streamed from a
    file — target < 300 MB.
 
-Prints `name: value` lines. `python bench/batch.py [--quick]`.
+Prints `name: value` lines. `python bench/batch.py [--quick] [--calls-only]`.
 """
 
 from __future__ import annotations
@@ -42,7 +45,11 @@ async def slow(job):
     return 1
 gc.freeze()
 gc.set_threshold(50_000, 20, 100)
-endpoints = {"noop": noop, "slow": EndpointSpec(handler=slow, workers=100)}
+endpoints = {
+    "noop": noop,
+    "slow": EndpointSpec(handler=slow, workers=100),
+    "eight": EndpointSpec(handler=slow, workers=8),
+}
 emu = Emulator(endpoints, workers=8, rate_limits=sys.argv[1] == "on")
 emu.serve_forever(on_ready=lambda e: print(e.base_url, flush=True))
 """
@@ -160,6 +167,40 @@ def bench_slow(count: int, *, webhooks: bool = False) -> float:
     return summary.status_calls / count
 
 
+def bench_calls(count: int, *, long_polls: bool) -> float:
+    """Status calls per job for ``count`` jobs of 1-10 s queued on 8 workers."""
+    import random
+
+    from runpod_queue import BatchRunner, Client, RateLimits
+    from runpod_queue.batch import PollOptions
+
+    proc, base = start_emulator(limits=False)
+    rng = random.Random(2)
+    polling = PollOptions() if long_polls else PollOptions(long_polls=0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="rpq-bench-batch-") as tmp:
+            items = [(n, {"sleep": rng.uniform(1.0, 10.0)}) for n in range(count)]
+            with Client(base_url=base, rate_limits=False) as client:
+                runner = BatchRunner(
+                    client.endpoint("eight"),
+                    journal=Path(tmp) / "journal",
+                    rate_limits=RateLimits.off(),
+                    polling=polling,
+                )
+                started = time.monotonic()
+                summary = runner.run(items)
+            elapsed = time.monotonic() - started
+    finally:
+        stop(proc)
+    assert summary.ok and summary.completed == count, summary
+    name = "held" if long_polls else "short_polls"
+    print(f"calls_{name}_jobs: {count}")
+    print(f"calls_{name}_elapsed_s: {elapsed:.1f}")
+    print(f"calls_{name}_status_calls: {summary.status_calls}")
+    print(f"calls_{name}_status_calls_per_job: {summary.status_calls_per_job:.2f}")
+    return summary.status_calls_per_job
+
+
 def rss_child(count: int, base: str) -> None:
     """Runs in a fresh process: only the runner's own memory is measured."""
     from runpod_queue import BatchRunner, Client, RateLimits
@@ -202,10 +243,18 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="2,000 rate inputs and 20,000 RSS inputs")
+    parser.add_argument(
+        "--calls-only", action="store_true", help="only part 3: status calls per job, held vs short polls"
+    )
     parser.add_argument("--rss-child", nargs=2, metavar=("COUNT", "BASE_URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
         rss_child(int(args.rss_child[0]), args.rss_child[1])
+        return
+    held = bench_calls(200, long_polls=True)
+    short = bench_calls(200, long_polls=False)
+    print(f"status_calls_per_job_held_vs_short_polls: {held:.2f} vs {short:.2f}")
+    if args.calls_only:
         return
     bench_rate(2_000 if args.quick else 5_000)
     slow = 300 if args.quick else 1_000

@@ -153,6 +153,7 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     "BatchRunner(progress_interval)": lambda emu, v, tmp: _batch(v, tmp),
     "PollOptions(min_interval)": lambda emu, v, tmp: PollOptions(min_interval=v, max_interval=60),
     "PollOptions(max_interval)": lambda emu, v, tmp: PollOptions(max_interval=v),
+    "PollOptions(hold)": lambda emu, v, tmp: PollOptions(hold=v),
     "WebhookOptions(grace)": lambda emu, v, tmp: WebhookOptions(listen=("127.0.0.1", 0), grace=v),
     "WebhookSigner(expires_in)": lambda emu, v, tmp: WebhookSigner(SECRET, expires_in=v),
     "WebhookSigner.token(expires_in)": lambda emu, v, tmp: WebhookSigner(SECRET).token(expires_in=v),

@@ -12,6 +12,7 @@ import pytest
 from batch_support import Recorder, batch_runner, keys_once
 
 from runpod_queue import AsyncEndpoint, Client, Job
+from runpod_queue.batch import PollOptions
 from runpod_queue.batch._journal import Journal
 from runpod_queue.errors import APIConnectionError, ServerError
 
@@ -106,7 +107,9 @@ def test_a_status_answer_that_breaks_the_contract_is_recorded_and_the_batch_goes
     items = [("a", {"n": 1}), ("b", {"n": 2})]
 
     async def bounded() -> Any:  # the limit only stops a batch stuck on the job (as it was)
-        return await asyncio.wait_for(batch_runner(client, tmp_path).arun(items), 20)
+        # Short checks only: the broken answer is injected into AsyncEndpoint.status.
+        polling = PollOptions(min_interval=0.01, max_interval=0.2, long_polls=0)
+        return await asyncio.wait_for(batch_runner(client, tmp_path, polling=polling).arun(items), 20)
 
     summary = asyncio.run(bounded())
     rows = keys_once(tmp_path / "out.jsonl")

@@ -258,6 +258,9 @@ def test_many_jobs_in_flight_share_one_status_budget(recorder: Recorder, tmp_pat
                 rate_limits=RateLimits(limits=limits),
                 on_progress=ticks.append,
                 progress_interval=0.01,
+                # Short checks only: the schedule's budget is what this test is about (the emulator's
+                # time_scale would also shorten every held long-poll to a blink).
+                polling=PollOptions(min_interval=0.01, max_interval=0.2, long_polls=0),
             )
             task = asyncio.create_task(batch.arun(lines(write_inputs(tmp_path / "in.jsonl", 200))))
             await until(lambda: batch.summary.status_calls >= 100)

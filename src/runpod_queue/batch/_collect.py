@@ -14,9 +14,15 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
+from runpod_queue._answers import parse_job
+from runpod_queue._attempts import attempts
+from runpod_queue._calls import status_sync_call
 from runpod_queue._contract import RETENTION_RUN_MS, JobStatus
 from runpod_queue._models import Job, Policy
+from runpod_queue._units import to_ms
 from runpod_queue.batch._schedule import Watched
 from runpod_queue.batch._state import Fatal, RunState
 from runpod_queue.batch._submit import resend_is_safe
@@ -24,6 +30,7 @@ from runpod_queue.batch._types import BatchResult, ItemStatus, item_status
 from runpod_queue.errors import (
     APIError,
     APIResponseError,
+    APIStatusError,
     AuthenticationError,
     BadRequestError,
     NotFoundError,
@@ -32,6 +39,8 @@ from runpod_queue.errors import (
 )
 
 __all__ = ["Collector", "lost_message"]
+
+T = TypeVar("T")
 
 _UNREADABLE_AFTER = 3  # consecutive such status answers before the item is recorded and left
 
@@ -66,27 +75,50 @@ class Collector:
     def __init__(self, run: RunState) -> None:
         self.run = run
         self.checks: set[asyncio.Task[None]] = set()
+        self.held = 0  # /status-sync long-polls under way
+        # False once the server turns out not to offer /status-sync (404/405 for a job that exists).
+        self.long_polls = run.config.long_polls > 0
 
     # -- dispatching -------------------------------------------------------------------------------
 
     async def dispatch(self) -> None:
-        """Hand the most overdue job to a status check whenever one of the slots is free.
+        """Hand the most overdue job to a status check: a held ``/status-sync`` long-poll while fewer than
+        ``long_polls`` are held (one call for the whole wait), else a short ``/status`` once one of the
+        ``poll_concurrency`` slots is free.
 
         One waiter on the schedule (not one per slot), so a newly due job wakes one task, not the pool.
         """
         run = self.run
         slots = asyncio.Semaphore(run.config.poll_concurrency)
         while True:
-            await slots.acquire()
+            slot = False
+            if not self._can_hold():  # wait for a free check before taking a job off the schedule
+                await slots.acquire()
+                slot = True
             await run.paused("status")
             job = await self._next_due()
             if job is None:
-                slots.release()
+                if slot:
+                    slots.release()
                 return
-            task = asyncio.create_task(self._guarded_check(job))
+            held = self._can_hold()  # a hold may have ended while we waited
+            if held:
+                if slot:
+                    slots.release()
+                self.held += 1
+            elif not slot:
+                await slots.acquire()
+            task = asyncio.create_task(self._guarded_check(job, held=held))
             self.checks.add(task)
             task.add_done_callback(self.checks.discard)
-            task.add_done_callback(lambda _: slots.release())
+            task.add_done_callback(self._hold_ended if held else lambda _: slots.release())
+
+    def _can_hold(self) -> bool:
+        return self.long_polls and self.held < self.run.config.long_polls
+
+    def _hold_ended(self, _: object) -> None:
+        self.held -= 1
+        self.run.wake.set()  # a job waiting for a short check may take this hold instead
 
     async def _next_due(self) -> Watched | None:
         run = self.run
@@ -100,9 +132,9 @@ class Collector:
                 await asyncio.wait_for(run.wake.wait(), run.schedule.wait(now))
         return None
 
-    async def _guarded_check(self, job: Watched) -> None:
+    async def _guarded_check(self, job: Watched, *, held: bool) -> None:
         try:
-            await self._check(job)
+            await self._check(job, held=held)
         except Fatal:
             pass
         except Exception as exc:  # a bug or a failing on_result callback: stop cleanly, report it
@@ -110,24 +142,20 @@ class Collector:
 
     # -- one check ---------------------------------------------------------------------------------
 
-    async def _check(self, job: Watched) -> None:
+    async def _check(self, job: Watched, *, held: bool) -> None:
         run = self.run
-        s = run.summary
+        if job.done:
+            return  # a webhook delivered its result while it waited for a check
         job.checking = True
+        asked = time.monotonic()
         try:
-            window = await run.limiter.acquire(run.endpoint.id, "status")
-            try:
-                snapshot = await run.endpoint.status(job.job_id)
-            finally:
-                run.limiter.release(window)
+            snapshot = await (self._held_status(job) if held else self._status(job))
         except APIError as exc:
-            s.status_calls += 1
             if not job.done:
                 self._check_failed(job, exc)
             return
         finally:
             job.checking = False
-        s.status_calls += 1
         job.unreadable = 0
         if job.done:
             return  # a webhook delivered its result while we asked
@@ -135,7 +163,9 @@ class Collector:
         now = time.monotonic()
         if not snapshot.is_terminal:
             run.schedule.observed(job, snapshot.status, now)
-            return
+            if held and now - asked >= run.config.hold / 2:
+                run.schedule.at(job, now)  # the hold was the wait: hold again (a server that did not hold
+            return  # is asked on the schedule instead)
         run.schedule.ended(job, snapshot.delay_time, snapshot.execution_time, now)
         retryable = snapshot.status in (JobStatus.FAILED, JobStatus.TIMED_OUT)
         if retryable and job.attempts <= run.config.retry_failed:
@@ -144,6 +174,44 @@ class Collector:
             await self._retry(job, snapshot)
             return
         self._finish_job(job, snapshot)
+
+    async def _status(self, job: Watched) -> Job:
+        run = self.run
+        window = await run.limiter.acquire(run.endpoint.id, "status")
+        try:
+            return await self._counted(run.endpoint.status(job.job_id))
+        finally:
+            run.limiter.release(window)
+
+    async def _held_status(self, job: Watched) -> Job:
+        """One ``/status-sync`` the server holds until the job ends (or ``hold`` passes): the whole wait
+        for a job costs one call. Where the route is missing (404/405 for a job a plain ``/status`` still
+        knows), this run goes back to short checks."""
+        run = self.run
+        client = run.endpoint.client
+        call = status_sync_call(run.endpoint.id, job.job_id, wait_ms=to_ms(run.config.hold))
+        window = await run.limiter.acquire(run.endpoint.id, "status-sync")
+        try:
+            answer = await self._counted(client._run(attempts(call, client._rules)))
+            return parse_job(answer)
+        except APIStatusError as exc:
+            if exc.status_code not in (404, 405):
+                raise
+        finally:
+            run.limiter.release(window)
+        snapshot = await self._status(job)  # NotFoundError here: the job is gone, not the route
+        self.long_polls = False
+        return snapshot
+
+    async def _counted(self, call: Awaitable[T]) -> T:
+        """A status call that got an answer (or an error) is counted; one cancelled by a stop is not."""
+        try:
+            result = await call
+        except APIError:
+            self.run.summary.status_calls += 1
+            raise
+        self.run.summary.status_calls += 1
+        return result
 
     def _check_failed(self, job: Watched, error: APIError) -> None:
         if isinstance(error, APIResponseError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from runpod_queue._contract import MIN_HOLD_MS, RUNSYNC_MAX_WAIT_MS
 from runpod_queue._units import Duration, seconds
 
 __all__ = ["PollOptions", "WebhookOptions"]
@@ -31,21 +32,40 @@ class PollOptions:
             ``/status``'s budget).
         min_interval: Seconds (or a ``timedelta``) before a job is checked again, at least.
         max_interval: Seconds before a job is checked again, at most.
+        long_polls: Jobs asked about with one held ``/status-sync`` long-poll at once (RunPod answers it
+            as soon as the job ends): a held job costs one call, not one per interval. Jobs beyond this
+            many (and beyond RunPod's in-flight cap of 400, or half the connection pool) are polled on
+            the schedule. 0 polls every job with short ``/status`` calls.
+        hold: Seconds (1 to 300) the server may hold each long-poll; a job still running after it is
+            asked again. 90 s is what RunPod holds a ``/runsync`` by default.
 
     Raises:
-        ValueError: ``concurrency`` below 1, an interval not above 0, or ``min_interval`` over
-            ``max_interval``.
+        ValueError: ``concurrency`` below 1, an interval not above 0, ``min_interval`` over
+            ``max_interval``, ``long_polls`` below 0, or ``hold`` outside 1 to 300 seconds.
     """
 
     concurrency: int = 64
     min_interval: float = 0.05
     max_interval: float = 10.0
+    long_polls: int = 256
+    hold: float = 90.0
 
     def __init__(
-        self, *, concurrency: int = 64, min_interval: Duration = 0.05, max_interval: Duration = 10.0
+        self,
+        *,
+        concurrency: int = 64,
+        min_interval: Duration = 0.05,
+        max_interval: Duration = 10.0,
+        long_polls: int = 256,
+        hold: Duration = 90.0,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"PollOptions.concurrency must be an integer >= 1, got {concurrency!r}")
+        if isinstance(long_polls, bool) or not isinstance(long_polls, int) or long_polls < 0:
+            raise ValueError(f"PollOptions.long_polls must be an integer >= 0, got {long_polls!r}")
+        held = seconds(hold, "PollOptions.hold")
+        if not MIN_HOLD_MS / 1000 <= held <= RUNSYNC_MAX_WAIT_MS / 1000:
+            raise ValueError(f"PollOptions.hold must be 1 to 300 seconds, got {held:g}")
         low = _positive(min_interval, "PollOptions.min_interval")
         high = _positive(max_interval, "PollOptions.max_interval")
         if low > high:
@@ -55,6 +75,8 @@ class PollOptions:
         object.__setattr__(self, "concurrency", concurrency)
         object.__setattr__(self, "min_interval", low)
         object.__setattr__(self, "max_interval", high)
+        object.__setattr__(self, "long_polls", long_polls)
+        object.__setattr__(self, "hold", held)
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,7 +134,7 @@ def summary_table(s: BatchSummary) -> RenderableType:
         (s.retried, "retried", "/retry calls the service confirmed"),
         (s.ambiguous, "ambiguous", "resent after no job id came back: may have run twice"),
         (s.run_calls, "/run", "calls"),
-        (s.status_calls, "/status", "calls"),
+        (s.status_calls, "/status", f"calls ({s.status_calls_per_job:.2f} per job)"),
         (s.webhook_deliveries, "webhooks", "verified deliveries received"),
         (s.rate_limited, "429", "answers (another client on the same key?)"),
         (s.transient_errors, "transient", "connection errors and 5xx, retried"),

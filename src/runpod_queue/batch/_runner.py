@@ -51,9 +51,10 @@ from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError
 __all__ = ["BatchRunner"]
 
 _HEALTH_ATTEMPTS = 3
-# Connections of a sync Endpoint's engine client at most: RunPod's 200 /run in flight plus the default 64
-# checks, well under the common 1024 open-file limit (with limits off, more would only queue in the pool).
-_MAX_ENGINE_CONNECTIONS = 300
+# Connections of a sync Endpoint's engine client at most: RunPod's 200 /run in flight, the default 64
+# checks and 256 held long-polls, under the common 1024 open-file limit (with limits off, more would only
+# queue in the pool).
+_MAX_ENGINE_CONNECTIONS = 600
 # Final statuses the summary counts as ``failed``: the job ran (or was asked to) and gave no output.
 _COUNTED_FAILED = frozenset(
     {ItemStatus.FAILED, ItemStatus.TIMED_OUT, ItemStatus.CANCELLED, ItemStatus.UNREADABLE}
@@ -280,6 +281,8 @@ class BatchRunner:
                     retry_failed=self.retry_failed,
                     policy=self.policy,
                     poll_concurrency=self.polling.concurrency,
+                    long_polls=self._long_polls(limits, client),
+                    hold=self.polling.hold,
                     backoff=settings.retries,
                     request_timeout=settings.timeout,
                     on_warning=self._on_warning,
@@ -355,13 +358,22 @@ class BatchRunner:
         runs = self.max_in_flight
         if run_limit is not None and run_limit.in_flight is not None:
             runs = min(runs, run_limit.in_flight)
-        wanted = min(runs + self.polling.concurrency, _MAX_ENGINE_CONNECTIONS)
+        wanted = min(runs + self.polling.concurrency + self.polling.long_polls, _MAX_ENGINE_CONNECTIONS)
         engine = AsyncClient._from_settings(
             dataclasses.replace(
                 settings, retries=Retries.off(), max_connections=max(settings.max_connections, wanted)
             )
         )
         return engine, engine
+
+    def _long_polls(self, limits: RateLimits, client: AsyncClient) -> int:
+        """Long-polls held at once: the option, under RunPod's in-flight cap for /status-sync, and at most
+        half the pool — a held request keeps its connection, and /run and short checks need the rest."""
+        cap = min(self.polling.long_polls, client._settings.max_connections // 2)
+        limit = limits.limits.get("status-sync") if limits.enabled else None
+        if limit is not None and limit.in_flight is not None:
+            cap = min(cap, limit.in_flight)
+        return cap
 
     def _schedule(self, on_due: Callable[[], object]) -> Schedule:
         return Schedule(

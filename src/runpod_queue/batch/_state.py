@@ -48,6 +48,8 @@ class RunConfig:
     retry_failed: int
     policy: Policy | None
     poll_concurrency: int
+    long_polls: int  # /status-sync long-polls held at once (0: short polls only)
+    hold: float  # seconds the server may hold each
     backoff: Retries  # timing of the runner's own resends: the user's client's Retries
     request_timeout: float  # how long a request on the wire may take (a stop waits this long for it)
     on_warning: Callable[[str], object] | None

@@ -159,6 +159,13 @@ class BatchSummary:
         return self.completed + self.failed + self.lost + self.invalid + self.rejected
 
     @property
+    def status_calls_per_job(self) -> float:
+        """Status calls (short ``/status`` and held ``/status-sync``) per job this run submitted or
+        resumed: 1 when each job was held until it ended, 0 with webhooks that all arrived."""
+        jobs = self.submitted + self.resumed
+        return self.status_calls / jobs if jobs else 0.0
+
+    @property
     def running(self) -> int:
         """Jobs on the endpoint (submitted, not yet collected)."""
         return self.in_flight - self.waiting
