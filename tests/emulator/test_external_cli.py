@@ -96,3 +96,60 @@ def test_a_worker_that_cannot_start_is_restarted_with_backoff(tmp_path: Path) ->
         procs.supervise()
         assert worker.restarts == 1
         assert worker.proc.wait(timeout=10) != 0
+
+
+def _serve_with_a_worker(out: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runpod_queue.cli", "serve", f"basic={WORKERS / 'worker_basic.py'}",
+             "--runpod-worker", "--port", "0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    found = wait_for(lambda: (f := re.findall(r"pid (\d+)", out.read_text())) and f, what="the worker")
+    return serve, [int(p) for p in found]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_every_stop_signal_takes_the_workers_down_too(tmp_path: Path, signum: signal.Signals) -> None:
+    # Before: SIGTERM and SIGHUP killed `rpq serve` before it stopped its workers, which kept running
+    # with parent 1, retrying the gone emulator.
+    serve, pids = _serve_with_a_worker(tmp_path / "serve.out")
+    try:
+        serve.send_signal(signum)
+        serve.wait(timeout=20)
+        for pid in pids:
+            wait_for(lambda pid=pid: not live_group_members(pid), what=f"worker group {pid} to exit")
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)
+        for pid in pids:
+            for member in live_group_members(pid):
+                os.kill(member, signal.SIGKILL)
+
+
+def test_a_worker_exits_when_its_parent_is_killed_outright(tmp_path: Path) -> None:
+    # SIGKILL leaves no chance to clean up: the worker watches its parent (PR_SET_PDEATHSIG on Linux).
+    serve, pids = _serve_with_a_worker(tmp_path / "serve.out")
+    try:
+        serve.kill()
+        serve.wait(timeout=20)
+        for pid in pids:
+            wait_for(lambda pid=pid: not _running(pid), what=f"worker {pid} to exit")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=10)
+        for pid in pids:
+            for member in live_group_members(pid):
+                os.kill(member, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -88,6 +89,22 @@ class _Server(uvicorn.Server):
         for connection in list(self.server_state.connections):
             connection.shutdown()
         await asyncio.sleep(0)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's SIGINT/SIGTERM capture, plus SIGHUP (a closed terminal, `systemctl reload`): each
+        stops serving gracefully and is raised again once the server is down, so the caller's own
+        handler (``rpq serve`` stops its worker processes there) always runs."""
+        with super().capture_signals():
+            hangup = getattr(signal, "SIGHUP", None)
+            if hangup is None or threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(hangup, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(hangup, previous)
 
     def request_stop(self) -> None:
         """Thread-safe: stop serving now (running requests are cut; workers' polls need no goodbye)."""
