@@ -153,3 +153,51 @@ def _running(pid: int) -> bool:
     except (FileNotFoundError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def test_ctrl_c_answers_held_worker_polls_cleanly(tmp_path: Path) -> None:
+    # Before: uvicorn's graceful stop waited for the held polls, gave up after its grace, logged
+    # "ERROR: Cancel 2 running task(s), timeout graceful shutdown exceeded" and answered them with 500.
+    import threading
+
+    import httpx
+
+    out = tmp_path / "serve.out"
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runpod_queue.cli", "serve", "--external", "ext", "--port", "0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    answers: dict[str, int | str] = {}
+    try:
+        url = wait_for(
+            lambda: (m := re.search(r"RunPod emulator at (\S+)", out.read_text())) and m.group(1),
+            what="the server to start",
+        )
+
+        def poll(name: str, path: str) -> None:
+            try:
+                answers[name] = httpx.get(f"{url}/ext/{path}", timeout=60).status_code
+            except httpx.HTTPError as exc:
+                answers[name] = repr(exc)
+
+        threads = [
+            threading.Thread(target=poll, args=("job-stop", "job-stop/w-stop")),
+            threading.Thread(target=poll, args=("job-take", "job-take/w-take?job_in_progress=0")),
+        ]
+        for thread in threads:
+            thread.start()
+        with Client("any", base_url=url) as client:
+            wait_for(lambda: client.endpoint("ext").health().workers.idle == 2, what="both polls held")
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=20) == 0
+        for thread in threads:
+            thread.join(20)
+        assert answers == {"job-stop": 204, "job-take": 204}
+        assert "ERROR" not in out.read_text()
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)

@@ -69,6 +69,8 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called on the loop as a graceful stop begins (the emulator answers its held polls there).
+        self.on_stopping: list[Callable[[], None]] = []
 
     async def main_loop(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -81,6 +83,10 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if not self.force_exit:
+            # Held worker polls would outlast uvicorn's grace and be cancelled (an ERROR line, a 500
+            # to the worker): answer them first.
+            for callback in self.on_stopping:
+                callback()
             return await super().shutdown(sockets)
         # Forced (Emulator.stop): uvicorn would still sleep 0.1 s for connections to finish answering,
         # which a forced stop does not wait for anyway; every test that starts an emulator paid it.
@@ -390,7 +396,9 @@ class Emulator:
             backlog=2048,
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
-        return _Server(config)
+        server = _Server(config)
+        server.on_stopping.append(self.external.release_polls)
+        return server
 
     def start(self) -> Emulator:
         """Start serving in a background thread; returns when the port accepts connections.
