@@ -22,7 +22,9 @@ def kinds(job: dict[str, Any]) -> Any:
 def test_integers_past_64_bits_reach_the_handler_and_come_back_exactly() -> None:
     body = b'{"input": {"big": 18446744073709551616, "small": -9223372036854775809, "f": 0.1, "id": "x"}}'
     with Emulator({"ep": kinds}) as emu, httpx.Client(timeout=10) as http:
-        answer = http.post(f"{emu.base_url}/ep/runsync", content=body)
+        answer = http.post(
+            f"{emu.base_url}/ep/runsync", content=body, headers={"content-type": "application/json"}
+        )
         assert answer.status_code == 200, answer.text
         assert b'"big":18446744073709551616' in answer.content
         output = answer.json()["output"]

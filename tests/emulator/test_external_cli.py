@@ -96,3 +96,108 @@ def test_a_worker_that_cannot_start_is_restarted_with_backoff(tmp_path: Path) ->
         procs.supervise()
         assert worker.restarts == 1
         assert worker.proc.wait(timeout=10) != 0
+
+
+def _serve_with_a_worker(out: Path) -> tuple[subprocess.Popen[bytes], list[int]]:
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runpod_queue.cli", "serve", f"basic={WORKERS / 'worker_basic.py'}",
+             "--runpod-worker", "--port", "0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    found = wait_for(lambda: (f := re.findall(r"pid (\d+)", out.read_text())) and f, what="the worker")
+    return serve, [int(p) for p in found]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name)
+def test_every_stop_signal_takes_the_workers_down_too(tmp_path: Path, signum: signal.Signals) -> None:
+    # Before: SIGTERM and SIGHUP killed `rpq serve` before it stopped its workers, which kept running
+    # with parent 1, retrying the gone emulator.
+    serve, pids = _serve_with_a_worker(tmp_path / "serve.out")
+    try:
+        serve.send_signal(signum)
+        serve.wait(timeout=20)
+        for pid in pids:
+            wait_for(lambda pid=pid: not live_group_members(pid), what=f"worker group {pid} to exit")
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)
+        for pid in pids:
+            for member in live_group_members(pid):
+                os.kill(member, signal.SIGKILL)
+
+
+def test_a_worker_exits_when_its_parent_is_killed_outright(tmp_path: Path) -> None:
+    # SIGKILL leaves no chance to clean up: the worker watches its parent (PR_SET_PDEATHSIG on Linux).
+    serve, pids = _serve_with_a_worker(tmp_path / "serve.out")
+    try:
+        serve.kill()
+        serve.wait(timeout=20)
+        for pid in pids:
+            wait_for(lambda pid=pid: not _running(pid), what=f"worker {pid} to exit")
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=10)
+        for pid in pids:
+            for member in live_group_members(pid):
+                os.kill(member, signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def test_ctrl_c_answers_held_worker_polls_cleanly(tmp_path: Path) -> None:
+    # Before: uvicorn's graceful stop waited for the held polls, gave up after its grace, logged
+    # "ERROR: Cancel 2 running task(s), timeout graceful shutdown exceeded" and answered them with 500.
+    import threading
+
+    import httpx
+
+    out = tmp_path / "serve.out"
+    with out.open("wb") as sink:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "runpod_queue.cli", "serve", "--external", "ext", "--port", "0"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    answers: dict[str, int | str] = {}
+    try:
+        url = wait_for(
+            lambda: (m := re.search(r"RunPod emulator at (\S+)", out.read_text())) and m.group(1),
+            what="the server to start",
+        )
+
+        def poll(name: str, path: str) -> None:
+            try:
+                answers[name] = httpx.get(f"{url}/ext/{path}", timeout=60).status_code
+            except httpx.HTTPError as exc:
+                answers[name] = repr(exc)
+
+        threads = [
+            threading.Thread(target=poll, args=("job-stop", "job-stop/w-stop")),
+            threading.Thread(target=poll, args=("job-take", "job-take/w-take?job_in_progress=0")),
+        ]
+        for thread in threads:
+            thread.start()
+        with Client("any", base_url=url) as client:
+            wait_for(lambda: client.endpoint("ext").health().workers.idle == 2, what="both polls held")
+        serve.send_signal(signal.SIGINT)
+        assert serve.wait(timeout=20) == 0
+        for thread in threads:
+            thread.join(20)
+        assert answers == {"job-stop": 204, "job-take": 204}
+        assert "ERROR" not in out.read_text()
+    finally:
+        if serve.poll() is None:
+            os.killpg(serve.pid, signal.SIGKILL)
+            serve.wait(timeout=10)

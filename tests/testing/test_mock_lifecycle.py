@@ -184,3 +184,73 @@ def test_without_the_emulator_extra_the_import_says_what_to_install(monkeypatch:
         monkeypatch.delitem(sys.modules, name)
     with pytest.raises(ModuleNotFoundError, match=r"pip install 'runpod-queue\[emulator\]'"):
         importlib.import_module("runpod_queue.testing")
+
+
+def test_mocks_that_exit_out_of_order_restore_what_was_there_before_the_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two threads' (or tasks') mocks: the first one entered exits first. Before the fix, the second's
+    # exit put back the first's (dead) emulator URL and key.
+    monkeypatch.setenv("RUNPOD_API_KEY", "users-own-key")
+    monkeypatch.delenv("RUNPOD_ENDPOINT_BASE_URL", raising=False)
+    sdk_before = (runpod.api_key, runpod.endpoint_url_base)
+    first, second = mock_runpod({"ep": echo}), mock_runpod({"ep": echo}, api_key="second-key")
+    first_emu = first.__enter__()
+    second_emu = second.__enter__()
+    first.__exit__(None, None, None)
+    # The one still active keeps the process: env, SDK and traffic.
+    assert os.environ["RUNPOD_ENDPOINT_BASE_URL"] == second_emu.base_url
+    assert os.environ["RUNPOD_API_KEY"] == "second-key"
+    auth = {"Authorization": "Bearer second-key"}
+    assert requests.get("https://api.runpod.ai/v2/ep/health", headers=auth, timeout=5).status_code == 200
+    assert second_emu.requests and not first_emu.requests
+    second.__exit__(None, None, None)
+    assert os.environ["RUNPOD_API_KEY"] == "users-own-key"
+    assert "RUNPOD_ENDPOINT_BASE_URL" not in os.environ
+    assert (runpod.api_key, runpod.endpoint_url_base) == sdk_before
+
+
+def test_newest_exiting_first_points_back_at_the_older_one() -> None:
+    first, second = mock_runpod({"ep": echo}), mock_runpod({"ep": echo})
+    with first as first_emu:
+        second_emu = second.__enter__()
+        assert os.environ["RUNPOD_ENDPOINT_BASE_URL"] == second_emu.base_url
+        second.__exit__(None, None, None)
+        assert os.environ["RUNPOD_ENDPOINT_BASE_URL"] == first_emu.base_url
+        assert runpod.endpoint_url_base == first_emu.base_url
+
+
+@pytest.mark.anyio
+async def test_one_instance_entered_twice_is_refused_and_its_emulator_survives() -> None:
+    # Before the fix, a second entry by another task started a second emulator, and the first task's
+    # exit stopped the second task's emulator (the list popped the newest entry).
+    mock = mock_runpod({"ep": echo})
+    async with mock as emu:
+        with pytest.raises(RuntimeError, match="already active"):
+            async with mock:
+                pass  # pragma: no cover - refused on entry
+        async with httpx.AsyncClient() as client:
+            r = await client.get("https://api.runpod.ai/v2/ep/health")
+        assert r.status_code == 200
+        assert os.environ["RUNPOD_ENDPOINT_BASE_URL"] == emu.base_url
+    with mock as again:  # usable again once it exited
+        assert again.base_url != emu.base_url
+
+
+def test_a_decorated_function_may_run_in_two_threads_at_once() -> None:
+    seen: list[str] = []
+    both_inside = threading.Barrier(2, timeout=10)
+
+    @mock_runpod({"ep": echo})
+    def app() -> None:
+        both_inside.wait()
+        seen.append(os.environ["RUNPOD_ENDPOINT_BASE_URL"])
+        both_inside.wait()
+
+    threads = [threading.Thread(target=app) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(seen) == 2
+    assert "RUNPOD_ENDPOINT_BASE_URL" not in os.environ or os.environ["RUNPOD_ENDPOINT_BASE_URL"] not in seen

@@ -71,3 +71,27 @@ def test_webhook_retries_on_the_virtual_clock() -> None:
         emu.advance(20)
         attempts = [(a.job_id, a.attempt, a.delivered) for a in emu.webhook_attempts]
         assert attempts == [(job["id"], 1, False), (job["id"], 2, False), (job["id"], 3, False)]
+
+
+def test_auto_clock_ends_a_stream_hold_at_its_length_while_a_handler_runs() -> None:
+    # Before: under the default (auto) mock, time stood still while the handler ran, so a /stream hold
+    # on a running job lasted until the job ended instead of its length (RunPod's 10 s; 0.2 s here).
+    import threading
+
+    from runpod_queue.emulator import Timings
+
+    release = threading.Event()
+
+    def slow(job: dict[str, object]) -> str:
+        release.wait(30)
+        return "done"
+
+    with mock_runpod({"ep": slow}, timings=Timings(stream_default_wait=0.2)) as emu:
+        try:
+            job = requests.post(f"{BASE}/ep/run", json={"input": {}}, timeout=10).json()["id"]
+            held = requests.get(f"{BASE}/ep/stream/{job}", timeout=15).json()
+            assert held["status"] == "IN_PROGRESS"  # the hold ended; the handler still runs
+            assert not release.is_set()
+            assert emu.clock.now() >= 0.2  # the emulator's clock moved with the handler's real time
+        finally:
+            release.set()

@@ -6,7 +6,9 @@ import enum
 import gc
 import importlib.util
 import re
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -245,6 +247,11 @@ def serve(
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    # SIGTERM (kill, timeout, systemd, docker stop) and SIGHUP stop the server as Ctrl-C does; the
+    # server raises each again once it is down, and these handlers make that an exception, so the
+    # `finally` below always stops the worker processes (the default action would kill us first and
+    # orphan them).
+    previous = _stop_on_signals()
     try:
         emulator.serve_forever(on_ready=announce)
     except OSError as exc:
@@ -253,9 +260,27 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
-        if processes is not None:
-            processes.close(timeout=1.0)  # the queue is gone: no result could be reported
+        try:
+            if processes is not None:
+                processes.close(timeout=1.0)  # the queue is gone: no result could be reported
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     typer.echo("stopped.", err=True)
+
+
+def _stop_on_signals() -> dict[signal.Signals, Any]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt, as SIGINT does; returns the handlers replaced."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous: dict[signal.Signals, Any] = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            previous[signum] = signal.signal(signum, interrupt)
+    return previous
 
 
 def _shipped_reference(reference: str) -> str:

@@ -194,6 +194,11 @@ class EmulatorApp:
         if self._loop is None:
             self._start(asyncio.get_running_loop())
         parts = scope["path"].split("/")
+        if self._api_key is None:
+            worker = len(parts) >= 4 and parts[1] == "v2" and parts[3] in self.worker_routes
+            refusal = _cross_site_refusal(scope, worker=worker)
+            if refusal is not None:
+                return await respond(send, refusal[0], {"error": refusal[1]})
         # ["", "v2", endpoint, operation, *rest] or ["", "_emulator", name, ...]
         if len(parts) < 4 or parts[1] != "v2":
             if len(parts) >= 3 and parts[1] == "_emulator":
@@ -474,3 +479,55 @@ def _warned(answer: dict[str, Any], job: JobRecord, warnings: list[str] | None) 
 
 async def _unauthorized(send: Send) -> None:
     await respond(send, 401, {"error": "missing or invalid API key: send 'Authorization: Bearer <key>'"})
+
+
+_SAME_SITE_FETCHES: Final = (b"same-origin", b"none")  # `none`: typed in the address bar, a bookmark
+
+
+def _cross_site_refusal(scope: Scope, *, worker: bool) -> tuple[int, str] | None:
+    """Why a keyless emulator refuses this request, or None. Any web page the user visits could
+    otherwise drive it (a form or `fetch` to 127.0.0.1): a browser marks such a request with
+    `Sec-Fetch-Site` and `Origin`, and cannot send a JSON `Content-Type` cross-site without a CORS
+    preflight, which gets no CORS answer here. Clients outside a browser send neither header.
+
+    The official worker POSTs its results as `application/x-www-form-urlencoded` (runpod-python's
+    `rp_http`), so the worker protocol's routes are spared the Content-Type rule only. The emulator
+    serves plain HTTP, so its own origin is `http://` + the Host header."""
+    origin = site = content_type = host = None
+    body = False
+    for name, value in scope["headers"]:
+        if name == b"origin":
+            origin = value
+        elif name == b"sec-fetch-site":
+            site = value
+        elif name == b"content-type":
+            content_type = value
+        elif name == b"host":
+            host = value
+        elif name == b"content-length":
+            body = value.strip() != b"0"
+        elif name == b"transfer-encoding":
+            body = True
+    if site is not None and site.lower() not in _SAME_SITE_FETCHES:
+        return 403, (
+            f"cross-site request refused (Sec-Fetch-Site: {site.decode('latin-1')}): this emulator has no "
+            "API key, so only its own pages and non-browser clients may use it; start it with --api-key "
+            "to serve other origins"
+        )
+    if origin is not None and (host is None or origin.lower() != b"http://" + host.lower()):
+        return 403, (
+            f"cross-origin request refused (Origin: {origin.decode('latin-1')}): this emulator has no API "
+            "key, so only its own pages and non-browser clients may use it; start it with --api-key to "
+            "serve other origins"
+        )
+    # Bodyless POSTs (cancel, retry, purge-queue) pass: aiohttp labels even those application/octet-stream,
+    # and a browser's empty form still carries the Origin refused above.
+    if scope["method"] == "POST" and body and not worker:
+        media = (content_type or b"").split(b";", 1)[0].strip().lower()
+        if media != b"application/json":
+            shown = content_type.decode("latin-1") if content_type is not None else "none"
+            return 415, (
+                f"POST bodies must be sent with Content-Type: application/json (got {shown}); with curl, "
+                "add -H 'Content-Type: application/json'"
+            )
+    return None

@@ -14,6 +14,9 @@ clock moves all of them together. Three kinds:
   worker's job-take or job-stop poll), no job is in progress and no webhook POST is under way, time
   jumps to the earliest pending timer (the hold's own end is one). A wait that nothing but time can end
   returns at once; a finished job's retention is not skipped just because nobody asks (no hold, no jump).
+  While a handler runs and a request holds on the clock, time does not skip but flows at real speed:
+  a handler's real seconds are the emulator's then, so a hold (a 10 s /stream, a runsync's wait) ends
+  at its RunPod length even when the job takes longer. With no hold, time stands still as before.
   `advance()` works too.
 
 The emulator reports what the auto rule needs through `hold_started/ended` (client long-polls),
@@ -204,6 +207,10 @@ class VirtualClock(Clock):
         # starts counting its quiet turns again.
         self._checking = False
         self._epoch = 0
+        # Auto, while a handler runs and a request holds: time flows at real speed from (loop time,
+        # virtual time) at the start, each due timer fired when its real moment comes.
+        self._flow_from: tuple[float, float] | None = None
+        self._flow_timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
         return f"<VirtualClock {self.kind} now={self._now:g} timers={self.pending()}>"
@@ -226,6 +233,8 @@ class VirtualClock(Clock):
         due = round(self._now + max(delay, 0.0), _GRID)
         timer.queued = True
         heapq.heappush(self._heap, (due, next(self._seq), timer))
+        if self._flow_from is not None and self._heap[0][2] is timer:
+            self._arm_flow()  # the new earliest timer: its real moment comes first
         return timer
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -319,22 +328,76 @@ class VirtualClock(Clock):
     def hold_started(self) -> None:
         """Count a hold (a long-poll waiting on time); the auto rule may advance."""
         self._holds += 1
+        self._update_flow()
         self._poke()
 
     def hold_ended(self) -> None:
         """Count a hold off."""
         self._holds -= 1
+        self._update_flow()
         self._poke()
 
     def work_started(self) -> None:
         """Count a running handler: no automatic advance while one runs."""
         self._work += 1
+        self._update_flow()
         self._poke()
 
     def work_ended(self) -> None:
         """Count a running handler off."""
         self._work -= 1
+        self._update_flow()
         self._poke()
+
+    def _update_flow(self) -> None:
+        """Auto: time flows at real speed exactly while a request holds on the clock and a handler
+        runs (skipping is off, yet someone waits on time); otherwise it stands still, so runs without
+        a waiter stay exactly reproducible."""
+        flowing = self.auto and bool(self._holds) and bool(self._work) and self._loop is not None
+        if flowing and self._flow_from is None:
+            assert self._loop is not None
+            self._flow_from = (self._loop.time(), self._now)
+            self._arm_flow()
+        elif not flowing and self._flow_from is not None:
+            if not self._advancing:
+                self._catch_up()
+            self._flow_from = None
+            if self._flow_timer is not None:
+                self._flow_timer.cancel()
+                self._flow_timer = None
+
+    def _flow_now(self) -> float:
+        assert self._flow_from is not None and self._loop is not None
+        real, virtual = self._flow_from
+        return round(virtual + (self._loop.time() - real), _GRID)
+
+    def _arm_flow(self) -> None:
+        """Wake at the real moment the earliest timer falls due."""
+        if self._flow_timer is not None:
+            self._flow_timer.cancel()
+            self._flow_timer = None
+        due = self._next_due()
+        if due is None or self._loop is None or self._flow_from is None:
+            return
+        self._flow_timer = self._loop.call_later(max(0.0, due - self._flow_now()), self._flow)
+
+    def _flow(self) -> None:
+        self._flow_timer = None
+        if self._flow_from is None:
+            return
+        if not self._advancing:
+            self._catch_up()
+        self._arm_flow()
+
+    def _catch_up(self) -> None:
+        """Move to the flowing time, firing the timers due by then in order."""
+        target = self._flow_now()
+        while True:
+            due = self._next_due()
+            if due is None or due > target:
+                break
+            self._fire_due(due)
+        self._now = max(self._now, target)
 
     def io_started(self) -> None:
         """Count network work in progress: no automatic advance meanwhile."""

@@ -130,6 +130,9 @@ class ExternalWorkers:
         self.workers: dict[tuple[str, str], _Worker] = {}
         self._sweeper: TimerHandle | None = None
         self._sweep_at: float | None = None
+        # Resolved when the server begins a graceful stop: held polls answer at once (no job) instead
+        # of outliving the shutdown grace and being cancelled with a 500.
+        self._closing: asyncio.Future[None] | None = None
         # Called (on the server loop) with (endpoint id, worker id) when a worker asks for stopPod: a
         # process manager (`rpq serve --runpod-worker`) listens to replace the process.
         self.on_stop_pod: list[Callable[[str, str], None]] = []
@@ -256,6 +259,18 @@ class ExternalWorkers:
         worker.polls -= 1
         self._seen(worker)
 
+    def _closing_future(self) -> asyncio.Future[None]:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+        return self._closing
+
+    def release_polls(self) -> None:
+        """The server is stopping: answer every held poll now (job-take: no job; job-stop: no stops),
+        and later ones at once, so a graceful stop finds no request still running (on the loop)."""
+        closing = self._closing_future()
+        if not closing.done():
+            closing.set_result(None)
+
     async def aclose(self) -> None:
         """Stop the liveness sweep and release every held worker request."""
         if self._sweeper is not None:
@@ -316,13 +331,16 @@ class ExternalWorkers:
         expired: asyncio.Future[None] = loop.create_future()
         timer = self.clock.call_later(self._hold(), _resolve, expired)
         disconnect: asyncio.Future[Any] | None = None
+        closing = self._closing_future()
         try:
             if worker.slot.retired:
                 # Replaced, waiting for its process to be stopped: hold the poll (no busy loop), no job.
                 disconnect = asyncio.ensure_future(request.receive())
-                await asyncio.wait({disconnect, expired}, timeout=_MAX_HOLD_S, return_when=_FIRST)
+                await asyncio.wait({disconnect, expired, closing}, timeout=_MAX_HOLD_S, return_when=_FIRST)
                 return []
             while True:
+                if closing.done():  # stopping: no job can be reported back any more
+                    return []
                 jobs = self._claim(worker, size)
                 if jobs:
                     if ep.in_queue and ep.take_waiters:
@@ -337,7 +355,9 @@ class ExternalWorkers:
                 fut: asyncio.Future[None] = loop.create_future()
                 ep.take_waiters.append(fut)
                 try:
-                    await asyncio.wait({fut, disconnect, expired}, timeout=remaining, return_when=_FIRST)
+                    await asyncio.wait(
+                        {fut, disconnect, expired, closing}, timeout=remaining, return_when=_FIRST
+                    )
                 finally:
                     if not fut.done():
                         fut.cancel()
@@ -472,7 +492,8 @@ class ExternalWorkers:
         """``job-stop``: held until one of the worker's jobs must stop (cancel, timeout)."""
         worker = self._touch(request)
         await request.body(1_000, "job-stop")
-        if not worker.stops:
+        closing = self._closing_future()
+        if not worker.stops and not closing.done():
             loop = asyncio.get_running_loop()
             fut: asyncio.Future[None] = loop.create_future()
             expired: asyncio.Future[None] = loop.create_future()
@@ -481,7 +502,9 @@ class ExternalWorkers:
             disconnect: asyncio.Future[Any] = asyncio.ensure_future(request.receive())
             worker.polls += 1
             try:
-                await asyncio.wait({fut, disconnect, expired}, timeout=_MAX_HOLD_S, return_when=_FIRST)
+                await asyncio.wait(
+                    {fut, disconnect, expired, closing}, timeout=_MAX_HOLD_S, return_when=_FIRST
+                )
             finally:
                 self._poll_ended(worker)
                 timer.cancel()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -69,6 +70,8 @@ class _Server(uvicorn.Server):
         super().__init__(config)
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Called on the loop as a graceful stop begins (the emulator answers its held polls there).
+        self.on_stopping: list[Callable[[], None]] = []
         self._on_exit_signal = on_exit_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -88,6 +91,10 @@ class _Server(uvicorn.Server):
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         if not self.force_exit:
+            # Held worker polls would outlast uvicorn's grace and be cancelled (an ERROR line, a 500
+            # to the worker): answer them first.
+            for callback in self.on_stopping:
+                callback()
             return await super().shutdown(sockets)
         # Forced (Emulator.stop): uvicorn would still sleep 0.1 s for connections to finish answering,
         # which a forced stop does not wait for anyway; every test that starts an emulator paid it.
@@ -96,6 +103,22 @@ class _Server(uvicorn.Server):
         for connection in list(self.server_state.connections):
             connection.shutdown()
         await asyncio.sleep(0)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's SIGINT/SIGTERM capture, plus SIGHUP (a closed terminal, `systemctl reload`): each
+        stops serving gracefully and is raised again once the server is down, so the caller's own
+        handler (``rpq serve`` stops its worker processes there) always runs."""
+        with super().capture_signals():
+            hangup = getattr(signal, "SIGHUP", None)
+            if hangup is None or threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = signal.signal(hangup, self.handle_exit)
+            try:
+                yield
+            finally:
+                signal.signal(hangup, previous)
 
     def request_stop(self) -> None:
         """Thread-safe: stop serving now (running requests are cut; workers' polls need no goodbye)."""
@@ -399,7 +422,9 @@ class Emulator:
         )
         logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
         watchdog = self._parts.watchdog
-        return _Server(config, watchdog.exit_requested if watchdog is not None else None)
+        server = _Server(config, watchdog.exit_requested if watchdog is not None else None)
+        server.on_stopping.append(self.external.release_polls)
+        return server
 
     def start(self) -> Emulator:
         """Start serving in a background thread; returns when the port accepts connections.

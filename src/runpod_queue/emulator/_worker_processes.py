@@ -3,6 +3,13 @@
 Used by `rpq serve ID=worker.py --runpod-worker` and by tests. Each worker gets its own process group
 (`start_new_session`): the official worker forks a ping process that outlives a killed parent, so
 stopping a worker means signalling the whole group, never just the pid.
+
+A worker must not outlive the process that started it (it would retry a gone emulator forever, at high
+CPU): `rpq serve` stops every group when it is stopped by SIGINT, SIGTERM or SIGHUP, and in case it dies
+without cleaning up (SIGKILL, a crash) each worker also watches its parent — through
+`PR_SET_PDEATHSIG` on Linux, and a thread polling its parent pid elsewhere — and exits with it. (On
+Linux the "parent" is the thread that started the worker: the main thread, or the supervisor thread for
+a restarted worker, which runs until `close()` stops every worker anyway.)
 """
 
 from __future__ import annotations
@@ -25,6 +32,32 @@ from runpod_queue.emulator._jobs import new_worker_id
 __all__ = ["ManagedWorker", "WorkerProcesses"]
 
 _QUICK_EXIT_S = 10.0
+# Run in front of the worker file, in the worker's process: exit with the parent, then run the file as
+# `python worker.py` would (argv, __main__, sys.path[0]). argv: [file, parent pid].
+_LAUNCH = """
+import os, runpy, signal, sys, threading
+path, parent = sys.argv[1], int(sys.argv[2])
+watched = False
+if sys.platform.startswith("linux"):
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        watched = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+if os.getppid() != parent:  # the parent died before the watch was set
+    os._exit(0)
+if not watched:
+    def watch():
+        import time
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=watch, name="rpq-parent-watch", daemon=True).start()
+sys.argv = [path]
+sys.path[0] = os.path.dirname(path)
+runpy.run_path(path, run_name="__main__")
+"""
 _MAX_BACKOFF_S = 30.0
 
 
@@ -140,10 +173,11 @@ class WorkerProcesses:
         # The user's own worker file, run by the same interpreter: nothing untrusted is interpolated.
         worker.started_at = time.monotonic()
         worker.restart_at = None
+        file = str(worker.file.resolve())
         worker.proc = subprocess.Popen(  # noqa: S603
-            [self.python, str(worker.file.resolve())],
+            [self.python, "-c", _LAUNCH, file, str(os.getpid())],
             env=env,
-            cwd=str(worker.file.resolve().parent),
+            cwd=str(Path(file).parent),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT if out is not None else None,

@@ -11,8 +11,17 @@ patched at the one layer every request of it passes through, and only that host'
   are dropped for a rerouted request, as loopback needs none);
 - aiohttp: `ClientSession._build_url`, which every request's URL goes through (the SDK's
   `runpod.AsyncioEndpoint` and our `AsyncClient` included);
-- a last guard: `socket.getaddrinfo` refuses to resolve api.runpod.ai, so a library patched by none of
-  the above fails loudly instead of reaching RunPod.
+- a last guard against a library patched by none of the above: every resolver entry point this process
+  is likely to use refuses api.runpod.ai (with or without the trailing dot of a fully qualified name),
+  so it fails loudly instead of sending a DNS query or reaching RunPod. Covered: `socket.getaddrinfo`
+  (asyncio's default loops and threads resolve through it), uvloop's `Loop.getaddrinfo` and
+  `Loop.create_connection` (libuv resolves on its own), aiohttp's `TCPConnector._resolve_host` (any
+  resolver, aiodns's included) and aiodns's `DNSResolver` lookups (`query`, `query_dns`,
+  `getaddrinfo`, `gethostbyname`). Not covered: C extensions or subprocesses that resolve names
+  themselves (pycurl, a `curl` subprocess), and a `pycares.Channel` used directly.
+
+Hosts compare case-insensitively and without a trailing dot: `https://API.runpod.ai./v2/...` is rerouted
+too.
 
 Patches are installed when the first mock starts and removed when the last one stops; the innermost
 active mock is the target (nesting works; its exit restores the outer one). A library that is not
@@ -29,7 +38,7 @@ from collections.abc import Callable
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["RUNPOD_HOST", "Target", "activate", "deactivate", "reroute"]
+__all__ = ["RUNPOD_HOST", "Target", "activate", "deactivate", "is_runpod", "reroute"]
 
 RUNPOD_HOST: Final = "api.runpod.ai"
 
@@ -57,13 +66,19 @@ def _current() -> Target | None:
     return targets[-1] if targets else None
 
 
+def is_runpod(host: object) -> bool:
+    """Whether `host` (str or bytes) names RunPod's API host, in any case, fully qualified or not."""
+    name = host.decode("ascii", "replace") if isinstance(host, bytes | bytearray) else host
+    return isinstance(name, str) and name.lower().rstrip(".") == RUNPOD_HOST
+
+
 def reroute(url: str) -> str | None:
     """`url` rewritten to the active emulator when it is RunPod's API host, else None."""
     target = _current()
     if target is None:
         return None
     parts = urlsplit(url)
-    if (parts.hostname or "").lower() != RUNPOD_HOST:
+    if not is_runpod(parts.hostname or ""):
         return None
     return urlunsplit(("http", f"{target.host}:{target.port}", parts.path, parts.query, parts.fragment))
 
@@ -71,7 +86,14 @@ def reroute(url: str) -> str | None:
 def activate(target: Target) -> None:
     with _lock:
         if not _targets:
-            for install in (_patch_httpx, _patch_requests, _patch_aiohttp, _patch_getaddrinfo):
+            for install in (
+                _patch_httpx,
+                _patch_requests,
+                _patch_aiohttp,
+                _patch_getaddrinfo,
+                _patch_uvloop,
+                _patch_aiodns,
+            ):
                 _undo.extend(install())
         _targets.append(target)
 
@@ -109,7 +131,7 @@ def _patch_httpx() -> list[Callable[[], None]]:
 def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
     def rewrite(request: Any) -> None:
         target = _current()
-        if target is not None and request.url.host == RUNPOD_HOST:
+        if target is not None and is_runpod(request.url.host):
             request.url = request.url.copy_with(scheme="http", host=target.host, port=target.port)
 
     def sync(original: Any) -> Any:
@@ -168,7 +190,7 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
         def _build_url(self: aiohttp.ClientSession, str_or_url: Any) -> URL:
             url: URL = original(self, str_or_url)
             target = _current()
-            if target is not None and url.host == RUNPOD_HOST:
+            if target is not None and is_runpod(url.host):
                 url = url.with_scheme("http").with_host(target.host).with_port(target.port)
             return url
 
@@ -177,19 +199,100 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
     return [_replace(aiohttp.ClientSession, "_build_url", make)]
 
 
+def _blocked() -> socket.gaierror:
+    return socket.gaierror(
+        socket.EAI_NONAME,
+        f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does not reroute "
+        "(it reroutes requests, httpx, httpx2, aiohttp and what is built on them); send it through one of "
+        "those, or point the library at emu.base_url",
+    )
+
+
+def _refuses(host: object) -> bool:
+    return is_runpod(host) and _current() is not None
+
+
 def _patch_getaddrinfo() -> list[Callable[[], None]]:
     def make(original: Any) -> Any:
         def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
-            name = host.decode() if isinstance(host, bytes) else host
-            if isinstance(name, str) and name.lower().rstrip(".") == RUNPOD_HOST and _current() is not None:
-                raise socket.gaierror(
-                    socket.EAI_NONAME,
-                    f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does "
-                    "not reroute (it reroutes requests, httpx, httpx2, aiohttp and what is built on them); "
-                    "send it through one of those, or point the library at emu.base_url",
-                )
+            if _refuses(host):
+                raise _blocked()
             return original(host, *args, **kwargs)
 
         return getaddrinfo
 
     return [_replace(socket, "getaddrinfo", make)]
+
+
+def _override(owner: Any, name: str, make: Callable[[Any], Any]) -> Callable[[], None]:
+    """As `_replace`, for a method `owner` inherits (uvloop's Python `Loop` over its Cython base)."""
+    if name in owner.__dict__:
+        return _replace(owner, name, make)
+    setattr(owner, name, functools.wraps(getattr(owner, name))(make(getattr(owner, name))))
+    return lambda: delattr(owner, name)
+
+
+def _async_guard(host_of: Callable[..., object]) -> Callable[[Any], Any]:
+    """A wrapper for an async method whose target host `host_of(*args, **kwargs)` picks out."""
+
+    def make(original: Any) -> Any:
+        async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if _refuses(host_of(*args, **kwargs)):
+                raise _blocked()
+            return await original(self, *args, **kwargs)
+
+        return guarded
+
+    return make
+
+
+def _first(*args: Any, host: object = None, **kwargs: Any) -> object:
+    return args[0] if args else host
+
+
+def _second(*args: Any, host: object = None, **kwargs: Any) -> object:
+    return args[1] if len(args) > 1 else host
+
+
+def _patch_uvloop() -> list[Callable[[], None]]:
+    """uvloop resolves through libuv, never `socket.getaddrinfo`."""
+    try:
+        import uvloop
+    except ImportError:
+        return []
+    return [
+        _override(uvloop.Loop, "getaddrinfo", _async_guard(_first)),
+        # create_connection(protocol_factory, host, port, ...)
+        _override(uvloop.Loop, "create_connection", _async_guard(_second)),
+    ]
+
+
+def _patch_aiodns() -> list[Callable[[], None]]:
+    """aiohttp's connector (any resolver, aiodns's `AsyncResolver` included) and aiodns itself."""
+    undo: list[Callable[[], None]] = []
+    try:
+        import aiohttp
+    except ImportError:  # pragma: no cover - aiohttp is a dependency of the package
+        pass
+    else:
+        if "_resolve_host" in aiohttp.TCPConnector.__dict__:
+            undo.append(_replace(aiohttp.TCPConnector, "_resolve_host", _async_guard(_first)))
+    try:
+        import aiodns
+    except ImportError:
+        return undo
+    for name in ("query", "query_dns", "getaddrinfo", "gethostbyname"):
+        if name not in aiodns.DNSResolver.__dict__:
+            continue
+
+        def make(original: Any) -> Any:
+            # aiodns returns a Future from some methods and is a coroutine in others: keep each's shape.
+            def guarded(self: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
+                if _refuses(host):
+                    raise _blocked()
+                return original(self, host, *args, **kwargs)
+
+            return guarded
+
+        undo.append(_replace(aiodns.DNSResolver, name, make))
+    return undo

@@ -27,14 +27,62 @@ _MISSING: Final = object()
 
 
 class _Active:
-    """One entered mock: its emulator, its reroute target and what to restore on exit."""
+    """One entered mock: its emulator, its reroute target and what it points the process at."""
 
-    def __init__(self, emulator: Emulator) -> None:
+    def __init__(self, emulator: Emulator, key: str) -> None:
         self.emulator = emulator
         self.target = _intercept.Target(emulator.host, emulator.port)
-        self.env: dict[str, str | None] = {}
-        self.sdk: dict[str, object] = {}
-        self.sdk_imported = "runpod" in sys.modules
+        self.key = key
+
+
+class _Baseline:
+    """What the process looked like before the first of all active mocks was entered."""
+
+    def __init__(self) -> None:
+        self.env = {name: os.environ.get(name) for name in (ENV_API_KEY, ENV_BASE_URL)}
+        sdk = sys.modules.get("runpod")
+        self.sdk_imported = sdk is not None
+        self.sdk = {name: getattr(sdk, name, _MISSING) for name in _SDK_NAMES} if sdk is not None else {}
+        # Every mock URL the process was pointed at since: an SDK imported meanwhile may hold one.
+        self.urls: set[str] = set()
+
+
+_SDK_NAMES: Final = ("api_key", "endpoint_url_base")
+# Every active mock of every instance, in entry order: they may exit in any order (threads, async
+# tasks), so the process is always pointed at the newest one still active, and back at the baseline
+# taken before the first once none is.
+_entries_lock = threading.Lock()
+_entries: list[_Active] = []
+_baseline: _Baseline | None = None
+
+
+def _point(active: _Active) -> None:
+    for name, value in ((ENV_API_KEY, active.key), (ENV_BASE_URL, active.emulator.base_url)):
+        os.environ[name] = value
+    sdk = sys.modules.get("runpod")
+    if sdk is not None:
+        for name, value in zip(_SDK_NAMES, (active.key, active.emulator.base_url), strict=True):
+            setattr(sdk, name, value)
+
+
+def _restore_baseline(baseline: _Baseline) -> None:
+    for name, previous in baseline.env.items():
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+    sdk = sys.modules.get("runpod")
+    if sdk is None:
+        return
+    for name, value in baseline.sdk.items():
+        if value is _MISSING:
+            vars(sdk).pop(name, None)
+        else:
+            setattr(sdk, name, value)
+    if not baseline.sdk_imported and sdk.__dict__.get("endpoint_url_base") in baseline.urls:
+        # Imported inside a block, the SDK read a mock's URL from the environment: give it what it
+        # would have read outside.
+        vars(sdk)["endpoint_url_base"] = os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL)
 
 
 class mock_runpod:  # lower case: used like a function, as moto's mock_aws
@@ -50,7 +98,10 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
     emulator that takes any key) and `RUNPOD_ENDPOINT_BASE_URL` (`emu.base_url`) are set, and so are
     the official SDK's `runpod.api_key` / `runpod.endpoint_url_base` when it is imported; all are
     restored on exit, even after an exception. Requests to other hosts are untouched. Mocks nest: the
-    innermost active one receives the traffic.
+    newest active one receives the traffic. Mocks may also end in any order (threads, async tasks):
+    the process then points at the newest one still active, and once none is, back at what it was
+    before the first. One instance is active once at a time (entering it again before it exits raises
+    ``RuntimeError``); the decorator makes a fresh one per call, so decorated functions may overlap.
 
     Args:
         endpoints: As ``Emulator``'s: endpoint id to handler, ``EndpointSpec`` or ``None``.
@@ -88,22 +139,41 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
         self._options = options
         Emulator(self._endpoints, **options)  # validate now: a bad option fails where it was written
         self._lock = threading.Lock()
-        self._active: list[_Active] = []
+        self._active: _Active | None = None
 
     # -- context manager ------------------------------------------------------------------------
 
     def __enter__(self) -> Emulator:
-        """Start the emulator and reroute RunPod traffic to it until the ``with`` block ends."""
-        emulator = Emulator(self._endpoints, **self._options).start()
-        active = _Active(emulator)
-        try:
-            _intercept.activate(active.target)
-            self._point_environment(active)
-        except BaseException:
-            self._restore(active)
-            raise
+        """Start the emulator and reroute RunPod traffic to it until the ``with`` block ends.
+
+        Raises:
+            RuntimeError: This instance is already active (entered and not exited): two tasks or
+                threads sharing it could not tell whose exit stops which emulator. Create one
+                ``mock_runpod(...)`` per ``with`` (the decorator does so per call).
+        """
+        global _baseline
         with self._lock:
-            self._active.append(active)
+            if self._active is not None:
+                raise RuntimeError(
+                    "this mock_runpod instance is already active (entered by another with block, task or "
+                    "thread): create one mock_runpod(...) per with block"
+                )
+            emulator = Emulator(self._endpoints, **self._options).start()
+            active = _Active(emulator, self._options.get("api_key") or MOCK_API_KEY)
+            self._active = active
+        try:
+            with _entries_lock:
+                if not _entries or _baseline is None:
+                    _baseline = _Baseline()
+                _baseline.urls.add(emulator.base_url)
+                _entries.append(active)
+                _intercept.activate(active.target)
+                _point(active)
+        except BaseException:
+            with self._lock:
+                self._active = None
+            self._leave(active)
+            raise
         return emulator
 
     def __exit__(
@@ -113,8 +183,9 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
         tb: TracebackType | None,
     ) -> None:
         with self._lock:
-            active = self._active.pop()
-        self._restore(active)
+            active, self._active = self._active, None
+        if active is not None:
+            self._leave(active)
 
     async def __aenter__(self) -> Emulator:
         # Starting takes a few ms of a background thread coming up: short enough to block the loop.
@@ -138,52 +209,38 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
 
             @functools.wraps(func)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                async with self:
+                async with self._fresh():
                     return await func(*args, **kwargs)
 
             return cast(F, run_async)
 
         @functools.wraps(func)
         def run(*args: Any, **kwargs: Any) -> Any:
-            with self:
+            with self._fresh():
                 return func(*args, **kwargs)
 
         return cast(F, run)
 
+    def _fresh(self) -> mock_runpod:
+        # One instance per call: calls of a decorated function may overlap (threads, async tasks).
+        return mock_runpod(self._endpoints, **self._options)
+
     # -- environment ----------------------------------------------------------------------------
 
-    def _point_environment(self, active: _Active) -> None:
-        emulator = active.emulator
-        key = self._options.get("api_key") or MOCK_API_KEY
-        for name, value in ((ENV_API_KEY, key), (ENV_BASE_URL, emulator.base_url)):
-            active.env[name] = os.environ.get(name)
-            os.environ[name] = value
-        sdk = sys.modules.get("runpod")
-        if sdk is not None:
-            for name, value in (("api_key", key), ("endpoint_url_base", emulator.base_url)):
-                active.sdk[name] = getattr(sdk, name, _MISSING)
-                setattr(sdk, name, value)
-
-    def _restore(self, active: _Active) -> None:
+    @staticmethod
+    def _leave(active: _Active) -> None:
+        global _baseline
         try:
-            for name, previous in active.env.items():
-                if previous is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = previous
-            sdk = sys.modules.get("runpod")
-            if sdk is not None:
-                for name, value in active.sdk.items():
-                    if value is _MISSING:
-                        vars(sdk).pop(name, None)
-                    else:
-                        setattr(sdk, name, value)
-                if not active.sdk_imported and sdk.__dict__.get("endpoint_url_base") == (
-                    active.emulator.base_url
-                ):
-                    # Imported inside the block, the SDK read our URL from the environment: give it
-                    # what it would have read outside.
-                    vars(sdk)["endpoint_url_base"] = os.environ.get(ENV_BASE_URL, DEFAULT_BASE_URL)
+            with _entries_lock:
+                last = _entries[-1] if _entries else None
+                if active in _entries:
+                    _entries.remove(active)
+                if _entries:
+                    if last is active:  # the newest one left: point back at the newest still active
+                        _point(_entries[-1])
+                elif _baseline is not None:
+                    _restore_baseline(_baseline)
+                    _baseline = None
         finally:
             _intercept.deactivate(active.target)
             active.emulator.stop()
