@@ -9,8 +9,9 @@ from __future__ import annotations
 from runpod_queue._public import publish as _publish
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
-from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
+from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, ScalerKind, Timings
 from runpod_queue.emulator._delivery import WebhookAttempt
+from runpod_queue.emulator._fleet import WorkerState, WorkerView
 from runpod_queue.emulator._inspect import JobView, RecordedRequest
 from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, load_endpoint
 from runpod_queue.emulator._readings import Readings
@@ -30,9 +31,12 @@ __all__ = [
     "Readings",
     "RealClock",
     "RecordedRequest",
+    "ScalerKind",
     "Timings",
     "VirtualClock",
     "WebhookAttempt",
+    "WorkerState",
+    "WorkerView",
     "load_endpoint",
 ]
 

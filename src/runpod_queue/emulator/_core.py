@@ -22,6 +22,7 @@ import orjson
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
+from runpod_queue.emulator._fleet import Fleet, WorkerState
 from runpod_queue.emulator._jobs import EndpointState, JobRecord, RunRef, WorkerSlot, encode_json, new_job_id
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
@@ -73,17 +74,24 @@ class Core:
         self._runner = runner
         self._webhooks = webhooks
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.endpoints: dict[str, EndpointState] = {
-            eid: EndpointState(eid, spec, default_workers if spec.workers is None else spec.workers)
-            for eid, spec in endpoints.items()
-        }
-        for ep in self.endpoints.values():
+        self.endpoints: dict[str, EndpointState] = {}
+        for eid, spec in endpoints.items():
+            if spec.fleet:  # its workers come and go (`_fleet`): none is ready before it starts
+                ep = self.endpoints[eid] = EndpointState(eid, spec, 0)
+                ep.fleet = Fleet(self, ep)
+                continue
+            ep = self.endpoints[eid] = EndpointState(
+                eid, spec, default_workers if spec.workers is None else spec.workers
+            )
             for _ in range(ep.in_process_workers):
                 self._add_worker(ep)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the emulator serves on (client holds make their futures on it)."""
         self._loop = loop
+        for ep in self.endpoints.values():
+            if ep.fleet is not None:
+                ep.fleet.begin()
 
     def span(self, duration: float) -> float:
         """Clock seconds a RunPod duration (seconds) lasts: `time_scale` applies on a real clock."""
@@ -137,6 +145,8 @@ class Core:
         )
         job.raw_body = raw_body if raw_body is not None else encode_json({"input": job_input})
         ep.jobs[job_id] = job
+        if ep.fleet is not None:
+            ep.fleet.on_request()
         self._enqueue(job)
         return job
 
@@ -170,6 +180,8 @@ class Core:
             if not fut.done():
                 fut.set_result(None)
                 break
+        if ep.fleet is not None:
+            ep.fleet.scale()
 
     def start(self, job: JobRecord, worker: WorkerSlot) -> None:
         """IN_QUEUE → IN_PROGRESS on `worker`."""
@@ -184,6 +196,8 @@ class Core:
         job.delay_ms = int((now - job.queued_at) * 1000)
         job.worker = worker
         worker.job = job
+        if ep.fleet is not None:
+            ep.fleet.on_start(worker)
         job.timer_handle = self._later(
             job.policy_execution_timeout, self._execution_timed_out, job, job.attempt
         )
@@ -243,6 +257,13 @@ class Core:
             return
         worker.job = None
         ep = worker.endpoint
+        if ep.fleet is not None and not worker.external:
+            if replace:
+                ep.fleet.replace(worker)  # the scaler starts its successor, cold
+            else:
+                ep.fleet.on_release(worker)
+            self.dispatch(ep)
+            return
         if replace:
             self._retire(worker)
             if not worker.external:
@@ -442,8 +463,15 @@ class Core:
         """The ``/health`` answer for one endpoint: job counts and worker states."""
         now = self.clock.now()
         lost_after = self.worker_lost_after()
-        idle = running = unhealthy = 0
+        idle = running = unhealthy = initializing = throttled = 0
+        if ep.fleet is not None:
+            counts = ep.fleet.counts()
+            idle, running = counts[WorkerState.IDLE], counts[WorkerState.RUNNING]
+            initializing, throttled = counts[WorkerState.INITIALIZING], counts[WorkerState.THROTTLED]
+            unhealthy = counts[WorkerState.UNHEALTHY]
         for worker in ep.workers:
+            if ep.fleet is not None and not worker.external:
+                continue  # counted by the fleet
             if worker.external and now - worker.last_seen >= lost_after:
                 unhealthy += 1
             elif worker.job is not None:
@@ -460,10 +488,10 @@ class Core:
             },
             "workers": {
                 "idle": idle,
-                "initializing": 0,
+                "initializing": initializing,
                 "ready": idle,
                 "running": running,
-                "throttled": 0,
+                "throttled": throttled,
                 "unhealthy": unhealthy,
             },
         }

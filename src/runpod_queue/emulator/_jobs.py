@@ -27,6 +27,7 @@ from runpod_queue.emulator._config import EndpointSpec
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._clock import TimerHandle
+    from runpod_queue.emulator._fleet import Fleet
 
 __all__ = [
     "EndpointState",
@@ -320,6 +321,8 @@ class EndpointState:
         self.completed: int = 0
         self.failed: int = 0
         self.retried: int = 0
+        # The scaled workers of a fleet endpoint (`_fleet.Fleet`), else None: fixed ready workers.
+        self.fleet: Fleet | None = None
         # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.
         self.take_waiters: deque[asyncio.Future[None]] = deque()
 
