@@ -11,6 +11,7 @@ from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, ScalerKind, Timings
 from runpod_queue.emulator._delivery import WebhookAttempt
+from runpod_queue.emulator._external import FitnessFailure
 from runpod_queue.emulator._fleet import WorkerState, WorkerView
 from runpod_queue.emulator._inspect import JobView, RecordedRequest
 from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, load_endpoint
@@ -24,6 +25,7 @@ __all__ = [
     "EmulatorApp",
     "EndpointSpec",
     "Faults",
+    "FitnessFailure",
     "Handler",
     "HandlerLoadError",
     "JobView",

@@ -472,7 +472,7 @@ class Core:
         for worker in ep.workers:
             if ep.fleet is not None and not worker.external:
                 continue  # counted by the fleet
-            if worker.external and now - worker.last_seen >= lost_after:
+            if worker.external and (worker.unhealthy is not None or now - worker.last_seen >= lost_after):
                 unhealthy += 1
             elif worker.job is not None:
                 running += 1

@@ -375,19 +375,31 @@ class Fleet:
             self._boot(member)
 
 
-def fixed_worker_views(ep: EndpointState) -> list[WorkerView]:
-    """The ready workers of an endpoint without a fleet, as `WorkerView`s (always warm)."""
-    return [
-        WorkerView(
-            id=w.id,
-            status=WorkerState.RUNNING if w.job is not None else WorkerState.IDLE,
-            created_at=0.0,
-            ready_at=0.0,
-            job_id=w.job.id if w.job is not None else None,
-            reason=None,
+def fixed_worker_views(ep: EndpointState, *, now: float, lost_after: float) -> list[WorkerView]:
+    """The workers of an endpoint without a fleet: its ready in-process ones and its external ones (an
+    external worker that reported a failed fitness check, or went silent, is UNHEALTHY)."""
+    views: list[WorkerView] = []
+    for w in ep.workers:
+        reason: str | None = None
+        if w.external and w.unhealthy is not None:
+            reason = w.unhealthy
+        elif w.external and now - w.last_seen >= lost_after:
+            reason = f"silent for {now - w.last_seen:g} s: lost"
+        if reason is not None:
+            status = WorkerState.UNHEALTHY
+        else:
+            status = WorkerState.RUNNING if w.job is not None else WorkerState.IDLE
+        views.append(
+            WorkerView(
+                id=w.id,
+                status=status,
+                created_at=0.0,
+                ready_at=0.0,
+                job_id=w.job.id if w.job is not None and status is not WorkerState.UNHEALTHY else None,
+                reason=reason,
+            )
         )
-        for w in ep.workers
-    ]
+    return views
 
 
 def _cancel(member: _Member, attr: str) -> None:

@@ -122,7 +122,7 @@ class RunRef(NamedTuple):
 class WorkerSlot:
     """One worker of an endpoint. In-process workers run handlers; external ones are HTTP processes."""
 
-    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired")
+    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired", "unhealthy")
 
     def __init__(self, endpoint: EndpointState, *, external: bool = False, worker_id: str | None = None):
         self.endpoint: EndpointState = endpoint
@@ -131,6 +131,8 @@ class WorkerSlot:
         self.job: JobRecord | None = None
         self.retired: bool = False
         self.last_seen: float = 0.0
+        # Why the worker reported itself unhealthy (a failed fitness check), until it comes back.
+        self.unhealthy: str | None = None
 
 
 class JobRecord:

@@ -25,7 +25,7 @@ from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, make_cl
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._core import Core
 from runpod_queue.emulator._delivery import WebhookAttempt
-from runpod_queue.emulator._external import ExternalWorkers
+from runpod_queue.emulator._external import ExternalWorkers, FitnessFailure
 from runpod_queue.emulator._fleet import Fleet, WorkerView, fixed_worker_views
 from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
 from runpod_queue.emulator._jobs import EndpointState
@@ -337,9 +337,23 @@ class Emulator:
             ValueError: The emulator does not serve `endpoint_id`.
         """
         endpoint = self._endpoint(endpoint_id)
-        return self._on_loop(
-            lambda: endpoint.fleet.views() if endpoint.fleet is not None else fixed_worker_views(endpoint)
-        )
+
+        def views() -> list[WorkerView]:
+            if endpoint.fleet is not None:
+                return endpoint.fleet.views()
+            return fixed_worker_views(
+                endpoint, now=self.clock.now(), lost_after=self.core.worker_lost_after()
+            )
+
+        return self._on_loop(views)
+
+    @property
+    def fitness_failures(self) -> list[FitnessFailure]:
+        """Every failed fitness check a worker reported (``ping?status=unhealthy&check=…&reason=…``, as
+        runpod-python's ``rp_fitness.py`` sends before it exits), oldest first (the last 1000). Under
+        ``rpq serve --runpod-worker`` the exited worker is restarted under a new id, with a growing
+        pause after each quick exit: a crash loop shows as one failure per restart."""
+        return list(self.external.fitness_failures)
 
     def update_endpoint(
         self,
