@@ -303,6 +303,7 @@ def serve(
                 '{"seconds": N}'
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
+        typer.echo(f"  manage   {emu.management_url}  (RunPod's REST v2: /serverless/<id>, …/workers)")
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)

@@ -134,9 +134,13 @@ class Core:
             ep,
             job_input,
             webhook=webhook,
-            execution_timeout=timings.default_execution_timeout
-            if execution_timeout is None
-            else execution_timeout,
+            execution_timeout=(
+                execution_timeout
+                if execution_timeout is not None
+                else ep.execution_timeout
+                if ep.execution_timeout is not None
+                else timings.default_execution_timeout
+            ),
             ttl=timings.default_ttl if ttl is None else ttl,
             low_priority=low_priority,
             s3_config=s3_config,

@@ -323,6 +323,10 @@ class EndpointState:
         self.completed: int = 0
         self.failed: int = 0
         self.retried: int = 0
+        # Set through the management API (PATCH /serverless/{id}): the endpoint's `timeout` (seconds; None:
+        # `Timings.default_execution_timeout`) and display name.
+        self.execution_timeout: float | None = None
+        self.name: str | None = None
         # The scaled workers of a fleet endpoint (`_fleet.Fleet`), else None: fixed ready workers.
         self.fleet: Fleet | None = None
         # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.

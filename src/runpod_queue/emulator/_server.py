@@ -280,6 +280,12 @@ class Emulator:
         return f"{self.root_url}/v2"
 
     @property
+    def management_url(self) -> str:
+        """Where RunPod's REST v2 management routes are emulated (``GET``/``PATCH /serverless/{id}``,
+        ``GET /serverless/{id}/workers``): what ``https://api.runpod.io/v2`` is on RunPod."""
+        return f"{self.root_url}/_management/v2"
+
+    @property
     def endpoint_ids(self) -> list[str]:
         """The ids of the endpoints this emulator serves, sorted."""
         return sorted(self.core.endpoints)

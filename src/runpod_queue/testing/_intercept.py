@@ -32,6 +32,10 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["RUNPOD_HOST", "Target", "activate", "deactivate", "reroute"]
 
 RUNPOD_HOST: Final = "api.runpod.ai"
+# RunPod's management API (REST v2): served by the emulator under this path prefix (`_management`).
+MANAGEMENT_HOST: Final = "api.runpod.io"
+MANAGEMENT_PREFIX: Final = "/_management"
+_HOSTS: Final = frozenset({RUNPOD_HOST, MANAGEMENT_HOST})
 
 _lock = threading.Lock()
 # Active mocks, innermost last: each a (host, port) of an emulator.
@@ -63,9 +67,11 @@ def reroute(url: str) -> str | None:
     if target is None:
         return None
     parts = urlsplit(url)
-    if (parts.hostname or "").lower() != RUNPOD_HOST:
+    host = (parts.hostname or "").lower()
+    if host not in _HOSTS:
         return None
-    return urlunsplit(("http", f"{target.host}:{target.port}", parts.path, parts.query, parts.fragment))
+    path = MANAGEMENT_PREFIX + parts.path if host == MANAGEMENT_HOST else parts.path
+    return urlunsplit(("http", f"{target.host}:{target.port}", path, parts.query, parts.fragment))
 
 
 def activate(target: Target) -> None:
@@ -109,8 +115,11 @@ def _patch_httpx() -> list[Callable[[], None]]:
 def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
     def rewrite(request: Any) -> None:
         target = _current()
-        if target is not None and request.url.host == RUNPOD_HOST:
-            request.url = request.url.copy_with(scheme="http", host=target.host, port=target.port)
+        if target is not None and request.url.host in _HOSTS:
+            url = request.url
+            if url.host == MANAGEMENT_HOST:
+                url = url.copy_with(raw_path=MANAGEMENT_PREFIX.encode() + url.raw_path)
+            request.url = url.copy_with(scheme="http", host=target.host, port=target.port)
 
     def sync(original: Any) -> Any:
         def handle_request(self: Any, request: Any) -> Any:
@@ -168,8 +177,17 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
         def _build_url(self: aiohttp.ClientSession, str_or_url: Any) -> URL:
             url: URL = original(self, str_or_url)
             target = _current()
-            if target is not None and url.host == RUNPOD_HOST:
-                url = url.with_scheme("http").with_host(target.host).with_port(target.port)
+            if target is not None and url.host in _HOSTS:
+                path = MANAGEMENT_PREFIX + url.raw_path if url.host == MANAGEMENT_HOST else url.raw_path
+                url = URL.build(
+                    scheme="http",
+                    host=target.host,
+                    port=target.port,
+                    path=path,
+                    query_string=url.raw_query_string,
+                    fragment=url.raw_fragment,
+                    encoded=True,
+                )
             return url
 
         return _build_url
@@ -181,10 +199,10 @@ def _patch_getaddrinfo() -> list[Callable[[], None]]:
     def make(original: Any) -> Any:
         def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
             name = host.decode() if isinstance(host, bytes) else host
-            if isinstance(name, str) and name.lower().rstrip(".") == RUNPOD_HOST and _current() is not None:
+            if isinstance(name, str) and name.lower().rstrip(".") in _HOSTS and _current() is not None:
                 raise socket.gaierror(
                     socket.EAI_NONAME,
-                    f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does "
+                    f"mock_runpod blocks {name}: this request was sent by an HTTP library it does "
                     "not reroute (it reroutes requests, httpx, httpx2, aiohttp and what is built on them); "
                     "send it through one of those, or point the library at emu.base_url",
                 )

@@ -49,7 +49,8 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
     For the duration, `RUNPOD_API_KEY` (the emulator's `api_key`, else a placeholder accepted by an
     emulator that takes any key) and `RUNPOD_ENDPOINT_BASE_URL` (`emu.base_url`) are set, and so are
     the official SDK's `runpod.api_key` / `runpod.endpoint_url_base` when it is imported; all are
-    restored on exit, even after an exception. Requests to other hosts are untouched. Mocks nest: the
+    restored on exit, even after an exception. RunPod's management API (`https://api.runpod.io/v2`,
+    REST v2) goes to the emulator's ``management_url``. Requests to other hosts are untouched. Mocks nest: the
     innermost active one receives the traffic.
 
     Args:
