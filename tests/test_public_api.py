@@ -21,6 +21,7 @@ PUBLIC = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
+    "AsyncManagement",
     "AuthenticationError",
     "BadRequestError",
     "BatchResult",
@@ -29,6 +30,7 @@ PUBLIC = [
     "Client",
     "ConfigurationError",
     "Endpoint",
+    "EndpointInfo",
     "Health",
     "Job",
     "JobCounts",
@@ -36,6 +38,7 @@ PUBLIC = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "Management",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -54,6 +57,9 @@ PUBLIC = [
     "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
+    "WorkerInfo",
+    "WorkerSummary",
+    "Workers",
 ]
 
 CLIENT_DOCS = Path(__file__).resolve().parents[1] / "docs" / "client.md"

@@ -37,6 +37,14 @@ from runpod_queue.errors import (
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
+    from runpod_queue._management import (
+        AsyncManagement,
+        EndpointInfo,
+        Management,
+        WorkerInfo,
+        Workers,
+        WorkerSummary,
+    )
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
@@ -54,6 +62,13 @@ _LAZY = {
     "BatchSummary": "runpod_queue.batch",
     "PollOptions": "runpod_queue.batch",
     "WebhookOptions": "runpod_queue.batch",
+    # The management client sends through an AsyncClient too (aiohttp): also on first use.
+    "AsyncManagement": "runpod_queue._management",
+    "EndpointInfo": "runpod_queue._management",
+    "Management": "runpod_queue._management",
+    "WorkerInfo": "runpod_queue._management",
+    "WorkerSummary": "runpod_queue._management",
+    "Workers": "runpod_queue._management",
 }
 
 
@@ -80,6 +95,7 @@ __all__ = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
+    "AsyncManagement",
     "AuthenticationError",
     "BadRequestError",
     "BatchResult",
@@ -88,6 +104,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "Endpoint",
+    "EndpointInfo",
     "Health",
     "Job",
     "JobCounts",
@@ -95,6 +112,7 @@ __all__ = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "Management",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -113,6 +131,9 @@ __all__ = [
     "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
+    "WorkerInfo",
+    "WorkerSummary",
+    "Workers",
 ]
 
 _publish(globals(), _LAZY.items())
