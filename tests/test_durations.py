@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from runpod_queue import Client, Endpoint, Policy, RateLimits, Retries
+from runpod_queue import AsyncManagement, Client, Endpoint, Management, Policy, RateLimits, Retries
 from runpod_queue.batch import BatchRunner, PollOptions, WebhookOptions
-from runpod_queue.emulator import Emulator, Faults, Timings, VirtualClock
+from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings, VirtualClock
 from runpod_queue.webhooks import WebhookSigner
 
 PUBLIC_MODULES = (
@@ -38,6 +38,7 @@ DURATION_WORD = re.compile(
 NOT_ARGUMENTS = {
     "BatchResult",
     "BatchSummary",
+    "EndpointInfo",
     "Job",
     "RecordedRequest",
     "RetryNotice",
@@ -169,7 +170,46 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
         for name in inspect.signature(Timings).parameters
         if name != "max_retained_jobs"  # a count, not a duration
     },
+    "EndpointSpec(idle_timeout)": lambda emu, v, tmp: EndpointSpec(_handler, workers_max=1, idle_timeout=v),
+    "Emulator.update_endpoint(idle_timeout)": lambda emu, v, tmp: Emulator(
+        {"f": EndpointSpec(_handler, workers_max=1)}, clock="virtual"
+    ).update_endpoint("f", idle_timeout=v),
+    "Management(timeout)": lambda emu, v, tmp: Management(base_url=LOOPBACK, timeout=v).close(),
+    "AsyncManagement(timeout)": lambda emu, v, tmp: _async_management(timeout=v),
+    "Management.update_endpoint(idle_timeout)": lambda emu, v, tmp: _update(idle_timeout=v),
+    "Management.update_endpoint(execution_timeout)": lambda emu, v, tmp: _update(execution_timeout=v),
+    "AsyncManagement.update_endpoint(idle_timeout)": lambda emu, v, tmp: _update(True, idle_timeout=v),
+    "AsyncManagement.update_endpoint(execution_timeout)": lambda emu, v, tmp: _update(
+        True, execution_timeout=v
+    ),
 }
+
+
+def _handler(job: dict[str, Any]) -> Any:
+    return job["input"]
+
+
+def _async_management(**kwargs: Any) -> None:
+    async def make() -> None:
+        async with AsyncManagement(base_url=LOOPBACK, **kwargs):
+            pass
+
+    asyncio.run(make())
+
+
+def _update(use_async: bool = False, **kwargs: Any) -> None:
+    """A PATCH through the management client, to an emulated fleet (a fixed endpoint would refuse it)."""
+    with Emulator({"f": EndpointSpec(_handler, workers_max=1)}, clock="virtual") as fleet:
+        if not use_async:
+            with Management(base_url=fleet.management_url) as mgmt:
+                mgmt.update_endpoint("f", **kwargs)
+            return
+
+        async def patch() -> None:
+            async with AsyncManagement(base_url=fleet.management_url) as mgmt:
+                await mgmt.update_endpoint("f", **kwargs)
+
+        asyncio.run(patch())
 
 
 async def _nothing() -> None:

@@ -22,6 +22,7 @@ PUBLIC = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
+    "AsyncManagement",
     "AuthenticationError",
     "BadRequestError",
     "Batch",
@@ -34,6 +35,7 @@ PUBLIC = [
     "Client",
     "ConfigurationError",
     "Endpoint",
+    "EndpointInfo",
     "Health",
     "Job",
     "JobCounts",
@@ -41,6 +43,7 @@ PUBLIC = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "Management",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -59,6 +62,9 @@ PUBLIC = [
     "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
+    "WorkerInfo",
+    "WorkerSummary",
+    "Workers",
 ]
 
 CLIENT_DOCS = Path(__file__).resolve().parents[1] / "docs" / "client.md"

@@ -117,6 +117,16 @@ DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
     "StreamChunk": lambda: runpod_queue.StreamChunk({"token": "a"}, {"output": {"token": "a"}, "m": 1}),
     "WebhookOptions": lambda: runpod_queue.WebhookOptions(listen=("127.0.0.1", 0)),
     "WorkerCounts": lambda: runpod_queue.WorkerCounts(idle=2),
+    "EndpointInfo": lambda: runpod_queue.EndpointInfo(
+        "e", "e", "QUEUE", 0, 3, 5.0, "queue_delay", 4.0, 600.0, "OFF", {"id": "e"}
+    ),
+    "WorkerInfo": lambda: runpod_queue.WorkerInfo("w", "IDLE", False, 1.0, None, None),
+    "WorkerSummary": lambda: runpod_queue.WorkerSummary(0, 1, 0, 0, 0, 1),
+    "Workers": lambda: runpod_queue.Workers(
+        [runpod_queue.WorkerInfo("w", "IDLE", False, 1.0, None, None)],
+        runpod_queue.WorkerSummary(0, 1, 0, 0, 0, 1),
+        1,
+    ),
     # Exported from the root by another change of #21; used only once the name is in __all__.
     "RetryNotice": lambda: runpod_queue.RetryNotice(  # type: ignore[attr-defined]
         url="https://api.runpod.ai/v2/e/status/j1",

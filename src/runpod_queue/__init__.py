@@ -38,6 +38,14 @@ from runpod_queue.errors import (
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
+    from runpod_queue._management import (
+        AsyncManagement,
+        EndpointInfo,
+        Management,
+        WorkerInfo,
+        Workers,
+        WorkerSummary,
+    )
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
@@ -55,6 +63,13 @@ _LAZY = {
     "BatchSummary": "runpod_queue.batch",
     "PollOptions": "runpod_queue.batch",
     "WebhookOptions": "runpod_queue.batch",
+    # The management client sends through an AsyncClient too (aiohttp): also on first use.
+    "AsyncManagement": "runpod_queue._management",
+    "EndpointInfo": "runpod_queue._management",
+    "Management": "runpod_queue._management",
+    "WorkerInfo": "runpod_queue._management",
+    "WorkerSummary": "runpod_queue._management",
+    "Workers": "runpod_queue._management",
 }
 
 
@@ -82,6 +97,7 @@ __all__ = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
+    "AsyncManagement",
     "AuthenticationError",
     "BadRequestError",
     "Batch",
@@ -94,6 +110,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "Endpoint",
+    "EndpointInfo",
     "Health",
     "Job",
     "JobCounts",
@@ -101,6 +118,7 @@ __all__ = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "Management",
     "NotFoundError",
     "OperationLimit",
     "PayloadTooLargeError",
@@ -119,6 +137,9 @@ __all__ = [
     "WebhookOptions",
     "WebhookVerificationError",
     "WorkerCounts",
+    "WorkerInfo",
+    "WorkerSummary",
+    "Workers",
 ]
 
 _publish(globals(), _LAZY.items())

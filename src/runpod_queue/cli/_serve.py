@@ -14,9 +14,18 @@ from typing import Annotated, Any
 import typer
 
 from runpod_queue.cli._app import app
+from runpod_queue.cli._duration import DURATION_METAVAR, duration
 from runpod_queue.cli._shipped import example_names, shipped_example
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+_FLEET = "Fleet (workers that scale; docs/fleet.md)"
+
+
+class ScalerChoice(enum.StrEnum):
+    queue_delay = "queue_delay"
+    request_count = "request_count"
 
 
 class ClockChoice(enum.StrEnum):
@@ -117,6 +126,67 @@ def serve(
             "is forgotten first and answers 404, as after retention. 0: no cap, as on RunPod.",
         ),
     ] = 100_000,
+    workers_min: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Make each handler's endpoint a fleet that keeps N workers running (RunPod's active "
+            "workers); the others start on demand after --cold-start.",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    workers_max: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            help="Make each handler's endpoint a fleet of at most N workers (default 3 with --workers-min).",
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    cold_start: Annotated[
+        float | None,
+        typer.Option(
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="Fleet: how long a new worker initializes before it takes jobs (default 0s).",
+            show_default=False,
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    idle_timeout: Annotated[
+        float | None,
+        typer.Option(
+            parser=duration,
+            metavar=DURATION_METAVAR,
+            help="Fleet: how long an idle worker above --workers-min lives (default 5s, as RunPod's).",
+            show_default=False,
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    scaler: Annotated[
+        ScalerChoice | None,
+        typer.Option(
+            metavar="queue_delay|request_count",
+            help="Fleet: add a worker when a job waited --scaler-value seconds (queue_delay, default), "
+            "or run one worker per --scaler-value requests (request_count).",
+            case_sensitive=False,
+            rich_help_panel=_FLEET,
+        ),
+    ] = None,
+    scaler_value: Annotated[
+        float | None,
+        typer.Option(metavar="N", help="Fleet: the scaler's threshold (default 4).", rich_help_panel=_FLEET),
+    ] = None,
+    flashboot: Annotated[
+        bool,
+        typer.Option(
+            "--flashboot",
+            help="Fleet: a worker restarted soon after one stopped boots in a tenth of --cold-start.",
+            rich_help_panel=_FLEET,
+        ),
+    ] = False,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -141,6 +211,22 @@ def serve(
     )
 
     handlers = handlers or []
+    fleet = _fleet_options(
+        workers_min=workers_min,
+        workers_max=workers_max,
+        cold_start=cold_start,
+        idle_timeout=idle_timeout,
+        scaler=scaler.value if scaler is not None else None,
+        scaler_value=scaler_value,
+        flashboot=flashboot,
+    )
+    if fleet and runpod_worker:
+        typer.echo(
+            "error: a fleet (--workers-min/--workers-max) runs in-process handlers; --runpod-worker files "
+            "run as --replicas processes: drop one of them",
+            err=True,
+        )
+        raise typer.Exit(2)
     endpoints: dict[str, EndpointSpec] = {}
     worker_files: dict[str, str] = {}
     for endpoint_id in external or []:
@@ -172,6 +258,12 @@ def serve(
         spec = loaded.spec
         if aggregate and not spec.return_aggregate_stream:
             spec = replace(spec, return_aggregate_stream=True)
+        if fleet:
+            try:
+                spec = replace(spec, workers=None, **fleet)
+            except ValueError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
         endpoints[loaded.endpoint_id] = spec
     if clock is not ClockChoice.real and time_scale != 1:
         typer.echo(
@@ -221,6 +313,9 @@ def serve(
         typer.echo(f"  console  {emu.root_url}/  (jobs, workers and queues live in a browser)")
         for endpoint_id, spec in emu.endpoint_specs.items():
             fed = " (external workers)" if spec.handler is None else ""
+            if spec.fleet:
+                low, high = spec.workers_min or 0, spec.workers_max
+                fed = f" (fleet: {low} to {high if high is not None else max(3, low)} workers)"
             typer.echo(f"  endpoint {endpoint_id:<20} {emu.base_url}/{endpoint_id}{fed}")
         if emu.clock.kind != "real":
             typer.echo(
@@ -228,6 +323,7 @@ def serve(
                 '{"seconds": N}'
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
+        typer.echo(f"  manage   {emu.management_url}  (RunPod's REST v2: /serverless/<id>, …/workers)")
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)
@@ -332,3 +428,16 @@ def _worker_reference(reference: str) -> tuple[str, str]:
         typer.echo(f"error: worker file {file_name} does not exist", err=True)
         raise typer.Exit(2)
     return endpoint_id or path.stem, file_name
+
+
+def _fleet_options(**given: Any) -> dict[str, Any]:
+    """The EndpointSpec fleet fields given on the command line; a fleet option without a fleet is an error."""
+    chosen = {name: value for name, value in given.items() if value is not None and value is not False}
+    if chosen and "workers_min" not in chosen and "workers_max" not in chosen:
+        names = ", ".join("--" + name.replace("_", "-") for name in chosen)
+        typer.echo(
+            f"error: {names} shape a fleet: add --workers-max N (or --workers-min N) to make one",
+            err=True,
+        )
+        raise typer.Exit(2)
+    return chosen

@@ -9,8 +9,10 @@ from __future__ import annotations
 from runpod_queue._public import publish as _publish
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
-from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
+from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, ScalerKind, Timings
 from runpod_queue.emulator._delivery import WebhookAttempt
+from runpod_queue.emulator._external import FitnessFailure
+from runpod_queue.emulator._fleet import WorkerState, WorkerView
 from runpod_queue.emulator._inspect import JobView, RecordedRequest
 from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, load_endpoint
 from runpod_queue.emulator._notices import EmulatorWarning, WarningKind
@@ -25,6 +27,7 @@ __all__ = [
     "EmulatorWarning",
     "EndpointSpec",
     "Faults",
+    "FitnessFailure",
     "Handler",
     "HandlerLoadError",
     "JobView",
@@ -32,10 +35,13 @@ __all__ = [
     "Readings",
     "RealClock",
     "RecordedRequest",
+    "ScalerKind",
     "Timings",
     "VirtualClock",
     "WarningKind",
     "WebhookAttempt",
+    "WorkerState",
+    "WorkerView",
     "load_endpoint",
 ]
 

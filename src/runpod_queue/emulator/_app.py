@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
     from runpod_queue.emulator._inspect import RequestLog
     from runpod_queue.emulator._jobs import EndpointState, JobRecord
+    from runpod_queue.emulator._management import ManagementRoutes
     from runpod_queue.emulator._ratelimit import RateLimiter
 
 __all__ = ["EmulatorApp"]
@@ -93,6 +94,8 @@ class EmulatorApp:
     ) -> None:
         self.core: Core = core
         self.console: Console | None = console
+        # REST v2's serverless routes under /_management/v2 (`_management`); set by `assemble`.
+        self.management: ManagementRoutes | None = None
         self._now = core.clock.now
         self.limiter: RateLimiter = limiter
         self.control: Control = control
@@ -203,6 +206,8 @@ class EmulatorApp:
         if len(parts) < 4 or parts[1] != "v2":
             if len(parts) >= 3 and parts[1] == "_emulator":
                 return await self._control(scope, receive, send, parts[2:])
+            if len(parts) >= 3 and parts[1:3] == ["_management", "v2"] and self.management is not None:
+                return await self.management.handle(scope, receive, send, parts[3:])
             if self.console is not None and (parts[1] == "_console" or scope["path"] == "/"):
                 # The page is public; its data routes check the key with `_authorized`.
                 return await self.console.handle(scope, receive, send, self._authorized)

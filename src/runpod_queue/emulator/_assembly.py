@@ -35,6 +35,7 @@ from runpod_queue.emulator._core import Core
 from runpod_queue.emulator._delivery import WebhookDelivery
 from runpod_queue.emulator._external import ExternalWorkers
 from runpod_queue.emulator._inspect import RequestLog
+from runpod_queue.emulator._management import ManagementRoutes
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._watchdog import LoopWatchdog
@@ -128,6 +129,7 @@ def assemble(
         on_shutdown=shutdown,
         console=console,
     )
+    app.management = ManagementRoutes(core, api_key=api_key, lost_after=core.worker_lost_after)
     return Emulation(
         clock, timings, core, runner, delivery, external, limiter, requests, control, console, app, watchdog
     )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal
 
 from runpod_queue._units import Duration, seconds
 
-__all__ = ["EndpointSpec", "Faults", "Handler", "Timings"]
+__all__ = ["EndpointSpec", "Faults", "Handler", "ScalerKind", "Timings"]
+
+ScalerKind = Literal["queue_delay", "request_count"]
+_SCALERS: tuple[str, ...] = ("queue_delay", "request_count")
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -127,16 +130,78 @@ class EndpointSpec:
 
     `workers=None` takes the emulator-wide default. `return_aggregate_stream` makes a generator
     handler's chunks also its final output, as the official worker's option of that name does.
+
+    Setting `workers_min` or `workers_max` switches the endpoint to a *fleet* (docs/fleet.md): workers
+    start on demand after `cold_start`, a scaler adds them under load up to `workers_max`, and idle ones
+    stop after `idle_timeout`, as RunPod's do. Without them (the default) the endpoint has `workers`
+    ready workers and no cold start.
+
+    Args:
+        handler: The in-process handler; ``None`` for an endpoint fed only by external workers.
+        workers: Ready workers (no fleet); ``None`` takes the emulator-wide default.
+        return_aggregate_stream: A generator handler's chunks are also its final output.
+        workers_min: Fleet: workers kept running at all times (RunPod's "active workers"; default 0).
+        workers_max: Fleet: the most workers the scaler may run (RunPod's default is 3).
+        idle_timeout: Fleet: seconds an idle worker above `workers_min` lives (RunPod's default 5).
+        cold_start: Fleet: seconds a new worker spends INITIALIZING before it takes jobs.
+        scaler: Fleet: ``"queue_delay"`` adds a worker for a job that waited `scaler_value` seconds;
+            ``"request_count"`` runs ceil((queued + in progress) / `scaler_value`) workers.
+        scaler_value: Fleet: the scaler's threshold (RunPod's default 4 for both).
+        flashboot: Fleet: a worker started while a stopped one's resources are kept boots in a tenth
+            of `cold_start` (ours: RunPod gives no figure).
     """
 
     handler: Handler | None = None
     workers: int | None = None
     return_aggregate_stream: bool = False
+    workers_min: int | None = None
+    workers_max: int | None = None
+    idle_timeout: Duration = 5.0
+    cold_start: Duration = 0.0
+    scaler: ScalerKind = "queue_delay"
+    scaler_value: float = 4.0
+    flashboot: bool = False
 
     def __post_init__(self) -> None:
         if self.handler is not None and not callable(self.handler):
             raise TypeError(f"EndpointSpec.handler must be callable, got {type(self.handler).__name__}")
-        if self.workers is not None and (
-            not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0
+        for name in ("workers", "workers_min", "workers_max"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"EndpointSpec.{name} must be an int >= 0, got {value!r}")
+        object.__setattr__(self, "idle_timeout", seconds(self.idle_timeout, "EndpointSpec.idle_timeout"))
+        object.__setattr__(self, "cold_start", seconds(self.cold_start, "EndpointSpec.cold_start"))
+        if self.scaler not in _SCALERS:
+            raise ValueError(
+                f"EndpointSpec.scaler must be 'queue_delay' or 'request_count', got {self.scaler!r}"
+            )
+        value = self.scaler_value
+        low = 0.5 if self.scaler == "queue_delay" else 1.0  # REST v2: queueDelay >= 0.5, requestCount >= 1
+        if not isinstance(value, int | float) or isinstance(value, bool) or value < low:
+            raise ValueError(
+                f"EndpointSpec.scaler_value must be a number >= {low:g} for scaler={self.scaler!r}, "
+                f"got {value!r}"
+            )
+        object.__setattr__(self, "scaler_value", float(value))
+        if not self.fleet:
+            return
+        if self.workers is not None:
+            raise ValueError(
+                "EndpointSpec.workers sets ready workers without a fleet; with workers_min/workers_max "
+                "leave it out (the fleet starts its workers itself)"
+            )
+        if self.handler is None:
+            raise ValueError("a fleet (workers_min/workers_max) runs in-process workers: give a handler")
+        if (
+            self.workers_min is not None
+            and self.workers_max is not None
+            and self.workers_min > self.workers_max
         ):
-            raise ValueError(f"EndpointSpec.workers must be an int >= 0, got {self.workers!r}")
+            raise ValueError(
+                f"EndpointSpec.workers_min ({self.workers_min}) is above workers_max ({self.workers_max})"
+            )
+
+    @property
+    def fleet(self) -> bool:
+        """Whether the endpoint's workers are a scaled fleet (`workers_min` or `workers_max` given)."""
+        return self.workers_min is not None or self.workers_max is not None

@@ -23,6 +23,7 @@ import orjson
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
+from runpod_queue.emulator._fleet import Fleet, WorkerState
 from runpod_queue.emulator._jobs import EndpointState, JobRecord, RunRef, WorkerSlot, encode_json, new_job_id
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
@@ -79,17 +80,24 @@ class Core:
         self._runner = runner
         self._webhooks = webhooks
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.endpoints: dict[str, EndpointState] = {
-            eid: EndpointState(eid, spec, default_workers if spec.workers is None else spec.workers)
-            for eid, spec in endpoints.items()
-        }
-        for ep in self.endpoints.values():
+        self.endpoints: dict[str, EndpointState] = {}
+        for eid, spec in endpoints.items():
+            if spec.fleet:  # its workers come and go (`_fleet`): none is ready before it starts
+                ep = self.endpoints[eid] = EndpointState(eid, spec, 0)
+                ep.fleet = Fleet(self, ep)
+                continue
+            ep = self.endpoints[eid] = EndpointState(
+                eid, spec, default_workers if spec.workers is None else spec.workers
+            )
             for _ in range(ep.in_process_workers):
                 self._add_worker(ep)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the emulator serves on (client holds make their futures on it)."""
         self._loop = loop
+        for ep in self.endpoints.values():
+            if ep.fleet is not None:
+                ep.fleet.begin()
 
     def running_jobs(self) -> list[str]:
         """``endpoint/job-id`` of every job a worker runs now (for the loop watchdog's warning)."""
@@ -141,9 +149,13 @@ class Core:
             ep,
             job_input,
             webhook=webhook,
-            execution_timeout=timings.default_execution_timeout
-            if execution_timeout is None
-            else execution_timeout,
+            execution_timeout=(
+                execution_timeout
+                if execution_timeout is not None
+                else ep.execution_timeout
+                if ep.execution_timeout is not None
+                else timings.default_execution_timeout
+            ),
             ttl=timings.default_ttl if ttl is None else ttl,
             low_priority=low_priority,
             s3_config=s3_config,
@@ -152,6 +164,8 @@ class Core:
         )
         job.raw_body = raw_body if raw_body is not None else encode_json({"input": job_input})
         ep.jobs[job_id] = job
+        if ep.fleet is not None:
+            ep.fleet.on_request()
         self._enqueue(job)
         return job
 
@@ -206,6 +220,8 @@ class Core:
             if not fut.done():
                 fut.set_result(None)
                 break
+        if ep.fleet is not None:
+            ep.fleet.scale()
 
     def start(self, job: JobRecord, worker: WorkerSlot) -> None:
         """IN_QUEUE → IN_PROGRESS on `worker`."""
@@ -222,6 +238,8 @@ class Core:
         worker.job = job
         if job.batch is not None:
             job.batch.in_progress += 1
+        if ep.fleet is not None:
+            ep.fleet.on_start(worker)
         job.timer_handle = self._later(
             job.policy_execution_timeout, self._execution_timed_out, job, job.attempt
         )
@@ -283,6 +301,13 @@ class Core:
             return
         worker.job = None
         ep = worker.endpoint
+        if ep.fleet is not None and not worker.external:
+            if replace:
+                ep.fleet.replace(worker)  # the scaler starts its successor, cold
+            else:
+                ep.fleet.on_release(worker)
+            self.dispatch(ep)
+            return
         if replace:
             self._retire(worker)
             if not worker.external:
@@ -510,9 +535,16 @@ class Core:
         """The ``/health`` answer for one endpoint: job counts and worker states."""
         now = self.clock.now()
         lost_after = self.worker_lost_after()
-        idle = running = unhealthy = 0
+        idle = running = unhealthy = initializing = throttled = 0
+        if ep.fleet is not None:
+            counts = ep.fleet.counts()
+            idle, running = counts[WorkerState.IDLE], counts[WorkerState.RUNNING]
+            initializing, throttled = counts[WorkerState.INITIALIZING], counts[WorkerState.THROTTLED]
+            unhealthy = counts[WorkerState.UNHEALTHY]
         for worker in ep.workers:
-            if worker.external and now - worker.last_seen >= lost_after:
+            if ep.fleet is not None and not worker.external:
+                continue  # counted by the fleet
+            if worker.external and (worker.unhealthy is not None or now - worker.last_seen >= lost_after):
                 unhealthy += 1
             elif worker.job is not None:
                 running += 1
@@ -528,10 +560,10 @@ class Core:
             },
             "workers": {
                 "idle": idle,
-                "initializing": 0,
+                "initializing": initializing,
                 "ready": idle,
                 "running": running,
-                "throttled": 0,
+                "throttled": throttled,
                 "unhealthy": unhealthy,
             },
         }

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT, JobStatus
@@ -41,11 +42,13 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._clock import Clock, TimerHandle
     from runpod_queue.emulator._core import Core
 
-__all__ = ["ExternalWorkers", "worker_environment"]
+__all__ = ["ExternalWorkers", "FitnessFailure", "worker_environment"]
 
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_BATCH: Final = 64
+# Fitness failures remembered (a crash loop reports one per restart: enough to see it, bounded).
+_FITNESS_FAILURES_KEPT: Final = 1000
 # Real seconds: the official worker abandons a job-take or job-stop poll after 90 s.
 _MAX_HOLD_S: Final = 60.0
 _FIRST: Final = asyncio.FIRST_COMPLETED
@@ -86,6 +89,25 @@ def worker_environment(
         "RUNPOD_SKIP_AUTO_SYSTEM_CHECKS": "true",
         "RUNPOD_SKIP_GPU_CHECK": "true",
     }
+
+
+@dataclass(frozen=True, slots=True)
+class FitnessFailure:
+    """A worker's report that a start-up fitness check failed (it exits right after).
+
+    Args:
+        endpoint_id: The endpoint the worker serves.
+        worker_id: The worker's id (a restarted worker keeps its id, so a crash loop repeats it).
+        at: Clock seconds when the report arrived.
+        check: The failing check's name, as the worker sent it.
+        reason: The worker's reason (``"ErrorType: message"``, at most 256 characters).
+    """
+
+    endpoint_id: str
+    worker_id: str
+    at: float
+    check: str
+    reason: str
 
 
 class _Worker:
@@ -133,6 +155,8 @@ class ExternalWorkers:
         # Resolved when the server begins a graceful stop: held polls answer at once (no job) instead
         # of outliving the shutdown grace and being cancelled with a 500.
         self._closing: asyncio.Future[None] | None = None
+        # Every failed fitness check a worker reported (`ping?status=unhealthy`), oldest first.
+        self.fitness_failures: list[FitnessFailure] = []
         # Called (on the server loop) with (endpoint id, worker id) when a worker asks for stopPod: a
         # process manager (`rpq serve --runpod-worker`) listens to replace the process.
         self.on_stop_pod: list[Callable[[str, str], None]] = []
@@ -171,6 +195,7 @@ class ExternalWorkers:
         self._seen(worker)
         if worker.lost:
             worker.lost = False
+            worker.slot.unhealthy = None  # restarted (its process manager, or the platform, did)
             if worker.slot not in ep.workers and not worker.slot.retired:
                 ep.workers.append(worker.slot)
         return worker
@@ -254,6 +279,18 @@ class ExternalWorkers:
             if self.core.is_current(job, attempt):
                 log.warning("worker %s is lost; requeueing job %s", worker.slot.id, job_id)
                 self.core.requeue_lost(job)
+
+    def _unhealthy(self, worker: _Worker, check: str, reason: str) -> None:
+        """A fitness check failed: the official worker reports it and exits (runpod-python
+        `rp_fitness.py`). Its jobs move on at once, and it shows UNHEALTHY with the reason until it
+        comes back (restarted) or is forgotten."""
+        slot = worker.slot
+        record = FitnessFailure(slot.endpoint.id, slot.id, self.clock.now(), check, reason)
+        self.fitness_failures.append(record)
+        del self.fitness_failures[:-_FITNESS_FAILURES_KEPT]
+        log.warning("worker %s failed its fitness check %r: %s", slot.id, check, reason)
+        self._lose(worker)
+        slot.unhealthy = f"fitness check {check or '?'} failed: {reason or 'no reason given'}"
 
     def _poll_ended(self, worker: _Worker) -> None:
         worker.polls -= 1
@@ -527,6 +564,9 @@ class ExternalWorkers:
         The official worker drops a stop that arrives before the job's task exists (taken, not yet
         started), so a stopped job it still reports running is signalled again."""
         worker = self._touch(request)
+        if request.query.get("status") == "unhealthy":
+            self._unhealthy(worker, request.query.get("check", ""), request.query.get("reason", ""))
+            return 200, {}
         if worker.pending_stop:
             running = set(filter(None, request.query.get("job_id", "").split(",")))
             worker.pending_stop &= running

@@ -27,6 +27,7 @@ from runpod_queue.emulator._config import EndpointSpec
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._clock import TimerHandle
+    from runpod_queue.emulator._fleet import Fleet
 
 __all__ = [
     "EndpointState",
@@ -121,7 +122,7 @@ class RunRef(NamedTuple):
 class WorkerSlot:
     """One worker of an endpoint. In-process workers run handlers; external ones are HTTP processes."""
 
-    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired")
+    __slots__ = ("endpoint", "external", "id", "job", "last_seen", "retired", "unhealthy")
 
     def __init__(self, endpoint: EndpointState, *, external: bool = False, worker_id: str | None = None):
         self.endpoint: EndpointState = endpoint
@@ -130,6 +131,8 @@ class WorkerSlot:
         self.job: JobRecord | None = None
         self.retired: bool = False
         self.last_seen: float = 0.0
+        # Why the worker reported itself unhealthy (a failed fitness check), until it comes back.
+        self.unhealthy: str | None = None
 
 
 class JobRecord:
@@ -329,6 +332,12 @@ class EndpointState:
         self.completed: int = 0
         self.failed: int = 0
         self.retried: int = 0
+        # Set through the management API (PATCH /serverless/{id}): the endpoint's `timeout` (seconds; None:
+        # `Timings.default_execution_timeout`) and display name.
+        self.execution_timeout: float | None = None
+        self.name: str | None = None
+        # The scaled workers of a fleet endpoint (`_fleet.Fleet`), else None: fixed ready workers.
+        self.fleet: Fleet | None = None
         # External workers' job-take long-polls waiting for a job; woken by `Core.dispatch`.
         self.take_waiters: deque[asyncio.Future[None]] = deque()
 

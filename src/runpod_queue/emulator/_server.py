@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -26,12 +26,16 @@ from runpod_queue.emulator._clock import Clock, ClockKind, VirtualClock, advance
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, Timings
 from runpod_queue.emulator._core import Core
 from runpod_queue.emulator._delivery import WebhookAttempt
-from runpod_queue.emulator._external import ExternalWorkers
+from runpod_queue.emulator._external import ExternalWorkers, FitnessFailure
+from runpod_queue.emulator._fleet import Fleet, WorkerView, fixed_worker_views
 from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
+from runpod_queue.emulator._jobs import EndpointState
 from runpod_queue.emulator._notices import EmulatorWarning
 from runpod_queue.emulator._readings import Readings
 
 __all__ = ["Emulator"]
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("runpod_queue.emulator")
 
@@ -324,6 +328,12 @@ class Emulator:
         return f"{self.root_url}/v2"
 
     @property
+    def management_url(self) -> str:
+        """Where RunPod's REST v2 management routes are emulated (``GET``/``PATCH /serverless/{id}``,
+        ``GET /serverless/{id}/workers``): what ``https://api.runpod.io/v2`` is on RunPod."""
+        return f"{self.root_url}/_management/v2"
+
+    @property
     def endpoint_ids(self) -> list[str]:
         """The ids of the endpoints this emulator serves, sorted."""
         return sorted(self.core.endpoints)
@@ -368,6 +378,122 @@ class Emulator:
 
         views: list[JobView] = self.call(snapshot)
         return views
+
+    def workers(self, endpoint_id: str) -> list[WorkerView]:
+        """The workers of `endpoint_id` now: `id`, `status` (INITIALIZING, IDLE, RUNNING, THROTTLED,
+        UNHEALTHY), `created_at`, `ready_at`, `job_id`, `reason`. An endpoint without a fleet shows its
+        ready workers. A snapshot, taken on the server's loop while it runs.
+
+        Args:
+            endpoint_id: An endpoint this emulator serves.
+
+        Raises:
+            ValueError: The emulator does not serve `endpoint_id`.
+        """
+        endpoint = self._endpoint(endpoint_id)
+
+        def views() -> list[WorkerView]:
+            if endpoint.fleet is not None:
+                return endpoint.fleet.views()
+            return fixed_worker_views(
+                endpoint, now=self.clock.now(), lost_after=self.core.worker_lost_after()
+            )
+
+        return self._on_loop(views)
+
+    @property
+    def fitness_failures(self) -> list[FitnessFailure]:
+        """Every failed fitness check a worker reported (``ping?status=unhealthy&check=…&reason=…``, as
+        runpod-python's ``rp_fitness.py`` sends before it exits), oldest first (the last 1000). Under
+        ``rpq serve --runpod-worker`` the exited worker is restarted under a new id, with a growing
+        pause after each quick exit: a crash loop shows as one failure per restart."""
+        return list(self.external.fitness_failures)
+
+    def update_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        workers_min: int | None = None,
+        workers_max: int | None = None,
+        idle_timeout: Duration | None = None,
+    ) -> None:
+        """Change a fleet's scaling settings while it runs, as RunPod's PATCH /serverless/{id} does.
+
+        A raised `workers_min` starts workers (cold); a lowered `workers_max` stops idle ones. Any update
+        lifts the idle-endpoint cap (3 days without requests: 2 workers at most, 7 days: none).
+
+        Args:
+            endpoint_id: A fleet endpoint (``EndpointSpec(workers_min=…, workers_max=…)``).
+            workers_min: Workers kept running at all times; ``None`` keeps the current value.
+            workers_max: The most workers the scaler may run; ``None`` keeps the current value.
+            idle_timeout: Seconds an idle worker above the minimum lives; ``None`` keeps it.
+
+        Raises:
+            ValueError: Not a fleet endpoint, a negative count, or `workers_min` above `workers_max`.
+        """
+        fleet = self._fleet(endpoint_id)
+        for name, value in (("workers_min", workers_min), ("workers_max", workers_max)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        idle = None if idle_timeout is None else _seconds(idle_timeout, "idle_timeout")
+        if (workers_min if workers_min is not None else fleet.workers_min) > (
+            workers_max if workers_max is not None else fleet.workers_max
+        ):
+            raise ValueError(
+                f"workers_min ({workers_min if workers_min is not None else fleet.workers_min}) is above "
+                f"workers_max ({workers_max if workers_max is not None else fleet.workers_max})"
+            )
+        self._on_loop(
+            lambda: fleet.update(workers_min=workers_min, workers_max=workers_max, idle_timeout=idle)
+        )
+
+    def set_capacity(self, endpoint_id: str, *, gpus: int | None) -> None:
+        """Limit the GPUs a fleet can get, as when RunPod has none free: workers beyond it wait THROTTLED.
+
+        Workers already holding a GPU keep it; when one stops (or the limit rises), a throttled worker
+        starts its cold start.
+
+        Args:
+            endpoint_id: A fleet endpoint.
+            gpus: How many workers may hold a GPU at once; ``None`` lifts the limit.
+
+        Raises:
+            ValueError: Not a fleet endpoint, or `gpus` below 0.
+        """
+        fleet = self._fleet(endpoint_id)
+        if gpus is not None and (not isinstance(gpus, int) or isinstance(gpus, bool) or gpus < 0):
+            raise ValueError(f"gpus must be an int >= 0 or None (no limit), got {gpus!r}")
+        self._on_loop(lambda: fleet.set_capacity(gpus))
+
+    def _endpoint(self, endpoint_id: str) -> EndpointState:
+        endpoint = self.core.endpoints.get(endpoint_id)
+        if endpoint is None:
+            raise ValueError(
+                f"endpoint {endpoint_id!r} is not served by this emulator (it serves: "
+                f"{', '.join(self.endpoint_ids) or 'none'}); pass it in Emulator({{...}})"
+            )
+        return endpoint
+
+    def _fleet(self, endpoint_id: str) -> Fleet:
+        fleet = self._endpoint(endpoint_id).fleet
+        if fleet is None:
+            raise ValueError(
+                f"endpoint {endpoint_id!r} has fixed ready workers, not a fleet: create it with "
+                "EndpointSpec(handler, workers_min=…, workers_max=…) (docs/fleet.md)"
+            )
+        return fleet
+
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn` on the server's loop while it runs (the fleet's state is the loop's), else here."""
+        loop = self.app.loop
+        if loop is None or not loop.is_running():
+            return fn()
+
+        async def run() -> _T:
+            return fn()
+
+        result: _T = self.call(run)
+        return result
 
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while running (thread-safe).

@@ -41,6 +41,10 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = ["RUNPOD_HOST", "Target", "activate", "deactivate", "is_runpod", "reroute"]
 
 RUNPOD_HOST: Final = "api.runpod.ai"
+# RunPod's management API (REST v2): served by the emulator under this path prefix (`_management`).
+MANAGEMENT_HOST: Final = "api.runpod.io"
+MANAGEMENT_PREFIX: Final = "/_management"
+_HOSTS: Final = frozenset({RUNPOD_HOST, MANAGEMENT_HOST})
 
 _lock = threading.Lock()
 # Active mocks, innermost last: each a (host, port) of an emulator.
@@ -67,9 +71,10 @@ def _current() -> Target | None:
 
 
 def is_runpod(host: object) -> bool:
-    """Whether `host` (str or bytes) names RunPod's API host, in any case, fully qualified or not."""
+    """Whether `host` (str or bytes) names RunPod's queue or management API host, in any case, fully
+    qualified or not."""
     name = host.decode("ascii", "replace") if isinstance(host, bytes | bytearray) else host
-    return isinstance(name, str) and name.lower().rstrip(".") == RUNPOD_HOST
+    return isinstance(name, str) and name.lower().rstrip(".") in _HOSTS
 
 
 def reroute(url: str) -> str | None:
@@ -78,9 +83,11 @@ def reroute(url: str) -> str | None:
     if target is None:
         return None
     parts = urlsplit(url)
-    if not is_runpod(parts.hostname or ""):
+    host = (parts.hostname or "").lower().rstrip(".")
+    if not is_runpod(host):
         return None
-    return urlunsplit(("http", f"{target.host}:{target.port}", parts.path, parts.query, parts.fragment))
+    path = MANAGEMENT_PREFIX + parts.path if host == MANAGEMENT_HOST else parts.path
+    return urlunsplit(("http", f"{target.host}:{target.port}", path, parts.query, parts.fragment))
 
 
 def activate(target: Target) -> None:
@@ -132,7 +139,10 @@ def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
     def rewrite(request: Any) -> None:
         target = _current()
         if target is not None and is_runpod(request.url.host):
-            request.url = request.url.copy_with(scheme="http", host=target.host, port=target.port)
+            url = request.url
+            if url.host.lower().rstrip(".") == MANAGEMENT_HOST:
+                url = url.copy_with(raw_path=MANAGEMENT_PREFIX.encode() + url.raw_path)
+            request.url = url.copy_with(scheme="http", host=target.host, port=target.port)
 
     def sync(original: Any) -> Any:
         def handle_request(self: Any, request: Any) -> Any:
@@ -191,7 +201,20 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
             url: URL = original(self, str_or_url)
             target = _current()
             if target is not None and is_runpod(url.host):
-                url = url.with_scheme("http").with_host(target.host).with_port(target.port)
+                path = (
+                    MANAGEMENT_PREFIX + url.raw_path
+                    if (url.host or "").lower().rstrip(".") == MANAGEMENT_HOST
+                    else url.raw_path
+                )
+                url = URL.build(
+                    scheme="http",
+                    host=target.host,
+                    port=target.port,
+                    path=path,
+                    query_string=url.raw_query_string,
+                    fragment=url.raw_fragment,
+                    encoded=True,
+                )
             return url
 
         return _build_url
@@ -202,7 +225,7 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
 def _blocked() -> socket.gaierror:
     return socket.gaierror(
         socket.EAI_NONAME,
-        f"mock_runpod blocks {RUNPOD_HOST}: this request was sent by an HTTP library it does not reroute "
+        "mock_runpod blocks RunPod's API hosts: this request was sent by an HTTP library it does not reroute "
         "(it reroutes requests, httpx, httpx2, aiohttp and what is built on them); send it through one of "
         "those, or point the library at emu.base_url",
     )

@@ -97,11 +97,12 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
     For the duration, `RUNPOD_API_KEY` (the emulator's `api_key`, else a placeholder accepted by an
     emulator that takes any key) and `RUNPOD_ENDPOINT_BASE_URL` (`emu.base_url`) are set, and so are
     the official SDK's `runpod.api_key` / `runpod.endpoint_url_base` when it is imported; all are
-    restored on exit, even after an exception. Requests to other hosts are untouched. Mocks nest: the
-    newest active one receives the traffic. Mocks may also end in any order (threads, async tasks):
-    the process then points at the newest one still active, and once none is, back at what it was
-    before the first. One instance is active once at a time (entering it again before it exits raises
-    ``RuntimeError``); the decorator makes a fresh one per call, so decorated functions may overlap.
+    restored on exit, even after an exception. RunPod's management API (`https://api.runpod.io/v2`,
+    REST v2) goes to the emulator's ``management_url``. Requests to other hosts are untouched. Mocks
+    nest: the newest active one receives the traffic. Mocks may also end in any order (threads, async
+    tasks): the process then points at the newest one still active, and once none is, back at what it
+    was before the first. One instance is active once at a time (entering it again before it exits
+    raises ``RuntimeError``); the decorator makes a fresh one per call, so decorated functions may overlap.
 
     Args:
         endpoints: As ``Emulator``'s: endpoint id to handler, ``EndpointSpec`` or ``None``.

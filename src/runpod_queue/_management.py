@@ -1,0 +1,501 @@
+"""`Management` / `AsyncManagement`: RunPod's REST v2 management routes a queue user needs.
+
+`GET`/`PATCH /serverless/{id}` and `GET /serverless/{id}/workers` at `https://api.runpod.io/v2` (field
+names from `api-reference-v2/openapi.json` in `runpod/docs`). Each sends through a `Client` /
+`AsyncClient` of its own, so the key, the transport, the retries (429 and 5xx, a PATCH included: it sets
+absolute values, so repeating it is harmless) and the error types are the queue client's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+
+from runpod_queue._aio import AsyncClient
+from runpod_queue._attempts import attempts
+from runpod_queue._calls import Call, _id
+from runpod_queue._client import Client
+from runpod_queue._retry import Retries, RetryNotice, Safety
+from runpod_queue._transport import Answer
+from runpod_queue._units import Duration, seconds
+from runpod_queue.errors import APIResponseError
+
+__all__ = ["AsyncManagement", "EndpointInfo", "Management", "WorkerInfo", "WorkerSummary", "Workers"]
+
+MANAGEMENT_BASE_URL = "https://api.runpod.io/v2"
+_OP = "management"  # the rate limiter's key: not in RunPod's queue table, so 429s are retried instead
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointInfo:
+    """An endpoint's settings, as ``GET /serverless/{id}`` answers.
+
+    Args:
+        id: The endpoint's id.
+        name: Its display name.
+        type: ``"QUEUE"`` or ``"LOAD_BALANCER"`` (a load balancer has no queue).
+        workers_min: Workers kept running ("active workers").
+        workers_max: The most workers the scaler may run.
+        idle_timeout: Seconds an idle worker lives; ``None`` under request-count scaling (REST v2 omits it).
+        scaler: ``"queue_delay"`` or ``"request_count"``.
+        scaler_value: The scaler's threshold (seconds of queue delay, or requests per worker).
+        timeout: The jobs' default execution timeout, in seconds.
+        flashboot: ``"OFF"``, ``"FLASHBOOT"`` or ``"PRIORITY_FLASHBOOT"``.
+        raw: The whole answer, for fields not named here.
+    """
+
+    id: str
+    name: str
+    type: str
+    workers_min: int
+    workers_max: int
+    idle_timeout: float | None
+    scaler: Literal["queue_delay", "request_count"]
+    scaler_value: float
+    timeout: float
+    flashboot: str
+    raw: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One worker, as ``GET /serverless/{id}/workers`` lists it.
+
+    Args:
+        id: The worker's id (what a job's ``worker_id`` names).
+        status: ``RUNNING``, ``IDLE``, ``INITIALIZING``, ``THROTTLED`` or ``UNHEALTHY`` (kept as sent).
+        is_stale: It runs an older endpoint configuration than the current one.
+        uptime: Seconds it has been running; ``None`` until it is placed and running.
+        started_at: When it last started (ISO 8601), or ``None``.
+        reason: Why it is UNHEALTHY or THROTTLED, when the server says (the emulator does).
+    """
+
+    id: str
+    status: str
+    is_stale: bool
+    uptime: float | None
+    started_at: str | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSummary:
+    """How many workers are in each state.
+
+    Args:
+        running: Workers running a job.
+        idle: Ready workers waiting for one.
+        initializing: Workers in their cold start.
+        throttled: Workers waiting for a GPU.
+        unhealthy: Workers failing their health checks.
+        total: All of them.
+    """
+
+    running: int
+    idle: int
+    initializing: int
+    throttled: int
+    unhealthy: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """An endpoint's workers and their summary.
+
+    Args:
+        workers: Each worker.
+        summary: The counts by state.
+        endpoint_version: The endpoint's configuration version, when known.
+    """
+
+    workers: list[WorkerInfo]
+    summary: WorkerSummary
+    endpoint_version: int | None
+
+
+def _json(answer: Answer) -> dict[str, Any]:
+    try:
+        body = json.loads(answer.content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise APIResponseError(
+            f"the management API answered {answer.url} with something that is not a JSON object",
+            request=answer.request(),
+            response=answer.as_httpx(),
+        )
+    return body
+
+
+def _endpoint(answer: Answer) -> EndpointInfo:
+    body = _json(answer)
+    try:
+        workers = body["workers"]
+        scaling = body.get("scaling") or {}
+        request_count = scaling.get("type") == "REQUEST_COUNT"
+        idle = workers.get("idleTimeout")
+        return EndpointInfo(
+            id=str(body["id"]),
+            name=str(body.get("name") or body["id"]),
+            type=str(body.get("type") or "QUEUE"),
+            workers_min=int(workers["min"]),
+            workers_max=int(workers["max"]),
+            idle_timeout=float(idle) if idle is not None else None,
+            scaler="request_count" if request_count else "queue_delay",
+            scaler_value=float(scaling.get("requestCount" if request_count else "queueDelay", 4)),
+            timeout=float(body.get("timeout", 600_000)) / 1000,
+            flashboot=str(body.get("flashboot", "OFF")),
+            raw=body,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise APIResponseError(
+            f"the management API's endpoint answer lacks a field ({exc!r})",
+            request=answer.request(),
+            response=answer.as_httpx(),
+        ) from None
+
+
+def _workers(answer: Answer) -> Workers:
+    body = _json(answer)
+    try:
+        summary = body["summary"]
+        return Workers(
+            workers=[
+                WorkerInfo(
+                    id=str(w["id"]),
+                    status=str(w["status"]),
+                    is_stale=bool(w.get("isStale", False)),
+                    uptime=float(w["uptimeSeconds"]) if w.get("uptimeSeconds") is not None else None,
+                    started_at=w.get("startedAt"),
+                    reason=w.get("reason"),
+                )
+                for w in body["workers"]
+            ],
+            summary=WorkerSummary(
+                running=int(summary["running"]),
+                idle=int(summary["idle"]),
+                initializing=int(summary["initializing"]),
+                throttled=int(summary["throttled"]),
+                unhealthy=int(summary["unhealthy"]),
+                total=int(summary["total"]),
+            ),
+            endpoint_version=body.get("endpointVersion"),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise APIResponseError(
+            f"the management API's workers answer lacks a field ({exc!r})",
+            request=answer.request(),
+            response=answer.as_httpx(),
+        ) from None
+
+
+def _count(name: str, value: int | None) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+def _patch_body(
+    workers_min: int | None,
+    workers_max: int | None,
+    idle_timeout: Duration | None,
+    scaler: str | None,
+    scaler_value: float | None,
+    execution_timeout: Duration | None,
+) -> bytes:
+    """The PATCH body: only what is given (REST v2 changes only the fields present)."""
+    body: dict[str, Any] = {}
+    workers: dict[str, Any] = {}
+    if _count("workers_min", workers_min) is not None:
+        workers["min"] = workers_min
+    if _count("workers_max", workers_max) is not None:
+        workers["max"] = workers_max
+    if workers_min is not None and workers_max is not None and workers_min > workers_max:
+        raise ValueError(f"workers_min ({workers_min}) is above workers_max ({workers_max})")
+    if idle_timeout is not None:
+        workers["idleTimeout"] = round(seconds(idle_timeout, "idle_timeout", low=1, high=3600))
+    if workers:
+        body["workers"] = workers
+    if scaler is not None or scaler_value is not None:
+        if scaler not in ("queue_delay", "request_count") or scaler_value is None:
+            raise ValueError(
+                "give scaler ('queue_delay' or 'request_count') and scaler_value together, e.g. "
+                "scaler='queue_delay', scaler_value=4"
+            )
+        if scaler == "queue_delay":
+            body["scaling"] = {
+                "type": "QUEUE_DELAY",
+                "queueDelay": seconds(scaler_value, "scaler_value", low=0.5),
+            }
+        else:
+            if not isinstance(scaler_value, int) or isinstance(scaler_value, bool) or scaler_value < 1:
+                raise ValueError(f"scaler_value for request_count is an int >= 1, got {scaler_value!r}")
+            body["scaling"] = {"type": "REQUEST_COUNT", "requestCount": scaler_value}
+    if execution_timeout is not None:
+        body["timeout"] = round(seconds(execution_timeout, "execution_timeout", low=5) * 1000)
+    if not body:
+        raise ValueError("update_endpoint needs at least one setting to change (workers_min=..., ...)")
+    return json.dumps(body).encode()
+
+
+def _calls_get(endpoint_id: str, workers: bool = False) -> Call:
+    path = f"/serverless/{_id('endpoint_id', endpoint_id)}" + ("/workers" if workers else "")
+    return Call(endpoint_id, _OP, "GET", path, Safety.IDEMPOTENT)
+
+
+def _call_patch(endpoint_id: str, body: bytes) -> Call:
+    path = f"/serverless/{_id('endpoint_id', endpoint_id)}"
+    return Call(endpoint_id, _OP, "PATCH", path, Safety.IDEMPOTENT, content=body)
+
+
+def _base_url(base_url: str | None) -> str:
+    return base_url or os.environ.get("RUNPOD_MANAGEMENT_BASE_URL") or MANAGEMENT_BASE_URL
+
+
+class Management:
+    """Sync client for RunPod's management API (REST v2): see and steer an endpoint's workers.
+
+    ```python
+    with Management() as mgmt:                       # $RUNPOD_API_KEY
+        mgmt.update_endpoint("my-endpoint", workers_min=1)
+        print(mgmt.workers("my-endpoint").summary)
+    ```
+
+    Args:
+        api_key: RunPod API key; defaults to ``$RUNPOD_API_KEY``. A loopback ``base_url`` needs none.
+        base_url: Where the API lives; defaults to ``$RUNPOD_MANAGEMENT_BASE_URL``, else
+            ``https://api.runpod.io/v2``. The emulator's is ``emu.management_url``.
+        timeout: Seconds (or a ``timedelta``) one request may take.
+        retries: How often and how patiently to retry; ``None`` takes ``Retries()``.
+        transport: An ``httpx.BaseTransport`` to send through instead of the network (tests).
+        on_retry: Called with a ``RetryNotice`` before every retry's pause.
+
+    Raises:
+        ConfigurationError: No API key for a remote ``base_url``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Duration = 30.0,
+        retries: Retries | None = None,
+        transport: httpx.BaseTransport | None = None,
+        on_retry: Callable[[RetryNotice], object] | None = None,
+    ) -> None:
+        self._client = Client(
+            api_key,
+            base_url=_base_url(base_url),
+            timeout=timeout,
+            retries=retries,
+            rate_limits=False,
+            transport=transport,
+            on_retry=on_retry,
+        )
+        self.base_url: str = self._client.base_url
+
+    def _send(self, call: Call) -> Answer:
+        return self._client._run(attempts(call, self._client._rules))
+
+    def endpoint(self, endpoint_id: str) -> EndpointInfo:
+        """An endpoint's settings (``GET /serverless/{id}``).
+
+        Args:
+            endpoint_id: The endpoint's id.
+
+        Returns:
+            Its ``EndpointInfo``.
+
+        Raises:
+            APIStatusError: RunPod refused (404: no such endpoint; 401/403: the key may not read it).
+            APIConnectionError: No answer arrived.
+        """
+        return _endpoint(self._send(_calls_get(endpoint_id)))
+
+    def update_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        workers_min: int | None = None,
+        workers_max: int | None = None,
+        idle_timeout: Duration | None = None,
+        scaler: Literal["queue_delay", "request_count"] | None = None,
+        scaler_value: float | None = None,
+        execution_timeout: Duration | None = None,
+    ) -> EndpointInfo:
+        """Change an endpoint's scaling settings (``PATCH /serverless/{id}``); only what is given changes.
+
+        Args:
+            endpoint_id: The endpoint's id.
+            workers_min: Workers kept running (raising it starts workers, cold).
+            workers_max: The most workers the scaler may run.
+            idle_timeout: Seconds (1 to 3600) an idle worker lives.
+            scaler: ``"queue_delay"`` or ``"request_count"``, with ``scaler_value``.
+            scaler_value: Seconds of queue delay (>= 0.5), or requests per worker (an int >= 1).
+            execution_timeout: The jobs' default execution timeout (>= 5 s; REST v2's ``timeout``).
+
+        Returns:
+            The endpoint's settings after the change.
+
+        Raises:
+            ValueError: Nothing to change, or a value out of range (nothing is sent).
+            APIStatusError: RunPod refused (400 with the invalid fields in its message).
+            APIConnectionError: No answer arrived.
+        """
+        body = _patch_body(workers_min, workers_max, idle_timeout, scaler, scaler_value, execution_timeout)
+        return _endpoint(self._send(_call_patch(endpoint_id, body)))
+
+    def workers(self, endpoint_id: str) -> Workers:
+        """An endpoint's workers and a summary by state (``GET /serverless/{id}/workers``).
+
+        Args:
+            endpoint_id: The endpoint's id.
+
+        Returns:
+            ``Workers``: each ``WorkerInfo`` and the ``WorkerSummary``.
+
+        Raises:
+            APIStatusError: RunPod refused.
+            APIConnectionError: No answer arrived.
+        """
+        return _workers(self._send(_calls_get(endpoint_id, workers=True)))
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._client.close()
+
+    def __enter__(self) -> Self:
+        """Use it in a ``with`` block; it closes at the block's end."""
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the connection pool."""
+        self.close()
+
+
+class AsyncManagement:
+    """Asyncio client for RunPod's management API (REST v2); ``Management``'s twin.
+
+    Args:
+        api_key: RunPod API key; defaults to ``$RUNPOD_API_KEY``. A loopback ``base_url`` needs none.
+        base_url: Where the API lives; defaults to ``$RUNPOD_MANAGEMENT_BASE_URL``, else
+            ``https://api.runpod.io/v2``.
+        timeout: Seconds (or a ``timedelta``) one request may take.
+        retries: How often and how patiently to retry; ``None`` takes ``Retries()``.
+        transport: An ``httpx.AsyncBaseTransport`` to send through instead of the network (tests).
+        on_retry: Called with a ``RetryNotice`` before every retry's pause.
+
+    Raises:
+        ConfigurationError: No API key for a remote ``base_url``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Duration = 30.0,
+        retries: Retries | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: Callable[[RetryNotice], object] | None = None,
+    ) -> None:
+        self._client = AsyncClient(
+            api_key,
+            base_url=_base_url(base_url),
+            timeout=timeout,
+            retries=retries,
+            rate_limits=False,
+            transport=transport,
+            on_retry=on_retry,
+        )
+        self.base_url: str = self._client.base_url
+
+    async def _send(self, call: Call) -> Answer:
+        return await self._client._run(attempts(call, self._client._rules))
+
+    async def endpoint(self, endpoint_id: str) -> EndpointInfo:
+        """An endpoint's settings (``GET /serverless/{id}``); see ``Management.endpoint``.
+
+        Args:
+            endpoint_id: The endpoint's id.
+
+        Returns:
+            Its ``EndpointInfo``.
+
+        Raises:
+            APIStatusError: RunPod refused.
+            APIConnectionError: No answer arrived.
+        """
+        return _endpoint(await self._send(_calls_get(endpoint_id)))
+
+    async def update_endpoint(
+        self,
+        endpoint_id: str,
+        *,
+        workers_min: int | None = None,
+        workers_max: int | None = None,
+        idle_timeout: Duration | None = None,
+        scaler: Literal["queue_delay", "request_count"] | None = None,
+        scaler_value: float | None = None,
+        execution_timeout: Duration | None = None,
+    ) -> EndpointInfo:
+        """Change an endpoint's scaling settings; see ``Management.update_endpoint``.
+
+        Args:
+            endpoint_id: The endpoint's id.
+            workers_min: Workers kept running.
+            workers_max: The most workers the scaler may run.
+            idle_timeout: Seconds (1 to 3600) an idle worker lives.
+            scaler: ``"queue_delay"`` or ``"request_count"``, with ``scaler_value``.
+            scaler_value: Seconds of queue delay (>= 0.5), or requests per worker (an int >= 1).
+            execution_timeout: The jobs' default execution timeout (>= 5 s; REST v2's ``timeout``).
+
+        Returns:
+            The endpoint's settings after the change.
+
+        Raises:
+            ValueError: Nothing to change, or a value out of range (nothing is sent).
+            APIStatusError: RunPod refused.
+            APIConnectionError: No answer arrived.
+        """
+        body = _patch_body(workers_min, workers_max, idle_timeout, scaler, scaler_value, execution_timeout)
+        return _endpoint(await self._send(_call_patch(endpoint_id, body)))
+
+    async def workers(self, endpoint_id: str) -> Workers:
+        """An endpoint's workers and a summary by state; see ``Management.workers``.
+
+        Args:
+            endpoint_id: The endpoint's id.
+
+        Returns:
+            ``Workers``: each ``WorkerInfo`` and the ``WorkerSummary``.
+
+        Raises:
+            APIStatusError: RunPod refused.
+            APIConnectionError: No answer arrived.
+        """
+        return _workers(await self._send(_calls_get(endpoint_id, workers=True)))
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        """Use it in an ``async with`` block; it closes at the block's end."""
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Close the connection pool."""
+        await self.aclose()
