@@ -222,10 +222,11 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
     return [_replace(aiohttp.ClientSession, "_build_url", make)]
 
 
-def _blocked() -> socket.gaierror:
+def _blocked(host: object) -> socket.gaierror:
+    name = host.decode("ascii", "replace") if isinstance(host, bytes | bytearray) else str(host)
     return socket.gaierror(
         socket.EAI_NONAME,
-        "mock_runpod blocks RunPod's API hosts: this request was sent by an HTTP library it does not reroute "
+        f"mock_runpod blocks {name}: this request was sent by an HTTP library it does not reroute "
         "(it reroutes requests, httpx, httpx2, aiohttp and what is built on them); send it through one of "
         "those, or point the library at emu.base_url",
     )
@@ -239,7 +240,7 @@ def _patch_getaddrinfo() -> list[Callable[[], None]]:
     def make(original: Any) -> Any:
         def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
             if _refuses(host):
-                raise _blocked()
+                raise _blocked(host)
             return original(host, *args, **kwargs)
 
         return getaddrinfo
@@ -260,8 +261,9 @@ def _async_guard(host_of: Callable[..., object]) -> Callable[[Any], Any]:
 
     def make(original: Any) -> Any:
         async def guarded(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if _refuses(host_of(*args, **kwargs)):
-                raise _blocked()
+            host = host_of(*args, **kwargs)
+            if _refuses(host):
+                raise _blocked(host)
             return await original(self, *args, **kwargs)
 
         return guarded
@@ -312,7 +314,7 @@ def _patch_aiodns() -> list[Callable[[], None]]:
             # aiodns returns a Future from some methods and is a coroutine in others: keep each's shape.
             def guarded(self: Any, host: Any, *args: Any, **kwargs: Any) -> Any:
                 if _refuses(host):
-                    raise _blocked()
+                    raise _blocked(host)
                 return original(self, host, *args, **kwargs)
 
             return guarded
