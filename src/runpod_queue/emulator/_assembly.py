@@ -7,7 +7,8 @@ core     = Core(endpoints, clock, timings, runner, webhooks=delivery)
 external = ExternalWorkers(core)                   # the worker protocol; drives the core, not the reverse
 limiter  = RateLimiter(rate_limits)
 requests = RequestLog()                            # what the app answered, for tests (inspect)
-control  = Control(clock, core, requests)          # /_emulator/*
+admin    = Admin(core, delivery, external, requests, limiter)  # reset, endpoints at run time
+control  = Control(clock, core, requests, admin, faults)  # /_emulator/*
 console  = Console(core, delivery)                 # / and /_console/*: reads the core, never writes
 app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown,
                        console)
@@ -25,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runpod_queue._limits import RateLimits
+from runpod_queue.emulator._admin import Admin
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
@@ -54,6 +56,7 @@ class Emulation:
     limiter: RateLimiter
     requests: RequestLog
     control: Control
+    admin: Admin
     console: Console
     app: EmulatorApp
 
@@ -86,7 +89,23 @@ def assemble(
     external = ExternalWorkers(core)
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
     requests = RequestLog()
-    control = Control(clock, core, requests)
+    admin = Admin(
+        core,
+        default_workers=default_workers,
+        delivery=delivery,
+        external=external,
+        requests=requests,
+        limiter=limiter,
+    )
+
+    # `app` is built below; these run only once it serves.
+    def get_faults() -> Faults:
+        return app.faults
+
+    def set_faults(value: Faults) -> None:
+        app.set_faults(value)
+
+    control = Control(clock, core, requests, admin=admin, faults=(get_faults, set_faults))
     console = Console(core, delivery)
 
     def startup(loop: asyncio.AbstractEventLoop) -> None:
@@ -116,5 +135,5 @@ def assemble(
         console=console,
     )
     return Emulation(
-        clock, timings, core, runner, delivery, external, limiter, requests, control, console, app
+        clock, timings, core, runner, delivery, external, limiter, requests, control, admin, console, app
     )

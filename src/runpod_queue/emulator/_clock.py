@@ -84,6 +84,10 @@ class Clock:
         )
 
     # What the auto rule watches; nothing to do on other clocks.
+    async def restart(self) -> None:
+        """Set ``now`` back to 0 (``POST /_emulator/reset``); pending timers keep their remaining delay."""
+        raise NotImplementedError
+
     def hold_started(self) -> None:
         """A request began holding for time to pass (a long-poll): the auto clock may skip ahead."""
         pass
@@ -132,6 +136,10 @@ class RealClock(Clock):
     def now(self) -> float:
         """Seconds since the clock started, from the monotonic clock."""
         return time.monotonic() - self._origin
+
+    async def restart(self) -> None:
+        """Count from 0 again; the loop's timers are relative, so they are untouched."""
+        self._origin = time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Refused until the emulator starts: ``bind`` replaces it with the loop's own ``call_later``."""
@@ -238,6 +246,14 @@ class VirtualClock(Clock):
                 self._advancing -= 1
                 self._poke()
             return self._now
+
+    async def restart(self) -> None:
+        """Set ``now`` back to 0, moving every pending timer by the same amount (none fires)."""
+        async with self._advance_lock:
+            shift = self._now
+            self._heap = [(round(due - shift, _GRID), seq, timer) for due, seq, timer in self._heap]
+            heapq.heapify(self._heap)
+            self._now = 0.0
 
     def advance_idle(self, seconds: Duration) -> float:
         """Move a clock that has no timers and no loop (an emulator not started yet)."""

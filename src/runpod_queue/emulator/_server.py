@@ -321,6 +321,21 @@ class Emulator:
         views: list[JobView] = self.call(snapshot)
         return views
 
+    def reset(self) -> None:
+        """Start over without restarting: every job, recorded request, webhook attempt, warning and
+        counter gone, the clock back at 0; endpoints, handlers, faults and rate limits stay.
+
+        The same as ``POST /_emulator/reset``. Requests held on a job (runsync, stream) answer
+        CANCELLED; no webhook is sent for the jobs dropped.
+
+        Raises:
+            RuntimeError: The emulator is not running.
+        """
+        loop = self.app.loop
+        if loop is None or not loop.is_running():
+            raise RuntimeError("the emulator is not running: start it before resetting it")
+        self.call(self._parts.admin.reset)
+
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while running (thread-safe).
 
