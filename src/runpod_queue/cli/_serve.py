@@ -106,6 +106,16 @@ def serve(
             "ignores them too, with a warning).",
         ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="Endpoints defined in a TOML (.toml) or JSON file: a table endpoints.ID with handler, script"
+            " (canned answers), workers, return_aggregate_stream. See docs/local-runpod.md.",
+            show_default=False,
+        ),
+    ] = None,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -124,10 +134,18 @@ def serve(
     handlers = handlers or []
     endpoints: dict[str, EndpointSpec] = {}
     worker_files: dict[str, str] = {}
+    if config is not None:
+        from runpod_queue.emulator._endpoint_file import ConfigFileError, load_endpoints_file
+
+        try:
+            endpoints.update(load_endpoints_file(config))
+        except ConfigFileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     for endpoint_id in external or []:
         _add_external(endpoints, endpoint_id, endpoint_id)
     if not handlers and not endpoints:
-        typer.echo("error: give at least one HANDLER or --external ENDPOINT_ID", err=True)
+        typer.echo("error: give at least one HANDLER, --config FILE or --external ENDPOINT_ID", err=True)
         raise typer.Exit(2)
     if runpod_worker and handlers and importlib.util.find_spec("runpod") is None:
         typer.echo(
@@ -208,6 +226,9 @@ def serve(
                 '{"seconds": N}'
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
+        typer.echo(
+            f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
+        )
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)

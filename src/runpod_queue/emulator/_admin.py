@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._config import EndpointSpec, Faults
+from runpod_queue.emulator._endpoint_file import parse_endpoint
 from runpod_queue.emulator._http import HTTPError, type_name
 from runpod_queue.emulator._jobs import EndpointState, WorkerSlot
+from runpod_queue.emulator._scripted import FieldError, ScriptedHandler
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
@@ -33,11 +35,6 @@ __all__ = [
 ]
 
 _FAULT_FIELDS = ("error_429", "error_503", "error_500", "drop", "latency", "seed")
-_ENDPOINT_FIELDS = ("handler", "workers", "return_aggregate_stream")
-
-# Builds an endpoint's spec from the JSON body of `PUT /_emulator/endpoints/{id}` (fields beyond
-# _ENDPOINT_FIELDS, such as a script, are the loader's).
-SpecLoader = Callable[[str, dict[str, Any]], EndpointSpec]
 
 
 def faults_dict(faults: Faults) -> dict[str, Any]:
@@ -115,6 +112,8 @@ class Admin:
         for ep in self.core.endpoints.values():
             self._drop_jobs(ep)
             ep.completed = ep.failed = ep.retried = 0
+            if isinstance(ep.spec.handler, ScriptedHandler):
+                ep.spec.handler.reset()  # a sequence starts from its first answer again
         self.delivery.reset()
         self.requests.clear()
         self.core.notices.clear()
@@ -165,6 +164,8 @@ class Admin:
         Returns:
             True when it was created.
         """
+        if isinstance(spec.handler, ScriptedHandler):
+            spec.handler.bind(self.core.clock)
         ep = self.core.endpoints.get(endpoint_id)
         wanted = (self.default_workers if spec.workers is None else spec.workers) if spec.handler else 0
         if ep is None:
@@ -214,43 +215,14 @@ class Admin:
             ep.idle.remove(worker)
 
 
-def spec_from_dict(
-    endpoint_id: str, data: dict[str, Any], *, extra: SpecLoader | None = None
-) -> EndpointSpec:
-    """The `EndpointSpec` a `PUT /_emulator/endpoints/{id}` body describes.
+def spec_from_dict(endpoint_id: str, data: dict[str, Any]) -> EndpointSpec:
+    """The `EndpointSpec` a `PUT /_emulator/endpoints/{id}` body describes (see `endpoint_file`).
 
     `handler` is a reference as `rpq serve` takes one (``path/to/file.py[:function]`` or
-    ``package.module:function``), or null for an endpoint fed only by external workers.
+    ``package.module:function``, read from the server's working directory); `script` canned answers;
+    neither: an endpoint fed only by external workers.
     """
-    from runpod_queue.emulator._loading import HandlerLoadError, load_endpoint
-
-    if extra is not None and data.keys() - set(_ENDPOINT_FIELDS):
-        return extra(endpoint_id, data)
-    unknown = sorted(data.keys() - set(_ENDPOINT_FIELDS))
-    if unknown:
-        raise HTTPError(400, f"unknown endpoint field(s) {unknown}; the fields are {list(_ENDPOINT_FIELDS)}")
-    workers = data.get("workers")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 0):
-        raise HTTPError(
-            400, f'"workers" must be an integer >= 0 or null, got {type_name(workers)} {workers!r}'
-        )
-    aggregate = data.get("return_aggregate_stream", False)
-    if not isinstance(aggregate, bool):
-        raise HTTPError(400, f'"return_aggregate_stream" must be true or false, got {type_name(aggregate)}')
-    reference = data.get("handler")
-    if reference is None:
-        return EndpointSpec(handler=None, workers=workers, return_aggregate_stream=aggregate)
-    if not isinstance(reference, str) or not reference:
-        raise HTTPError(
-            400,
-            f'"handler" must be a reference such as "handlers.py:echo", or null; got {type_name(reference)}',
-        )
     try:
-        loaded = load_endpoint(f"{endpoint_id}={reference}")
-    except HandlerLoadError as exc:
-        raise HTTPError(400, str(exc)) from None
-    return EndpointSpec(
-        handler=loaded.spec.handler,
-        workers=workers,
-        return_aggregate_stream=aggregate or loaded.spec.return_aggregate_stream,
-    )
+        return parse_endpoint(endpoint_id, data)
+    except FieldError as exc:
+        raise HTTPError(400, f"field {exc}") from None

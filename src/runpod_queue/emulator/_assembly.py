@@ -38,6 +38,7 @@ from runpod_queue.emulator._external import ExternalWorkers
 from runpod_queue.emulator._inspect import RequestLog
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._scripted import ScriptedHandler
 from runpod_queue.emulator._workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
@@ -75,6 +76,9 @@ def assemble(
     readings: Readings | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
+    for spec in endpoints.values():
+        if isinstance(spec.handler, ScriptedHandler):
+            spec.handler.bind(clock)  # its delays are this emulator's seconds
     runner = InProcessRunner()
     delivery = WebhookDelivery(clock, retry_gap=timings.webhook_retry_gap * clock.scale)
     core = Core(

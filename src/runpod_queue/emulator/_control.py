@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from runpod_queue.emulator._admin import (
     Admin,
-    SpecLoader,
     endpoint_dict,
     faults_dict,
     faults_from_dict,
@@ -54,14 +53,12 @@ class Control:
         *,
         admin: Admin | None = None,
         faults: tuple[Callable[[], Faults], Callable[[Faults], None]] | None = None,
-        spec_loader: SpecLoader | None = None,
     ) -> None:
         self.clock = clock
         self.core = core
         self.requests = requests
         self.admin = admin
         self._faults = faults
-        self.spec_loader = spec_loader
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "advance"): self.advance,
             ("GET", "jobs"): self.jobs,
@@ -201,7 +198,7 @@ class Control:
         data = json_object(
             await request.body(1_000_000, "/_emulator/endpoints/<id>"), '{"handler": "handlers.py:echo"}'
         )
-        spec = spec_from_dict(endpoint_id, data, extra=self.spec_loader)
+        spec = spec_from_dict(endpoint_id, data)
         created = self._admin().put_endpoint(endpoint_id, spec)
         return (201 if created else 200), endpoint_dict(self.core.endpoints[endpoint_id])
 
