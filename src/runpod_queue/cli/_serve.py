@@ -116,6 +116,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            metavar="FILE",
+            help="Keep jobs, counters, owed webhooks and the clock in this SQLite file across restarts "
+            "(created when missing); running jobs are requeued on restart.",
+            show_default=False,
+        ),
+    ] = None,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -195,18 +205,25 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: --reading: {exc}", err=True)
         raise typer.Exit(2) from None
-    emulator = Emulator(
-        endpoints,
-        readings=readings,
-        api_key=api_key,
-        workers=workers,
-        clock=clock.value,
-        time_scale=time_scale,
-        rate_limits=not no_rate_limits,
-        host=host,
-        port=port,
-        strict=strict,
-    )
+    from runpod_queue.errors import ConfigurationError
+
+    try:
+        emulator = Emulator(
+            endpoints,
+            readings=readings,
+            api_key=api_key,
+            workers=workers,
+            clock=clock.value,
+            time_scale=time_scale,
+            rate_limits=not no_rate_limits,
+            host=host,
+            port=port,
+            strict=strict,
+            state=state,
+        )
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     from runpod_queue.emulator._worker_processes import WorkerProcesses
 

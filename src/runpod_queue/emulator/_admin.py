@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._external import ExternalWorkers
     from runpod_queue.emulator._inspect import RequestLog
     from runpod_queue.emulator._ratelimit import RateLimiter
+    from runpod_queue.emulator._state import StateFile
 
 __all__ = [
     "Admin",
@@ -93,6 +94,7 @@ class Admin:
         external: ExternalWorkers,
         requests: RequestLog,
         limiter: RateLimiter,
+        state: StateFile | None = None,
     ) -> None:
         self.core = core
         self.default_workers = default_workers
@@ -100,6 +102,7 @@ class Admin:
         self.external = external
         self.requests = requests
         self.limiter = limiter
+        self.state = state
 
     # -- reset ----------------------------------------------------------------------------------
 
@@ -119,6 +122,8 @@ class Admin:
         self.core.notices.clear()
         self.limiter.reset()
         await self.core.clock.restart()
+        if self.state is not None:
+            self.state.clear()
 
     def _drop_jobs(self, ep: EndpointState) -> None:
         """End every job of `ep` with no lifecycle event (no webhook, no counter)."""
@@ -190,6 +195,8 @@ class Admin:
         id answers 404 from now on, and external workers polling it are released."""
         ep = self.core.endpoints.pop(endpoint_id)
         self._drop_jobs(ep)
+        if self.state is not None:
+            self.state.drop_endpoint(endpoint_id)
         for worker in list(ep.workers):
             self._retire(worker)
         while ep.take_waiters:

@@ -22,6 +22,7 @@ defined here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -39,9 +40,12 @@ from runpod_queue.emulator._inspect import RequestLog
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._scripted import ScriptedHandler
+from runpod_queue.emulator._state import StateFile
 from runpod_queue.emulator._workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
+
+log = logging.getLogger("runpod_queue.emulator")
 
 
 @dataclass(slots=True)
@@ -74,6 +78,7 @@ def assemble(
     faults: Faults | None,
     strict: bool = False,
     readings: Readings | None = None,
+    state: StateFile | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
     for spec in endpoints.values():
@@ -100,7 +105,10 @@ def assemble(
         external=external,
         requests=requests,
         limiter=limiter,
+        state=state,
     )
+    if state is not None:
+        state.attach(core, delivery)
 
     # `app` is built below; these run only once it serves.
     def get_faults() -> Faults:
@@ -118,12 +126,18 @@ def assemble(
         runner.bind(loop)
         delivery.bind(loop)
         console.bind(loop)
+        if state is not None:
+            restored = state.restore(core, delivery)
+            if restored:
+                log.info("state file %s: %d job(s) restored", state.path, restored)
 
     async def shutdown() -> None:
         await console.aclose()
         await runner.aclose()
         await delivery.aclose()
         await external.aclose()
+        if state is not None:
+            state.close()
 
     app = EmulatorApp(
         core,

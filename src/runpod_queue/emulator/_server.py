@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -28,6 +29,7 @@ from runpod_queue.emulator._delivery import WebhookAttempt
 from runpod_queue.emulator._external import ExternalWorkers
 from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._state import StateFile
 
 __all__ = ["Emulator"]
 
@@ -131,9 +133,12 @@ class Emulator:
             warning (``warnings``, the log, an ``X-Rpq-Warning`` header), as RunPod ignores them.
         readings: Which reading to follow where RunPod's documents contradict each other (ttl,
             executionTimeout, ``/status?ttl=``).
+        state: A file (SQLite) that keeps jobs, counters, owed webhooks and the clock across restarts;
+            created when missing. See docs/local-runpod.md.
 
     Raises:
         ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
+        ConfigurationError: ``state`` is not a state file, or one written by a newer version.
     """
 
     def __init__(
@@ -153,6 +158,7 @@ class Emulator:
         log_level: str = "warning",
         strict: bool = False,
         readings: Readings | None = None,
+        state: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -191,6 +197,7 @@ class Emulator:
             faults=faults,
             strict=bool(strict),
             readings=readings,
+            state=StateFile(state) if state is not None else None,
         )
         self.app: EmulatorApp = self._parts.app
         self.host: str = host
