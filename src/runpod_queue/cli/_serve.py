@@ -116,6 +116,14 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Watch the handler files and swap a changed handler in: running jobs finish on the old "
+            "code, the next job takes the new (needs watchfiles, the reload extra).",
+        ),
+    ] = False,
     state: Annotated[
         Path | None,
         typer.Option(
@@ -144,6 +152,10 @@ def serve(
     handlers = handlers or []
     endpoints: dict[str, EndpointSpec] = {}
     worker_files: dict[str, str] = {}
+    reloadable: dict[str, str] = {}  # endpoint id -> the ID=file.py reference it was loaded from
+    if reload and importlib.util.find_spec("watchfiles") is None:
+        typer.echo("error: --reload needs watchfiles: pip install 'runpod-queue[reload]'", err=True)
+        raise typer.Exit(2)
     if config is not None:
         from runpod_queue.emulator._endpoint_file import ConfigFileError, load_endpoints_file
 
@@ -182,6 +194,8 @@ def serve(
         if aggregate and not spec.return_aggregate_stream:
             spec = replace(spec, return_aggregate_stream=True)
         endpoints[loaded.endpoint_id] = spec
+        if ".py" in reference:
+            reloadable[loaded.endpoint_id] = f"{loaded.endpoint_id}={loaded.source}"
     if clock is not ClockChoice.real and time_scale != 1:
         typer.echo(
             f"error: --time-scale applies to --clock real only; a {clock.value} clock moves only when "
@@ -228,6 +242,7 @@ def serve(
     from runpod_queue.emulator._worker_processes import WorkerProcesses
 
     processes: WorkerProcesses | None = None
+    reloader: Any = None
 
     def announce(emu: Emulator) -> None:
         nonlocal processes
@@ -257,6 +272,13 @@ def serve(
                         f"runs {file_name} for {endpoint_id}"
                     )
             processes.start_supervisor()
+        if reload and reloadable:
+            from runpod_queue.emulator._reload import HandlerReloader
+
+            nonlocal reloader
+            reloader = HandlerReloader(emu, reloadable, lambda message: typer.echo(message, err=True))
+            reloader.start()
+            typer.echo(f"  reload   watching {', '.join(sorted(reloadable))}' handler files", err=True)
         typer.echo("Ctrl-C to stop.", err=True)
 
     # A dedicated server process: collect the young generation less often. Each retained job is a few
@@ -273,6 +295,8 @@ def serve(
     except KeyboardInterrupt:
         pass
     finally:
+        if reloader is not None:
+            reloader.stop()
         if processes is not None:
             processes.close(timeout=1.0)  # the queue is gone: no result could be reported
     typer.echo("stopped.", err=True)
