@@ -96,13 +96,13 @@ class Admin:
         limiter: RateLimiter,
         state: StateFile | None = None,
     ) -> None:
-        self.core = core
-        self.default_workers = default_workers
-        self.delivery = delivery
-        self.external = external
-        self.requests = requests
-        self.limiter = limiter
-        self.state = state
+        self.core: Core = core
+        self.default_workers: int = default_workers
+        self.delivery: WebhookDelivery = delivery
+        self.external: ExternalWorkers = external
+        self.requests: RequestLog = requests
+        self.limiter: RateLimiter = limiter
+        self.state: StateFile | None = state
 
     # -- reset ----------------------------------------------------------------------------------
 

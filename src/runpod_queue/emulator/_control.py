@@ -57,7 +57,7 @@ class Control:
         self.clock = clock
         self.core = core
         self.requests = requests
-        self.admin = admin
+        self.admin: Admin | None = admin
         self._faults = faults
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "advance"): self.advance,

@@ -89,9 +89,9 @@ class StateFile:
     """One emulator's state file: opened (and checked) at construction, written on every change."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path: Path = Path(path)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db: sqlite3.Connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             found = self.db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
@@ -117,7 +117,7 @@ class StateFile:
         (top,) = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM jobs").fetchone()
         self._seq = int(top)
         self._seqs: dict[str, int] = {}
-        self.core: Core | None = None
+        self.core: Core | None = None  # set by `attach`
 
     def _meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
