@@ -91,7 +91,9 @@ class StateFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path: Path = Path(path)
         try:
-            self.db: sqlite3.Connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.db: sqlite3.Connection = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             found = self.db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
