@@ -187,6 +187,34 @@ def serve(
             rich_help_panel=_FLEET,
         ),
     ] = False,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help="Endpoints defined in a TOML (.toml) or JSON file: a table endpoints.ID with handler, script"
+            " (canned answers), workers, return_aggregate_stream. See docs/local-runpod.md.",
+            show_default=False,
+        ),
+    ] = None,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Watch the handler files and swap a changed handler in: running jobs finish on the old "
+            "code, the next job takes the new (needs watchfiles, the reload extra).",
+        ),
+    ] = False,
+    state: Annotated[
+        Path | None,
+        typer.Option(
+            "--state",
+            metavar="FILE",
+            help="Keep jobs, counters, owed webhooks and the clock in this SQLite file across restarts "
+            "(created when missing); running jobs are requeued on restart.",
+            show_default=False,
+        ),
+    ] = None,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -229,10 +257,22 @@ def serve(
         raise typer.Exit(2)
     endpoints: dict[str, EndpointSpec] = {}
     worker_files: dict[str, str] = {}
+    reloadable: dict[str, str] = {}  # endpoint id -> the ID=file.py reference it was loaded from
+    if reload and importlib.util.find_spec("watchfiles") is None:
+        typer.echo("error: --reload needs watchfiles: pip install 'runpod-queue[reload]'", err=True)
+        raise typer.Exit(2)
+    if config is not None:
+        from runpod_queue.emulator._endpoint_file import ConfigFileError, load_endpoints_file
+
+        try:
+            endpoints.update(load_endpoints_file(config))
+        except ConfigFileError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
     for endpoint_id in external or []:
         _add_external(endpoints, endpoint_id, endpoint_id)
     if not handlers and not endpoints:
-        typer.echo("error: give at least one HANDLER or --external ENDPOINT_ID", err=True)
+        typer.echo("error: give at least one HANDLER, --config FILE or --external ENDPOINT_ID", err=True)
         raise typer.Exit(2)
     if runpod_worker and handlers and importlib.util.find_spec("runpod") is None:
         typer.echo(
@@ -265,6 +305,8 @@ def serve(
                 typer.echo(f"error: {exc}", err=True)
                 raise typer.Exit(2) from None
         endpoints[loaded.endpoint_id] = spec
+        if ".py" in reference:
+            reloadable[loaded.endpoint_id] = f"{loaded.endpoint_id}={loaded.source}"
     if clock is not ClockChoice.real and time_scale != 1:
         typer.echo(
             f"error: --time-scale applies to --clock real only; a {clock.value} clock moves only when "
@@ -288,23 +330,31 @@ def serve(
     except ValueError as exc:
         typer.echo(f"error: --reading: {exc}", err=True)
         raise typer.Exit(2) from None
-    emulator = Emulator(
-        endpoints,
-        readings=readings,
-        api_key=api_key,
-        workers=workers,
-        clock=clock.value,
-        time_scale=time_scale,
-        rate_limits=not no_rate_limits,
-        host=host,
-        port=port,
-        strict=strict,
-        timings=Timings(max_retained_jobs=max_retained_jobs or None),
-    )
+    from runpod_queue.errors import ConfigurationError
+
+    try:
+        emulator = Emulator(
+            endpoints,
+            readings=readings,
+            api_key=api_key,
+            workers=workers,
+            clock=clock.value,
+            time_scale=time_scale,
+            rate_limits=not no_rate_limits,
+            host=host,
+            port=port,
+            strict=strict,
+            state=state,
+            timings=Timings(max_retained_jobs=max_retained_jobs or None),
+        )
+    except ConfigurationError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     from runpod_queue.emulator._worker_processes import WorkerProcesses
 
     processes: WorkerProcesses | None = None
+    reloader: Any = None
 
     def announce(emu: Emulator) -> None:
         nonlocal processes
@@ -324,6 +374,9 @@ def serve(
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
         typer.echo(f"  manage   {emu.management_url}  (RunPod's REST v2: /serverless/<id>, …/workers)")
+        typer.echo(
+            f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
+        )
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)
@@ -335,6 +388,13 @@ def serve(
                         f"runs {file_name} for {endpoint_id}"
                     )
             processes.start_supervisor()
+        if reload and reloadable:
+            from runpod_queue.emulator._reload import HandlerReloader
+
+            nonlocal reloader
+            reloader = HandlerReloader(emu, reloadable, lambda message: typer.echo(message, err=True))
+            reloader.start()
+            typer.echo(f"  reload   watching {', '.join(sorted(reloadable))}' handler files", err=True)
         typer.echo("Ctrl-C to stop.", err=True)
 
     # A dedicated server process: collect the young generation less often. Each retained job is a few
@@ -357,6 +417,8 @@ def serve(
         pass
     finally:
         try:
+            if reloader is not None:
+                reloader.stop()
             if processes is not None:
                 processes.close(timeout=1.0)  # the queue is gone: no result could be reported
         finally:

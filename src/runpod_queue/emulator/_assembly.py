@@ -7,7 +7,8 @@ core     = Core(endpoints, clock, timings, runner, webhooks=delivery)
 external = ExternalWorkers(core)                   # the worker protocol; drives the core, not the reverse
 limiter  = RateLimiter(rate_limits)
 requests = RequestLog()                            # what the app answered, for tests (inspect)
-control  = Control(clock, core, requests)          # /_emulator/*
+admin    = Admin(core, delivery, external, requests, limiter)  # reset, endpoints at run time
+control  = Control(clock, core, requests, admin, faults)  # /_emulator/*
 console  = Console(core, delivery)                 # / and /_console/*: reads the core, never writes
 watchdog = LoopWatchdog(notices, warn_after)       # a thread warning when the loop stops answering
 app      = EmulatorApp(core, limiter, external.routes, control, requests, api_key, faults, startup, shutdown,
@@ -22,10 +23,12 @@ defined here.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from runpod_queue._limits import RateLimits
+from runpod_queue.emulator._admin import Admin
 from runpod_queue.emulator._app import EmulatorApp
 from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
@@ -38,10 +41,14 @@ from runpod_queue.emulator._inspect import RequestLog
 from runpod_queue.emulator._management import ManagementRoutes
 from runpod_queue.emulator._ratelimit import RateLimiter
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._scripted import ScriptedHandler
+from runpod_queue.emulator._state import StateFile
 from runpod_queue.emulator._watchdog import LoopWatchdog
 from runpod_queue.emulator._workers import InProcessRunner
 
 __all__ = ["Emulation", "assemble"]
+
+log = logging.getLogger("runpod_queue.emulator")
 
 
 @dataclass(slots=True)
@@ -57,6 +64,7 @@ class Emulation:
     limiter: RateLimiter
     requests: RequestLog
     control: Control
+    admin: Admin
     console: Console
     app: EmulatorApp
     watchdog: LoopWatchdog | None
@@ -75,8 +83,12 @@ def assemble(
     strict: bool = False,
     readings: Readings | None = None,
     loop_warn_after: float | None = None,
+    state: StateFile | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
+    for spec in endpoints.values():
+        if isinstance(spec.handler, ScriptedHandler):
+            spec.handler.bind(clock)  # its delays are this emulator's seconds
     runner = InProcessRunner()
     delivery = WebhookDelivery(clock, retry_gap=timings.webhook_retry_gap * clock.scale)
     core = Core(
@@ -91,7 +103,26 @@ def assemble(
     external = ExternalWorkers(core)
     limiter = RateLimiter(rate_limits, per_worker_allowance=per_worker_allowance)
     requests = RequestLog()
-    control = Control(clock, core, requests)
+    admin = Admin(
+        core,
+        default_workers=default_workers,
+        delivery=delivery,
+        external=external,
+        requests=requests,
+        limiter=limiter,
+        state=state,
+    )
+    if state is not None:
+        state.attach(core, delivery)
+
+    # `app` is built below; these run only once it serves.
+    def get_faults() -> Faults:
+        return app.faults
+
+    def set_faults(value: Faults) -> None:
+        app.set_faults(value)
+
+    control = Control(clock, core, requests, admin=admin, faults=(get_faults, set_faults))
     console = Console(core, delivery)
     watchdog = (
         LoopWatchdog(core.notices, loop_warn_after, core.running_jobs)
@@ -107,6 +138,10 @@ def assemble(
         runner.bind(loop)
         delivery.bind(loop)
         console.bind(loop)
+        if state is not None:
+            restored = state.restore(core, delivery)
+            if restored:
+                log.info("state file %s: %d job(s) restored", state.path, restored)
 
     async def shutdown() -> None:
         if watchdog is not None:
@@ -115,6 +150,8 @@ def assemble(
         await runner.aclose()
         await delivery.aclose()
         await external.aclose()
+        if state is not None:
+            state.close()
 
     app = EmulatorApp(
         core,
@@ -131,5 +168,17 @@ def assemble(
     )
     app.management = ManagementRoutes(core, api_key=api_key, lost_after=core.worker_lost_after)
     return Emulation(
-        clock, timings, core, runner, delivery, external, limiter, requests, control, console, app, watchdog
+        clock,
+        timings,
+        core,
+        runner,
+        delivery,
+        external,
+        limiter,
+        requests,
+        control,
+        admin,
+        console,
+        app,
+        watchdog,
     )

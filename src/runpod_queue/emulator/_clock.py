@@ -102,6 +102,14 @@ class Clock:
         )
 
     # What the auto rule watches; nothing to do on other clocks.
+    async def restart(self) -> None:
+        """Set ``now`` back to 0 (``POST /_emulator/reset``); pending timers keep their remaining delay."""
+        raise NotImplementedError
+
+    def resume(self, now: float) -> None:
+        """Read ``now`` from here on (a state file's clock, on start, before any timer is set)."""
+        raise NotImplementedError
+
     def hold_started(self) -> None:
         """A request began holding for time to pass (a long-poll): the auto clock may skip ahead."""
         pass
@@ -150,6 +158,14 @@ class RealClock(Clock):
     def now(self) -> float:
         """Seconds since the clock started, from the monotonic clock."""
         return time.monotonic() - self._origin
+
+    def resume(self, now: float) -> None:
+        """Go on from ``now``: the time the emulator was down does not count."""
+        self._origin = time.monotonic() - now
+
+    async def restart(self) -> None:
+        """Count from 0 again; the loop's timers are relative, so they are untouched."""
+        self._origin = time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
         """Refused until the emulator starts: ``bind`` replaces it with the loop's own ``call_later``."""
@@ -262,6 +278,18 @@ class VirtualClock(Clock):
                 self._advancing -= 1
                 self._poke()
             return self._now
+
+    def resume(self, now: float) -> None:
+        """Stand at ``now``, where the clock stood when its state was saved."""
+        self._now = round(now, _GRID)
+
+    async def restart(self) -> None:
+        """Set ``now`` back to 0, moving every pending timer by the same amount (none fires)."""
+        async with self._advance_lock:
+            shift = self._now
+            self._heap = [(round(due - shift, _GRID), seq, timer) for due, seq, timer in self._heap]
+            heapq.heapify(self._heap)
+            self._now = 0.0
 
     def advance_idle(self, seconds: Duration) -> float:
         """Move a clock that has no timers and no loop (an emulator not started yet)."""

@@ -96,8 +96,13 @@ class Console:
 
     def _sample(self) -> None:
         now = time.time()
+        samples = self.samples
+        for eid in samples.keys() - self.core.endpoints.keys():  # removed at run time (control plane)
+            del samples[eid]
         for eid, ep in self.core.endpoints.items():
-            self.samples[eid].append((now, ep.completed + ep.failed, ep.in_queue, ep.in_progress))
+            if eid not in samples:  # added at run time
+                samples[eid] = deque(maxlen=SAMPLES_KEPT)
+            samples[eid].append((now, ep.completed + ep.failed, ep.in_queue, ep.in_progress))
         if self._loop is not None:
             self._sampler = self._loop.call_later(SAMPLE_EVERY, self._sample)
 

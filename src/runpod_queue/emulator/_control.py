@@ -11,16 +11,28 @@ new route is one entry here.
 - `GET /_emulator/requests[?all=true]`: `{"requests": [...]}`, the API requests received, oldest first
   (`inspect.RecordedRequest.to_dict`; `all=true` adds worker-protocol and `/_emulator/*` requests).
   `DELETE /_emulator/requests` forgets them, so a test can assert on what follows.
+- `POST /_emulator/reset`, `GET|PUT /_emulator/faults`, `GET /_emulator/endpoints`,
+  `GET|PUT|DELETE /_emulator/endpoints/{id}`: see `admin` (what they do) and docs/local-runpod.md.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from runpod_queue.emulator._admin import (
+    Admin,
+    endpoint_dict,
+    faults_dict,
+    faults_from_dict,
+    spec_from_dict,
+)
 from runpod_queue.emulator._clock import Clock
+from runpod_queue.emulator._config import Faults
 from runpod_queue.emulator._http import HTTPError, Request, Route, json_object, type_name
 from runpod_queue.emulator._inspect import RequestLog, job_views
 from runpod_queue.emulator._jobs import encode_json
@@ -30,23 +42,53 @@ if TYPE_CHECKING:
 
 __all__ = ["Control"]
 
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # as `rpq serve ID=...` takes one
+
 
 class Control:
     """Serves `/_emulator/<name>`."""
 
-    def __init__(self, clock: Clock, core: Core, requests: RequestLog) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        core: Core,
+        requests: RequestLog,
+        *,
+        admin: Admin | None = None,
+        faults: tuple[Callable[[], Faults], Callable[[Faults], None]] | None = None,
+    ) -> None:
         self.clock = clock
         self.core = core
         self.requests = requests
+        self.admin: Admin | None = admin
+        self._faults = faults
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "advance"): self.advance,
             ("GET", "jobs"): self.jobs,
             ("GET", "requests"): self.list_requests,
             ("DELETE", "requests"): self.clear_requests,
         }
+        if admin is not None:
+            self.routes[("POST", "reset")] = self.reset
+            self.routes[("GET", "endpoints")] = self.list_endpoints
+        if faults is not None:
+            self.routes[("GET", "faults")] = self.get_faults
+            self.routes[("PUT", "faults")] = self.put_faults
+        # `/_emulator/endpoints/{id}`
+        self.item_routes: dict[str, Route] = (
+            {"GET": self.get_endpoint, "PUT": self.put_endpoint, "DELETE": self.delete_endpoint}
+            if admin is not None
+            else {}
+        )
 
     async def handle(self, request: Request) -> tuple[int, Any]:
-        """Route `/_emulator/<name>` (`request.rest` is `[name]`)."""
+        """Route `/_emulator/<name>` (`request.rest` is `[name]`, or `["endpoints", id]`)."""
+        if len(request.rest) == 2 and request.rest[0] == "endpoints" and self.item_routes:
+            item_route = self.item_routes.get(request.method)
+            if item_route is None:
+                allowed = " or ".join(sorted(self.item_routes))
+                raise HTTPError(405, f"/_emulator/endpoints/<id> takes {allowed}, not {request.method}")
+            return await item_route(request)
         name = request.rest[0] if len(request.rest) == 1 else ""
         route = self.routes.get((request.method, name))
         if route is not None:
@@ -55,6 +97,8 @@ class Control:
         if methods:
             raise HTTPError(405, f"/_emulator/{name} takes {' or '.join(methods)}, not {request.method}")
         known = ", ".join(sorted(f"{m} /_emulator/{n}" for m, n in self.routes))
+        if self.item_routes:
+            known += ", GET|PUT|DELETE /_emulator/endpoints/<id>"
         raise HTTPError(404, f"no emulator route /_emulator/{'/'.join(request.rest)}; routes: {known}")
 
     async def advance(self, request: Request) -> tuple[int, Any]:
@@ -108,6 +152,73 @@ class Control:
         """``DELETE /_emulator/requests``: forget the requests served so far."""
         self.requests.clear()
         return 200, {"requests": []}
+
+    # -- run-time changes (admin) ---------------------------------------------------------------
+
+    def _admin(self) -> Admin:
+        assert self.admin is not None  # the routes exist only with an admin
+        return self.admin
+
+    async def reset(self, request: Request) -> tuple[int, Any]:
+        """``POST /_emulator/reset``: every job, request, webhook attempt and counter gone; clock at 0."""
+        await self._admin().reset()
+        return 200, {"reset": True, "now": self.clock.now(), "endpoints": sorted(self.core.endpoints)}
+
+    async def get_faults(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/faults``: the fault injection in force."""
+        assert self._faults is not None
+        return 200, faults_dict(self._faults[0]())
+
+    async def put_faults(self, request: Request) -> tuple[int, Any]:
+        """``PUT /_emulator/faults``: replace fault injection; fields left out are off."""
+        assert self._faults is not None
+        data = json_object(await request.body(10_000, "/_emulator/faults"), '{"error_503": 0.5, "seed": 1}')
+        faults = faults_from_dict(data)
+        self._faults[1](faults)
+        return 200, faults_dict(faults)
+
+    async def list_endpoints(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/endpoints``: every endpoint served, sorted by id."""
+        endpoints = self.core.endpoints
+        return 200, {"endpoints": [endpoint_dict(endpoints[e]) for e in sorted(endpoints)]}
+
+    def _endpoint_id(self, request: Request) -> str:
+        endpoint_id = request.rest[1]
+        if not _ENDPOINT_ID.match(endpoint_id):
+            raise HTTPError(
+                400, f"invalid endpoint id {endpoint_id!r}: use letters, digits, '-', '_' or '.' (max 128)"
+            )
+        return endpoint_id
+
+    async def get_endpoint(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/endpoints/{id}``: one endpoint (404 when not served)."""
+        endpoint_id = self._endpoint_id(request)
+        ep = self.core.endpoints.get(endpoint_id)
+        if ep is None:
+            raise HTTPError(404, f"endpoint {endpoint_id!r} not found; create it with PUT")
+        return 200, endpoint_dict(ep)
+
+    async def put_endpoint(self, request: Request) -> tuple[int, Any]:
+        """``PUT /_emulator/endpoints/{id}``: create (201) or change (200) an endpoint."""
+        endpoint_id = self._endpoint_id(request)
+        data = json_object(
+            await request.body(1_000_000, "/_emulator/endpoints/<id>"), '{"handler": "handlers.py:echo"}'
+        )
+        spec = spec_from_dict(endpoint_id, data)
+        created = self._admin().put_endpoint(endpoint_id, spec)
+        return (201 if created else 200), endpoint_dict(self.core.endpoints[endpoint_id])
+
+    async def delete_endpoint(self, request: Request) -> tuple[int, Any]:
+        """``DELETE /_emulator/endpoints/{id}``: remove an endpoint and drop its jobs."""
+        endpoint_id = self._endpoint_id(request)
+        if endpoint_id not in self.core.endpoints:
+            raise HTTPError(
+                404,
+                f"endpoint {endpoint_id!r} not found (this emulator serves: "
+                f"{', '.join(sorted(self.core.endpoints)) or 'none'})",
+            )
+        self._admin().remove_endpoint(endpoint_id)
+        return 200, {"removed": endpoint_id}
 
 
 def _encoded(view: dict[str, Any]) -> orjson.Fragment:

@@ -123,6 +123,15 @@ class WebhookDelivery:
         finally:
             self.clock.io_ended()
 
+    def reset(self) -> None:
+        """Forget every attempt and drop the deliveries still owed (``POST /_emulator/reset``)."""
+        for handle in list(self._retries):
+            handle.cancel()
+        self._retries.clear()
+        for task in list(self._tasks):
+            task.cancel()  # its `finally` still reports the I/O as ended to the clock
+        self.attempts.clear()
+
     async def aclose(self) -> None:
         """Cancel pending retries and deliveries in flight."""
         for handle in list(self._retries):

@@ -88,6 +88,10 @@ class RateLimiter:
             gate = self._gates[key] = OperationGate(limit, self.window)
         return gate
 
+    def reset(self) -> None:
+        """Forget every window's counts (``POST /_emulator/reset``); requests in flight keep their gate."""
+        self._gates.clear()
+
     @staticmethod
     def retry_after_header(seconds: float) -> bytes:
         # Retry-After is whole seconds (RFC 9110); never 0, or a client would hammer the window edge.

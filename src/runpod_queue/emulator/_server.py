@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -32,6 +33,7 @@ from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
 from runpod_queue.emulator._jobs import EndpointState
 from runpod_queue.emulator._notices import EmulatorWarning
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._state import StateFile
 
 __all__ = ["Emulator"]
 
@@ -169,9 +171,12 @@ class Emulator:
         loop_warn_after: Seconds the event loop may go without answering before the emulator warns
             (``warnings`` with kind ``"loop_blocked"``, and the log): an async handler that computes
             without awaiting holds every route meanwhile. ``None`` switches the watch off.
+        state: A file (SQLite) that keeps jobs, counters, owed webhooks and the clock across restarts;
+            created when missing. See docs/local-runpod.md.
 
     Raises:
         ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
+        ConfigurationError: ``state`` is not a state file, or one written by a newer version.
     """
 
     def __init__(
@@ -192,6 +197,7 @@ class Emulator:
         strict: bool = False,
         readings: Readings | None = None,
         loop_warn_after: Duration | None = 0.5,
+        state: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -233,6 +239,7 @@ class Emulator:
             loop_warn_after=None
             if loop_warn_after is None
             else _seconds(loop_warn_after, "loop_warn_after", low=0.05),
+            state=StateFile(state) if state is not None else None,
         )
         self.app: EmulatorApp = self._parts.app
         self.host: str = host
@@ -494,6 +501,21 @@ class Emulator:
 
         result: _T = self.call(run)
         return result
+
+    def reset(self) -> None:
+        """Start over without restarting: every job, recorded request, webhook attempt, warning and
+        counter gone, the clock back at 0; endpoints, handlers, faults and rate limits stay.
+
+        The same as ``POST /_emulator/reset``. Requests held on a job (runsync, stream) answer
+        CANCELLED; no webhook is sent for the jobs dropped.
+
+        Raises:
+            RuntimeError: The emulator is not running.
+        """
+        loop = self.app.loop
+        if loop is None or not loop.is_running():
+            raise RuntimeError("the emulator is not running: start it before resetting it")
+        self.call(self._parts.admin.reset)
 
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while running (thread-safe).

@@ -340,7 +340,13 @@ class InProcessRunner:
         assert handler is not None
         runs_on_loop = self._runs_on_loop.get(handler)
         if runs_on_loop is None:  # inspect is slow enough to matter per job: decide once per handler
-            runs_on_loop = inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler)
+            runs_on_loop = (
+                inspect.iscoroutinefunction(handler)
+                or inspect.isasyncgenfunction(handler)
+                # A callable object that hands back a coroutine or async generator without blocking
+                # (a scripted endpoint) says so, and is called on the loop, not on a lane thread.
+                or getattr(handler, "runs_on_loop", False) is True
+            )
             self._runs_on_loop[handler] = runs_on_loop
         if runs_on_loop:
             task = self._spawn(self._run_async(core, job, worker, job.attempt))
