@@ -31,12 +31,14 @@ from runpod_queue.errors import (
     RateLimitError,
     RunpodQueueError,
     ServerError,
+    StorageError,
     WaitTimeoutError,
     WebhookVerificationError,
 )
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
+    from runpod_queue._storage import AsyncS3Store, S3Store
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
@@ -49,11 +51,13 @@ _LAZY = {
     "AsyncClient": "runpod_queue._aio",
     "AsyncEndpoint": "runpod_queue._aio",
     "AsyncJobStream": "runpod_queue._aio",
+    "AsyncS3Store": "runpod_queue._storage",
     "BatchResult": "runpod_queue.batch",
     "BatchRunner": "runpod_queue.batch",
     "BatchSummary": "runpod_queue.batch",
     "PollOptions": "runpod_queue.batch",
     "WebhookOptions": "runpod_queue.batch",
+    "S3Store": "runpod_queue._storage",
 }
 
 
@@ -80,6 +84,7 @@ __all__ = [
     "AsyncClient",
     "AsyncEndpoint",
     "AsyncJobStream",
+    "AsyncS3Store",
     "AuthenticationError",
     "BadRequestError",
     "BatchResult",
@@ -107,7 +112,9 @@ __all__ = [
     "RetryNotice",
     "RunpodQueueError",
     "S3Config",
+    "S3Store",
     "ServerError",
+    "StorageError",
     "StreamChunk",
     "WaitTimeoutError",
     "WebhookOptions",
