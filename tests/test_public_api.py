@@ -53,6 +53,7 @@ PUBLIC = [
     "ServerError",
     "StorageError",
     "StreamChunk",
+    "Upload",
     "WaitTimeoutError",
     "WebhookOptions",
     "WebhookVerificationError",

@@ -38,7 +38,7 @@ from runpod_queue.errors import (
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncClient, AsyncEndpoint, AsyncJobStream
-    from runpod_queue._storage import AsyncS3Store, S3Store
+    from runpod_queue._storage import AsyncS3Store, S3Store, Upload
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
@@ -58,6 +58,7 @@ _LAZY = {
     "PollOptions": "runpod_queue.batch",
     "WebhookOptions": "runpod_queue.batch",
     "S3Store": "runpod_queue._storage",
+    "Upload": "runpod_queue._storage",
 }
 
 
@@ -116,6 +117,7 @@ __all__ = [
     "ServerError",
     "StorageError",
     "StreamChunk",
+    "Upload",
     "WaitTimeoutError",
     "WebhookOptions",
     "WebhookVerificationError",

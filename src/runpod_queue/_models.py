@@ -331,6 +331,29 @@ class Job:
         """Stopped by its execution timeout or ttl (TIMED_OUT)."""
         return self.status is JobStatus.TIMED_OUT
 
+    def output_urls(self) -> list[str]:
+        """The http(s) URLs anywhere in the output, in order, each once: where a worker put results too big
+        for a response (``rp_upload`` returns such URLs); fetch them with ``S3Store.download``.
+
+        Returns:
+            The URLs; empty when the output holds none (or there is no output).
+        """
+        found: dict[str, None] = {}
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                if value.startswith(("http://", "https://")) and " " not in value:
+                    found.setdefault(value, None)
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+
+        walk(self.output)
+        return list(found)
+
     def raise_for_status(self) -> Self:
         """Raise JobFailedError for FAILED, TIMED_OUT or CANCELLED; return self otherwise (chainable)."""
         if self.status in TERMINAL_STATUSES and self.status is not JobStatus.COMPLETED:

@@ -20,8 +20,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Union
 from urllib.parse import unquote, urlsplit
@@ -33,9 +32,21 @@ from runpod_queue._units import Duration, seconds
 from runpod_queue.errors import ConfigurationError, StorageError
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from botocore.client import BaseClient
 
-__all__ = ["AsyncS3Store", "Progress", "S3Store", "Upload", "redact_url"]
+__all__ = [
+    "AsyncS3Store",
+    "Progress",
+    "S3Store",
+    "Upload",
+    "async_store",
+    "redact_url",
+    "resolve_uploads",
+    "resolve_uploads_async",
+    "sync_store",
+]
 
 Source = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
 Progress = Callable[[int, "int | None"], None]
@@ -284,6 +295,8 @@ class S3Store:
         progress: Progress | None,
         cancel: threading.Event | None,
     ) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # only big uploads need it
+
         bucket = self.config.bucket_name
         started = self._call("create_multipart_upload", Bucket=bucket, Key=key)
         upload_id = started["UploadId"]
@@ -613,3 +626,74 @@ class AsyncS3Store:
             The URL.
         """
         return await asyncio.to_thread(self.sync.url, key, expires_in=expires_in, bucket=bucket)
+
+
+def sync_store(store: object) -> S3Store | None:
+    """The ``store=`` a sync client was given, as an ``S3Store`` (an ``AsyncS3Store``'s own sync half)."""
+    if store is None or isinstance(store, S3Store):
+        return store
+    if isinstance(store, AsyncS3Store):
+        return store.sync
+    raise TypeError(f"store must be an S3Store or AsyncS3Store, got {type(store).__name__}")
+
+
+def async_store(store: object) -> AsyncS3Store | None:
+    """The ``store=`` an async client was given, as an ``AsyncS3Store`` (an ``S3Store`` is wrapped)."""
+    if store is None or isinstance(store, AsyncS3Store):
+        return store
+    if isinstance(store, S3Store):
+        wrapped = AsyncS3Store.__new__(AsyncS3Store)
+        wrapped.sync, wrapped.config = store, store.config
+        return wrapped
+    raise TypeError(f"store must be an S3Store or AsyncS3Store, got {type(store).__name__}")
+
+
+def _no_store() -> ConfigurationError:
+    return ConfigurationError(
+        "the input holds an Upload but the client has no store: pass store=S3Store(S3Config.from_env()) "
+        "to the client or to this call"
+    )
+
+
+def _replace(value: Any, urls: Iterator[str]) -> Any:
+    """``value`` with each ``Upload`` replaced by the next URL, in the order ``_uploads`` lists them."""
+    if isinstance(value, Upload):
+        return next(urls)
+    if isinstance(value, dict):
+        return {key: _replace(item, urls) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_replace(item, urls) for item in value]
+    return value
+
+
+def _uploads(value: Any) -> list[Upload]:
+    if isinstance(value, Upload):
+        return [value]
+    if isinstance(value, dict):
+        return [found for item in value.values() for found in _uploads(item)]
+    if isinstance(value, list | tuple):
+        return [found for item in value for found in _uploads(item)]
+    return []
+
+
+def resolve_uploads(input: Any, store: S3Store | None) -> Any:
+    """``input`` with every ``Upload`` uploaded through ``store`` and replaced by its URL; the input as
+    given when it holds none. Nothing is uploaded (and nothing sent) when there is no store."""
+    found = _uploads(input)
+    if not found:
+        return input
+    if store is None:
+        raise _no_store()
+    urls = [store.upload(item.source, key=item.key) for item in found]
+    return _replace(input, iter(urls))
+
+
+async def resolve_uploads_async(input: Any, store: AsyncS3Store | None) -> Any:
+    """``resolve_uploads`` for asyncio."""
+    found = _uploads(input)
+    if not found:
+        return input
+    if store is None:
+        raise _no_store()
+    urls = [await store.upload(item.source, key=item.key) for item in found]
+    return _replace(input, iter(urls))
