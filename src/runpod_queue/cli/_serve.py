@@ -106,6 +106,14 @@ def serve(
             "ignores them too, with a warning).",
         ),
     ] = False,
+    s3: Annotated[
+        bool,
+        typer.Option(
+            "--s3",
+            help="Also serve an S3 (moto, the s3 extra) with the buckets workers write to; handlers and "
+            "--runpod-worker workers get the BUCKET_* variables rp_upload reads.",
+        ),
+    ] = False,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -188,6 +196,7 @@ def serve(
         host=host,
         port=port,
         strict=strict,
+        s3=s3,
     )
 
     from runpod_queue.emulator._worker_processes import WorkerProcesses
@@ -208,6 +217,12 @@ def serve(
                 '{"seconds": N}'
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
+        if s3:
+            storage = emu.s3_config
+            typer.echo(
+                f"  s3       {storage.endpoint_url}  bucket {storage.bucket_name}  "
+                "(BUCKET_* set for handlers and --runpod-worker workers)"
+            )
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)
