@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -84,3 +85,23 @@ def test_mock_runpod_with_s3(tmp_path: Path) -> None:
         assert S3Store(emu.s3_config).download(job.output_urls()[0]) == data
         endpoint = emu.s3_config.endpoint_url
     assert os.environ.get("BUCKET_ENDPOINT_URL") != endpoint  # restored when the mock ends
+
+
+@pytest.mark.parametrize("mode", [[], ["--sync"], ["--json"]])
+def test_rpq_run_download_saves_output_urls(emu: Emulator, tmp_path: Path, mode: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from runpod_queue.cli._app import app, load_commands
+
+    load_commands()
+    data = os.urandom(5000)
+    target = tmp_path / "results"
+    result = CliRunner().invoke(
+        app,
+        ["run", "up", json.dumps({"hex": data.hex()}), "--download", str(target), "--base-url", emu.base_url,
+         *mode],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (saved,) = target.iterdir()
+    assert saved.suffix == ".png" and saved.read_bytes() == data
+    assert "X-Amz-Signature=REDACTED" in result.stderr
