@@ -264,8 +264,9 @@ class S3Store:
             ConfigurationError: The bucket does not exist or the credentials are refused.
             StorageError: The transfer failed.
         """
+        lifetime = self.expires_in if expires_in is None else _expiry(expires_in)  # refused before uploading
         done_key = self._put(source, key=key, progress=progress, cancel=None)
-        return self.url(done_key, expires_in=expires_in)
+        return self.url(done_key, expires_in=lifetime)
 
     def _put(
         self, source: Source, *, key: str | None, progress: Progress | None, cancel: threading.Event | None
@@ -590,10 +591,11 @@ class AsyncS3Store:
             The presigned URL.
         """
         store = self.sync
+        lifetime = store.expires_in if expires_in is None else _expiry(expires_in)  # refused before uploading
         done_key: str = await self._in_thread(
             lambda cancel: store._put(source, key=key, progress=progress, cancel=cancel)
         )
-        return await asyncio.to_thread(store.url, done_key, expires_in=expires_in)
+        return await asyncio.to_thread(store.url, done_key, expires_in=lifetime)
 
     async def download(
         self, url_or_key: str, *, to: str | os.PathLike[str] | None = None, progress: Progress | None = None

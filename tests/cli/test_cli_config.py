@@ -30,7 +30,7 @@ def test_help_documents_every_command_and_the_exit_codes() -> None:
     listed = set(re.findall(r"^│ ([a-z][a-z-]*) ", result.stdout, re.MULTILINE))  # the Commands panel
     assert listed == {
         "run", "status", "wait", "stream", "cancel", "retry", "purge", "health",
-        "serve", "listen", "webhook-url", "demo", "batch", "worker-env",
+        "serve", "listen", "webhook-url", "demo", "batch", "worker-env", "upload", "download",
     }  # fmt: skip
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 completed" in text
