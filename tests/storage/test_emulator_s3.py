@@ -53,7 +53,10 @@ def test_rp_upload_image_round_trip(emu: Emulator) -> None:
     assert S3Store(emu.s3_config).download(url) == data
 
 
-def test_rp_download_reads_an_uploaded_input(emu: Emulator) -> None:
+def test_rp_download_reads_an_uploaded_input(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # rp_download saves into ./job_files
     data = os.urandom(2 * MIB)
     with Client(base_url=emu.base_url, store=S3Store(emu.s3_config)) as client:
         job = client.endpoint("down").run_sync({"url": Upload(data, key="in/data.bin")}, timeout=60)
