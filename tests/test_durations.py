@@ -14,7 +14,18 @@ from typing import Any
 
 import pytest
 
-from runpod_queue import AsyncManagement, Client, Endpoint, Management, Policy, RateLimits, Retries
+from runpod_queue import (
+    AsyncManagement,
+    AsyncS3Store,
+    Client,
+    Endpoint,
+    Management,
+    Policy,
+    RateLimits,
+    Retries,
+    S3Config,
+    S3Store,
+)
 from runpod_queue.batch import BatchRunner, PollOptions, WebhookOptions
 from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings, VirtualClock
 from runpod_queue.webhooks import WebhookSigner
@@ -123,6 +134,24 @@ def _timings(name: str) -> Callable[[Emulator, Any, Path], object]:
 
 
 # How to pass each one a value: (emulator, value, a scratch directory) -> None. 10 s is valid everywhere.
+_S3 = S3Config("id", "secret", "bucket", "http://127.0.0.1:9")
+_MOTO: list[S3Config] = []
+
+
+def _s3_store() -> S3Store:
+    """A store over moto's S3 on loopback, started once: upload() needs a server for the valid values."""
+    if not _MOTO:
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        _MOTO.append(
+            S3Config("id", "secret", "durations", f"http://127.0.0.1:{server.get_host_and_port()[1]}")
+        )
+        S3Store(_MOTO[0]).client.create_bucket(Bucket="durations")
+    return S3Store(_MOTO[0])
+
+
 CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     "Client(timeout)": lambda emu, v, tmp: Client(base_url=LOOPBACK, timeout=v),
     "Client.with_options(timeout)": lambda emu, v, tmp: Client(base_url=LOOPBACK).with_options(timeout=v),
@@ -181,6 +210,15 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     "AsyncManagement.update_endpoint(idle_timeout)": lambda emu, v, tmp: _update(True, idle_timeout=v),
     "AsyncManagement.update_endpoint(execution_timeout)": lambda emu, v, tmp: _update(
         True, execution_timeout=v
+    ),
+    # presigning is local signing: the loopback endpoint is never contacted
+    "S3Store(expires_in)": lambda emu, v, tmp: S3Store(_S3, expires_in=v),
+    "S3Store.url(expires_in)": lambda emu, v, tmp: S3Store(_S3).url("k", expires_in=v),
+    "AsyncS3Store(expires_in)": lambda emu, v, tmp: AsyncS3Store(_S3, expires_in=v),
+    "AsyncS3Store.url(expires_in)": lambda emu, v, tmp: asyncio.run(AsyncS3Store(_S3).url("k", expires_in=v)),
+    "S3Store.upload(expires_in)": lambda emu, v, tmp: _s3_store().upload(b"x", expires_in=v),
+    "AsyncS3Store.upload(expires_in)": lambda emu, v, tmp: asyncio.run(
+        AsyncS3Store(_s3_store().config).upload(b"x", expires_in=v)
     ),
 }
 

@@ -32,6 +32,7 @@ from runpod_queue.errors import (
     RateLimitError,
     RunpodQueueError,
     ServerError,
+    StorageError,
     WaitTimeoutError,
     WebhookVerificationError,
 )
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         Workers,
         WorkerSummary,
     )
+    from runpod_queue._storage import AsyncS3Store, S3Store, Upload
     from runpod_queue.batch import BatchResult, BatchRunner, BatchSummary, PollOptions, WebhookOptions
 
 setup_logging()  # RUNPOD_QUEUE_LOG=debug|info, as openai's OPENAI_LOG
@@ -58,6 +60,7 @@ _LAZY = {
     "AsyncClient": "runpod_queue._aio",
     "AsyncEndpoint": "runpod_queue._aio",
     "AsyncJobStream": "runpod_queue._aio",
+    "AsyncS3Store": "runpod_queue._storage",
     "BatchResult": "runpod_queue.batch",
     "BatchRunner": "runpod_queue.batch",
     "BatchSummary": "runpod_queue.batch",
@@ -70,6 +73,8 @@ _LAZY = {
     "WorkerInfo": "runpod_queue._management",
     "WorkerSummary": "runpod_queue._management",
     "Workers": "runpod_queue._management",
+    "S3Store": "runpod_queue._storage",
+    "Upload": "runpod_queue._storage",
 }
 
 
@@ -98,6 +103,7 @@ __all__ = [
     "AsyncEndpoint",
     "AsyncJobStream",
     "AsyncManagement",
+    "AsyncS3Store",
     "AuthenticationError",
     "BadRequestError",
     "Batch",
@@ -131,8 +137,11 @@ __all__ = [
     "RetryNotice",
     "RunpodQueueError",
     "S3Config",
+    "S3Store",
     "ServerError",
+    "StorageError",
     "StreamChunk",
+    "Upload",
     "WaitTimeoutError",
     "WebhookOptions",
     "WebhookVerificationError",

@@ -30,6 +30,7 @@ from runpod_queue._openai import async_openai_client, openai_base_url
 from runpod_queue._public import publish as _publish
 from runpod_queue._retry import Retries, RetryNotice, check_on_retry
 from runpod_queue._settings import ClientSettings, client_settings, default_headers
+from runpod_queue._storage import AsyncS3Store, S3Store, async_store, resolve_uploads_async
 from runpod_queue._transport import Answer, AsyncTransport, HttpxAsyncTransport
 from runpod_queue._units import Duration
 
@@ -63,6 +64,8 @@ class AsyncClient:
             "retrying" line); a plain function, not ``async``, run on the event loop, so keep it quick.
             Clients made by ``with_options`` keep it.
         max_connections: Size of the connection pool.
+        store: Object storage for ``Upload`` values in inputs (``S3Store`` or ``AsyncS3Store``): each is
+            uploaded and replaced by its presigned URL before the request is sent.
 
     Raises:
         ConfigurationError: No API key for a remote ``base_url``.
@@ -83,6 +86,7 @@ class AsyncClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
         on_retry: Callable[[RetryNotice], object] | None = None,
+        store: S3Store | AsyncS3Store | None = None,
     ) -> None:
         self._settings = settings = client_settings(
             api_key,
@@ -97,6 +101,7 @@ class AsyncClient:
         self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = AsyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
+        self._store = async_store(store)
         headers = default_headers(settings.api_key)
         self._transport: AsyncTransport = (
             AiohttpTransport(headers, settings.max_connections)
@@ -342,6 +347,7 @@ class AsyncEndpoint:
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
+        store: S3Store | AsyncS3Store | None = None,
     ) -> Job:
         """Queue a job and return at once with its id (status IN_QUEUE).
 
@@ -353,14 +359,18 @@ class AsyncEndpoint:
             webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
             policy: Execution timeout, time to live and priority for this job.
             s3_config: Object storage credentials handed to the worker with the job.
+            store: Object storage for this call's ``Upload`` values; default the client's.
 
         Returns:
             The new job's first snapshot; ``wait(job.id)`` or ``status(job.id)`` follow it.
 
         Raises:
             APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
-            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit).
+            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit,
+                checked after ``Upload`` values became URLs).
+            ConfigurationError: The input holds an ``Upload`` and there is no store.
         """
+        input = await resolve_uploads_async(input, async_store(store) or self._client._store)
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
         return parse_job(await self._client._run(attempts(call, self._client._rules)))
 
@@ -372,6 +382,7 @@ class AsyncEndpoint:
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
+        store: S3Store | AsyncS3Store | None = None,
         on_update: AsyncOnUpdate | None = None,
     ) -> Job:
         """Run a job and wait for its terminal snapshot, in one call.
@@ -384,6 +395,7 @@ class AsyncEndpoint:
             webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
             policy: Execution timeout, time to live and priority for this job.
             s3_config: Object storage credentials handed to the worker with the job.
+            store: Object storage for this call's ``Upload`` values; default the client's.
             timeout: Seconds (or a ``timedelta``, at least 1) to wait for the job to end.
             on_update: Called with every new snapshot while waiting (progress display); may be a
                 coroutine function, then awaited.
@@ -395,8 +407,10 @@ class AsyncEndpoint:
             WaitTimeoutError: ``timeout`` ran out; the job keeps running and the error carries it.
             APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
             APIStatusError: RunPod refused a request.
+            ConfigurationError: The input holds an ``Upload`` and there is no store.
         """
         client = self._client
+        input = await resolve_uploads_async(input, async_store(store) or client._store)
         flow = run_sync_flow(
             client._rules,
             self.id,

@@ -27,6 +27,7 @@ from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
 from runpod_queue._openai import openai_base_url, openai_client
 from runpod_queue._retry import Retries, RetryNotice, check_on_retry
 from runpod_queue._settings import client_settings, default_headers
+from runpod_queue._storage import AsyncS3Store, S3Store, resolve_uploads, sync_store
 from runpod_queue._transport import Answer, HttpxTransport, SyncTransport
 from runpod_queue._units import Duration
 
@@ -59,6 +60,8 @@ class Client:
             "retrying" line); it runs in the calling thread, so keep it quick. Clients made by
             ``with_options`` keep it.
         max_connections: Size of the connection pool.
+        store: Object storage for ``Upload`` values in inputs (``S3Store`` or ``AsyncS3Store``): each is
+            uploaded and replaced by its presigned URL before the request is sent.
 
     Raises:
         ConfigurationError: No API key for a remote ``base_url``.
@@ -79,6 +82,7 @@ class Client:
         transport: httpx.BaseTransport | None = None,
         max_connections: int = 100,
         on_retry: Callable[[RetryNotice], object] | None = None,
+        store: S3Store | AsyncS3Store | None = None,
     ) -> None:
         self._settings = settings = client_settings(
             api_key,
@@ -93,6 +97,7 @@ class Client:
         self._rules = AttemptRules.of(settings, on_retry=check_on_retry(on_retry))
         self._limiter = SyncLimiter(settings.rate_limits)
         self._long_poll: dict[str, bool] = {}
+        self._store = sync_store(store)
         self._transport: SyncTransport = HttpxTransport(
             default_headers(settings.api_key), transport, settings.max_connections
         )
@@ -317,6 +322,7 @@ class Endpoint:
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
+        store: S3Store | AsyncS3Store | None = None,
     ) -> Job:
         """Queue a job and return at once with its id (status IN_QUEUE).
 
@@ -328,14 +334,18 @@ class Endpoint:
             webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
             policy: Execution timeout, time to live and priority for this job.
             s3_config: Object storage credentials handed to the worker with the job.
+            store: Object storage for this call's ``Upload`` values; default the client's.
 
         Returns:
             The new job's first snapshot; ``wait(job.id)`` or ``status(job.id)`` follow it.
 
         Raises:
             APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
-            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit).
+            APIStatusError: RunPod refused the request (``PayloadTooLargeError`` for a body over its limit,
+                checked after ``Upload`` values became URLs).
+            ConfigurationError: The input holds an ``Upload`` and there is no store.
         """
+        input = resolve_uploads(input, sync_store(store) or self._client._store)
         call = run_call(self.id, input, webhook=webhook, policy=policy, s3_config=s3_config)
         return parse_job(self._client._run(attempts(call, self._client._rules)))
 
@@ -347,6 +357,7 @@ class Endpoint:
         webhook: str | None = None,
         policy: Policy | None = None,
         s3_config: S3Config | None = None,
+        store: S3Store | AsyncS3Store | None = None,
         on_update: OnUpdate | None = None,
     ) -> Job:
         """Run a job and wait for its terminal snapshot, in one call.
@@ -359,6 +370,7 @@ class Endpoint:
             webhook: A URL RunPod POSTs the finished job to (see ``runpod_queue.webhooks``).
             policy: Execution timeout, time to live and priority for this job.
             s3_config: Object storage credentials handed to the worker with the job.
+            store: Object storage for this call's ``Upload`` values; default the client's.
             timeout: Seconds (or a ``timedelta``, at least 1) to wait for the job to end.
             on_update: Called with every new snapshot while waiting (progress display).
 
@@ -369,8 +381,10 @@ class Endpoint:
             WaitTimeoutError: ``timeout`` ran out; the job keeps running and the error carries it.
             APIConnectionError: No answer arrived; ``sent=True`` means the job may exist.
             APIStatusError: RunPod refused a request.
+            ConfigurationError: The input holds an ``Upload`` and there is no store.
         """
         client = self._client
+        input = resolve_uploads(input, sync_store(store) or client._store)
         flow = run_sync_flow(
             client._rules,
             self.id,

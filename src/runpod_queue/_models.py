@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from runpod_queue._contract import (
 )
 from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds, to_ms
-from runpod_queue.errors import JobFailedError
+from runpod_queue.errors import ConfigurationError, JobFailedError
 
 __all__ = ["Health", "Job", "JobCounts", "JobStatus", "Policy", "S3Config", "StreamChunk", "WorkerCounts"]
 
@@ -330,6 +331,29 @@ class Job:
         """Stopped by its execution timeout or ttl (TIMED_OUT)."""
         return self.status is JobStatus.TIMED_OUT
 
+    def output_urls(self) -> list[str]:
+        """The http(s) URLs anywhere in the output, in order, each once: where a worker put results too big
+        for a response (``rp_upload`` returns such URLs); fetch them with ``S3Store.download``.
+
+        Returns:
+            The URLs; empty when the output holds none (or there is no output).
+        """
+        found: dict[str, None] = {}
+
+        def walk(value: Any) -> None:
+            if isinstance(value, str):
+                if value.startswith(("http://", "https://")) and " " not in value:
+                    found.setdefault(value, None)
+            elif isinstance(value, Mapping):
+                for item in value.values():
+                    walk(item)
+            elif isinstance(value, list | tuple):
+                for item in value:
+                    walk(item)
+
+        walk(self.output)
+        return list(found)
+
     def raise_for_status(self) -> Self:
         """Raise JobFailedError for FAILED, TIMED_OUT or CANCELLED; return self otherwise (chainable)."""
         if self.status in TERMINAL_STATUSES and self.status is not JobStatus.COMPLETED:
@@ -525,7 +549,7 @@ class S3Config:
     """Object storage handed to the worker with the job (never echoed back); the secret stays out of repr.
 
     Args:
-        access_id: The storage access key id.
+        access_id: The storage access key id; kept out of repr like the secret (it names an account).
         access_secret: The secret key; never shown in a repr.
         bucket_name: The bucket the worker reads and writes.
         endpoint_url: The storage service's URL (``https://s3.amazonaws.com``, a MinIO address...).
@@ -534,7 +558,7 @@ class S3Config:
         ValueError: A field is empty or not a string.
     """
 
-    access_id: str
+    access_id: str = field(repr=False)
     access_secret: str = field(repr=False)
     bucket_name: str
     endpoint_url: str
@@ -545,6 +569,40 @@ class S3Config:
             if not isinstance(value, str) or not value.strip():
                 shown = "<hidden>" if name == "access_secret" else repr(value)
                 raise ValueError(f"S3Config.{name} must be a non-empty string, got {shown}")
+
+    @classmethod
+    def from_env(
+        cls, bucket_name: str | None = None, *, environ: Mapping[str, str] | None = None
+    ) -> S3Config:
+        """The storage a RunPod worker sees: ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID`` and
+        ``BUCKET_SECRET_ACCESS_KEY``, the variables ``runpod.serverless.utils.rp_upload`` reads, plus the
+        bucket (``bucket_name``, else ``BUCKET_NAME``: ``rp_upload`` takes it per call, so the variables
+        alone do not name one).
+
+        Args:
+            bucket_name: The bucket; default the ``BUCKET_NAME`` variable.
+            environ: Where to read the variables; default ``os.environ``.
+
+        Returns:
+            The config.
+
+        Raises:
+            ConfigurationError: A variable is missing; the message names which.
+        """
+        env = os.environ if environ is None else environ
+        names = ("BUCKET_ENDPOINT_URL", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+        missing = [name for name in names if not env.get(name, "").strip()]
+        bucket = bucket_name or env.get("BUCKET_NAME", "").strip()
+        if not bucket:
+            missing.append("BUCKET_NAME (or pass bucket_name=)")
+        if missing:
+            raise ConfigurationError(f"object storage is not configured: set {', '.join(missing)}")
+        return cls(
+            access_id=env["BUCKET_ACCESS_KEY_ID"].strip(),
+            access_secret=env["BUCKET_SECRET_ACCESS_KEY"].strip(),
+            bucket_name=bucket,
+            endpoint_url=env["BUCKET_ENDPOINT_URL"].strip(),
+        )
 
     def to_wire(self) -> dict[str, str]:
         """The config as RunPod's ``s3Config`` object (camelCase keys), secret included."""

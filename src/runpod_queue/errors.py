@@ -19,7 +19,8 @@
     ├── WaitTimeoutError          wait / run_sync / stream ran out of time; carries the last Job seen
     ├── WebhookVerificationError  a webhook delivery refused: no or bad token, expired, replayed (status)
     ├── JournalError              a batch journal that cannot be used for this batch
-    └── ConfigurationError        settings that cannot work: a handler that does not load, a missing key
+    ├── ConfigurationError        settings that cannot work: a handler that does not load, a missing key
+    └── StorageError              an object storage transfer failed: no such object, cut short, corrupted
 
 Misuse (bad arguments) raises ``ValueError`` / ``TypeError``, outside this tree, as in httpx: those are bugs
 to fix, not conditions to handle. No message here ever contains the API key: messages are built from the
@@ -54,6 +55,7 @@ __all__ = [
     "RateLimitError",
     "RunpodQueueError",
     "ServerError",
+    "StorageError",
     "WaitTimeoutError",
     "WebhookVerificationError",
 ]
@@ -257,6 +259,12 @@ class JournalError(RunpodQueueError):
 
 class ConfigurationError(RunpodQueueError):
     """Settings that cannot work as given (a handler that does not load, a missing API key, ...)."""
+
+
+class StorageError(RunpodQueueError):
+    """An object storage transfer failed: the object does not exist, the transfer was cut short or arrived
+    corrupted (its checksum did not match), or a presigned URL was refused. Messages never carry a
+    credential or a URL's signature."""
 
 
 _publish(globals())

@@ -12,12 +12,13 @@ import sys
 import time
 from contextlib import ExitStack
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
 
-from runpod_queue import Endpoint, Job, Policy
+from runpod_queue import ConfigurationError, Endpoint, Job, Policy, StorageError
 from runpod_queue._contract import RUNSYNC_MIN_WAIT_MS
 from runpod_queue.cli._app import app
 from runpod_queue.cli._argv import RpqCommand
@@ -182,6 +183,15 @@ def run(
     low_priority: Annotated[
         bool, typer.Option("--low-priority", help="policy.lowPriority: do not scale the endpoint up for it.")
     ] = False,
+    download: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Save every http(s) URL in the output (results a worker put in object storage) into DIR; "
+            "presigned URLs need nothing, others the BUCKET_* variables.",
+            show_default=False,
+        ),
+    ] = None,
     timeout: TimeoutOpt = None,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
@@ -228,6 +238,7 @@ def run(
                 progress.watch(ep, queued.id)
                 job, document = _status_with_chunks(s, ep, queued.id, wait_for)
             s.print_json(document)
+            _save_outputs(job, download)
             raise typer.Exit(exit_code_for(job))
         else:
             # Waiting through /stream: a generator's chunks print as they come instead of being left
@@ -241,7 +252,9 @@ def run(
                 progress.watch(ep, queued.id)
                 job = _print_chunks(s, ep, queued.id, wait_for, spinner)
             s.describe_end(job)
+            _save_outputs(job, download)
             raise typer.Exit(exit_code_for(job))
+        _save_outputs(job, download)
         s.finish(job)
 
 
@@ -412,3 +425,31 @@ def health(
         finally:
             if live is not None:
                 live.stop()
+
+
+def _save_outputs(job: Job, directory: Path | None) -> None:
+    """``--download DIR``: every URL of a finished job's output into DIR, named after the URL's last path
+    part (a number added when two share a name); one line per file on stderr, the URL redacted."""
+    if directory is None or not job.output_urls():
+        return
+    from urllib.parse import unquote, urlsplit
+
+    from runpod_queue._storage import S3Store, redact_url
+    from runpod_queue.cli._storage import _config_for
+
+    directory.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    for url in job.output_urls():
+        name = unquote(urlsplit(url).path).rsplit("/", 1)[-1] or "output"
+        stem, dot, suffix = name.partition(".")
+        number = 1
+        while name in taken:
+            number += 1
+            name = f"{stem}-{number}{dot}{suffix}"
+        taken.add(name)
+        try:
+            written = S3Store(_config_for(url, None)).download(url, to=directory / name)
+        except (StorageError, ConfigurationError, ValueError) as exc:
+            raise UsageProblem(f"--download: {exc}") from None
+        assert isinstance(written, Path)
+        typer.echo(f"saved {redact_url(url)} -> {written}", err=True)

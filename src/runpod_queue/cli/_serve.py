@@ -215,6 +215,14 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    s3: Annotated[
+        bool,
+        typer.Option(
+            "--s3",
+            help="Also serve an S3 (moto, the s3 extra) with the buckets workers write to; handlers and "
+            "--runpod-worker workers get the BUCKET_* variables rp_upload reads.",
+        ),
+    ] = False,
     reading: Annotated[
         list[str] | None,
         typer.Option(
@@ -345,6 +353,7 @@ def serve(
             port=port,
             strict=strict,
             state=state,
+            s3=s3,
             timings=Timings(max_retained_jobs=max_retained_jobs or None),
         )
     except ConfigurationError as exc:
@@ -377,6 +386,12 @@ def serve(
         typer.echo(
             f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
         )
+        if s3:
+            storage = emu.s3_config
+            typer.echo(
+                f"  s3       {storage.endpoint_url}  bucket {storage.bucket_name}  "
+                "(BUCKET_* set for handlers and --runpod-worker workers)"
+            )
         if worker_files:
             processes = WorkerProcesses(emu.root_url, api_key=api_key)
             emu.external.on_stop_pod.append(processes.request_replace)

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from runpod_queue._limits import RateLimits
+from runpod_queue._models import S3Config
 from runpod_queue._net import listen_socket
 from runpod_queue._serving import guarded_config
 from runpod_queue._units import Duration
@@ -33,6 +34,7 @@ from runpod_queue.emulator._inspect import JobView, RecordedRequest, job_views
 from runpod_queue.emulator._jobs import EndpointState
 from runpod_queue.emulator._notices import EmulatorWarning
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._s3 import LocalS3
 from runpod_queue.emulator._state import StateFile
 
 __all__ = ["Emulator"]
@@ -173,6 +175,9 @@ class Emulator:
             without awaiting holds every route meanwhile. ``None`` switches the watch off.
         state: A file (SQLite) that keeps jobs, counters, owed webhooks and the clock across restarts;
             created when missing. See docs/local-runpod.md.
+        s3: Also serve an S3 on loopback (moto's server, the ``s3`` extra) with the buckets workers
+            write to; ``s3_config`` names it, and while the emulator runs the ``BUCKET_*`` variables
+            ``rp_upload`` reads are set in this process (see ``s3_environment``).
 
     Raises:
         ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
@@ -198,6 +203,7 @@ class Emulator:
         readings: Readings | None = None,
         loop_warn_after: Duration | None = 0.5,
         state: str | os.PathLike[str] | None = None,
+        s3: bool = False,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -249,6 +255,7 @@ class Emulator:
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self._error: BaseException | None = None
+        self._s3: LocalS3 | None = LocalS3(host) if s3 else None
 
     def __repr__(self) -> str:
         state = self.base_url if self._server is not None else "stopped"
@@ -361,6 +368,34 @@ class Emulator:
         `status_code` (None: the connection was dropped before the answer), `endpoint_id`, `operation`,
         `job_id`, `at`. Worker-protocol and `/_emulator/*` requests are left out. A snapshot."""
         return self._parts.requests.records()
+
+    @property
+    def s3_config(self) -> S3Config:
+        """The embedded S3 (``Emulator(s3=True)``) as an ``S3Config``: its loopback URL, a key pair it
+        accepts and the ``runpod-queue`` bucket; ``S3Store(emu.s3_config)`` uploads inputs to it.
+
+        Raises:
+            RuntimeError: The emulator was made without ``s3=True`` or is not running.
+        """
+        if self._s3 is None or self._s3.config is None:
+            raise RuntimeError("no embedded S3: make the emulator with Emulator(..., s3=True) and start it")
+        return self._s3.config
+
+    def s3_environment(self) -> dict[str, str]:
+        """The variables a worker reads for storage: ``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``,
+        ``BUCKET_SECRET_ACCESS_KEY``, ``BUCKET_NAME`` and ``RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=1``. While
+        the emulator runs they are also set in this process, for in-process handlers and the worker
+        processes it starts.
+
+        Returns:
+            The variables.
+
+        Raises:
+            RuntimeError: The emulator was made without ``s3=True`` or is not running.
+        """
+        if self._s3 is None or self._s3.config is None:
+            raise RuntimeError("no embedded S3: make the emulator with Emulator(..., s3=True) and start it")
+        return self._s3.environment()
 
     def clear_requests(self) -> None:
         """Forget the requests recorded so far (e.g. after a test's setup)."""
@@ -585,6 +620,9 @@ class Emulator:
         """
         if self._thread is not None:
             raise RuntimeError("this emulator is already running")
+        if self._s3 is not None:
+            self._s3.start()
+            self._s3.export()
         self._socket = self._bind()
         self._server = server = self._make_server()
         sock = self._socket
@@ -616,6 +654,8 @@ class Emulator:
         if self._socket is not None:
             self._socket.close()
         self._server = self._thread = self._socket = None
+        if self._s3 is not None:
+            self._s3.stop()
 
     def serve_forever(self, on_ready: Callable[[Emulator], None] | None = None) -> None:
         """Serve in the calling thread until Ctrl-C / SIGTERM (used by ``rpq serve``).
@@ -623,17 +663,24 @@ class Emulator:
         Args:
             on_ready: Called once the port is bound (so ``base_url`` is final), before serving.
         """
-        sock = self._bind()
-        if on_ready is not None:
-            on_ready(self)
-        server = self._make_server()
-        self._server = server
+        if self._s3 is not None:
+            self._s3.start()
+            self._s3.export()  # before on_ready: the worker processes it starts inherit the variables
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(server.serve(sockets=[sock]))
+            sock = self._bind()
+            if on_ready is not None:
+                on_ready(self)
+            server = self._make_server()
+            self._server = server
+            try:
+                with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                    runner.run(server.serve(sockets=[sock]))
+            finally:
+                sock.close()
+                self._server = None
         finally:
-            sock.close()
-            self._server = None
+            if self._s3 is not None:
+                self._s3.stop()
 
     def __enter__(self) -> Emulator:
         """Start serving (``start``); the ``with`` block's end stops it."""

@@ -112,7 +112,8 @@ class mock_runpod:  # lower case: used like a function, as moto's mock_aws
             and ``rate_limits=False`` (on a virtual clock rate-limit windows slide only with virtual
             time, so a test polling in a loop would hit a 429 that real time never lifts; pass
             ``rate_limits=True`` with ``clock="real"`` to test against RunPod's limits). ``host`` and
-            ``port`` are chosen by the mock.
+            ``port`` are chosen by the mock. ``s3=True`` adds the emulator's embedded S3 (the ``s3``
+            extra): handlers' ``rp_upload`` writes there, ``emu.s3_config`` reads it back.
 
     Raises:
         TypeError: ``endpoints`` is not a mapping, or an option is not one of ``Emulator``'s.

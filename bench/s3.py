@@ -1,0 +1,193 @@
+"""S3 client libraries side by side on loopback against moto's server mode: which one `S3Store` rides on.
+
+Each transfer runs in a fresh child process (`--child`), so its peak RSS (`ru_maxrss`) is its own: the
+figure printed is the child's peak, and beside it the RSS after the library was imported (what the transfer
+itself added is the difference). The server (moto's `ThreadedMotoServer`, 127.0.0.1, port 0) runs in its
+own process too, so its CPU does not share the clients' GIL. Rounds are interleaved (boto3, obstore, minio,
+ours, boto3, ...), and medians are printed, then each library's figures as a ratio of boto3's and ours as a
+ratio of the raw library it wraps (goal >= 0.9x throughput; peak RSS uploading 300 MB < 150 MB).
+
+`python bench/s3.py [--size-mb 200] [--rounds 3] [--rss-size-mb 300]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _harness import launch, stop
+
+BUCKET = "bench"
+KEY_ID = "bench-key-id"
+SECRET = "bench-secret"  # moto accepts any credentials; nothing real is ever used here
+LIBRARIES = ("boto3", "obstore", "minio", "ours")
+
+_SERVER = """
+from moto.server import ThreadedMotoServer
+import time
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+host, port = server.get_host_and_port()
+print(f"http://127.0.0.1:{port}/", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
+def _rss_mb() -> float:
+    """Peak RSS so far (VmHWM): unlike ru_maxrss, it is not inherited from the parent across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
+    """One transfer; prints `seconds baseline_rss_mb peak_rss_mb`."""
+    if library == "boto3":
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )  # fmt: skip
+        baseline = _rss_mb()
+        started = time.perf_counter()
+        if op == "upload":
+            client.upload_file(path, BUCKET, key)
+        else:
+            client.download_file(BUCKET, key, path)
+    elif library == "obstore":
+        import obstore
+        from obstore.store import S3Store as ObStore
+
+        store = ObStore(
+            BUCKET, endpoint=endpoint, access_key_id=KEY_ID, secret_access_key=SECRET, region="us-east-1",
+            client_options={"allow_http": True},
+        )  # fmt: skip
+        baseline = _rss_mb()
+        started = time.perf_counter()
+        if op == "upload":
+            obstore.put(store, key, Path(path))
+        else:
+            with open(path, "wb") as out:
+                for chunk in obstore.get(store, key).stream():
+                    out.write(chunk)
+    elif library == "minio":
+        from minio import Minio
+
+        client_m = Minio(
+            endpoint.split("//", 1)[1].rstrip("/"), KEY_ID, SECRET, secure=False, region="us-east-1"
+        )
+        baseline = _rss_mb()
+        started = time.perf_counter()
+        if op == "upload":
+            client_m.fput_object(BUCKET, key, path)
+        else:
+            client_m.fget_object(BUCKET, key, path)
+    else:
+        from runpod_queue import S3Config, S3Store
+
+        ours = S3Store(S3Config(KEY_ID, SECRET, BUCKET, endpoint))
+        baseline = _rss_mb()
+        started = time.perf_counter()
+        if op == "upload":
+            ours.upload(Path(path), key=key)
+        else:
+            ours.download(key, to=path)
+    elapsed = time.perf_counter() - started
+    print(f"{elapsed:.4f} {baseline:.1f} {_rss_mb():.1f}")
+
+
+def _run_child(library: str, op: str, endpoint: str, key: str, path: str) -> tuple[float, float, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", library, op, endpoint, key, path],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    seconds, baseline, peak = (float(x) for x in out.stdout.split()[-3:])
+    return seconds, baseline, peak
+
+
+def _make_file(path: Path, size_mb: int) -> None:
+    block = os.urandom(1 << 20)
+    with path.open("wb") as out:
+        for _ in range(size_mb):
+            out.write(block)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mb", type=int, default=200)
+    parser.add_argument("--rss-size-mb", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--libraries", default=",".join(LIBRARIES))
+    parser.add_argument("--child", nargs=5)
+    args = parser.parse_args()
+    if args.child:
+        _child(*args.child)
+        return
+    libraries = args.libraries.split(",")
+
+    import boto3
+
+    proc, endpoint = launch([sys.executable, "-c", _SERVER], ready_path="/")
+    try:
+        admin = boto3.client(
+            "s3", endpoint_url=endpoint, aws_access_key_id=KEY_ID, aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+        )  # fmt: skip
+        admin.create_bucket(Bucket=BUCKET)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "source.bin"
+            _make_file(source, args.size_mb)
+            size = source.stat().st_size
+            results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+            for round_no in range(args.rounds):
+                for library in libraries:
+                    key = f"{library}-{round_no}"
+                    results.setdefault((library, "upload"), []).append(
+                        _run_child(library, "upload", endpoint, key, str(source))
+                    )
+                    target = Path(tmp) / f"{key}.out"
+                    results.setdefault((library, "download"), []).append(
+                        _run_child(library, "download", endpoint, key, str(target))
+                    )
+                    if target.stat().st_size != size:
+                        raise SystemExit(f"{library}: downloaded {target.stat().st_size} bytes of {size}")
+                    target.unlink()
+                    admin.delete_object(Bucket=BUCKET, Key=key)
+            print(f"file: {args.size_mb} MB, rounds: {args.rounds} (medians; RSS = child process peak)")
+            speed: dict[tuple[str, str], float] = {}
+            for (library, op), runs in results.items():
+                seconds = statistics.median(r[0] for r in runs)
+                speed[(library, op)] = size / seconds / 1e6
+                after_import = statistics.median(r[1] for r in runs)
+                print(
+                    f"{library:8} {op:8}: {speed[(library, op)]:7.1f} MB/s  RSS after import "
+                    f"{after_import:6.1f} MB  peak RSS {max(r[2] for r in runs):6.1f} MB"
+                )
+            for library in libraries:
+                for op in ("upload", "download"):
+                    print(f"ratio {library}/boto3 {op}: {speed[(library, op)] / speed[('boto3', op)]:.2f}")
+            if "ours" in libraries:
+                big = Path(tmp) / "big.bin"
+                _make_file(big, args.rss_size_mb)
+                seconds, baseline, peak = _run_child("ours", "upload", endpoint, "rss", str(big))
+                print(
+                    f"ours upload {args.rss_size_mb} MB: peak RSS {peak:.1f} MB (baseline {baseline:.1f} MB)"
+                )
+    finally:
+        stop(proc)
+
+
+if __name__ == "__main__":
+    main()

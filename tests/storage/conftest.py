@@ -1,0 +1,54 @@
+"""A moto S3 server on loopback for the storage tests, and a store over it in both variants."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from runpod_queue import AsyncS3Store, S3Config, S3Store
+
+pytest.importorskip("moto.server")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def config(s3_endpoint: str) -> S3Config:
+    """A fresh bucket per test, so object listings are the test's own."""
+    bucket = f"t-{uuid.uuid4().hex[:12]}"
+    cfg = S3Config("test-key-id", "test-secret-value", bucket, s3_endpoint)
+    S3Store(cfg).client.create_bucket(Bucket=bucket)
+    return cfg
+
+
+class Variant:
+    """Calls a store method the same way in both variants: the async one runs in its own event loop."""
+
+    def __init__(self, name: str, config: S3Config, **options: Any) -> None:
+        self.name = name
+        self.sync = S3Store(config, **options)
+        self.store: S3Store | AsyncS3Store = self.sync if name == "sync" else AsyncS3Store(config, **options)
+
+    def __call__(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        result = getattr(self.store, method)(*args, **kwargs)
+        return asyncio.run(result) if self.name == "async" else result
+
+
+@pytest.fixture(params=["sync", "async"])
+def variant(request: pytest.FixtureRequest, config: S3Config) -> Callable[..., Variant]:
+    return lambda **options: Variant(request.param, config, **options)
