@@ -11,8 +11,8 @@ half-open connections (a slowloris reconnecting as fast as it is cut off) would 
 and a signed delivery arriving meanwhile got 503. Until then a connection is "waiting": it has
 ``FIRST_BYTE_TIMEOUT`` to send anything and ``HEADER_TIMEOUT`` for all its headers, and one client address
 keeps at most ``MAX_WAITING_PER_CLIENT`` waiting connections (``MAX_WAITING`` in all): past that its
-oldest waiting one is closed, so a fresh request, which completes its headers at once, is never the one
-dropped.
+oldest waiting one is closed if it has waited ``EVICTABLE_AFTER`` or more, so a fresh request, which
+completes its headers at once, is never the one dropped.
 
 It also answers in one write where uvicorn makes two (`_JoinedWrites`): a send() on loopback costs about
 as much as the rest of a small answer, and the profile of the emulator under wrk showed the head's and the
@@ -29,6 +29,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 __all__ = [
     "BODY_TIMEOUT",
+    "EVICTABLE_AFTER",
     "FIRST_BYTE_TIMEOUT",
     "HEADER_TIMEOUT",
     "MAX_HEADER_BYTES",
@@ -44,6 +45,10 @@ MAX_HEADER_BYTES: Final = 64 * 1024  # request line and headers together (RunPod
 FIRST_BYTE_TIMEOUT: Final = 3.0  # seconds from connecting to the first byte (an HTTP client sends at once)
 MAX_WAITING_PER_CLIENT: Final = 64  # connections of one address whose first headers are not complete
 MAX_WAITING: Final = 4096  # such connections in all (file descriptors are finite)
+# Only a connection waiting at least this long is closed to make room: a burst of fresh connections (a
+# client opening a pool at once) is accepted in one loop turn before any of them is read, and none of
+# those may be dropped; a slowloris's connections are seconds old.
+EVICTABLE_AFTER: Final = 1.0
 
 
 class _Waiting:
@@ -139,10 +144,12 @@ class GuardedHttpTools(HttpToolsProtocol):
     first_byte_timeout: float = FIRST_BYTE_TIMEOUT
     max_waiting_per_client: int = MAX_WAITING_PER_CLIENT
     max_waiting: int = MAX_WAITING
+    evictable_after: float = EVICTABLE_AFTER
 
     _waiting_in: _Waiting | None = None  # the registry this connection is waiting in, until its headers
     _waiting_key: str = ""
     _headers_due: float = 0.0  # loop time by which the first request's headers must be complete
+    _connected_at: float = 0.0
 
     # Loop time by which what the connection awaits (headers, a body) must have arrived; None: nothing.
     _deadline: float | None = None
@@ -188,7 +195,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
-        self._headers_due = self.loop.time() + self.header_timeout
+        self._connected_at = self.loop.time()
+        self._headers_due = self._connected_at + self.header_timeout
         self._arm(min(self.first_byte_timeout, self.header_timeout))
         # Not counted toward limit_concurrency until its headers are complete (on_headers_complete).
         self.connections.discard(self)
@@ -204,9 +212,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         if registry.count > self.max_waiting:
             self._evict(registry.oldest(None))
 
-    @staticmethod
-    def _evict(connection: GuardedHttpTools | None) -> None:
-        if connection is not None:
+    def _evict(self, connection: GuardedHttpTools | None) -> None:
+        if connection is not None and self._connected_at - connection._connected_at >= self.evictable_after:
             connection._stop_waiting()
             connection._expire()
 

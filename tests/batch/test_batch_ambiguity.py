@@ -118,7 +118,7 @@ def test_jobs_a_restarted_server_forgot_are_not_blamed_on_retention_and_can_be_r
     assert recorder.executed() == 5
 
 
-@pytest.mark.parametrize("fault", ["error_500", "error_500_after"])
+@pytest.mark.parametrize("fault", ["error_500", "error_500_processed"])
 def test_a_500_is_ambiguous_whether_it_came_before_or_after_the_job_was_created(
     recorder: Recorder, tmp_path: Path, fault: str
 ) -> None:

@@ -163,7 +163,7 @@ def test_injected_error_answers(field: str, code: int) -> None:
 
 
 def test_a_500_after_the_job_was_taken() -> None:
-    with Emulator({"e": EndpointSpec(echo, workers=0)}, faults=Faults(error_500_after=1.0)) as emu:
+    with Emulator({"e": EndpointSpec(echo, workers=0)}, faults=Faults(error_500_processed=1.0)) as emu:
         http = Http(emu, key=None)
         response = http.post("e", "run", json={"input": {}})
         assert response.status_code == 500 and "injected" in response.json()["error"]

@@ -332,7 +332,7 @@ class EmulatorApp:
             return (503, {"error": "injected fault: service unavailable"}, []), None
         if faults.error_500 and rng.random() < faults.error_500:
             return (500, {"error": "injected fault: internal server error"}, []), None
-        if faults.error_500_after and rng.random() < faults.error_500_after:
+        if faults.error_500_processed and rng.random() < faults.error_500_processed:
             return None, "500"  # processed first (a /run's job is created), then answered 500
         return None, "drop" if faults.drop and rng.random() < faults.drop else None
 

@@ -62,7 +62,7 @@ class Faults:
 
     Each probability is checked independently per request (in this order: 429, 503, 500, 500 after,
     drop). ``error_500`` answers before the request is processed (no job is created), as RunPod's front end
-    failing would; ``error_500_after`` processes it first and then answers 500 (a /run's job exists and
+    failing would; ``error_500_processed`` processes it first and then answers 500 (a /run's job exists and
     runs, but its id never reaches the client), as a failure on the way back would. A client cannot tell
     the two apart, so both count as "may have run". A dropped request is *processed* and then its
     connection closed before a full answer is sent: the ambiguous case a client must not blindly retry
@@ -73,7 +73,7 @@ class Faults:
     error_429: float
     error_503: float
     error_500: float
-    error_500_after: float
+    error_500_processed: float
     drop: float
     latency: float
     seed: int | None
@@ -84,7 +84,7 @@ class Faults:
         error_429: float = 0.0,
         error_503: float = 0.0,
         error_500: float = 0.0,
-        error_500_after: float = 0.0,
+        error_500_processed: float = 0.0,
         drop: float = 0.0,
         latency: Duration = 0.0,
         seed: int | None = None,
@@ -93,7 +93,7 @@ class Faults:
             ("error_429", error_429),
             ("error_503", error_503),
             ("error_500", error_500),
-            ("error_500_after", error_500_after),
+            ("error_500_processed", error_500_processed),
             ("drop", drop),
         ):
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
@@ -111,7 +111,7 @@ class Faults:
             self.error_429
             or self.error_503
             or self.error_500
-            or self.error_500_after
+            or self.error_500_processed
             or self.drop
             or self.latency
         )
