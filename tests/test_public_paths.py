@@ -197,3 +197,45 @@ def test_every_exported_error_and_dataclass_survives_a_pickle_round_trip(name: s
             assert str(after) == str(before), field.name
         else:
             assert after == before, field.name
+
+
+def _carried(value: object) -> object:
+    """What an attribute says, comparably: httpx requests and responses have no equality of their own."""
+    if isinstance(value, httpx.Request):
+        return ("request", value.method, str(value.url), sorted(value.headers.multi_items()))
+    if isinstance(value, httpx.Response):
+        return ("response", value.status_code, value.content, _carried(value.request))
+    return value
+
+
+def _error_classes() -> list[type[BaseException]]:
+    """Every error of runpod_queue.errors and every subclass of one defined anywhere in the package."""
+    import runpod_queue.errors as errors
+
+    found: list[type[BaseException]] = []
+    pending: list[type[BaseException]] = [getattr(errors, name) for name in errors.__all__]
+    while pending:
+        cls = pending.pop()
+        if cls not in found:
+            found.append(cls)
+            pending.extend(cls.__subclasses__())
+    return sorted(found, key=lambda cls: cls.__qualname__)
+
+
+@pytest.mark.parametrize("cls", _error_classes(), ids=lambda cls: cls.__qualname__)
+def test_every_error_round_trips_through_pickle_with_every_attribute(cls: type[BaseException]) -> None:
+    # Users ship errors through multiprocessing and task queues: what a handler reads on the other side
+    # (the job of a JobFailedError, the last snapshot and timeout of a WaitTimeoutError, a status code)
+    # must be the same value, not merely present.
+    error = _error(cls)
+    if hasattr(error, "retry_after"):
+        error.retry_after = 3.0  # set from the Retry-After header after construction
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is cls
+    assert str(again) == str(error) and again.args == error.args
+    assert again.__dict__.keys() == error.__dict__.keys()
+    for name, value in error.__dict__.items():
+        assert _carried(getattr(again, name)) == _carried(value), name
+    job = getattr(error, "job", None)
+    if job is not None:  # the Job inside pickles whole, its raw answer too
+        assert again.job.raw == job.raw and again.job.error_message == job.error_message

@@ -6,6 +6,14 @@ with) nothing bounds a header's size, and nothing times out a client that sends 
 slowly: thousands of half-sent requests stay open and a 64 MB header is accepted. `GuardedHttpTools` adds
 those three limits to uvicorn's own httptools protocol; `guarded_config` gathers every limit in one place.
 
+A connection counts toward ``limit_concurrency`` only once its first request's headers are complete:
+half-open connections (a slowloris reconnecting as fast as it is cut off) would otherwise hold every slot,
+and a signed delivery arriving meanwhile got 503. Until then a connection is "waiting": it has
+``FIRST_BYTE_TIMEOUT`` to send anything and ``HEADER_TIMEOUT`` for all its headers, and one client address
+keeps at most ``MAX_WAITING_PER_CLIENT`` waiting connections (``MAX_WAITING`` in all): past that its
+oldest waiting one is closed if it has waited ``EVICTABLE_AFTER`` or more, so a fresh request, which
+completes its headers at once, is never the one dropped.
+
 It also answers in one write where uvicorn makes two (`_JoinedWrites`): a send() on loopback costs about
 as much as the rest of a small answer, and the profile of the emulator under wrk showed the head's and the
 body's send() as a quarter of its loop's time.
@@ -19,11 +27,60 @@ from typing import Any, Final
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-__all__ = ["BODY_TIMEOUT", "HEADER_TIMEOUT", "MAX_HEADER_BYTES", "GuardedHttpTools", "guarded_config"]
+__all__ = [
+    "BODY_TIMEOUT",
+    "EVICTABLE_AFTER",
+    "FIRST_BYTE_TIMEOUT",
+    "HEADER_TIMEOUT",
+    "MAX_HEADER_BYTES",
+    "MAX_WAITING",
+    "MAX_WAITING_PER_CLIENT",
+    "GuardedHttpTools",
+    "guarded_config",
+]
 
 HEADER_TIMEOUT: Final = 10.0  # seconds from connecting (or the last answer) to a request's complete headers
 BODY_TIMEOUT: Final = 60.0  # seconds from a request's headers to its complete body (25 MB at ~3 Mbit/s)
 MAX_HEADER_BYTES: Final = 64 * 1024  # request line and headers together (RunPod's own front end: 32-64 KB)
+FIRST_BYTE_TIMEOUT: Final = 3.0  # seconds from connecting to the first byte (an HTTP client sends at once)
+MAX_WAITING_PER_CLIENT: Final = 64  # connections of one address whose first headers are not complete
+MAX_WAITING: Final = 4096  # such connections in all (file descriptors are finite)
+# Only a connection waiting at least this long is closed to make room: a burst of fresh connections (a
+# client opening a pool at once) is accepted in one loop turn before any of them is read, and none of
+# those may be dropped; a slowloris's connections are seconds old.
+EVICTABLE_AFTER: Final = 1.0
+
+
+class _Waiting:
+    """One server's connections whose first request's headers are not complete, by client address, oldest
+    first (dicts keep insertion order): they are not in uvicorn's ``connections``, so not counted toward
+    ``limit_concurrency``."""
+
+    __slots__ = ("by_client", "count")
+
+    def __init__(self) -> None:
+        self.by_client: dict[str, dict[GuardedHttpTools, None]] = {}
+        self.count = 0
+
+    def add(self, connection: GuardedHttpTools, client: str) -> None:
+        self.by_client.setdefault(client, {})[connection] = None
+        self.count += 1
+
+    def remove(self, connection: GuardedHttpTools, client: str) -> None:
+        mine = self.by_client.get(client)
+        if mine is not None and mine.pop(connection, False) is None:
+            self.count -= 1
+            if not mine:
+                del self.by_client[client]
+
+    def oldest(self, client: str | None) -> GuardedHttpTools | None:
+        """The oldest waiting connection of ``client`` (of the busiest client when None)."""
+        if client is None:
+            if not self.by_client:
+                return None
+            client = max(self.by_client, key=lambda key: len(self.by_client[key]))
+        mine = self.by_client.get(client)
+        return next(iter(mine)) if mine else None
 
 
 class _HeadersTooLarge(Exception):
@@ -84,6 +141,15 @@ class GuardedHttpTools(HttpToolsProtocol):
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
     max_header_bytes: int = MAX_HEADER_BYTES
+    first_byte_timeout: float = FIRST_BYTE_TIMEOUT
+    max_waiting_per_client: int = MAX_WAITING_PER_CLIENT
+    max_waiting: int = MAX_WAITING
+    evictable_after: float = EVICTABLE_AFTER
+
+    _waiting_in: _Waiting | None = None  # the registry this connection is waiting in, until its headers
+    _waiting_key: str = ""
+    _headers_due: float = 0.0  # loop time by which the first request's headers must be complete
+    _connected_at: float = 0.0
 
     # Loop time by which what the connection awaits (headers, a body) must have arrived; None: nothing.
     _deadline: float | None = None
@@ -129,9 +195,35 @@ class GuardedHttpTools(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_bytes = 0
-        self._arm(self.header_timeout)
+        self._connected_at = self.loop.time()
+        self._headers_due = self._connected_at + self.header_timeout
+        self._arm(min(self.first_byte_timeout, self.header_timeout))
+        # Not counted toward limit_concurrency until its headers are complete (on_headers_complete).
+        self.connections.discard(self)
+        registry: _Waiting | None = getattr(self.server_state, "_rpq_waiting", None)
+        if registry is None:
+            registry = _Waiting()
+            self.server_state._rpq_waiting = registry  # type: ignore[attr-defined]
+        self._waiting_in = registry
+        self._waiting_key = self.client[0] if self.client else ""
+        registry.add(self, self._waiting_key)
+        if len(registry.by_client[self._waiting_key]) > self.max_waiting_per_client:
+            self._evict(registry.oldest(self._waiting_key))
+        if registry.count > self.max_waiting:
+            self._evict(registry.oldest(None))
+
+    def _evict(self, connection: GuardedHttpTools | None) -> None:
+        if connection is not None and self._connected_at - connection._connected_at >= self.evictable_after:
+            connection._stop_waiting()
+            connection._expire()
+
+    def _stop_waiting(self) -> None:
+        if self._waiting_in is not None:
+            self._waiting_in.remove(self, self._waiting_key)
+            self._waiting_in = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_waiting()
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()
@@ -141,6 +233,8 @@ class GuardedHttpTools(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         waiting = self._header_bytes >= 0
         if waiting:
+            if self._header_bytes == 0 and self._waiting_in is not None:  # the first byte: headers next
+                self._arm(max(0.0, self._headers_due - self.loop.time()))
             self._header_bytes += len(data)
         super().data_received(data)
         # Checked after parsing: a chunk holding complete headers and part of a body is not refused.
@@ -184,6 +278,9 @@ class GuardedHttpTools(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._header_bytes = -1
         self._arm(self.body_timeout)
+        if self._waiting_in is not None:  # now it counts toward limit_concurrency, checked just below
+            self._stop_waiting()
+            self.connections.add(self)
         super().on_headers_complete()
         cycle = self.cycle
         # The cycle just made for this request (not an upgrade's, not a finished one's): its task has not

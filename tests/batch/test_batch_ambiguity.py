@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from batch_support import FAST, Recorder, batch_runner, keys_once, until
 
 from runpod_queue import Client
@@ -115,3 +116,34 @@ def test_jobs_a_restarted_server_forgot_are_not_blamed_on_retention_and_can_be_r
     rows = keys_once(tmp_path / "out.jsonl")  # one line per key: the LOST lines were replaced
     assert len(rows) == 5 and {r["status"] for r in rows.values()} == {"COMPLETED"}
     assert recorder.executed() == 5
+
+
+@pytest.mark.parametrize("fault", ["error_500", "error_500_processed"])
+def test_a_500_is_ambiguous_whether_it_came_before_or_after_the_job_was_created(
+    recorder: Recorder, tmp_path: Path, fault: str
+) -> None:
+    # A client cannot tell the two apart, so both are reported as "may have run"; only the second really
+    # runs the input twice. Reported ambiguity is an upper bound of real doubles, not a count of them.
+    with (
+        Emulator({"ep": recorder}, workers=1, time_scale=0.001, rate_limits=False) as emu,
+        Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as client,
+    ):
+
+        def items() -> Iterator[Any]:
+            emu.set_faults(Faults(**{fault: 1.0}))  # after the runner's health check
+            yield ("k", {"n": 1})
+
+        async def through_one_500() -> Any:
+            batch = batch_runner(client, tmp_path)
+            task = asyncio.create_task(batch.arun(items()))
+            await until(lambda: batch.summary.ambiguous >= 1)
+            emu.set_faults(Faults())
+            return await task
+
+        summary = asyncio.run(through_one_500())
+    assert summary.ok and summary.completed == 1 and summary.ambiguous >= 1
+    assert keys_once(tmp_path / "out.jsonl")['"k"']["status"] == "COMPLETED"
+    if fault == "error_500":
+        assert recorder.duplicates() == 0  # refused before a job existed: the doubt was unfounded
+    else:
+        assert 1 <= recorder.duplicates() <= summary.ambiguous  # the job ran, and so did its resend

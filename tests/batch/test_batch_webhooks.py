@@ -4,6 +4,7 @@ whose delivery is late are polled. Every receiver binds port 0 and the test asks
 from __future__ import annotations
 
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,21 +82,45 @@ def test_jobs_whose_delivery_never_comes_are_polled_once_late(
     assert len(keys_once(tmp_path / "out.jsonl")) == 20
 
 
-def test_the_secret_is_kept_in_the_journal_so_a_resumed_batch_still_verifies(
-    client: Client, tmp_path: Path
+def test_the_journal_is_private_and_holds_no_secret_yet_a_resumed_batch_still_verifies(
+    emu: Emulator, tmp_path: Path
 ) -> None:
     inputs = write_inputs(tmp_path / "in.jsonl", 5)
-    webhook_runner(client, tmp_path).run(lines(inputs))
+    # A key to derive the secret from (the keyless emulator takes any).
+    with Client(
+        base_url=emu.base_url, api_key="rpq-test-key-0123456789", retries=FAST, rate_limits=False
+    ) as keyed:
+        webhook_runner(keyed, tmp_path).run(lines(inputs))
+        for name in ("j.sqlite", "j.sqlite-wal"):
+            path = tmp_path / name
+            if path.exists():
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+        journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
+        assert journal.meta("webhook_secret") is None and journal.meta("webhook_salt")
+        journal.close()
+        more = write_inputs(tmp_path / "in.jsonl", 8)
+        # The resumed run derives the same secret: the 3 new jobs' deliveries verify.
+        summary = webhook_runner(keyed, tmp_path).run(lines(more))
+        assert summary.ok and summary.reused == 5 and summary.webhook_deliveries == 3
     journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
-    secret = journal.meta("webhook_secret")
+    assert journal.meta("webhook_secret") is None
     journal.close()
-    assert secret and len(secret) >= 32
-    more = write_inputs(tmp_path / "in.jsonl", 8)
-    summary = webhook_runner(client, tmp_path).run(lines(more))
-    assert summary.ok and summary.reused == 5 and summary.webhook_deliveries == 3
-    journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
-    assert journal.meta("webhook_secret") == secret
-    journal.close()
+
+
+def test_without_a_key_the_secret_is_kept_in_the_journal_so_a_resumed_batch_still_verifies(
+    emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("RUNPOD_API_KEY", raising=False)  # a keyless local emulator: nothing to derive from
+    inputs = write_inputs(tmp_path / "in.jsonl", 5)
+    with Client(base_url=emu.base_url, retries=FAST, rate_limits=False) as keyless:
+        webhook_runner(keyless, tmp_path).run(lines(inputs))
+        journal = jn.Journal(tmp_path / "j.sqlite", endpoint_id="ep")
+        secret = journal.meta("webhook_secret")
+        journal.close()
+        assert secret and len(secret) >= 32
+        more = write_inputs(tmp_path / "in.jsonl", 8)
+        summary = webhook_runner(keyless, tmp_path).run(lines(more))
+        assert summary.ok and summary.reused == 5 and summary.webhook_deliveries == 3
 
 
 def test_forged_deliveries_do_not_finish_jobs(tmp_path: Path) -> None:

@@ -182,6 +182,18 @@ def test_injected_error_answers(field: str, code: int) -> None:
         http.close()
 
 
+def test_a_500_after_the_job_was_taken() -> None:
+    with Emulator({"e": EndpointSpec(echo, workers=0)}, faults=Faults(error_500_processed=1.0)) as emu:
+        http = Http(emu, key=None)
+        response = http.post("e", "run", json={"input": {}})
+        assert response.status_code == 500 and "injected" in response.json()["error"]
+        assert "id" not in response.json()
+        # Unlike error_500: the client got a 500 and no id, but the job exists (and would run).
+        emu.set_faults(Faults())
+        assert http.health("e")["jobs"]["inQueue"] == 1
+        http.close()
+
+
 def test_dropped_connection_after_the_job_was_taken() -> None:
     with Emulator({"e": EndpointSpec(echo, workers=0)}, faults=Faults(drop=1.0)) as emu:
         http = Http(emu, key=None)

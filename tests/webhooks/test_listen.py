@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import stat
 import time
 from pathlib import Path
 
@@ -68,6 +69,12 @@ def test_delivery_log_recovery_drops_a_partial_last_line_and_remembers_nonces(tm
     assert out.read_text() == complete
     assert not store.claim("n1", "another-job")  # n1 stays claimed by job a
     assert store.claim("n1", "a")
+
+
+def test_the_delivery_file_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
+    out = tmp_path / "deliveries.jsonl"
+    DeliveryLog(out, MemoryWebhookStore()).close()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600  # job results may be private
 
 
 def test_listen_without_the_secret_is_a_usage_error(tmp_path: Path) -> None:

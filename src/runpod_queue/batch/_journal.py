@@ -101,6 +101,18 @@ def _row(values: tuple[object, ...]) -> Row:
     )
 
 
+def _create_private(path: Path) -> None:
+    """Create ``path`` readable by its owner only (0600) unless it exists: a journal holds inputs, results
+    and webhook material. SQLite gives its -wal and -shm files the database file's mode."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    except OSError:  # a missing folder or no permission: sqlite's own error names it below
+        return
+    os.close(fd)
+
+
 class Journal:
     """One batch's journal. Not thread-safe: the runner uses it from its event loop only.
 
@@ -110,6 +122,7 @@ class Journal:
 
     def __init__(self, path: str | Path, *, endpoint_id: str) -> None:
         self.path = Path(path)
+        _create_private(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")

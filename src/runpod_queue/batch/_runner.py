@@ -18,9 +18,12 @@ The runner sends through the user's own endpoint with the client's transport ret
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
+import hashlib
+import hmac
 import json
 import os
 import random
@@ -444,22 +447,42 @@ class BatchRunner:
             run.output.close()
 
     async def _start_receiver(self, run: RunState, collector: Collector) -> ReceiverServer:
-        """Sign every submission and take deliveries on this loop. The secret is kept in the journal, so
-        jobs submitted before a restart still verify after it."""
+        """Sign every submission and take deliveries on this loop, with a secret a resumed run finds
+        again, so jobs submitted before a restart still verify after it."""
         from runpod_queue.webhooks import WebhookReceiver, WebhookSigner
 
         options = self.webhooks
         assert options is not None
-        secret = options.secret or run.journal.meta("webhook_secret")
-        if secret is None:
-            secret = secrets.token_urlsafe(32)
-            run.journal.set_meta("webhook_secret", secret)
+        secret = options.secret or self._journal_secret(run)
         run.signer = WebhookSigner(secret)
         receiver = WebhookReceiver(run.signer, collector.on_delivery)
         self._receiver = server = ReceiverServer(receiver, *options.listen)
         bound = await server.start()
         run.webhook_url = options.public_url(bound)
         return server
+
+    def _journal_secret(self, run: RunState) -> str:
+        """The signing secret when none is given, never written to the journal where it can be avoided.
+
+        With an API key, the journal keeps only a random salt and the secret is HMAC(key, salt): a copied
+        or world-readable journal signs nothing, and a resume (which needs the key anyway) derives the
+        same secret. A journal written by an earlier version keeps its stored secret. Without a key (a
+        keyless local emulator) there is nothing to derive from, so a random secret is stored.
+        """
+        stored = run.journal.meta("webhook_secret")
+        if stored is not None:
+            return stored
+        key = self.endpoint.client._settings.api_key
+        if not key:
+            secret = secrets.token_urlsafe(32)
+            run.journal.set_meta("webhook_secret", secret)
+            return secret
+        salt = run.journal.meta("webhook_salt")
+        if salt is None:
+            salt = secrets.token_urlsafe(32)
+            run.journal.set_meta("webhook_salt", salt)
+        digest = hmac.new(key.encode(), f"runpod-queue webhook secret {salt}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
 
     @staticmethod
     def _reopen_lost(run: RunState) -> None:

@@ -104,7 +104,8 @@ class DeliveryLog:
         self._lock = threading.Lock()
         self.write_error: str | None = None
         self.recovered = self._recover()
-        self._file = path.open("ab")
+        # 0600: deliveries are job results, which may be private. An existing file keeps its mode.
+        self._file = os.fdopen(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab")
 
     def _recover(self) -> int:
         """Reload what was accepted before a restart (dedup and nonce claims survive it), and drop a

@@ -264,7 +264,7 @@ class EmulatorApp:
                 f"/v2/{endpoint.id}/{operation}/<job_id>" if needs_id else f"/v2/{endpoint.id}/{operation}"
             )
             return await respond(send, 404, {"error": f"no route {scope['path']}; use {usage}"})
-        dropped = False
+        dropped: str | None = None
         if self.faults.active:
             injected, dropped = await self._inject_fault()
             if injected is not None:
@@ -300,7 +300,9 @@ class EmulatorApp:
         running = sum(1 for w in endpoint.workers if w.job is not None)
         return running * self.limiter.per_worker_allowance
 
-    async def _serve(self, send: Send, route: Route, request: Request, *, dropped: bool = False) -> None:
+    async def _serve(self, send: Send, route: Route, request: Request, *, dropped: str | None = None) -> None:
+        """Run ``route`` and answer; ``dropped`` ("drop" or "500", an injected fault) replaces the answer
+        of a request that was processed."""
         try:
             status, payload = await route(request)
         except HTTPError as exc:
@@ -308,6 +310,8 @@ class EmulatorApp:
         except Exception:
             log.exception("emulator route %s failed", request.scope["path"])
             return await respond(send, 500, {"error": "internal emulator error; see the server log"})
+        if dropped == "500":
+            return await respond(send, 500, {"error": "injected fault: internal server error"})
         if dropped:
             return await drop(send)
         if status == 204:
@@ -330,18 +334,20 @@ class EmulatorApp:
 
     async def _inject_fault(
         self,
-    ) -> tuple[tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None, bool]:
+    ) -> tuple[tuple[int, dict[str, str], list[tuple[bytes, bytes]]] | None, str | None]:
         faults, rng = self.faults, self._rng
         if faults.latency:
             # Real time on purpose: latency stands for the network, not for RunPod's clock.
             await asyncio.sleep(rng.uniform(0, faults.latency))
         if faults.error_429 and rng.random() < faults.error_429:
-            return (429, {"error": "injected fault: too many requests"}, [(b"retry-after", b"1")]), False
+            return (429, {"error": "injected fault: too many requests"}, [(b"retry-after", b"1")]), None
         if faults.error_503 and rng.random() < faults.error_503:
-            return (503, {"error": "injected fault: service unavailable"}, []), False
+            return (503, {"error": "injected fault: service unavailable"}, []), None
         if faults.error_500 and rng.random() < faults.error_500:
-            return (500, {"error": "injected fault: internal server error"}, []), False
-        return None, bool(faults.drop and rng.random() < faults.drop)
+            return (500, {"error": "injected fault: internal server error"}, []), None
+        if faults.error_500_processed and rng.random() < faults.error_500_processed:
+            return None, "500"  # processed first (a /run's job is created), then answered 500
+        return None, "drop" if faults.drop and rng.random() < faults.drop else None
 
     # -- public routes --------------------------------------------------------------------------
 

@@ -81,15 +81,20 @@ class Timings:
 class Faults:
     """Fault injection on the public routes, for testing clients. Off by default.
 
-    Each probability is checked independently per request (in this order: 429, 503, 500, drop). A
-    dropped request is *processed* and then its connection closed before a full answer is sent: the
-    ambiguous case a client must not blindly retry for /run. `latency` (seconds, real time: it stands for
+    Each probability is checked independently per request (in this order: 429, 503, 500, 500 after,
+    drop). ``error_500`` answers before the request is processed (no job is created), as RunPod's front end
+    failing would; ``error_500_processed`` processes it first and then answers 500 (a /run's job exists and
+    runs, but its id never reaches the client), as a failure on the way back would. A client cannot tell
+    the two apart, so both count as "may have run". A dropped request is *processed* and then its
+    connection closed before a full answer is sent: the ambiguous case a client must not blindly retry
+    for /run. `latency` (seconds, real time: it stands for
     the network) is added before processing, uniform in [0, latency].
     """
 
     error_429: float
     error_503: float
     error_500: float
+    error_500_processed: float
     drop: float
     latency: float
     seed: int | None
@@ -100,6 +105,7 @@ class Faults:
         error_429: float = 0.0,
         error_503: float = 0.0,
         error_500: float = 0.0,
+        error_500_processed: float = 0.0,
         drop: float = 0.0,
         latency: Duration = 0.0,
         seed: int | None = None,
@@ -108,6 +114,7 @@ class Faults:
             ("error_429", error_429),
             ("error_503", error_503),
             ("error_500", error_500),
+            ("error_500_processed", error_500_processed),
             ("drop", drop),
         ):
             if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 1:
@@ -121,7 +128,14 @@ class Faults:
     @property
     def active(self) -> bool:
         """Whether any fault is switched on."""
-        return bool(self.error_429 or self.error_503 or self.error_500 or self.drop or self.latency)
+        return bool(
+            self.error_429
+            or self.error_503
+            or self.error_500
+            or self.error_500_processed
+            or self.drop
+            or self.latency
+        )
 
 
 @dataclass(frozen=True, slots=True)

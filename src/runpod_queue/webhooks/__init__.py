@@ -12,7 +12,9 @@ and body and return a `Delivery`); `asgi_app` serves it as a ready ASGI app, and
 
 Answers: 200 accepted (or a repeat of an already accepted (job id, status), acknowledged and not passed
 on again); 400 body not JSON / missing fields; 401 no token, bad signature, expired; 403 nonce already
-claimed by another job; 413 body too large; 500 the callback raised (so RunPod delivers again).
+claimed by another job; 413 body too large; 500 the callback raised (so RunPod delivers again); 503 a
+body is already being read under this URL, or the receiver's budget of bodies in flight is spent (so
+RunPod delivers again later).
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ import math
 import secrets
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from runpod_queue._contract import JobStatus
 from runpod_queue._models import Job
 from runpod_queue._public import publish as _publish
 from runpod_queue._units import Duration, seconds
@@ -53,8 +56,15 @@ TOKEN_PARAM: Final = "rpq_token"  # noqa: S105 - a query parameter name, not a s
 # RunPod's longest ttl is 7 days; a token must outlive the job it reports on, plus retries and delivery.
 DEFAULT_EXPIRES_IN: Final = 8 * 86_400.0
 DEFAULT_MAX_BODY: Final = 25_000_000
+# Bodies being read at once may hold this many bytes together (four RunPod-sized bodies): a leaked URL, or
+# a few, cannot make the receiver buffer hundreds of MB. A body of unknown length counts as ``max_body``.
+DEFAULT_MAX_INFLIGHT_BYTES: Final = 4 * DEFAULT_MAX_BODY
 MIN_SECRET_BYTES: Final = 16  # 128 bits: an HMAC key shorter than that is guessable
 _SIGNATURE_BYTES: Final = 32
+# A job that reported one of these never reports anything else (FAILED and TIMED_OUT may: /retry runs the
+# job again under the same id and webhook URL).
+_LAST_WORDS: Final = frozenset({JobStatus.COMPLETED.value, JobStatus.CANCELLED.value})
+_SHOWN_STATUS: Final = 40  # a refused status word is echoed up to this many characters
 
 
 def _b64(data: bytes) -> str:
@@ -254,6 +264,7 @@ class Delivery:
     duplicate: bool = False
     body: dict[str, Any] = field(default_factory=dict, repr=False)
     nonce: str | None = None
+    size: int = field(default=0, repr=False, compare=False)  # the body's length in bytes
 
     @property
     def accepted(self) -> bool:
@@ -288,6 +299,9 @@ class WebhookReceiver:
         max_body: Largest body accepted, in bytes (413 beyond).
         with_delivery: Pass the whole ``Delivery`` (raw body and token nonce too, e.g. to persist them)
             instead of the ``Job``.
+        max_inflight_bytes: Bytes that bodies being read at once may announce together (a body without
+            a ``Content-Length`` counts as ``max_body``); past it a delivery gets 503 before its body is
+            read, and RunPod delivers it again later. One body at a time is read under one URL.
 
     Raises:
         TypeError: ``callback`` is not callable.
@@ -301,6 +315,7 @@ class WebhookReceiver:
         store: MemoryWebhookStore | None = None,
         max_body: int = 25_000_000,
         with_delivery: bool = False,
+        max_inflight_bytes: int = 100_000_000,
     ) -> None:
         if not callable(callback):
             raise TypeError("callback must be callable: def on_job(job: Job) -> None")
@@ -309,29 +324,93 @@ class WebhookReceiver:
         self.store: MemoryWebhookStore = store or MemoryWebhookStore()
         self.max_body: int = max_body
         self.with_delivery: bool = with_delivery
+        self.max_inflight_bytes: int = max_inflight_bytes
+        self._inflight_lock = threading.Lock()
+        self._inflight_bytes = 0
+        self._reading: set[str] = set()  # nonces whose body is being read or handled
+        # nonce -> (job id, last status, body size) of the last delivery accepted under it. In memory:
+        # after a restart a repeat's body is read again (bounded as any), then judged by the store.
+        self._finals: dict[str, tuple[str, str, int]] = {}
 
     # -- the framework-agnostic core ------------------------------------------------------------
 
     def refuse_before_body(self, token: str | None, content_length: int | None) -> Delivery | None:
         """The answer to give before reading a byte of the body, or None to go on and read it.
 
-        A stranger must not make a server buffer anything: the token (in the query string) and an
-        announced size are checked first. Every front end (``asgi_app``, the FastAPI and Flask adapters)
-        asks this, then reads at most ``max_body + 1`` bytes, and answers with the connection closed.
+        A stranger must not make a server buffer anything: the token (in the query string), an announced
+        size, and whether the URL's job already reported its last status are checked first. Every front
+        end (``asgi_app``, the FastAPI and Flask adapters) asks this through ``reading``, then reads at
+        most ``max_body + 1`` bytes, and answers a refusal with the connection closed.
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            content_length: The announced body size, or None when not announced.
         """
         try:
-            self.signer.verify(token)
+            claims = self.signer.verify(token)
         except WebhookVerificationError as exc:
             return Delivery(exc.status, exc.reason)
         if content_length is not None and content_length > self.max_body:
             return self.too_large()
+        final = self._finals.get(claims.nonce)
+        if final is not None and (content_length is None or content_length > final[2]):
+            # The URL's job reported its last status: what comes later under it is a repeat of that
+            # delivery (RunPod repeats one whose answer it lost: the same bytes, read and acknowledged)
+            # or a forgery, and one larger than the accepted delivery is refused unread.
+            job_id, status, _ = final
+            reason = f"this webhook URL already delivered job {job_id} {status}; a URL serves one job"
+            return Delivery(403, reason)
         return None
+
+    @contextlib.contextmanager
+    def reading(self, token: str | None, content_length: int | None) -> Iterator[Delivery | None]:
+        """Admit one delivery's body: yields the answer to give at once, or None to read the body (and
+        handle it) inside the ``with`` block.
+
+        ``refuse_before_body``, then two bounds on what is buffered: one body at a time under one URL
+        (one nonce), and ``max_inflight_bytes`` over all bodies being read. A refusal is 503 (RunPod
+        delivers again later); answer it with the connection closed, as every refusal here.
+
+        Args:
+            token: The delivery URL's ``rpq_token`` query parameter (None when absent).
+            content_length: The announced body size, or None when not announced.
+        """
+        refusal = self.refuse_before_body(token, content_length)
+        if refusal is not None:
+            yield refusal
+            return
+        nonce = self.signer.verify(token).nonce
+        size = self.max_body if content_length is None else content_length
+        with self._inflight_lock:
+            if nonce in self._reading:
+                refusal = Delivery(503, "a delivery under this URL is being read; deliver again later")
+            elif self._inflight_bytes + size > self.max_inflight_bytes:
+                refusal = Delivery(503, "too many deliveries being read at once; deliver again later")
+            else:
+                self._reading.add(nonce)
+                self._inflight_bytes += size
+        if refusal is not None:
+            yield refusal
+            return
+        try:
+            yield None
+        finally:
+            with self._inflight_lock:
+                self._reading.discard(nonce)
+                self._inflight_bytes -= size
 
     def too_large(self) -> Delivery:
         """The refusal for a body over ``max_body`` (413)."""
         return Delivery(413, f"body over {self.max_body} bytes")
 
     def _prepare(self, token: str | None, body: bytes) -> Delivery:
+        pending = self._judge(token, body)
+        if pending.status_code == 0:
+            # Kept for the accepted answer (see _settle): the size a repeat of it will announce.
+            pending = replace(pending, size=len(body))
+        return pending
+
+    def _judge(self, token: str | None, body: bytes) -> Delivery:
         """Everything before the callback. A Delivery with status 0 means 'call the callback now';
         any other is the answer to give."""
         if len(body) > self.max_body:
@@ -348,6 +427,12 @@ class WebhookReceiver:
             job = Job.from_dict(data)
         except ValueError as exc:
             return Delivery(400, f"not a job status: {exc}")
+        if not isinstance(job.status, JobStatus):
+            # The client keeps an unknown word (RunPod may add one); a receiver writes it to disk and
+            # acts on it, so it takes only what RunPod documents.
+            word = job.status_text[:_SHOWN_STATUS]
+            known = ", ".join(status.value for status in JobStatus)
+            return Delivery(400, f"not a job status: {word!r} is not one of {known}")
         if not self.store.claim(claims.nonce, job.id):
             return Delivery(403, "this webhook URL was issued for another job")
         state = self.store.begin(job.id, job.status_text)
@@ -362,6 +447,8 @@ class WebhookReceiver:
         self.store.finish(pending.job.id, pending.job.status_text, accepted=error is None)
         if error is not None:
             return Delivery(500, f"callback failed: {type(error).__name__}")
+        if pending.nonce is not None and pending.job.status_text in _LAST_WORDS:
+            self._finals.setdefault(pending.nonce, (pending.job.id, pending.job.status_text, pending.size))
         return replace(pending, status_code=200)
 
     def _argument(self, pending: Delivery) -> Any:
@@ -488,34 +575,35 @@ def asgi_app(
         # announced size over the limit refused before a byte of the body is read; both answers close the
         # connection so the rest of the upload is never read either.
         token = _token_from_query(scope.get("query_string", b""))
-        refusal = receiver.refuse_before_body(token, _content_length(scope))
-        if refusal is not None:
-            return await answer(send, scope, refusal, close=True)
-        too_large = receiver.too_large()
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > receiver.max_body:
-                return await answer(send, scope, too_large, close=True)
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        await answer(send, scope, await receiver.ahandle(token, b"".join(chunks)))
+        with receiver.reading(token, _content_length(scope)) as refusal:
+            if refusal is not None:
+                return await answer(send, scope, refusal, close=True)
+            too_large = receiver.too_large()
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > receiver.max_body:
+                    return await answer(send, scope, too_large, close=True)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
+            delivery = await receiver.ahandle(token, b"".join(chunks))
+        await answer(send, scope, delivery)
 
     return app
 
 
-def _content_length(scope: dict[str, Any]) -> int:
-    """The announced body size (0 when absent or unreadable: the read itself then enforces the limit)."""
+def _content_length(scope: dict[str, Any]) -> int | None:
+    """The announced body size (None when absent or unreadable: the read itself enforces the limit)."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
-            return int(value) if value.isdigit() else 0
-    return 0
+            return int(value) if value.isdigit() else None
+    return None
 
 
 async def _send(send: Any, status: int, body: bytes, *, close: bool = False) -> None:

@@ -12,8 +12,8 @@ __all__ = ["router"]
 def router(receiver: WebhookReceiver, path: str = "/webhook") -> APIRouter:
     """A router with one POST route that verifies and dispatches RunPod deliveries.
 
-    The token and the announced size are checked before the body is read, and the body is read in
-    chunks up to the limit: a stranger cannot make the app buffer an upload.
+    The token, the announced size and the bodies already in flight are checked before the body is read,
+    and the body is read in chunks up to the limit: a stranger cannot make the app buffer an upload.
     """
     api = APIRouter()
 
@@ -25,15 +25,15 @@ def router(receiver: WebhookReceiver, path: str = "/webhook") -> APIRouter:
     async def runpod_webhook(request: Request) -> Response:
         token = request.query_params.get(TOKEN_PARAM)
         declared = request.headers.get("content-length", "")
-        refusal = receiver.refuse_before_body(token, int(declared) if declared.isdigit() else None)
-        if refusal is not None:
-            return refuse(refusal)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > receiver.max_body:
-                return refuse(receiver.too_large())
-        delivery = await receiver.ahandle(token, bytes(body))
+        with receiver.reading(token, int(declared) if declared.isdigit() else None) as refusal:
+            if refusal is not None:
+                return refuse(refusal)
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > receiver.max_body:
+                    return refuse(receiver.too_large())
+            delivery = await receiver.ahandle(token, bytes(body))
         return Response(delivery.answer(), delivery.status_code, media_type="application/json")
 
     return api
