@@ -85,8 +85,8 @@ class Upload:
     __slots__ = ("key", "source")
 
     def __init__(self, source: Source, key: str | None = None) -> None:
-        self.source = source
-        self.key = key
+        self.source: Source = source
+        self.key: str | None = key
 
     def __repr__(self) -> str:
         shown = (
@@ -182,7 +182,7 @@ class S3Store:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         self.part_size = part_size
         self.concurrency = concurrency
-        self.expires_in = _expiry(expires_in)
+        self.expires_in: int = _expiry(expires_in)
         self.region = region
         self._client: BaseClient | None = None
         self._lock = threading.Lock()
@@ -552,7 +552,7 @@ class AsyncS3Store:
         expires_in: Duration = 604800,
         region: str = "us-east-1",
     ) -> None:
-        self.sync = S3Store(
+        self.sync: S3Store = S3Store(
             config, part_size=part_size, concurrency=concurrency, expires_in=expires_in, region=region
         )
         self.config = config

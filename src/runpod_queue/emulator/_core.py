@@ -74,7 +74,7 @@ class Core:
         # when Timings.max_retained_jobs caps them; `forgotten` counts the ones evicted early.
         self._retain_cap = timings.max_retained_jobs
         self._retained: OrderedDict[int, JobRecord] = OrderedDict()
-        self.forgotten = 0
+        self.forgotten: int = 0
         self._scale = clock.scale
         self._reports = clock.reports  # a real clock needs no activity reports: skip the calls
         self._runner = runner

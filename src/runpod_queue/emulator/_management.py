@@ -96,7 +96,7 @@ class ManagementRoutes:
         # Clock seconds → wall time for the `*At` fields: the emulator's start is "now" in UTC.
         self._origin = started or datetime.now(UTC)
         self._windows: dict[bytes, _Windows] = {}
-        self.created_at = self._iso(0.0)
+        self.created_at: str = self._iso(0.0)
 
     def _iso(self, at: float) -> str:
         return (self._origin + timedelta(seconds=at)).strftime("%Y-%m-%dT%H:%M:%SZ")
