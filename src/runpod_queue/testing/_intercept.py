@@ -70,11 +70,20 @@ def _current() -> Target | None:
     return targets[-1] if targets else None
 
 
+def _host_name(host: object) -> str:
+    """`host` (str or bytes) as DNS compares it: lower case, no trailing dot ("" for anything else)."""
+    name = host.decode("ascii", "replace") if isinstance(host, bytes | bytearray) else host
+    return name.lower().rstrip(".") if isinstance(name, str) else ""
+
+
 def is_runpod(host: object) -> bool:
     """Whether `host` (str or bytes) names RunPod's queue or management API host, in any case, fully
     qualified or not."""
-    name = host.decode("ascii", "replace") if isinstance(host, bytes | bytearray) else host
-    return isinstance(name, str) and name.lower().rstrip(".") in _HOSTS
+    return _host_name(host) in _HOSTS
+
+
+def _is_management(host: object) -> bool:
+    return _host_name(host) == MANAGEMENT_HOST
 
 
 def reroute(url: str) -> str | None:
@@ -83,10 +92,9 @@ def reroute(url: str) -> str | None:
     if target is None:
         return None
     parts = urlsplit(url)
-    host = (parts.hostname or "").lower().rstrip(".")
-    if not is_runpod(host):
+    if not is_runpod(parts.hostname):
         return None
-    path = MANAGEMENT_PREFIX + parts.path if host == MANAGEMENT_HOST else parts.path
+    path = MANAGEMENT_PREFIX + parts.path if _is_management(parts.hostname) else parts.path
     return urlunsplit(("http", f"{target.host}:{target.port}", path, parts.query, parts.fragment))
 
 
@@ -140,7 +148,7 @@ def _patch_httpx_module(httpx: Any) -> list[Callable[[], None]]:
         target = _current()
         if target is not None and is_runpod(request.url.host):
             url = request.url
-            if url.host.lower().rstrip(".") == MANAGEMENT_HOST:
+            if _is_management(url.host):
                 url = url.copy_with(raw_path=MANAGEMENT_PREFIX.encode() + url.raw_path)
             request.url = url.copy_with(scheme="http", host=target.host, port=target.port)
 
@@ -201,11 +209,7 @@ def _patch_aiohttp() -> list[Callable[[], None]]:
             url: URL = original(self, str_or_url)
             target = _current()
             if target is not None and is_runpod(url.host):
-                path = (
-                    MANAGEMENT_PREFIX + url.raw_path
-                    if (url.host or "").lower().rstrip(".") == MANAGEMENT_HOST
-                    else url.raw_path
-                )
+                path = MANAGEMENT_PREFIX + url.raw_path if _is_management(url.host) else url.raw_path
                 url = URL.build(
                     scheme="http",
                     host=target.host,
