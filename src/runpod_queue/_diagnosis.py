@@ -323,11 +323,10 @@ def conclude(
             since = starts[0] if starts else None
         facts["cold_start_since"] = since
         when = f" since {since}" if since else ""
-        more = "" if at_max or info is None else f" (max {info.workers_max})"
         return made(
             WaitReason.COLD_START,
             f"Job {job_id} waits for a cold start: {_plural(summary.initializing, 'worker')} of endpoint "
-            f"{endpoint_id} {'is' if summary.initializing == 1 else 'are'} INITIALIZING{when}{more}, "
+            f"{endpoint_id} {'is' if summary.initializing == 1 else 'are'} INITIALIZING{when}, "
             f"{ahead}.",
             f"keep workers warm: `{scale} --min 1` (active workers), or enable FlashBoot",
         )
