@@ -225,3 +225,29 @@ def test_an_unknown_job_is_not_found(connect: Callable[..., Api], start: Start) 
     emu = start({"ep": EndpointSpec(echo, workers_max=1)})
     with pytest.raises(NotFoundError):
         _why(_api(connect, emu), "no-such-job")
+
+
+def test_against_runpods_hosts_the_management_api_is_api_runpod_io(connect: Callable[..., Api]) -> None:
+    """The same code as for RunPod: queue at api.runpod.ai, management at api.runpod.io (mock_runpod
+    routes both to its emulator)."""
+    from runpod_queue.testing import mock_runpod
+
+    with mock_runpod({"ep": EndpointSpec(echo, workers_max=2, cold_start=30)}, clock="virtual"):
+        ep = connect(base_url="https://api.runpod.ai/v2").endpoint("ep")
+        job = ep.run({"n": 1})
+        found = _why(ep, job.id)
+        assert found.reason is WaitReason.COLD_START and found.unseen is None
+        assert (found.workers_min, found.workers_max) == (0, 2)
+
+
+def test_the_management_url_follows_the_environment(
+    connect: Callable[..., Api], start: Start, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emu = start({"ep": EndpointSpec(echo, workers_max=1, cold_start=30)})
+    monkeypatch.setenv("RUNPOD_MANAGEMENT_BASE_URL", f"{emu.root_url}/nowhere")
+    ep = _api(connect, emu)
+    job = ep.run({"n": 1})
+    found = _why(ep, job.id)  # the management API is not there: the queue API alone still answers
+    assert found.reason is WaitReason.COLD_START and found.workers_max is None
+    assert found.unseen is not None and "answered 404" in found.unseen
+    assert _why(ep, job.id, management_url=emu.management_url).workers_max == 1  # the argument wins
