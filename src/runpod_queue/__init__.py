@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from runpod_queue._batch_jobs import AsyncBatches, Batch, Batches, BatchRequestResult, BatchStatus
 from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit
+from runpod_queue._diagnosis import Diagnosis, WaitReason
 from runpod_queue._limits import RateLimits
 from runpod_queue._logs import setup_logging
 from runpod_queue._models import Health, Job, JobCounts, Policy, S3Config, StreamChunk, WorkerCounts
@@ -115,6 +116,7 @@ __all__ = [
     "Batches",
     "Client",
     "ConfigurationError",
+    "Diagnosis",
     "Endpoint",
     "EndpointInfo",
     "Health",
@@ -142,6 +144,7 @@ __all__ = [
     "StorageError",
     "StreamChunk",
     "Upload",
+    "WaitReason",
     "WaitTimeoutError",
     "WebhookOptions",
     "WebhookVerificationError",

@@ -23,6 +23,7 @@ from runpod_queue._answers import parse_health, parse_job, parse_purge
 from runpod_queue._attempts import AttemptRules, attempts
 from runpod_queue._batch_jobs import AsyncBatches
 from runpod_queue._calls import health_call, purge_call, retry_call, run_call, status_call
+from runpod_queue._diagnosis import Diagnosis, diagnose_flow
 from runpod_queue._flows import cancel_flow, run_sync_flow, stream_flow, wait_flow
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Health, Job, Policy, S3Config, StreamChunk
@@ -542,6 +543,34 @@ class AsyncEndpoint:
             APIConnectionError: No answer arrived.
         """
         return parse_health(await self._client._run(attempts(health_call(self.id), self._client._rules)))
+
+    async def diagnose(self, job_id: str, *, management_url: str | None = None) -> Diagnosis:
+        """Why the job waits; see ``Endpoint.diagnose``.
+
+        Reads the job (``/status``), the queue (``/health``) and, through RunPod's management API (REST
+        v2, same key and transport), the endpoint's settings and workers; picks the first reason that
+        explains the wait (the order is ``WaitReason``'s). When the key may not read the management API
+        (401/403), the answer comes from ``/status`` and ``/health`` alone and ``unseen`` says so.
+
+        ```python
+        why = await client.endpoint("abc123").diagnose(job.id)
+        print(why.reason, why.message)      # cold_start  Job … waits for a cold start: 1 worker …
+        ```
+
+        Args:
+            job_id: The job's id.
+            management_url: The management API's base URL; default ``$RUNPOD_MANAGEMENT_BASE_URL``, the
+                emulator's own when this client talks to one on loopback, else ``https://api.runpod.io/v2``.
+
+        Returns:
+            A ``Diagnosis``: ``reason``, ``message``, ``hint`` and the facts used.
+
+        Raises:
+            NotFoundError: Unknown job, or one past its retention window.
+            APIStatusError: ``/status`` or ``/health`` refused.
+            APIConnectionError: No answer arrived from ``/status`` or ``/health``.
+        """
+        return await self._client._run(diagnose_flow(self._client._rules, self.id, job_id, management_url))
 
 
 # AsyncClient & co. are exported by the root lazily: a direct import of this module (the CLI's) names them

@@ -61,10 +61,14 @@ def test_patch_min_starts_a_cold_worker_shown_by_the_workers_route(emu: Emulator
         "total": 1,
     }
     [worker] = listed["workers"]
-    assert (worker["status"], worker["uptimeSeconds"], worker["startedAt"]) == ("INITIALIZING", None, None)
+    # Its container started (the cold start began); it is not running yet, so no uptime.
+    assert (worker["status"], worker["uptimeSeconds"]) == ("INITIALIZING", None)
+    started = worker["startedAt"]
+    assert started is not None
     emu.advance(10)
     [worker] = api.get("/serverless/scaled/workers").json()["workers"]
     assert worker["status"] == "IDLE" and worker["uptimeSeconds"] == 0
+    assert worker["startedAt"] == started  # the same start: uptime counts from the end of the cold start
     assert [w.status for w in emu.workers("scaled")] == [WorkerState.IDLE]
     # The endpoint's timeout is its jobs' default executionTimeout.
     job = httpx.post(f"{emu.base_url}/scaled/run", json={"input": {}}, headers={"Authorization": KEY}).json()

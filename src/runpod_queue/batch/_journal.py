@@ -161,6 +161,9 @@ class Journal:
     def set_meta(self, name: str, value: str) -> None:
         self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
 
+    def delete_meta(self, name: str) -> None:
+        self._db.execute("DELETE FROM meta WHERE name = ?", (name,))
+
     def begin_run(self) -> int:
         """Number this run: a key seen twice within one run is a duplicate, across runs a resume."""
         found = self._db.execute("SELECT value FROM meta WHERE name = 'runs'").fetchone()

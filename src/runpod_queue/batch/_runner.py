@@ -49,6 +49,7 @@ from runpod_queue.batch._schedule import Schedule, Watched
 from runpod_queue.batch._state import RunConfig, RunState
 from runpod_queue.batch._submit import runner_limits, submit
 from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, key_text
+from runpod_queue.batch._warm import Warm
 from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError, ServerError
 
 __all__ = ["BatchRunner"]
@@ -108,10 +109,14 @@ class BatchRunner:
         progress_interval: Seconds between ``on_progress`` calls.
         resubmit_lost: Submit anew the items an earlier run recorded LOST (their job may have run: they
             are counted in ``summary.ambiguous`` and ``resubmitted_lost``).
+        warm: Raise the endpoint's ``workersMin`` to this many workers for the run (RunPod's management
+            API, same key), so they cold-start once instead of the batch waiting for the scaler; the
+            previous value is journaled first and put back when the run ends — after Ctrl-C and errors
+            too, and after a crash by the next run on the journal. ``None`` leaves the endpoint alone.
 
     Raises:
         TypeError: ``endpoint`` is not an ``Endpoint`` or ``AsyncEndpoint``, or an option has the wrong type.
-        ValueError: ``max_in_flight`` or ``retry_failed`` out of range.
+        ValueError: ``max_in_flight``, ``retry_failed`` or ``warm`` out of range.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class BatchRunner:
         on_warning: Callable[[str], object] | None = None,
         progress_interval: Duration = 0.25,
         resubmit_lost: bool = False,
+        warm: int | None = None,
     ) -> None:
         if not isinstance(endpoint, Endpoint | AsyncEndpoint):
             raise TypeError(
@@ -156,6 +162,9 @@ class BatchRunner:
         self.max_in_flight: int = max_in_flight
         self.retry_failed: int = retry_failed
         self.resubmit_lost: bool = bool(resubmit_lost)
+        if warm is not None and (isinstance(warm, bool) or not isinstance(warm, int) or warm < 1):
+            raise ValueError(f"warm must be an integer >= 1 (workers kept running for the run), got {warm!r}")
+        self.warm: int | None = warm
         self.policy: Policy | None = policy
         self.rate_limits: RateLimits = rate_limits
         self.polling: PollOptions = polling
@@ -206,6 +215,7 @@ class BatchRunner:
         Raises:
             RuntimeError: Called with an ``AsyncEndpoint`` or inside a running event loop (use ``arun``).
             JournalError: The journal belongs to another endpoint or is not a journal.
+            ConfigurationError: ``warm`` is above the endpoint's max workers.
             APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
             APIConnectionError: The endpoint cannot be reached.
         """
@@ -258,6 +268,7 @@ class BatchRunner:
 
         Raises:
             JournalError: The journal belongs to another endpoint or is not a journal.
+            ConfigurationError: ``warm`` is above the endpoint's max workers.
             APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
             APIConnectionError: The endpoint cannot be reached.
         """
@@ -301,7 +312,9 @@ class BatchRunner:
                     summary=summary,
                     wake=wake,
                 )
-                await self._run_journaled(run, inputs, started)
+                warm = Warm(client, settings.retries, self.endpoint.id, journal, self.warm, run.warn)
+                async with warm:  # workersMin raised for the run, put back after it (batch/_warm.py)
+                    await self._run_journaled(run, inputs, started)
                 refused = run.fatal is not None and not journal.reached_server()
             except Exception:
                 refused = not journal.reached_server()

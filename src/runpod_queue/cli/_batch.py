@@ -128,6 +128,17 @@ def batch(
             rich_help_panel=_RUNNER,
         ),
     ] = False,
+    warm: Annotated[
+        int | None,
+        typer.Option(
+            "--warm",
+            metavar="N",
+            min=1,
+            help="Keep N workers running for the run (raises the endpoint's min workers, puts it back "
+            "after, also after Ctrl-C or on the resume after a crash).",
+            rich_help_panel=_RUNNER,
+        ),
+    ] = None,
     policy_ttl: Annotated[
         float | None,
         typer.Option(
@@ -212,11 +223,13 @@ def batch(
             max_in_flight=max_in_flight,
             retry_failed=retry_failed,
             resubmit_lost=resubmit_lost,
+            warm=warm,
             policy=_policy(policy_ttl, execution_timeout),
             webhooks=_webhooks(listen, webhook_url, webhook_grace),
             no_rate_limits=no_rate_limits,
             progress=progress,
-            resume_options=_resume_options(no_rate_limits, listen, webhook_url),
+            resume_options=_resume_options(no_rate_limits, listen, webhook_url)
+            + (["--warm", str(warm)] if warm is not None else []),
         )
 
 
@@ -240,6 +253,7 @@ def _run_batch(
     max_in_flight: int,
     retry_failed: int,
     resubmit_lost: bool,
+    warm: int | None,
     policy: Policy | None,
     webhooks: WebhookOptions | None,
     no_rate_limits: bool,
@@ -309,6 +323,7 @@ def _run_batch(
         max_in_flight=max_in_flight,
         retry_failed=retry_failed,
         resubmit_lost=resubmit_lost,
+        warm=warm,
         policy=policy,
         rate_limits=limits,
         webhooks=webhooks,

@@ -8,12 +8,12 @@ emulator's own (`…/_management/v2`) when the queue URL is a loopback emulator 
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from runpod_queue._diagnosis import management_url_for
 from runpod_queue.cli._app import app
 from runpod_queue.cli._argv import RpqCommand
 from runpod_queue.cli._duration import DURATION_METAVAR, duration, within
@@ -38,18 +38,9 @@ ManagementUrlOpt = Annotated[
 endpoint_app = typer.Typer(help="See and change an endpoint's scaling settings (RunPod's REST v2).")
 app.add_typer(endpoint_app, name="endpoint")
 
-_LOOPBACK = ("http://127.0.0.1", "http://localhost", "http://[::1]")
-
 
 def _management_url(s: Session, given: str | None) -> str:
-    if given:
-        return given
-    env = os.environ.get("RUNPOD_MANAGEMENT_BASE_URL")
-    if env:
-        return env
-    if s.base_url.startswith(_LOOPBACK):  # the emulator serves both, on one port
-        return s.base_url.rstrip("/").removesuffix("/v2") + "/_management/v2"
-    return "https://api.runpod.io/v2"
+    return management_url_for(s.base_url, given)  # the one resolution, shared with Endpoint.diagnose
 
 
 def _management(s: Session, given: str | None) -> Management:

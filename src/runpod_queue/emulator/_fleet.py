@@ -69,6 +69,7 @@ class WorkerView:
         ready_at: Clock seconds when its cold start ended; ``None`` while it has not.
         job_id: The job it runs, if RUNNING.
         reason: Why it is UNHEALTHY or THROTTLED, in a sentence; else ``None``.
+        started_at: Clock seconds when its cold start began (it got a GPU); ``None`` while THROTTLED.
     """
 
     id: str
@@ -77,18 +78,20 @@ class WorkerView:
     ready_at: float | None
     job_id: str | None
     reason: str | None
+    started_at: float | None = None
 
 
 class _Member:
     """One fleet worker: its slot (the core's view) and the fleet's bookkeeping."""
 
-    __slots__ = ("created_at", "idle_timer", "ready_at", "reason", "slot", "state", "timer")
+    __slots__ = ("booted_at", "created_at", "idle_timer", "ready_at", "reason", "slot", "state", "timer")
 
     def __init__(self, slot: WorkerSlot, state: WorkerState, now: float) -> None:
         self.slot = slot
         self.state = state
         self.created_at = now
         self.ready_at: float | None = None
+        self.booted_at: float | None = None  # when its cold start began
         self.reason: str | None = None
         self.timer: TimerHandle | None = None  # the cold start's end
         self.idle_timer: TimerHandle | None = None
@@ -208,6 +211,7 @@ class Fleet:
                 ready_at=m.ready_at,
                 job_id=m.slot.job.id if m.slot.job is not None else None,
                 reason=m.reason,
+                started_at=m.booted_at,
             )
             for m in self.members.values()
         ]
@@ -310,6 +314,7 @@ class Fleet:
         member.state = WorkerState.INITIALIZING
         member.reason = None
         now = self.core.clock.now()
+        member.booted_at = now
         self._warm = [until for until in self._warm if until > now]
         cold = self.cold_start
         if self.flashboot and self._warm:
@@ -397,6 +402,7 @@ def fixed_worker_views(ep: EndpointState, *, now: float, lost_after: float) -> l
                 ready_at=0.0,
                 job_id=w.job.id if w.job is not None and status is not WorkerState.UNHEALTHY else None,
                 reason=reason,
+                started_at=0.0,
             )
         )
     return views

@@ -319,7 +319,9 @@ class ManagementRoutes:
             else None,
             "gpuTypeId": "EMULATED" if placed else None,
             "dataCenterId": "LOCAL" if placed else None,
-            "startedAt": self._iso(ready) if ready is not None else None,
+            # When its container started, i.e. its cold start began (REST v2: "when the worker last
+            # started"); `uptimeSeconds` counts from the end of the cold start ("running").
+            "startedAt": self._iso(view.started_at) if view.started_at is not None else None,
             # Not in REST v2: why a worker is UNHEALTHY or THROTTLED (RunPod shows it in its console).
             "reason": view.reason,
         }
