@@ -44,6 +44,7 @@ PUBLIC = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "LogLine",
     "Management",
     "NotFoundError",
     "OperationLimit",

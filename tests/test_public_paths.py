@@ -8,6 +8,7 @@ name exported later is checked without editing this file (a new dataclass needs 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
 import inspect
 import pickle
@@ -122,6 +123,9 @@ DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
     ),
     "WorkerInfo": lambda: runpod_queue.WorkerInfo("w", "IDLE", False, 1.0, None, None),
     "WorkerSummary": lambda: runpod_queue.WorkerSummary(0, 1, 0, 0, 0, 1),
+    "LogLine": lambda: runpod_queue.LogLine(
+        datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC), "container", "ready", "id/1", None
+    ),
     "Workers": lambda: runpod_queue.Workers(
         [runpod_queue.WorkerInfo("w", "IDLE", False, 1.0, None, None)],
         runpod_queue.WorkerSummary(0, 1, 0, 0, 0, 1),
