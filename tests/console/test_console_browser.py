@@ -122,6 +122,13 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         assert "fleet — 2 ready, fixed · 2 idle" in await page.eval(
             "document.querySelector('article[data-endpoint=\"echo\"] .fleet-head').textContent"
         )
+        # Folded by default; unfolded, it stays so across the page's updates.
+        fleet = "document.querySelector('article[data-endpoint=\"echo\"] details.fleet')"
+        assert await page.eval(f"{fleet}.open") is False
+        await page.eval(f"{fleet}.querySelector('summary').click()")
+        renders = await page.eval("window.rpqConsole.renders")
+        await page.wait_for(f"window.rpqConsole.renders > {renders} + 1", "two more updates")
+        assert await page.eval(f"{fleet}.open") is True
         worker = api.get(f"/gated/status/{job_id}").json()["workerId"]
         await page.eval(
             f'document.querySelector(\'article[data-endpoint="gated"] li[data-worker="{worker}"]'

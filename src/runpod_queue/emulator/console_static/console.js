@@ -257,10 +257,16 @@ function renderFleet(endpoint, f) {
     w.reason ? el("span", { class: "reason" }, " — " + w.reason) : null,
     el("button", { class: "small logs", type: "button", onclick: () => showLogs(endpoint, w.id) }, "logs")));
   const more = f.total > f.workers.length ? el("li", { class: "hint" }, "+" + (f.total - f.workers.length) + " more") : null;
-  return el("div", { class: "fleet", "data-total": String(f.total) },
-    el("div", { class: "fleet-head" }, "fleet — " + limits + (counts.length ? " · " + counts.join(", ") : " · no workers")),
+  // Folded by default (the cards stay short); the cards are rebuilt on every update, so which ones the
+  // user unfolded is remembered here.
+  const box = el("details", { class: "fleet", "data-total": String(f.total) },
+    el("summary", { class: "fleet-head" }, "fleet — " + limits + (counts.length ? " · " + counts.join(", ") : " · no workers")),
     el("ul", { class: "fleet-workers" }, ...items, more));
+  box.open = openFleets.has(endpoint);
+  box.addEventListener("toggle", () => { if (box.open) openFleets.add(endpoint); else openFleets.delete(endpoint); });
+  return box;
 }
+const openFleets = new Set();
 
 // A worker's last lines, from the management API's logs route (server-sent events, read to the end).
 async function showLogs(endpoint, worker) {
