@@ -45,6 +45,7 @@ PUBLIC = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "LogLine",
     "Management",
     "NotFoundError",
     "OperationLimit",

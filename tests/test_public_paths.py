@@ -8,6 +8,7 @@ name exported later is checked without editing this file (a new dataclass needs 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import importlib
 import inspect
 import pickle
@@ -140,6 +141,9 @@ DATACLASS_EXAMPLES: dict[str, Callable[[], object]] = {
         None,
         None,
         runpod_queue.Health.from_dict({"jobs": {"inQueue": 1}, "workers": {"initializing": 1}}),
+    ),
+    "LogLine": lambda: runpod_queue.LogLine(
+        datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC), "container", "ready", "id/1", None
     ),
     "Workers": lambda: runpod_queue.Workers(
         [runpod_queue.WorkerInfo("w", "IDLE", False, 1.0, None, None)],

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from runpod_queue._management import (
         AsyncManagement,
         EndpointInfo,
+        LogLine,
         Management,
         WorkerInfo,
         Workers,
@@ -70,6 +71,7 @@ _LAZY = {
     # The management client sends through an AsyncClient too (aiohttp): also on first use.
     "AsyncManagement": "runpod_queue._management",
     "EndpointInfo": "runpod_queue._management",
+    "LogLine": "runpod_queue._management",
     "Management": "runpod_queue._management",
     "WorkerInfo": "runpod_queue._management",
     "WorkerSummary": "runpod_queue._management",
@@ -126,6 +128,7 @@ __all__ = [
     "JobStatus",
     "JobStream",
     "JournalError",
+    "LogLine",
     "Management",
     "NotFoundError",
     "OperationLimit",

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import httpx
 
 from runpod_queue._aio import AsyncClient
+from runpod_queue._answers import connection_error, error_for_status
 from runpod_queue._attempts import attempts
 from runpod_queue._calls import Call, _id
 from runpod_queue._client import Client
@@ -29,13 +32,44 @@ from runpod_queue._management_models import (
     parse_workers,
 )
 from runpod_queue._retry import Retries, RetryNotice, Safety
-from runpod_queue._transport import Answer
+from runpod_queue._settings import default_headers
+from runpod_queue._transport import Answer, _tls_context, httpx_failure
 from runpod_queue._units import Duration, seconds
+from runpod_queue.errors import APIResponseError
 
-__all__ = ["AsyncManagement", "EndpointInfo", "Management", "WorkerInfo", "WorkerSummary", "Workers"]
+__all__ = [
+    "AsyncManagement",
+    "EndpointInfo",
+    "LogLine",
+    "Management",
+    "WorkerInfo",
+    "WorkerSummary",
+    "Workers",
+]
 
 MANAGEMENT_BASE_URL = "https://api.runpod.io/v2"
 _OP = "management"  # the rate limiter's key: not in RunPod's queue table, so 429s are retried instead
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of a worker's log, as ``GET /serverless/{id}/workers/{workerId}/logs`` streams it.
+
+    Args:
+        ts: When the line was written (UTC).
+        source: ``"container"`` (the worker's stdout, stderr and logging) or ``"system"`` (the host's
+            lifecycle lines; on the emulator, its own: worker started, job started/ended, stopped).
+        line: The text, without its newline.
+        id: The server-sent event's id (``ts/sequence``), a resume point; ``None`` if the server sent none.
+        job_id: The job running when the line was written, when the server says (the emulator does;
+            RunPod's events carry no job id).
+    """
+
+    ts: datetime
+    source: str
+    line: str
+    id: str | None
+    job_id: str | None
 
 
 def _count(name: str, value: int | None) -> int | None:
@@ -97,6 +131,115 @@ def _call_patch(endpoint_id: str, body: bytes) -> Call:
     return Call(endpoint_id, _OP, "PATCH", path, Safety.IDEMPOTENT, content=body)
 
 
+# Following off against a server that keeps the stream open (RunPod): the backfill is over once no line
+# came for this long. The emulator marks the backfill's end, so against it nothing waits.
+_QUIET_END_S = 2.0
+_BACKFILL_END = "end of backfill"
+
+
+class _SSE:
+    """Server-sent events → ``LogLine``s, a line at a time (WHATWG's event stream rules, the subset
+    this stream uses: ``id``, ``data``, comments)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._data: list[str] = []
+        self._id: str | None = None
+        self.backfilled = False
+
+    def feed(self, raw: str) -> LogLine | None:
+        line = raw.rstrip("\r")
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            if line[1:].strip() == _BACKFILL_END:
+                self.backfilled = True
+            return None
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            self._data.append(value)
+        elif field == "id":
+            self._id = value
+        return None
+
+    def _dispatch(self) -> LogLine | None:
+        if not self._data:
+            return None
+        text, self._data = "\n".join(self._data), []
+        try:
+            data = json.loads(text)
+            ts = datetime.fromisoformat(str(data["ts"]).replace("Z", "+00:00"))
+            if ts.tzinfo is None:
+                ts = ts.replace(tzinfo=UTC)
+            job = data.get("jobId")
+            return LogLine(
+                ts=ts,
+                source=str(data.get("source", "container")),
+                line=str(data.get("line", "")),
+                id=self._id,
+                job_id=None if job is None else str(job),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise APIResponseError(
+                f"the worker logs stream sent an event that is not {{ts, source, line}} JSON ({exc!r})",
+                request=httpx.Request("GET", self._url),
+                response=httpx.Response(200, request=httpx.Request("GET", self._url)),
+            ) from None
+
+
+def _since(since: datetime | str | None) -> str | None:
+    if since is None:
+        return None
+    if isinstance(since, str):
+        try:
+            datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"since must be an RFC 3339 time, e.g. 2026-06-01T12:05:04Z, got {since!r}"
+            ) from None
+        return since
+    if not isinstance(since, datetime):
+        raise TypeError(f"since must be a datetime or an RFC 3339 string, got {type(since).__name__}")
+    if since.tzinfo is None:
+        raise ValueError("since must be timezone-aware (e.g. datetime.now(UTC)); a naive time is ambiguous")
+    return since.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _logs_request(
+    base_url: str,
+    endpoint_id: str,
+    worker_id: str,
+    since: datetime | str | None,
+    tail: int | None,
+    source: str | None,
+) -> tuple[str, dict[str, str], Call]:
+    path = f"/serverless/{_id('endpoint_id', endpoint_id)}/workers/{_id('worker_id', worker_id)}/logs"
+    params: dict[str, str] = {}
+    stamp = _since(since)
+    if stamp is not None:
+        params["since"] = stamp
+    if tail is not None:
+        if not isinstance(tail, int) or isinstance(tail, bool) or not 0 <= tail <= 5000:
+            raise ValueError(f"tail must be an int from 0 to 5000, got {tail!r}")
+        params["tail"] = str(tail)
+    if source is not None:
+        if source not in ("container", "system"):
+            raise ValueError(f"source must be 'container' or 'system', got {source!r}")
+        params["source"] = source
+    return base_url.rstrip("/") + path, params, Call(endpoint_id, _OP, "GET", path, Safety.IDEMPOTENT)
+
+
+def _logs_timeout(follow: bool) -> httpx.Timeout:
+    # Following, a quiet worker is not an error: no read timeout; the caller stops when it wants.
+    return httpx.Timeout(30.0, connect=10.0, read=None if follow else _QUIET_END_S)
+
+
+def _refused(response: httpx.Response, body: bytes, url: str) -> Exception:
+    answer = Answer(response.status_code, body, response.headers, response.reason_phrase, "GET", url)
+    return error_for_status(answer)
+
+
 def _base_url(base_url: str | None) -> str:
     return base_url or os.environ.get("RUNPOD_MANAGEMENT_BASE_URL") or MANAGEMENT_BASE_URL
 
@@ -143,6 +286,7 @@ class Management:
             on_retry=on_retry,
         )
         self.base_url: str = self._client.base_url
+        self._transport = transport
 
     def _send(self, call: Call) -> Answer:
         return self._client._run(attempts(call, self._client._rules))
@@ -210,6 +354,77 @@ class Management:
         """
         return parse_workers(self._send(_calls_get(endpoint_id, workers=True)))
 
+    def worker_logs(
+        self,
+        endpoint_id: str,
+        worker_id: str,
+        *,
+        follow: bool = False,
+        since: datetime | str | None = None,
+        tail: int | None = None,
+        source: Literal["container", "system"] | None = None,
+    ) -> Iterator[LogLine]:
+        """A worker's log lines (``GET /serverless/{id}/workers/{workerId}/logs``, server-sent events).
+
+        ```python
+        for line in mgmt.worker_logs("my-endpoint", "worker-id", tail=20):
+            print(line.ts, line.line)
+        ```
+
+        The request is sent when iteration starts, so errors are raised there. Without ``follow`` it
+        ends after the lines written so far (the emulator marks where they end; against RunPod, whose
+        stream stays open, after 2 s without a line). With ``follow`` it goes on with each new line
+        until the server ends the stream (the worker stopped) or the caller stops iterating (break, or
+        ``close()`` on the iterator); it is not retried.
+
+        Args:
+            endpoint_id: The endpoint's id.
+            worker_id: The worker's id (``workers(...)`` lists them; a job's ``worker_id`` names one).
+            follow: Keep streaming new lines.
+            since: Start at this time (a timezone-aware ``datetime`` or an RFC 3339 string) instead of
+                the last ``tail`` lines.
+            tail: How many earlier lines to send first (0 to 5000); ``None`` takes the server's default
+                (100).
+            source: Only ``"container"`` or only ``"system"`` lines; ``None`` sends both.
+
+        Returns:
+            An iterator of ``LogLine``.
+
+        Raises:
+            ValueError: A bad ``since``, ``tail`` or ``source`` (nothing is sent).
+            NotFoundError: No such endpoint, or no such worker on it (the message says which).
+            APIStatusError: RunPod refused otherwise (401/403: the key may not read logs).
+            APIConnectionError: No answer arrived, or the stream broke off.
+        """
+        url, params, call = _logs_request(self.base_url, endpoint_id, worker_id, since, tail, source)
+        return self._log_lines(url, params, call, follow)
+
+    def _log_lines(self, url: str, params: dict[str, str], call: Call, follow: bool) -> Iterator[LogLine]:
+        headers = {**default_headers(self._client._settings.api_key), "Accept": "text/event-stream"}
+        parser = _SSE(url)
+        with httpx.Client(
+            transport=self._transport, verify=_tls_context(), timeout=_logs_timeout(follow)
+        ) as http:
+            try:
+                with http.stream("GET", url, params=params, headers=headers) as response:
+                    if response.status_code != 200:
+                        raise _refused(response, response.read(), url)
+                    for raw in response.iter_lines():
+                        line = parser.feed(raw)
+                        if line is not None:
+                            yield line
+                        if parser.backfilled and not follow:
+                            return
+            except httpx.ReadTimeout:
+                if not follow:
+                    return  # quiet for _QUIET_END_S: the backfill is over
+                raise connection_error(httpx_failure(httpx.ReadTimeout("")), call, url) from None
+            except httpx.RequestError as exc:
+                raise connection_error(httpx_failure(exc), call, url) from exc
+            last = parser.feed("")
+            if last is not None:
+                yield last
+
     def close(self) -> None:
         """Close the connection pool."""
         self._client.close()
@@ -261,6 +476,7 @@ class AsyncManagement:
             on_retry=on_retry,
         )
         self.base_url: str = self._client.base_url
+        self._transport = transport
 
     async def _send(self, call: Call) -> Answer:
         return await self._client._run(attempts(call, self._client._rules))
@@ -327,6 +543,61 @@ class AsyncManagement:
             APIConnectionError: No answer arrived.
         """
         return parse_workers(await self._send(_calls_get(endpoint_id, workers=True)))
+
+    async def worker_logs(
+        self,
+        endpoint_id: str,
+        worker_id: str,
+        *,
+        follow: bool = False,
+        since: datetime | str | None = None,
+        tail: int | None = None,
+        source: Literal["container", "system"] | None = None,
+    ) -> AsyncIterator[LogLine]:
+        """A worker's log lines, as an async iterator; see ``Management.worker_logs``.
+
+        Args:
+            endpoint_id: The endpoint's id.
+            worker_id: The worker's id.
+            follow: Keep streaming new lines until the server ends the stream or the caller stops.
+            since: Start at this time (a timezone-aware ``datetime`` or an RFC 3339 string).
+            tail: How many earlier lines to send first (0 to 5000); ``None``: the server's default (100).
+            source: Only ``"container"`` or only ``"system"`` lines; ``None`` sends both.
+
+        Yields:
+            Each ``LogLine``.
+
+        Raises:
+            ValueError: A bad ``since``, ``tail`` or ``source`` (nothing is sent).
+            NotFoundError: No such endpoint, or no such worker on it.
+            APIStatusError: RunPod refused otherwise.
+            APIConnectionError: No answer arrived, or the stream broke off.
+        """
+        url, params, call = _logs_request(self.base_url, endpoint_id, worker_id, since, tail, source)
+        headers = {**default_headers(self._client._settings.api_key), "Accept": "text/event-stream"}
+        parser = _SSE(url)
+        async with httpx.AsyncClient(
+            transport=self._transport, verify=_tls_context(), timeout=_logs_timeout(follow)
+        ) as http:
+            try:
+                async with http.stream("GET", url, params=params, headers=headers) as response:
+                    if response.status_code != 200:
+                        raise _refused(response, await response.aread(), url)
+                    async for raw in response.aiter_lines():
+                        line = parser.feed(raw)
+                        if line is not None:
+                            yield line
+                        if parser.backfilled and not follow:
+                            return
+            except httpx.ReadTimeout:
+                if not follow:
+                    return
+                raise connection_error(httpx_failure(httpx.ReadTimeout("")), call, url) from None
+            except httpx.RequestError as exc:
+                raise connection_error(httpx_failure(exc), call, url) from exc
+            last = parser.feed("")
+            if last is not None:
+                yield last
 
     async def aclose(self) -> None:
         """Close the connection pool."""

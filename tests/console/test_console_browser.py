@@ -112,6 +112,37 @@ async def _scenario(emu: Emulator, tmp_path: Path) -> None:
         await page.wait_for(f"{row_status(job_id)} === 'COMPLETED'", "the job turning COMPLETED")
         assert await page.eval("window.noReload") == 1
 
+        # Each endpoint's card lists its fleet by REST v2 status; a worker's logs open from there.
+        statuses = await page.wait_for(
+            "Array.from(document.querySelectorAll('article[data-endpoint=\"echo\"] .fleet-workers li'))"
+            ".map(li => li.dataset.status).join(',')",
+            "the echo endpoint's workers",
+        )
+        assert statuses == "IDLE,IDLE"
+        assert "fleet — 2 ready, fixed · 2 idle" in await page.eval(
+            "document.querySelector('article[data-endpoint=\"echo\"] .fleet-head').textContent"
+        )
+        # Folded by default; unfolded, it stays so across the page's updates.
+        fleet = "document.querySelector('article[data-endpoint=\"echo\"] details.fleet')"
+        assert await page.eval(f"{fleet}.open") is False
+        await page.eval(f"{fleet}.querySelector('summary').click()")
+        renders = await page.eval("window.rpqConsole.renders")
+        await page.wait_for(f"window.rpqConsole.renders > {renders} + 1", "two more updates")
+        assert await page.eval(f"{fleet}.open") is True
+        worker = api.get(f"/gated/status/{job_id}").json()["workerId"]
+        await page.eval(
+            f'document.querySelector(\'article[data-endpoint="gated"] li[data-worker="{worker}"]'
+            " button.logs').click()"
+        )
+        logs = await page.wait_for(
+            f"(document.querySelector('#logs-lines').textContent.includes('job {job_id} ended: COMPLETED')"
+            " && document.querySelector('#logs-lines').textContent) || ''",
+            "the worker's log lines",
+        )
+        assert f"job {job_id} started" in logs and "#/" in await page.eval("location.hash || '#/'")
+        await page.eval("document.querySelector('#logs-close').click()")
+        assert await page.eval("document.querySelector('#logs-panel').hidden") is True
+
         # Its page shows its output and its history.
         await page.eval(f"document.querySelector('#jobs tr[data-id=\"{job_id}\"] a').click()")
         output = await page.wait_for("document.querySelector('#job-output').textContent", "the job's output")

@@ -281,3 +281,46 @@ def test_snapshot_carries_the_emulators_latest_warnings(emu: Emulator, http: htt
     warnings = http.get("/_console/api/snapshot").json()["warnings"]
     assert 1 <= len(warnings) <= 5
     assert warnings[-1]["kind"] == "ignored_keys" and "webhookV2" in warnings[-1]["message"]
+
+
+def test_snapshot_shows_each_endpoints_fleet_by_rest_v2_status() -> None:
+    from runpod_queue.emulator import EndpointSpec
+
+    endpoints = {
+        "fixed": EndpointSpec(echo, workers=2),
+        "scaled": EndpointSpec(echo, workers_min=1, workers_max=3, cold_start=10, idle_timeout=60),
+    }
+    with (
+        Emulator(endpoints, api_key=KEY, clock="virtual", rate_limits=False) as emu,
+        httpx.Client(base_url=emu.root_url, headers=AUTH) as http,
+    ):
+
+        def fleets() -> dict[str, Any]:
+            snap = http.get("/_console/api/snapshot").json()
+            return {e["id"]: e["fleet"] for e in snap["endpoints"]}
+
+        fixed = fleets()["fixed"]
+        assert (fixed["fixed"], fixed["min"], fixed["max"], fixed["total"]) == (True, 2, 2, 2)
+        assert fixed["summary"] == {
+            "INITIALIZING": 0,
+            "IDLE": 2,
+            "RUNNING": 0,
+            "THROTTLED": 0,
+            "UNHEALTHY": 0,
+        }
+        scaled = fleets()["scaled"]
+        assert (scaled["fixed"], scaled["min"], scaled["max"], scaled["effectiveMax"]) == (False, 1, 3, 3)
+        assert (scaled["idleTimeout"], scaled["coldStart"], scaled["scaler"]) == (60.0, 10.0, "queue_delay")
+        [worker] = scaled["workers"]
+        assert (worker["status"], worker["uptime"], worker["reason"]) == ("INITIALIZING", None, None)
+        emu.set_capacity("scaled", gpus=1)
+        emu.update_endpoint("scaled", workers_min=2)  # the second worker finds no GPU
+        scaled = fleets()["scaled"]
+        assert scaled["capacity"] == 1 and scaled["summary"]["THROTTLED"] == 1
+        [throttled] = [w for w in scaled["workers"] if w["status"] == "THROTTLED"]
+        assert throttled["reason"] == "no GPU free: capacity is 1"
+        emu.advance(10)
+        scaled = fleets()["scaled"]
+        assert scaled["summary"]["IDLE"] == 1 and [
+            w["uptime"] for w in scaled["workers"] if w["status"] == "IDLE"
+        ] == [0]

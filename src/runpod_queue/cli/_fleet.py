@@ -1,4 +1,4 @@
-"""The fleet commands: `rpq workers`, `rpq endpoint show`, `rpq endpoint scale` (RunPod's REST v2).
+"""The fleet commands: `rpq workers`, `rpq logs`, `rpq endpoint show|scale` (RunPod's REST v2).
 
 They talk to the management API: `--management-url`, else `$RUNPOD_MANAGEMENT_BASE_URL`, else the
 emulator's own (`…/_management/v2`) when the queue URL is a loopback emulator (`--local`), else RunPod's
@@ -22,7 +22,7 @@ from runpod_queue.cli._options import ApiKeyOpt, BaseUrlOpt, DebugOpt, JsonOpt, 
 from runpod_queue.cli._session import Session, session
 
 if TYPE_CHECKING:
-    from runpod_queue import Management
+    from runpod_queue import LogLine, Management
 
 EndpointArg = Annotated[str, typer.Argument(metavar="ENDPOINT", help="Endpoint id.", show_default=False)]
 ManagementUrlOpt = Annotated[
@@ -156,3 +156,107 @@ def workers(
             if not watch:
                 return
             time.sleep(1.0)
+
+
+def _log_text(line: LogLine) -> str:
+    stamp = line.ts.strftime("%Y-%m-%d %H:%M:%S.") + f"{line.ts.microsecond // 1000:03d}"
+    return f"{stamp}  {line.source:<9}  {line.line}"
+
+
+def _job_worker(s: Session, endpoint: str, job_id: str, follow: bool) -> str:
+    """The worker that ran (or runs) the job: its ``workerId`` on ``/status``; following, wait for one."""
+    while True:
+        job = s.endpoint(endpoint).status(job_id)
+        if job.worker_id is not None:
+            return job.worker_id
+        if job.is_terminal:
+            raise UsageProblem(f"job {job_id} is {job.status!s} and never ran on a worker: it has no logs")
+        if not follow:
+            raise UsageProblem(
+                f"job {job_id} is {job.status!s} and has no worker yet: add --follow to wait for it"
+            )
+        time.sleep(1.0)
+
+
+@app.command(cls=RpqCommand)
+def logs(
+    endpoint: EndpointArg,
+    job: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[JOB]", help="A job id: the lines its worker wrote while running it.", show_default=False
+        ),
+    ] = None,
+    worker: Annotated[
+        str | None,
+        typer.Option("--worker", metavar="W", help="A worker id: all its lines.", show_default=False),
+    ] = None,
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing new lines until the worker stops (or the job ends), or Ctrl-C.",
+        ),
+    ] = False,
+    tail: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            min=0,
+            max=5000,
+            help="Earlier lines to print first (default 100; by job 5000).",
+            show_default=False,
+        ),
+    ] = None,
+    management_url: ManagementUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    base_url: BaseUrlOpt = None,
+    local: LocalOpt = None,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Print a worker's log lines, by job (the worker that ran it) or by --worker; --json prints JSON lines.
+
+    By job, the lines are the ones the server tags with the job (the emulator does) or, where it does
+    not (RunPod), the ones that name the job id, as the official worker's own lines do.
+    """
+    with session(api_key, base_url, local, json_out, debug) as s:
+        if (job is None) == (worker is None):
+            raise UsageProblem("give a JOB id or --worker W (one of them)")
+        s.on_interrupt = lambda: "stopped"
+        worker_id = worker if worker is not None else _job_worker(s, endpoint, str(job), follow)
+        with _management(s, management_url) as mgmt:
+            lines = mgmt.worker_logs(
+                endpoint, worker_id, follow=follow, tail=tail if tail is not None or job is None else 5000
+            )
+            try:
+                for line in lines:
+                    if (
+                        job is not None
+                        and line.job_id != job
+                        and (line.job_id is not None or job not in line.line)
+                    ):
+                        continue
+                    if s.json:
+                        s.print_json(
+                            {
+                                "ts": line.ts.isoformat().replace("+00:00", "Z"),
+                                "source": line.source,
+                                "line": line.line,
+                                "jobId": line.job_id,
+                                "workerId": worker_id,
+                            }
+                        )
+                    else:
+                        s.out.print(_log_text(line), soft_wrap=True, markup=False, highlight=False)
+                    if (
+                        job is not None
+                        and line.source == "system"
+                        and line.line.startswith(f"job {job} ended")
+                    ):
+                        return  # the emulator's mark of the job's end: nothing more of it will come
+            finally:
+                close = getattr(lines, "close", None)
+                if close is not None:
+                    close()

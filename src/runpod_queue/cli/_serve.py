@@ -393,7 +393,7 @@ def serve(
                 "(BUCKET_* set for handlers and --runpod-worker workers)"
             )
         if worker_files:
-            processes = WorkerProcesses(emu.root_url, api_key=api_key)
+            processes = WorkerProcesses(emu.root_url, api_key=api_key, logs=emu.core.logs)
             emu.external.on_stop_pod.append(processes.request_replace)
             for endpoint_id, file_name in worker_files.items():
                 for _ in range(replicas):

@@ -147,6 +147,7 @@ def assemble(
         if watchdog is not None:
             watchdog.stop()
         await console.aclose()
+        core.logs.close()
         await runner.aclose()
         await delivery.aclose()
         await external.aclose()

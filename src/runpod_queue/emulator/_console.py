@@ -5,8 +5,9 @@ hold no data); every data route needs the key, sent by the page as `Authorizatio
 browser's session storage, never in a URL. Actions (submit, cancel, retry, purge, advance) are not here:
 the page calls the public API routes and `/_emulator/advance`, so the same rules and rate limits apply.
 
-- `GET /_console/api/snapshot?endpoint=&status=&limit=` — clock, endpoints (counts, workers, chart
-  series) and the newest jobs matching the filter.
+- `GET /_console/api/snapshot?endpoint=&status=&limit=` — clock, endpoints (counts, workers, the fleet:
+  min/max, scaler, each worker's REST v2 status and reason; chart series) and the newest jobs matching
+  the filter.
 - `GET /_console/api/events?endpoint=&status=&limit=&interval=` — the same snapshot as a server-sent
   event every `interval` ms (default 500), until the client goes away.
 - `GET /_console/api/job?endpoint=E&id=J` — one job in full: input, output, parsed error, stream chunks,
@@ -33,6 +34,7 @@ import orjson
 
 from runpod_queue._contract import JobStatus
 from runpod_queue._models import _parse_error
+from runpod_queue.emulator._fleet import WorkerState, fixed_worker_views
 from runpod_queue.emulator._http import HTTPError, Receive, Request, Scope, Send, respond
 from runpod_queue.emulator._jobs import StateChange, encode_json
 
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["Console"]
 
 _WARNINGS_SHOWN: Final = 5  # the page shows the last few; Emulator.warnings keeps 1000
+_FLEET_SHOWN: Final = 50  # workers listed per endpoint (the summary counts them all)
 
 log = logging.getLogger("runpod_queue.emulator")
 
@@ -276,6 +279,7 @@ class Console:
                 )
         samples = self.samples.get(ep.id, ())
         return {
+            "fleet": self._fleet(ep, now, lost_after),
             "id": ep.id,
             "handler": "in-process" if ep.spec.handler is not None else "external workers",
             "inQueue": ep.in_queue,
@@ -290,6 +294,59 @@ class Console:
             # jobs/s from the differences and queue depth as is.
             "series": [list(s) for s in samples],
         }
+
+    def _fleet(self, ep: EndpointState, now: float, lost_after: float) -> dict[str, Any]:
+        """The endpoint's workers as REST v2 shows them (status, why), its min/max and scaler settings."""
+        fleet = ep.fleet
+        if fleet is not None:
+            views = fleet.views()
+            settings: dict[str, Any] = {
+                "fixed": False,
+                "min": fleet.workers_min,
+                "max": fleet.workers_max,
+                # Lowered by the idle-endpoint cap while it holds (RunPod: 3 days idle -> 2, 7 days -> 0).
+                "effectiveMax": fleet.effective_max,
+                "idleTimeout": fleet.idle_timeout,
+                "coldStart": fleet.cold_start,
+                "scaler": fleet.scaler,
+                "scalerValue": fleet.scaler_value,
+                "flashboot": fleet.flashboot,
+                "capacity": fleet.capacity,
+                "started": fleet.started,
+            }
+        else:
+            views = fixed_worker_views(ep, now=now, lost_after=lost_after)
+            settings = {
+                "fixed": True,
+                "min": ep.in_process_workers,
+                "max": ep.in_process_workers,
+                "effectiveMax": ep.in_process_workers,
+                "idleTimeout": None,
+                "coldStart": 0,
+                "scaler": None,
+                "scalerValue": None,
+                "flashboot": False,
+                "capacity": None,
+                "started": None,
+            }
+        summary = dict.fromkeys((s.value for s in WorkerState), 0)
+        for view in views:
+            summary[view.status.value] += 1
+        settings["summary"] = summary
+        settings["total"] = len(views)
+        settings["workers"] = [
+            {
+                "id": view.id,
+                "status": view.status.value,
+                "reason": view.reason,
+                "jobId": view.job_id,
+                # Clock seconds since it was asked for, and since its cold start ended (None: not yet).
+                "age": round(now - view.created_at, 3),
+                "uptime": round(now - view.ready_at, 3) if view.ready_at is not None else None,
+            }
+            for view in views[:_FLEET_SHOWN]
+        ]
+        return settings
 
     def _window(self, endpoint: EndpointState | None, status: str | None, limit: int) -> dict[str, Any]:
         """The newest jobs (by submission) matching the filter, scanning at most SCAN_LIMIT."""

@@ -28,6 +28,7 @@ from runpod_queue.emulator._jobs import EndpointState, JobRecord, RunRef, Worker
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator._readings import Readings
+from runpod_queue.emulator._worker_logs import WorkerLogs
 
 __all__ = ["Core", "RunStarter", "WebhookSender"]
 
@@ -81,6 +82,8 @@ class Core:
         self._webhooks = webhooks
         self._loop: asyncio.AbstractEventLoop | None = None
         self.endpoints: dict[str, EndpointState] = {}
+        # Each worker's log lines (REST v2's worker logs route).
+        self.logs: WorkerLogs = WorkerLogs(clock)
         for eid, spec in endpoints.items():
             if spec.fleet:  # its workers come and go (`_fleet`): none is ready before it starts
                 ep = self.endpoints[eid] = EndpointState(eid, spec, 0)
@@ -95,6 +98,7 @@ class Core:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the emulator serves on (client holds make their futures on it)."""
         self._loop = loop
+        self.logs.bind(loop)
         for ep in self.endpoints.values():
             if ep.fleet is not None:
                 ep.fleet.begin()
@@ -121,6 +125,7 @@ class Core:
         worker = WorkerSlot(ep)
         ep.workers.append(worker)
         ep.idle.append(worker)
+        self.logs.system(ep.id, worker.id, "worker started: ready (no cold start)")
         return worker
 
     def _later(self, duration: float, callback: Any, *args: Any) -> TimerHandle:
@@ -236,6 +241,7 @@ class Core:
         job.delay_ms = int((now - job.queued_at) * 1000)
         job.worker = worker
         worker.job = job
+        self.logs.system(ep.id, worker.id, f"job {job.id} started", job.id)
         if job.batch is not None:
             job.batch.in_progress += 1
         if ep.fleet is not None:
@@ -319,6 +325,7 @@ class Core:
     def _retire(self, worker: WorkerSlot) -> None:
         worker.retired = True
         ep = worker.endpoint
+        self.logs.end(ep.id, worker.id, "replaced")
         if worker in ep.workers:
             ep.workers.remove(worker)
         if worker in ep.idle:
@@ -348,6 +355,8 @@ class Core:
             self._leave_progress(job)
             if job.started_at is not None:
                 job.execution_ms = int((now - job.started_at) * 1000)
+            if job.worker is not None:
+                self.logs.system(ep.id, job.worker.id, f"job {job.id} ended: {status.value}", job.id)
         job.status = status
         job.finished_at = now
         job.progress_json = None

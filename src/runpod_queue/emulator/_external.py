@@ -209,6 +209,7 @@ class ExternalWorkers:
         slot = WorkerSlot(ep, external=True, worker_id=worker_id)
         slot.last_seen = self.clock.now()
         ep.workers.append(slot)
+        self.core.logs.system(ep.id, worker_id, "worker connected (external)")
         return slot
 
     def _stopper(self, worker: _Worker, job: JobRecord) -> Callable[[], None]:

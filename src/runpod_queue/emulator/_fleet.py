@@ -157,7 +157,7 @@ class Fleet:
         """The worker stops (``refresh_worker``, a job it could not stop): the scaler starts another."""
         member = self._by_slot.get(slot)
         if member is not None:
-            self._stop(member)
+            self._stop(member, "replaced")
 
     def update(
         self,
@@ -306,6 +306,7 @@ class Fleet:
         self.started += 1
         if self.capacity is not None and self._holding() >= self.capacity:
             member.reason = f"no GPU free: capacity is {self.capacity}"
+            self.core.logs.system(self.ep.id, slot.id, f"worker THROTTLED: {member.reason}")
             return
         self._boot(member)
 
@@ -320,6 +321,7 @@ class Fleet:
         if self.flashboot and self._warm:
             self._warm.pop(0)
             cold *= FLASHBOOT_FACTOR
+        self.core.logs.system(self.ep.id, member.slot.id, f"worker INITIALIZING: cold start {cold:g} s")
         if cold <= 0:
             self._ready(member)
         else:
@@ -331,6 +333,7 @@ class Fleet:
         if member.slot.id not in self.members:
             return
         member.ready_at = self.core.clock.now()
+        self.core.logs.system(self.ep.id, member.slot.id, "worker ready")
         self.ep.workers.append(member.slot)
         self._become_idle(member)
 
@@ -353,10 +356,11 @@ class Fleet:
             return
         if sum(1 for _ in self._live()) <= self.workers_min:
             return  # an active (min) worker never idles out
-        self._stop(member)
+        self._stop(member, "idle timeout")
 
-    def _stop(self, member: _Member) -> None:
+    def _stop(self, member: _Member, why: str = "scaled down") -> None:
         """The worker is gone (its slot retired); a freed GPU goes to a throttled worker."""
+        self.core.logs.end(self.ep.id, member.slot.id, why)
         _cancel(member, "timer")
         _cancel(member, "idle_timer")
         slot = member.slot

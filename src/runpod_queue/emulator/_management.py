@@ -11,17 +11,20 @@ real time as every rate window of the emulator is.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import parse_qsl
 
 import orjson
 
 from runpod_queue.emulator._fleet import WorkerState, WorkerView, fixed_worker_views
 from runpod_queue.emulator._jobs import EndpointState, encode_json
+from runpod_queue.emulator._worker_logs import LogEntry
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._core import Core
@@ -101,6 +104,80 @@ class ManagementRoutes:
     def _iso(self, at: float) -> str:
         return (self._origin + timedelta(seconds=at)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
+    def _iso_ms(self, at: float) -> str:
+        return (
+            (self._origin + timedelta(seconds=at)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
+
+    def _clock_at(self, text: str, name: str) -> float:
+        """An RFC 3339 time → clock seconds."""
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+        except ValueError:
+            raise _Problem(
+                400, f"{name} must be an RFC 3339 time, e.g. 2026-06-01T12:05:04Z, got {text!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return (when - self._origin).total_seconds()
+
+    def _log_stream(self, scope: Scope, endpoint_id: str, worker_id: str) -> _LogStream:
+        """Check a logs request (404 before a stream starts) and build its stream."""
+        if scope["method"] != "GET":
+            raise _Problem(
+                405, f"/v2/serverless/{{id}}/workers/{{workerId}}/logs takes GET, not {scope['method']}"
+            )
+        ep = self.core.endpoints.get(endpoint_id)
+        if ep is None:
+            known = ", ".join(sorted(self.core.endpoints)) or "none"
+            raise _Problem(
+                404, f"serverless endpoint {endpoint_id!r} not found (this emulator serves: {known})"
+            )
+        if self.core.logs.owner(worker_id) != ep.id:
+            raise _Problem(
+                404,
+                f"worker {worker_id!r} not found on endpoint {ep.id!r} (no log kept for it): "
+                f"GET /v2/serverless/{ep.id}/workers lists its workers",
+            )
+        query = _query(scope)
+        unknown = sorted(set(query) - {"source", "tail", "since", "follow"})
+        if unknown:
+            raise _Problem(
+                400, "unknown query parameter", [f"{k}: not a parameter of this route" for k in unknown]
+            )
+        source = query.get("source")
+        if source is not None and source not in ("container", "system"):
+            raise _Problem(400, "the request is invalid", [f"source: container or system, got {source!r}"])
+        tail = 100
+        if "tail" in query:
+            raw = query["tail"]
+            if not raw.isdigit() or int(raw) > 5000:
+                raise _Problem(400, "the request is invalid", [f"tail: an integer 0 to 5000, got {raw!r}"])
+            tail = int(raw)
+        follow = query.get("follow", "true").lower()
+        if follow not in ("true", "false", "1", "0"):
+            raise _Problem(400, "the request is invalid", [f"follow: true or false, got {follow!r}"])
+        after_seq: int | None = None
+        since: float | None = None
+        last_id = _header(scope, b"last-event-id")
+        if last_id:
+            stamp, _, seq = last_id.partition("/")
+            if seq.isdigit():
+                after_seq = int(seq)
+            else:
+                since = self._clock_at(stamp, "Last-Event-ID")
+        elif "since" in query:
+            since = self._clock_at(query["since"], "since")
+        return _LogStream(
+            self,
+            worker_id,
+            source=source,
+            tail=None if since is not None or after_seq is not None else tail,
+            since=since,
+            after_seq=after_seq,
+            follow=follow in ("true", "1"),
+        )
+
     # -- ASGI -----------------------------------------------------------------------------------
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, parts: list[str]) -> None:
@@ -121,8 +198,15 @@ class ManagementRoutes:
             headers.append((b"retry-after", str(retry).encode()))
             problem = _Problem(429, f"rate limit exceeded; retry in {retry} s")
             return await _problem(send, problem, headers)
+        parts = [p for p in parts if p]
+        if len(parts) == 5 and parts[0] == "serverless" and parts[2] == "workers" and parts[4] == "logs":
+            try:
+                stream = self._log_stream(scope, parts[1], parts[3])
+            except _Problem as problem:
+                return await _problem(send, problem, headers)
+            return await stream.serve(receive, send, headers)
         try:
-            status, payload = await self._route(scope, receive, [p for p in parts if p])
+            status, payload = await self._route(scope, receive, parts)
         except _Problem as problem:
             return await _problem(send, problem, headers)
         body = encode_json(payload)
@@ -325,6 +409,136 @@ class ManagementRoutes:
             # Not in REST v2: why a worker is UNHEALTHY or THROTTLED (RunPod shows it in its console).
             "reason": view.reason,
         }
+
+
+# [ours] a comment line on a quiet stream this often, so proxies and clients see it is alive.
+_KEEPALIVE_S: Final = 15.0
+
+
+class _LogStream:
+    """One worker's log as server-sent events: the backfill, then (following) each new line until the
+    worker stops, the client goes away or the emulator stops."""
+
+    def __init__(
+        self,
+        routes: ManagementRoutes,
+        worker_id: str,
+        *,
+        source: str | None,
+        tail: int | None,
+        since: float | None,
+        after_seq: int | None,
+        follow: bool,
+    ) -> None:
+        self.routes = routes
+        self.worker_id = worker_id
+        self.source = source
+        self.tail = tail
+        self.since = since
+        self.after_seq = after_seq
+        self.follow = follow
+
+    def _events(self, entries: list[LogEntry]) -> bytes:
+        out: list[bytes] = []
+        for entry in entries:
+            if self.source is not None and entry.source != self.source:
+                continue
+            ts = self.routes._iso_ms(entry.at)
+            data: dict[str, Any] = {"ts": ts, "source": entry.source, "line": entry.line}
+            if entry.job_id is not None:
+                data["jobId"] = entry.job_id  # ours: the job the line was written in
+            out.append(b"id: %s/%012d\ndata: %s\n\n" % (ts.encode(), entry.seq, orjson.dumps(data)))
+        return b"".join(out)
+
+    async def serve(self, receive: Receive, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
+        logs = self.routes.core.logs
+        # Watch before reading: a line written in between wakes the follower instead of being missed.
+        event = logs.watch(self.worker_id) if self.follow else None
+        try:
+            await self._serve(receive, send, headers, event)
+        finally:
+            if event is not None:
+                logs.unwatch(self.worker_id, event)
+
+    async def _serve(
+        self,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        event: asyncio.Event | None,
+    ) -> None:
+        logs = self.routes.core.logs
+        entries, ended = logs.read(self.worker_id, self.after_seq or 0)
+        if self.since is not None:
+            entries = [e for e in entries if e.at >= self.since]
+        if self.source is not None:
+            entries = [e for e in entries if e.source == self.source]
+        if self.tail is not None:
+            entries = entries[len(entries) - self.tail :] if self.tail else []
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache"),
+                    (b"x-accel-buffering", b"no"),
+                    *headers,
+                ],
+            }
+        )
+        seen, _ = logs.read(self.worker_id, 0)
+        last = seen[-1].seq if seen else 0
+        # [ours] a comment after the backfill: a client that wants only the lines so far stops here (a
+        # comment, so any SSE client ignores it; RunPod's stream has no such mark).
+        body = self._events(entries) + b": end of backfill\n\n"
+        if not self.follow or ended:
+            await send({"type": "http.response.body", "body": body})
+            return
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+        gone = asyncio.ensure_future(_disconnected(receive))
+        try:
+            while event is not None and not gone.done():
+                waiter = asyncio.ensure_future(event.wait())
+                done, _ = await asyncio.wait(
+                    {waiter, gone}, timeout=_KEEPALIVE_S, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                if gone.done():
+                    return
+                event.clear()
+                entries, ended = logs.read(self.worker_id, last)
+                if entries:
+                    last = entries[-1].seq
+                chunk = self._events(entries) if entries else (b": keep-alive\n\n" if not done else b"")
+                if ended:
+                    await send({"type": "http.response.body", "body": chunk})
+                    return
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        except OSError:  # the client went away mid-write
+            return
+        finally:
+            gone.cancel()
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _query(scope: Scope) -> dict[str, str]:
+    raw: bytes = scope.get("query_string", b"")
+    return {k: v for k, v in parse_qsl(raw.decode("latin-1"), keep_blank_values=True)}
+
+
+def _header(scope: Scope, name: bytes) -> str:
+    for key, value in scope["headers"]:
+        if key == name:
+            raw: bytes = value
+            return raw.decode("latin-1").strip()
+    return ""
 
 
 def _number(value: Any, low: float, *, integer: bool = False) -> bool:

@@ -80,6 +80,8 @@ class _Server(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Called on the loop as a graceful stop begins (the emulator answers its held polls there).
         self.on_stopping: list[Callable[[], None]] = []
+        #: Called on the loop as any stop begins, forced too (worker log streams end there).
+        self.on_ending: list[Callable[[], None]] = []
         self._on_exit_signal = on_exit_signal
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -98,6 +100,11 @@ class _Server(uvicorn.Server):
                 await asyncio.wait_for(self._wake.wait(), 0.1)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for callback in self.on_ending:
+            callback()
+        if self.on_ending:
+            for _ in range(5):  # the ended streams send their last chunk before connections close
+                await asyncio.sleep(0)
         if not self.force_exit:
             # Held worker polls would outlast uvicorn's grace and be cancelled (an ERROR line, a 500
             # to the worker): answer them first.
@@ -607,6 +614,7 @@ class Emulator:
         watchdog = self._parts.watchdog
         server = _Server(config, watchdog.exit_requested if watchdog is not None else None)
         server.on_stopping.append(self.external.release_polls)
+        server.on_ending.append(self.core.logs.close)
         return server
 
     def start(self) -> Emulator:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from runpod_queue.emulator._external import worker_environment
 from runpod_queue.emulator._jobs import new_worker_id
@@ -59,6 +59,16 @@ sys.path[0] = os.path.dirname(path)
 runpy.run_path(path, run_name="__main__")
 """
 _MAX_BACKOFF_S = 30.0
+
+
+class LineSink(Protocol):
+    """Where a worker process's output lines go (the emulator's `WorkerLogs`)."""
+
+    def add(
+        self, endpoint_id: str, worker_id: str, source: str, text: str, job_id: str | None = None
+    ) -> None: ...
+
+    def end(self, endpoint_id: str, worker_id: str, why: str) -> None: ...
 
 
 class ManagedWorker:
@@ -115,6 +125,7 @@ class WorkerProcesses:
         quiet: bool = False,
         restart_exited: bool = True,
         python: str = sys.executable,
+        logs: LineSink | None = None,
     ) -> None:
         self.root_url = root_url
         self.api_key = api_key
@@ -129,6 +140,10 @@ class WorkerProcesses:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._log: IO[bytes] | None = None
+        # Each process's stdout and stderr, line by line, into its worker's log (the logs route), and
+        # on to where they went before (the terminal, `output`, or nowhere when quiet).
+        self.logs = logs
+        self._log_lock = threading.Lock()
 
     # -- starting and stopping ------------------------------------------------------------------
 
@@ -174,15 +189,54 @@ class WorkerProcesses:
         worker.started_at = time.monotonic()
         worker.restart_at = None
         file = str(worker.file.resolve())
-        worker.proc = subprocess.Popen(  # noqa: S603
+        piped = self.logs is not None
+        worker.proc = proc = subprocess.Popen(  # noqa: S603
             [self.python, "-c", _LAUNCH, file, str(os.getpid())],
             env=env,
             cwd=str(Path(file).parent),
             stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT if out is not None else None,
+            stdout=subprocess.PIPE if piped else out,
+            stderr=subprocess.PIPE if piped else subprocess.STDOUT if out is not None else None,
             start_new_session=True,
         )
+        if piped:
+            for stream, fd in ((proc.stdout, 1), (proc.stderr, 2)):
+                assert stream is not None
+                threading.Thread(
+                    target=self._pump,
+                    args=(stream, fd, worker.endpoint_id, worker.worker_id, proc if fd == 1 else None),
+                    name=f"rpq-worker-output-{worker.worker_id}",
+                    daemon=True,
+                ).start()
+
+    def _pump(
+        self,
+        stream: IO[bytes],
+        fd: int,
+        endpoint_id: str,
+        worker_id: str,
+        proc: subprocess.Popen[bytes] | None,
+    ) -> None:
+        """Copy one output stream of a worker process, a line at a time, to its log and on."""
+        logs = self.logs
+        assert logs is not None
+        with stream:
+            for raw in iter(stream.readline, b""):
+                logs.add(endpoint_id, worker_id, "container", raw.decode("utf-8", "replace"))
+                if self.quiet:
+                    continue
+                if self.output is not None:
+                    with self._log_lock:
+                        if self._log is not None:  # None once closed
+                            self._log.write(raw)
+                            self._log.flush()
+                else:
+                    with contextlib.suppress(OSError):
+                        os.write(fd, raw)
+        if proc is not None:  # stdout's reader says when the process is gone
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            logs.end(endpoint_id, worker_id, f"process exited ({proc.poll()})")
 
     def kill(self, worker: ManagedWorker) -> None:
         """SIGKILL the worker and its ping process at once (a crash, as far as the queue can tell)."""
@@ -216,9 +270,10 @@ class WorkerProcesses:
             if worker.proc is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     worker.proc.wait(timeout=5)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        with self._log_lock:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
 
     # -- supervision ----------------------------------------------------------------------------
 

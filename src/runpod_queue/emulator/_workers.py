@@ -29,6 +29,7 @@ from typing import Any, Protocol
 
 from runpod_queue._contract import STREAM_CHUNK_LIMIT
 from runpod_queue.emulator._jobs import JobRecord, WorkerSlot, encode_json
+from runpod_queue.emulator._worker_logs import WorkerLogs, route_run, unroute_run
 
 __all__ = ["InProcessRunner", "RunOutcome", "RunReports", "exception_error_string", "normalize_result"]
 
@@ -37,6 +38,8 @@ _EMPTY_LIST = b"[]"
 
 class RunReports(Protocol):
     """Where a run's chunks and end go (the core, which satisfies this)."""
+
+    logs: WorkerLogs
 
     def is_current(self, job: JobRecord, attempt: int) -> bool: ...
 
@@ -237,7 +240,12 @@ class _Lane:
                 return
             self.busy_since = time.monotonic()
             job, attempt, worker, handler, payload, sink, reports = item
-            outcome = _run_sync(handler, payload, sink, worker.id)
+            # The handler's prints and logging records go to this worker's log (`_worker_logs`).
+            token = route_run(reports.logs, job.endpoint.id, worker.id, job.id)
+            try:
+                outcome = _run_sync(handler, payload, sink, worker.id)
+            finally:
+                unroute_run(token)
             self.busy_since = None
             # One loop wake-up per batch: woken at the first result, the loop would wait for the GIL
             # this thread holds for the next job (a GIL hand-off per job). Results held back are
@@ -405,11 +413,15 @@ class InProcessRunner:
         """An `async def` handler or an async generator, on the loop."""
         handler = job.endpoint.spec.handler
         assert handler is not None
+        # This task's output goes to the worker's log (a context variable: the task's own copy).
+        token = route_run(core.logs, job.endpoint.id, worker.id, job.id)
         try:
             result = handler(job.handler_job())
         except Exception as err:  # e.g. a signature that does not take the job
+            unroute_run(token)
             _finish(core, job, attempt, worker, RunOutcome(error=exception_error_string(err, worker.id)))
             return
+        unroute_run(token)
         await self._await_result(core, job, attempt, worker, result)
 
     async def _await_result(
@@ -420,6 +432,15 @@ class InProcessRunner:
         if not core.is_current(job, attempt):
             _close_unawaited(result)  # the run was stopped while its sync part ran: discard it
             return
+        token = route_run(core.logs, job.endpoint.id, worker.id, job.id)
+        try:
+            await self._finish_result(core, job, attempt, worker, result)
+        finally:
+            unroute_run(token)
+
+    async def _finish_result(
+        self, core: RunReports, job: JobRecord, attempt: int, worker: WorkerSlot, result: Any
+    ) -> None:
         task = asyncio.current_task()
         assert task is not None
         job.stop_run = task.cancel

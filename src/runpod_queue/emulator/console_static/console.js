@@ -232,12 +232,71 @@ function renderEndpoints(endpoints) {
         stat(ep.inQueue, "in queue", "in-queue"), stat(ep.inProgress, "in progress", "in-progress"),
         stat(ep.completed, "completed", "completed"), stat(ep.failed, "failed", "failed")),
       el("div", { class: "workers" }, "workers — " + (workers.join("; ") || "none")),
+      renderFleet(ep.id, ep.fleet),
       el("div", { class: "charts" },
         chart("rate", "jobs/s", rates.slice(-120)), chart("depth", "queue depth", series.slice(-120).map((s) => s[2]))),
       el("div", { class: "row" }, el("span", { class: "hint" }, "retained: " + ep.retained),
         el("button", { class: "small purge", type: "button", onclick: () => purge(ep.id) }, "purge queue"))));
   }
   root.replaceChildren(...cards);
+}
+
+// The endpoint's workers as RunPod's REST v2 lists them: INITIALIZING, IDLE, RUNNING, THROTTLED,
+// UNHEALTHY (with why), under its min/max; each with a button for its log lines.
+const FLEET_ORDER = ["INITIALIZING", "IDLE", "RUNNING", "THROTTLED", "UNHEALTHY"];
+
+function renderFleet(endpoint, f) {
+  if (!f) return el("div", { class: "fleet" });
+  const counts = FLEET_ORDER.filter((s) => f.summary[s]).map((s) => f.summary[s] + " " + s.toLowerCase());
+  let limits = f.fixed ? f.min + " ready, fixed" : "min " + f.min + " · max " + f.max;
+  if (!f.fixed && f.effectiveMax < f.max) limits += " (capped at " + f.effectiveMax + ": idle endpoint)";
+  if (f.capacity !== null && f.capacity !== undefined) limits += " · " + f.capacity + " GPUs";
+  const items = f.workers.map((w) => el("li", { class: "w-" + w.status, "data-worker": w.id, "data-status": w.status },
+    el("span", { class: "wstatus" }, w.status), " ", el("code", {}, w.id),
+    w.jobId ? el("span", { class: "hint" }, " job " + w.jobId.slice(0, 8)) : null,
+    w.reason ? el("span", { class: "reason" }, " — " + w.reason) : null,
+    el("button", { class: "small logs", type: "button", onclick: () => showLogs(endpoint, w.id) }, "logs")));
+  const more = f.total > f.workers.length ? el("li", { class: "hint" }, "+" + (f.total - f.workers.length) + " more") : null;
+  // Folded by default (the cards stay short); the cards are rebuilt on every update, so which ones the
+  // user unfolded is remembered here.
+  const box = el("details", { class: "fleet", "data-total": String(f.total) },
+    el("summary", { class: "fleet-head" }, "fleet — " + limits + (counts.length ? " · " + counts.join(", ") : " · no workers")),
+    el("ul", { class: "fleet-workers" }, ...items, more));
+  box.open = openFleets.has(endpoint);
+  box.addEventListener("toggle", () => { if (box.open) openFleets.add(endpoint); else openFleets.delete(endpoint); });
+  return box;
+}
+const openFleets = new Set();
+
+// A worker's last lines, from the management API's logs route (server-sent events, read to the end).
+async function showLogs(endpoint, worker) {
+  const panel = $("#logs-panel");
+  $("#logs-title").textContent = "Logs of " + worker + " (" + endpoint + ")";
+  $("#logs-lines").textContent = "loading…";
+  panel.hidden = false;
+  const path = "/_management/v2/serverless/" + encodeURIComponent(endpoint) + "/workers/" +
+    encodeURIComponent(worker) + "/logs?follow=false&tail=200";
+  try {
+    const response = await fetch(path, { headers: headers() });
+    const text = await response.text();
+    if (!response.ok) {
+      let detail = text;
+      try { detail = JSON.parse(text).detail || text; } catch (e) { /* not JSON: show it as is */ }
+      if (response.status === 401) askKey("the emulator refused the key: " + detail);
+      throw new Error(detail);
+    }
+    const lines = [];
+    for (const block of text.split("\n\n")) {
+      const data = block.split("\n").filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n");
+      if (!data) continue;
+      const event = JSON.parse(data);
+      lines.push(event.ts + "  " + event.source.padEnd(9) + "  " + event.line);
+    }
+    $("#logs-lines").textContent = lines.join("\n") || "(no lines)";
+  } catch (e) {
+    $("#logs-lines").textContent = "";
+    toast("logs of " + worker + ": " + e.message, true);
+  }
 }
 
 function actionButtons(job) {
@@ -322,6 +381,7 @@ function checkBody() {
   $("#submit-go").disabled = !!problem;
   return !problem;
 }
+$("#logs-close").addEventListener("click", () => { $("#logs-panel").hidden = true; });
 $("#submit-body").addEventListener("input", checkBody);
 $("#submit-form").addEventListener("submit", async (event) => {
   event.preventDefault();
