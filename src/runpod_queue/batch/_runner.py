@@ -108,10 +108,15 @@ class BatchRunner:
         progress_interval: Seconds between ``on_progress`` calls.
         resubmit_lost: Submit anew the items an earlier run recorded LOST (their job may have run: they
             are counted in ``summary.ambiguous`` and ``resubmitted_lost``).
+        native: Send the inputs through RunPod's Batch Jobs (batches of up to 5,000, at most 10 active)
+            instead of ``/run``; the handler must be wrapped with ``runpod_queue.worker.keep_key``.
+            ``retry_failed`` then re-sends FAILED items in a later batch; ``policy``, ``webhooks`` and
+            ``max_in_flight`` do not apply (see docs/batch-jobs.md, "rpq batch --native").
 
     Raises:
         TypeError: ``endpoint`` is not an ``Endpoint`` or ``AsyncEndpoint``, or an option has the wrong type.
-        ValueError: ``max_in_flight`` or ``retry_failed`` out of range.
+        ValueError: ``max_in_flight`` or ``retry_failed`` out of range, or ``native`` with ``webhooks`` or
+            ``policy``.
     """
 
     def __init__(
@@ -132,6 +137,7 @@ class BatchRunner:
         on_warning: Callable[[str], object] | None = None,
         progress_interval: Duration = 0.25,
         resubmit_lost: bool = False,
+        native: bool = False,
     ) -> None:
         if not isinstance(endpoint, Endpoint | AsyncEndpoint):
             raise TypeError(
@@ -150,12 +156,18 @@ class BatchRunner:
         ):
             if not isinstance(value, kind) and not (value is None and name in ("policy", "webhooks")):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if native and (webhooks is not None or policy is not None):
+            which = "webhooks" if webhooks is not None else "policy"
+            raise ValueError(
+                f"native=True sends Batch Jobs requests, which take no {which}: drop {which}= (or native=)"
+            )
         self.endpoint: Endpoint | AsyncEndpoint = endpoint
         self.journal_path: Path = Path(journal)
         self.output_path: Path | None = None if output is None else Path(output)
         self.max_in_flight: int = max_in_flight
         self.retry_failed: int = retry_failed
         self.resubmit_lost: bool = bool(resubmit_lost)
+        self.native: bool = bool(native)
         self.policy: Policy | None = policy
         self.rate_limits: RateLimits = rate_limits
         self.polling: PollOptions = polling
@@ -261,6 +273,10 @@ class BatchRunner:
             APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
             APIConnectionError: The endpoint cannot be reached.
         """
+        if self.native:  # RunPod's Batch Jobs: batch/_native.py
+            from runpod_queue.batch._native import run_native
+
+            return await run_native(self, inputs)
         self._loop = asyncio.get_running_loop()
         self._summary = summary = BatchSummary(total=self.total)
         self._run = None
@@ -277,6 +293,12 @@ class BatchRunner:
             limiter = AsyncLimiter(limits)
             await self._check_endpoint(endpoint, settings.retries)  # a typo leaves no files behind
             journal = Journal(self.journal_path, endpoint_id=self.endpoint.id)
+            if journal.meta("mode") == "native":
+                journal.close()
+                raise JournalError(
+                    f"{self.journal_path} journals a native batch (Batch Jobs): resume it with --native "
+                    "(native=True), or pass another --journal"
+                )
             refused = False
             try:
                 config = RunConfig(
