@@ -277,6 +277,10 @@ class _Native:
         self.stopping = False
         self.batch_counts: dict[int, Batch] = {}
         self._pending: list[tuple[str, str]] = []
+        # Batches are created, filled and finalized one at a time (collected concurrently): adds of up to
+        # 10 MiB do not compete for the uplink, and a kill finds at most one batch between create and
+        # finalize — at most one create whose answer may be lost.
+        self._filling = asyncio.Lock()
         self._rng = random.Random()
         settings = runner.endpoint.client._settings
         self._backoff = settings.retries
@@ -456,13 +460,14 @@ class _Native:
         re-derive the state from the journal and RunPod, so they never add anything twice."""
         attempt = 0
         try:
-            while True:
+            while not self._stopped():
                 try:
                     batch = self.tables.batch(seq)
-                    if batch.state == "creating":
-                        await self._create(batch)
-                    elif batch.state == "draft":
-                        await self._fill_and_finalize(batch)
+                    if batch.state in ("creating", "draft"):
+                        async with self._filling:  # one batch filled at a time: see __init__
+                            if self._stopped():
+                                return
+                            await self._fill(batch)
                     elif batch.state == "finalized":
                         await self._collect(batch)
                     else:
@@ -481,9 +486,21 @@ class _Native:
         except (APIStatusError, JournalError, ValueError) as exc:
             if self.fatal is None:
                 self.fatal = exc
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug, a kill: no other batch may take a step after it
+            if self.fatal is None:
+                self.fatal = exc
+            raise
         finally:
             self.batch_counts.pop(seq, None)
             self.slots.release()
+
+    async def _fill(self, batch: _Batch) -> None:
+        if batch.state == "creating":
+            await self._create(batch)
+            batch = self.tables.batch(batch.seq)
+        await self._fill_and_finalize(batch)
 
     async def _create(self, batch: _Batch) -> None:
         if batch.create_sent:
