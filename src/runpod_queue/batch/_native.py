@@ -146,6 +146,36 @@ class _Tables:
                 "INSERT INTO native_items (key, body) VALUES (?, ?)", ((key, body) for key, _, body in items)
             )
 
+    def known(self) -> dict[str, bool]:
+        """Every journaled key → whether it needs nothing more from the feed (a final result, or a row
+        here: waiting for or in a batch). One query instead of one per input line."""
+        rows = self.db.execute(
+            "SELECT i.key, i.state = ? OR n.key IS NOT NULL "
+            "FROM items i LEFT JOIN native_items n USING (key)",
+            (ItemState.TERMINAL,),
+        )
+        return {str(key): bool(done) for key, done in rows}
+
+    def see(self, seen: list[tuple[str, int]]) -> None:
+        """This run met these keys on these lines (results are listed in the latest input order)."""
+        run = self.journal.run
+        with self.journal._transaction():
+            self.db.executemany(
+                "UPDATE items SET seen = ?, line = ? WHERE key = ?", ((run, line, key) for key, line in seen)
+            )
+
+    def terminal(self, rows: list[tuple[str, int, str, str]]) -> None:
+        """Final results (key, line, status, output line), as ``Journal.terminal`` writes one."""
+        self.db.executemany(
+            "INSERT INTO items (key, line, state, status, result, seen) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET state = excluded.state, status = excluded.status, "
+            "result = excluded.result",
+            (
+                (key, line, ItemState.TERMINAL, status, text, self.journal.run)
+                for key, line, status, text in rows
+            ),
+        )
+
     def has(self, key: str) -> bool:
         return self.db.execute("SELECT 1 FROM native_items WHERE key = ?", (key,)).fetchone() is not None
 
@@ -276,7 +306,8 @@ class _Native:
         self.fatal: BaseException | None = None
         self.stopping = False
         self.batch_counts: dict[int, Batch] = {}
-        self._pending: list[tuple[str, str]] = []
+        self._pending: list[tuple[str, str]] = []  # output lines of results journaled, to deliver
+        self._rows: list[tuple[str, int, str, str]] = []  # results to journal in the open transaction
         # Batches are created, filled and finalized one at a time (collected concurrently): adds of up to
         # 10 MiB do not compete for the uplink, and a kill finds at most one batch between create and
         # finalize — at most one create whose answer may be lost.
@@ -354,9 +385,12 @@ class _Native:
                     task.cancel()
 
     async def _feed(self, inputs: Iterable[Any]) -> None:
-        s, journal, tables = self.summary, self.journal, self.tables
+        s, tables = self.summary, self.tables
         waiting = tables.unassigned()
-        buffer: dict[str, tuple[str, int, str]] = {}  # journaled together: one transaction per many
+        known = tables.known()
+        first_line: dict[str, int] = {}  # this run's keys: a second line with one is a duplicate
+        seen: list[tuple[str, int]] = []  # known keys met again: their line is updated in bulk
+        buffer: dict[str, tuple[str, int, str]] = {}  # new items, journaled together
         for line, raw in enumerate(inputs, 1):
             if self._stopped():
                 break
@@ -364,33 +398,22 @@ class _Native:
             if item is SKIP:
                 continue
             s.read += 1
-            if isinstance(item, Invalid):
-                key = key_text(line)
-                row = journal.get(key)
-                if row is not None and row.seen == journal.run:
-                    self._duplicate(line, key, row.line)
-                elif row is not None:
-                    journal.see(key, line)
-                else:
-                    self.warn(f"line {line}: malformed input, recorded as INVALID: {item.message}")
-                    s.invalid += 1
-                    error = f"line {line}: {item.message}"
-                    self._record(key, line, BatchResult(line, None, ItemStatus.INVALID, error=error))
-                continue
-            assert isinstance(item, tuple)
-            key_value, payload = item
+            key_value, payload = item if isinstance(item, tuple) else (line, None)
             key = key_text(key_value)
-            if key in buffer:
-                self._duplicate(line, key, buffer[key][1])
+            if key in first_line:
+                self._duplicate(line, key, first_line[key])
                 continue
-            row = journal.get(key)
-            if row is not None and row.seen == journal.run:
-                self._duplicate(line, key, row.line)
-                continue
-            if row is not None:
-                journal.see(key, line)
-                if row.state is ItemState.TERMINAL or tables.has(key):
+            first_line[key] = line
+            if key in known:
+                seen.append((key, line))
+                if known[key] or isinstance(item, Invalid):
                     continue  # done, or already waiting for / in a batch
+            if isinstance(item, Invalid):
+                self.warn(f"line {line}: malformed input, recorded as INVALID: {item.message}")
+                s.invalid += 1
+                error = f"line {line}: {item.message}"
+                self._record(key, line, BatchResult(line, None, ItemStatus.INVALID, error=error))
+                continue
             try:
                 body = json.dumps(add_key(payload, key_value), ensure_ascii=False, separators=(",", ":"))
             except (TypeError, ValueError) as exc:
@@ -400,17 +423,18 @@ class _Native:
                 continue
             buffer[key] = (key, line, body)
             waiting += 1
-            if waiting >= BATCH_SIZE:
+            if waiting >= BATCH_SIZE or len(buffer) >= _FEED_BUFFER:
                 tables.add(list(buffer.values()))
                 buffer.clear()
-                await self._form(BATCH_SIZE)
-                waiting = tables.unassigned()
-            elif len(buffer) >= _FEED_BUFFER:
-                tables.add(list(buffer.values()))
-                buffer.clear()
-                await asyncio.sleep(0)
+                if waiting >= BATCH_SIZE:
+                    await self._form(BATCH_SIZE)
+                    waiting = tables.unassigned()
+                else:
+                    await asyncio.sleep(0)
         if buffer:
             tables.add(list(buffer.values()))
+        if seen:
+            tables.see(seen)
 
     def _duplicate(self, line: int, key: str, first: int) -> None:
         self.summary.duplicates += 1
@@ -438,6 +462,12 @@ class _Native:
         self.tasks.discard(task)
         if not task.cancelled() and task.exception() is not None and self.fatal is None:
             self.fatal = task.exception()
+
+    def _journal_results(self) -> None:
+        """Write the results ``_finish`` gathered (inside the caller's transaction)."""
+        rows, self._rows = self._rows, []
+        if rows:
+            self.tables.terminal(rows)
 
     def _deliver(self) -> None:
         """Output lines of results journaled by a committed transaction (never before: a kill between
@@ -573,12 +603,14 @@ class _Native:
             offset += len(page)
             with self.journal._transaction():
                 orphans += self._tie(batch, page, members, done)
+                self._journal_results()
             self._deliver()
             checkpoint("page")
             if not more or not page:
                 break
         with self.journal._transaction():
             self._settle(batch, orphans, members, done)
+            self._journal_results()
             self.tables.update(batch.seq, state="done")
         self._deliver()
 
@@ -644,7 +676,7 @@ class _Native:
         else:
             line = BatchResult(key_value, batch.batch_id, status, error=error, attempts=member.attempts)
         text = line.to_json()
-        self.journal.terminal(member.key, member.line, line.status, text)
+        self._rows.append((member.key, member.line, str(line.status), text))
         self._pending.append((member.key, text))
         self.summary.done_this_run += 1
         self._count(status)
@@ -707,6 +739,7 @@ class _Native:
             for member in members:
                 if member.key not in done:
                     self._finish(batch, member, None, ItemStatus.LOST, f"{why} (batch {batch.batch_id})")
+            self._journal_results()
             self.tables.update(batch.seq, state="done")
         self._deliver()
 
