@@ -246,6 +246,14 @@ def test_non_object_inputs_and_outputs_round_trip(client: Client, tmp_path: Path
     assert [rows[k]["output"] for k in ("1", "2", "3")] == [[1, 2], "text", None]  # as the handler saw them
 
 
+def test_an_input_over_one_add_call_is_rejected_not_fatal(client: Client, tmp_path: Path) -> None:
+    items = [*keyed_items(2), {"key": "huge", "input": {"blob": "x" * (10 * 2**20)}}]
+    summary = runner(client, tmp_path, "keyed").run(write(tmp_path / "in.jsonl", items))
+    assert (summary.completed, summary.rejected) == (2, 1)
+    row = keys_once(tmp_path / "out.jsonl")['"huge"']
+    assert row["status"] == "REJECTED" and "object storage" in row["error"]
+
+
 # -- limits, slots, cancel, /run ------------------------------------------------------------------------
 
 

@@ -37,7 +37,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from runpod_queue._aio import AsyncClient, AsyncEndpoint
-from runpod_queue._batch_jobs import AsyncBatches, Batch, BatchRequestResult, BatchStatus, page_flow
+from runpod_queue._batch_jobs import (
+    ADD_LIMIT,
+    AsyncBatches,
+    Batch,
+    BatchRequestResult,
+    BatchStatus,
+    create_flow,
+    page_flow,
+)
 from runpod_queue._retry import backoff_delay
 from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
 from runpod_queue.batch._journal import ItemState, Journal
@@ -66,6 +74,7 @@ _PAGE: Final = 500
 # An empty DRAFT found after a lost create answer is ours only if created after the intent (minus skew).
 _CLOCK_SKEW_S: Final = 120.0
 _MAX_BACKOFF_STEP: Final = 8
+_ADD_OVERHEAD: Final = len(b'{"requests":[{"input":}]}')  # around one request in an add call
 _FEED_BUFFER: Final = 1_000  # new items journaled per transaction while the input is read
 
 _SCHEMA: Final = """
@@ -421,6 +430,14 @@ class _Native:
                 error = f"input cannot be sent as JSON: {exc}"
                 self._record(key, line, BatchResult(key_value, None, ItemStatus.REJECTED, error=error))
                 continue
+            if len(body.encode()) + _ADD_OVERHEAD > ADD_LIMIT:
+                s.rejected += 1
+                error = (
+                    f"input is over the {ADD_LIMIT:,}-byte limit of one Batch Jobs add call as JSON: "
+                    "put it in object storage and pass a URL"
+                )
+                self._record(key, line, BatchResult(key_value, None, ItemStatus.REJECTED, error=error))
+                continue
             buffer[key] = (key, line, body)
             waiting += 1
             if waiting >= BATCH_SIZE or len(buffer) >= _FEED_BUFFER:
@@ -536,7 +553,8 @@ class _Native:
         if batch.create_sent:
             await self._report_orphans(batch)
         self.tables.update(batch.seq, create_sent=1)
-        created = await self.batches.create([])
+        client = self.batches._client  # the create answer itself, not the GET after it: the id first
+        created = await client._run(create_flow(client._rules, self.batches.endpoint_id, []))
         self.tables.update(batch.seq, batch_id=created.id, state="draft")
         checkpoint("created")
 
