@@ -72,7 +72,14 @@ def _endpoints() -> dict[str, Any]:
         "idle": EndpointSpec(keep_key(HANDLERS["idle"]), workers=0),
         "one": EndpointSpec(keep_key(HANDLERS["one"]), workers=1),
         "cli": keep_key(HANDLERS["cli"]),
+        "gen": EndpointSpec(keep_key(chunks), return_aggregate_stream=True),
     }
+
+
+def chunks(job: dict[str, Any]) -> Iterator[Any]:
+    """A generator handler: with return_aggregate_stream its output is the list of what it yielded."""
+    yield {"part": 1, "n": job["input"]["n"]}
+    yield "two"
 
 
 @pytest.fixture(scope="module")
@@ -252,6 +259,35 @@ def test_an_input_over_one_add_call_is_rejected_not_fatal(client: Client, tmp_pa
     assert (summary.completed, summary.rejected) == (2, 1)
     row = keys_once(tmp_path / "out.jsonl")['"huge"']
     assert row["status"] == "REJECTED" and "object storage" in row["error"]
+
+
+def test_a_generator_handlers_chunks_each_carry_the_key(client: Client, tmp_path: Path) -> None:
+    summary = runner(client, tmp_path, "gen").run(write(tmp_path / "in.jsonl", keyed_items(3)))
+    assert summary.completed == 3
+    rows = keys_once(tmp_path / "out.jsonl")
+    assert rows['"k2"']["output"] == [{"part": 1, "n": 2}, "two"]
+
+
+def test_a_partial_add_before_a_kill_is_completed_not_repeated(
+    client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while adding: RunPod's requestTotal says which members are in; the rest are added once."""
+    inputs = write(tmp_path / "in.jsonl", keyed_items(5, hold=False))
+    crash_at(monkeypatch, "created")
+    with pytest.raises(Crash):
+        runner(client, tmp_path, "cli").run(inputs)
+    db = sqlite3.connect(tmp_path / "j.sqlite")
+    (batch_id,) = db.execute("SELECT batch_id FROM native_batches").fetchone()
+    bodies = [json.loads(b) for (b,) in db.execute("SELECT body FROM native_items ORDER BY pos LIMIT 2")]
+    db.close()
+    batches = client.endpoint("cli").batches
+    batches.add(batch_id, bodies)  # the first add call landed; its answer was lost with the process
+    monkeypatch.setattr(native_module, "checkpoint", lambda point: None)
+    before = Counter(HANDLERS["cli"].runs)
+    summary = runner(client, tmp_path, "cli").run(inputs)
+    assert summary.completed == 5 and batches.get(batch_id).total == 5
+    ran = HANDLERS["cli"].runs - before
+    assert sorted(ran) == [0, 1, 2, 3, 4] and set(ran.values()) == {1}
 
 
 # -- limits, slots, cancel, /run ------------------------------------------------------------------------

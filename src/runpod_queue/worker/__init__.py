@@ -55,8 +55,9 @@ def keep_key(handler: _Handler) -> _Handler:
     - an object output gains the field: ``{...your output..., "_rpq_key": KEY}``;
     - any other output (a list, a string, a number, ``None``, an object that has a ``_rpq_*`` field) is
       returned as ``{"_rpq_key": KEY, "_rpq_output": VALUE}``;
-    - a generator handler's every yielded chunk carries the key the same way (its aggregated output is
-      then a list of keyed chunks).
+    - a generator handler's every yielded chunk carries the key the same way. Its output is the list of
+      its chunks only with ``return_aggregate_stream: True`` in ``runpod.serverless.start``'s config
+      (otherwise it is empty, and so carries no key): set it for a generator handler in a native batch.
 
     The runner strips the key again before writing the output file. A job without a key (a ``/run`` job,
     a test call) passes through untouched, so one handler serves both. An exception is not caught: the
