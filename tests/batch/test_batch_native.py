@@ -313,7 +313,7 @@ def test_the_eleventh_active_batch_waits_until_one_ends_and_cancel_drains(
     run = runner(client, tmp_path, "idle")
     result: list[Any] = []
     thread = threading.Thread(
-        target=lambda: result.append(run.run(write(tmp_path / "in.jsonl", keyed_items(2))))
+        target=lambda: result.append(run.run(write(tmp_path / "in.jsonl", keyed_items(2)))), daemon=True
     )
     thread.start()
     try:
@@ -333,6 +333,30 @@ def test_the_eleventh_active_batch_waits_until_one_ends_and_cancel_drains(
     rows = keys_once(tmp_path / "out.jsonl")
     assert {r["status"] for r in rows.values()} == {"CANCELLED"}
     assert HANDLERS["idle"].runs == Counter()
+
+
+def test_stop_leaves_the_batch_running_and_the_same_run_resumes_it(client: Client, tmp_path: Path) -> None:
+    batches = client.endpoint("idle").batches
+    before = {b.id for b in batches.list()}
+    inputs = write(tmp_path / "in.jsonl", keyed_items(3))
+    run = runner(client, tmp_path, "idle")
+    result: list[Any] = []
+    thread = threading.Thread(target=lambda: result.append(run.run(inputs)), daemon=True)
+    thread.start()
+    try:
+        eventually(lambda: any(b.status == "FINALIZED" for b in batches.list() if b.id not in before))
+    finally:
+        run.stop()
+        thread.join(30)
+    (stopped,) = result
+    assert stopped.interrupted and stopped.in_flight == 3 and not (tmp_path / "out.jsonl").read_text()
+    (ours,) = [b for b in batches.list() if b.id not in before]
+    assert ours.status == "FINALIZED" and ours.total == 3  # still on RunPod: a stop cancels nothing
+    batches.cancel(ours.id)
+    resumed = runner(client, tmp_path, "idle").run(inputs)
+    assert resumed.resumed == 3 and resumed.failed == 3 and not resumed.interrupted
+    assert len(keys_once(tmp_path / "out.jsonl")) == 3
+    assert [b.id for b in batches.list() if b.id not in before] == [ours.id]  # no second batch
 
 
 def test_a_run_job_submitted_mid_batch_is_not_delayed(
