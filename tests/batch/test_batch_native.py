@@ -145,6 +145,7 @@ def rpq(*args: str) -> Any:
 # -- the done-when test --------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(240)  # 12,000 jobs through the emulator three times over: ~20 s alone, more when shared
 def test_12000_items_three_batches_killed_twice_every_key_once(
     emu: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
