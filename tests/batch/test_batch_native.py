@@ -8,6 +8,7 @@ before finalize; mid-results) and resumed, every key's result exactly once, ever
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -202,6 +203,21 @@ def test_results_without_a_key_are_unmatched_never_guessed(client: Client, tmp_p
     rows = keys_once(tmp_path / "out.jsonl")
     assert {r["status"] for r in rows.values()} == {ItemStatus.UNMATCHED}
     assert all("keep_key" in r["error"] and "output" not in r for r in rows.values())
+
+
+def test_the_cli_reports_unmatched_items_and_exits_1(emu: Emulator, tmp_path: Path) -> None:
+    inputs = items_file(tmp_path / "in.jsonl", keyed_items(2))
+    out = tmp_path / "out.jsonl"
+    args = ["batch", str(inputs), "--native", "-e", "plain", "-o", str(out), "--base-url", emu.base_url]
+    answer = rpq(*args, "--no-progress")
+    assert answer.exit_code == 1, answer.output
+    assert (
+        re.search(r"2\s+unmatched", answer.output)
+        and "2 items did not complete (2 unmatched)" in answer.output
+    )
+    ran = Counter(HANDLERS["plain"].runs)
+    again = rpq(*args, "--no-progress")  # the same command: nothing to redo, nothing resent
+    assert again.exit_code == 1 and len(keys_once(out)) == 2 and HANDLERS["plain"].runs == ran
 
 
 def test_failures_without_output_get_their_status_and_are_retried(client: Client, tmp_path: Path) -> None:

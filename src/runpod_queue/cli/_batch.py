@@ -390,6 +390,7 @@ def _report_failures(s: Session, summary: BatchSummary, out: Path) -> None:
             "lost": summary.lost,
             "invalid": summary.invalid,
             "rejected": summary.rejected,
+            "unmatched": summary.unmatched,
             "duplicate": summary.duplicates,
         }
         which = ", ".join(f"{count} {word}" for word, count in kinds.items() if count)
