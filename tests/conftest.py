@@ -52,8 +52,13 @@ def emu(emu_setup: EmuSetup, shared_emulators: dict[EmuSetup, Emulator]) -> Iter
 
 
 # The longest files start first, so xdist's last worker is not left alone with one of them at the end:
-# the docs blocks (one page after another, ~30 s) and the official-worker subprocess tests.
-_LONG_FILES = ("tests/test_docs_blocks.py", "tests/emulator/test_external_workers.py")
+# the docs blocks (one page after another, ~30 s), the official-worker subprocess tests and the native
+# batch runner's 12,000-item test.
+_LONG_FILES = (
+    "tests/test_docs_blocks.py",
+    "tests/emulator/test_external_workers.py",
+    "tests/batch/test_batch_native.py",  # 12,000 batch requests (issue 25's done-when)
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -23,6 +23,7 @@ PUBLIC_MODULES = [
     "runpod_queue.emulator",
     "runpod_queue.webhooks",
     "runpod_queue.testing",
+    "runpod_queue.worker",
 ]
 CLIENT_CLASSES = ["Client", "Endpoint", "JobStream", "AsyncClient", "AsyncEndpoint", "AsyncJobStream"]
 

@@ -32,6 +32,7 @@ PUBLIC_MODULES = [
     "runpod_queue.emulator",
     "runpod_queue.webhooks",
     "runpod_queue.testing",
+    "runpod_queue.worker",
 ]
 
 

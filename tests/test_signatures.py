@@ -16,7 +16,13 @@ from runpod_queue import AsyncEndpoint, Endpoint, RateLimits, _contract
 from runpod_queue.emulator import Timings
 from runpod_queue.webhooks import DEFAULT_EXPIRES_IN, DEFAULT_MAX_BODY, WebhookReceiver, WebhookSigner
 
-PUBLIC_MODULES = ["runpod_queue", "runpod_queue.batch", "runpod_queue.emulator", "runpod_queue.webhooks"]
+PUBLIC_MODULES = [
+    "runpod_queue",
+    "runpod_queue.batch",
+    "runpod_queue.emulator",
+    "runpod_queue.webhooks",
+    "runpod_queue.worker",
+]
 
 
 def _public_callables() -> Iterator[tuple[str, Callable[..., Any]]]:

@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 from client_support import API_KEY, Api, AsyncApi
 
-from runpod_queue import Batch, BatchRequestResult, BatchStatus, RateLimitError, WaitTimeoutError
+from runpod_queue import (
+    BadRequestError,
+    Batch,
+    BatchRequestResult,
+    BatchStatus,
+    RateLimitError,
+    WaitTimeoutError,
+)
 from runpod_queue.emulator import EndpointSpec
 from shared_support import EmuSetup, echo
 
@@ -113,6 +120,17 @@ def test_the_eleventh_active_batch_is_a_rate_limit_error(api: Api) -> None:
         batches.create()
     for batch in made:
         batches.cancel(batch.id)
+
+
+def test_the_5001st_request_is_a_bad_request_error_and_adds_nothing(api: Api) -> None:
+    batches = Batches(api, "big")
+    with pytest.raises(BadRequestError, match="at most 5000"):
+        batches.create(inputs=[{}] * 5_001)
+    batch = batches.create(inputs=[{}] * 5_000)
+    with pytest.raises(BadRequestError, match="at most 5000"):
+        batches.add(batch.id, [{}])
+    assert batches.get(batch.id).total == 5_000
+    batches.cancel(batch.id)
 
 
 def test_unknown_fields_and_statuses_are_kept() -> None:

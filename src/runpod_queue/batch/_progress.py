@@ -29,6 +29,7 @@ OUTCOMES: tuple[tuple[str, str, str, str], ...] = (
     ("lost", "lost", "gone (404) before its result was collected", "red"),
     ("invalid", "invalid", "malformed input lines, never sent", "red"),
     ("rejected", "rejected", "refused by the API at submission (400, 413)", "red"),
+    ("unmatched", "unmatched", "ran in a native batch; no result carries its key", "red"),
     ("duplicate", "duplicates", "input lines whose key was already used: skipped", "yellow"),
     ("reused", "reused", "results an earlier run journaled: not fetched again", ""),
     ("running", "running", "on the endpoint, not collected yet (a resume collects them)", ""),

@@ -113,10 +113,15 @@ class BatchRunner:
             API, same key), so they cold-start once instead of the batch waiting for the scaler; the
             previous value is journaled first and put back when the run ends — after Ctrl-C and errors
             too, and after a crash by the next run on the journal. ``None`` leaves the endpoint alone.
+        native: Send the inputs through RunPod's Batch Jobs (batches of up to 5,000, at most 10 active)
+            instead of ``/run``; the handler must be wrapped with ``runpod_queue.worker.keep_key``.
+            ``retry_failed`` then re-sends FAILED items in a later batch; ``policy``, ``webhooks`` and
+            ``max_in_flight`` do not apply (see docs/batch-jobs.md, "rpq batch --native").
 
     Raises:
         TypeError: ``endpoint`` is not an ``Endpoint`` or ``AsyncEndpoint``, or an option has the wrong type.
-        ValueError: ``max_in_flight``, ``retry_failed`` or ``warm`` out of range.
+        ValueError: ``max_in_flight``, ``retry_failed`` or ``warm`` out of range, or ``native`` with
+            ``webhooks``, ``policy`` or ``warm``.
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class BatchRunner:
         progress_interval: Duration = 0.25,
         resubmit_lost: bool = False,
         warm: int | None = None,
+        native: bool = False,
     ) -> None:
         if not isinstance(endpoint, Endpoint | AsyncEndpoint):
             raise TypeError(
@@ -156,6 +162,11 @@ class BatchRunner:
         ):
             if not isinstance(value, kind) and not (value is None and name in ("policy", "webhooks")):
                 raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        if native and (webhooks is not None or policy is not None):
+            which = "webhooks" if webhooks is not None else "policy"
+            raise ValueError(
+                f"native=True sends Batch Jobs requests, which take no {which}: drop {which}= (or native=)"
+            )
         self.endpoint: Endpoint | AsyncEndpoint = endpoint
         self.journal_path: Path = Path(journal)
         self.output_path: Path | None = None if output is None else Path(output)
@@ -164,7 +175,11 @@ class BatchRunner:
         self.resubmit_lost: bool = bool(resubmit_lost)
         if warm is not None and (isinstance(warm, bool) or not isinstance(warm, int) or warm < 1):
             raise ValueError(f"warm must be an integer >= 1 (workers kept running for the run), got {warm!r}")
+        if warm is not None and native:
+            # Batch Jobs run on RunPod's separate batch capacity, not on the endpoint's kept-warm workers.
+            raise ValueError("warm= raises the /run workers' minimum; native=True batches do not use it")
         self.warm: int | None = warm
+        self.native: bool = bool(native)
         self.policy: Policy | None = policy
         self.rate_limits: RateLimits = rate_limits
         self.polling: PollOptions = polling
@@ -272,6 +287,10 @@ class BatchRunner:
             APIStatusError: The endpoint cannot be used at all (``AuthenticationError``, ``NotFoundError``).
             APIConnectionError: The endpoint cannot be reached.
         """
+        if self.native:  # RunPod's Batch Jobs: batch/_native.py
+            from runpod_queue.batch._native import run_native
+
+            return await run_native(self, inputs)
         self._loop = asyncio.get_running_loop()
         self._summary = summary = BatchSummary(total=self.total)
         self._run = None
@@ -288,6 +307,12 @@ class BatchRunner:
             limiter = AsyncLimiter(limits)
             await self._check_endpoint(endpoint, settings.retries)  # a typo leaves no files behind
             journal = Journal(self.journal_path, endpoint_id=self.endpoint.id)
+            if journal.meta("mode") == "native":
+                journal.close()
+                raise JournalError(
+                    f"{self.journal_path} journals a native batch (Batch Jobs): resume it with --native "
+                    "(native=True), or pass another --journal"
+                )
             refused = False
             try:
                 config = RunConfig(

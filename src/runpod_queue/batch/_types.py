@@ -17,7 +17,7 @@ class ItemStatus(enum.StrEnum):
     """An item's final status, as the output file and the journal spell it (a ``str``: each value is
     the text written, so files written before this type existed still resume).
 
-    RunPod's four final statuses, and four of our own.
+    RunPod's four final statuses, and five of our own.
     """
 
     COMPLETED = "COMPLETED"
@@ -32,6 +32,9 @@ class ItemStatus(enum.StrEnum):
     LOST = "LOST"
     #: The job's answers broke the API contract, again and again.
     UNREADABLE = "UNREADABLE"
+    #: A native batch (``BatchRunner(native=True)``) ran it, but no result carries its key (a handler not
+    #: wrapped with ``runpod_queue.worker.keep_key``): its result is among the batch's unkeyed ones.
+    UNMATCHED = "UNMATCHED"
 
 
 _ITEM_STATUSES: dict[str, ItemStatus] = {status.value: status for status in ItemStatus}
@@ -135,6 +138,7 @@ class BatchSummary:
     invalid: int = 0  # malformed input lines
     rejected: int = 0  # refused by the API at submission
     duplicates: int = 0  # input lines whose key was already used: skipped, reported
+    unmatched: int = 0  # native batches: ran, but no result carries the item's key (never guessed)
     retried: int = 0  # /retry calls the service confirmed (see retry_failed)
     # Submissions that may have created a job without us learning its id (resubmitted), over the whole
     # journal: a resumed batch reports what its earlier runs could not rule out too.
@@ -156,7 +160,7 @@ class BatchSummary:
     @property
     def finished(self) -> int:
         """Items with a final result, earlier runs included."""
-        return self.completed + self.failed + self.lost + self.invalid + self.rejected
+        return self.completed + self.failed + self.lost + self.invalid + self.rejected + self.unmatched
 
     @property
     def status_calls_per_job(self) -> float:
@@ -172,8 +176,8 @@ class BatchSummary:
 
     @property
     def failures(self) -> int:
-        """Items that did not complete: failed, lost, invalid, rejected and duplicate lines."""
-        return self.failed + self.lost + self.invalid + self.rejected + self.duplicates
+        """Items that did not complete: failed, lost, invalid, rejected, unmatched and duplicate lines."""
+        return self.failed + self.lost + self.invalid + self.rejected + self.unmatched + self.duplicates
 
     @property
     def ok(self) -> bool:
