@@ -56,7 +56,9 @@ def _root() -> None:
 
 
 # The modules that define commands on `app`, imported by `load_commands` so each registers itself.
-COMMAND_MODULES = ("_batch", "_demo", "_fleet", "_jobs", "_listen", "_serve", "_storage", "_worker_env")
+COMMAND_MODULES = (
+    "_batch", "_demo", "_fleet", "_jobs", "_listen", "_record", "_serve", "_storage", "_worker_env",
+)  # fmt: skip
 
 
 def load_commands() -> None:

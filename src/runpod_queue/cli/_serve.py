@@ -292,6 +292,9 @@ def serve(
         _add_external(endpoints, endpoint_id, reference)
         worker_files[endpoint_id] = file_name
     for given in [] if runpod_worker else handlers:
+        if given.partition("=")[2 if "=" in given else 0].endswith(".jsonl"):
+            _add_replay(endpoints, given, fleet)
+            continue
         reference = _shipped_reference(given)
         try:
             loaded = load_endpoint(reference)
@@ -493,6 +496,40 @@ def _add_external(endpoints: dict[str, Any], endpoint_id: str, reference: str) -
         typer.echo(f"error: endpoint id {endpoint_id!r} given twice; name one: ID={reference}", err=True)
         raise typer.Exit(2)
     endpoints[endpoint_id] = EndpointSpec(handler=None)
+
+
+def _add_replay(endpoints: dict[str, Any], reference: str, fleet: dict[str, Any]) -> None:
+    """`[ID=]cassette.jsonl`: replay a cassette `rpq record` wrote; without ID, one endpoint per
+    endpoint id recorded in it."""
+    from dataclasses import replace
+
+    from runpod_queue.emulator import Cassette, EndpointSpec
+    from runpod_queue.errors import ConfigurationError
+
+    endpoint_id, sep, file_name = reference.partition("=")
+    if not sep:
+        endpoint_id, file_name = "", reference
+    if endpoint_id and not _ENDPOINT_ID.match(endpoint_id):
+        typer.echo(
+            f"error: invalid endpoint id {endpoint_id!r}: use letters, digits, '-', '_' or '.'", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        cassette = Cassette.load(file_name)
+        ids = [endpoint_id] if endpoint_id else cassette.endpoints
+        if not ids:
+            raise ConfigurationError(
+                f"{file_name}: no recorded job, so no endpoint id to serve: name one, ID={file_name}"
+            )
+        for one in ids:
+            if one in endpoints:
+                raise ConfigurationError(f"endpoint id {one!r} given twice; name one: ID={file_name}")
+            spec = EndpointSpec(replay=cassette)
+            spec.handler.bind_check(one)  # type: ignore[union-attr]
+            endpoints[one] = replace(spec, workers=None, **fleet) if fleet else spec
+    except (ConfigurationError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _worker_reference(reference: str) -> tuple[str, str]:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._cassette import ReplayHandler
 from runpod_queue.emulator._config import EndpointSpec, Faults
 from runpod_queue.emulator._endpoint_file import parse_endpoint
 from runpod_queue.emulator._http import HTTPError, type_name
@@ -115,7 +116,7 @@ class Admin:
         for ep in self.core.endpoints.values():
             self._drop_jobs(ep)
             ep.completed = ep.failed = ep.retried = 0
-            if isinstance(ep.spec.handler, ScriptedHandler):
+            if isinstance(ep.spec.handler, ScriptedHandler | ReplayHandler):
                 ep.spec.handler.reset()  # a sequence starts from its first answer again
         self.delivery.reset()
         self.requests.clear()
@@ -171,6 +172,8 @@ class Admin:
         """
         if isinstance(spec.handler, ScriptedHandler):
             spec.handler.bind(self.core.clock)
+        elif isinstance(spec.handler, ReplayHandler):
+            spec.handler.bind(self.core.clock, endpoint_id)
         ep = self.core.endpoints.get(endpoint_id)
         wanted = (self.default_workers if spec.workers is None else spec.workers) if spec.handler else 0
         if ep is None:

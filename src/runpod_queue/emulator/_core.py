@@ -166,7 +166,11 @@ class Core:
         ep.jobs[job_id] = job
         if ep.fleet is not None:
             ep.fleet.on_request()
-        self._enqueue(job)
+        admit = getattr(ep.spec.handler, "admit", None)
+        if admit is not None:  # a replayed endpoint: the job waits in the queue as long as recorded
+            self._enqueue(job, hold=admit(job))
+        else:
+            self._enqueue(job)
         return job
 
     def submit_batch_request(self, ep: EndpointState, job_id: str, raw_body: bytes, batch: Any) -> JobRecord:
@@ -190,18 +194,33 @@ class Core:
         self._enqueue(job)
         return job
 
-    def _enqueue(self, job: JobRecord, *, front: bool = False) -> None:
+    def _enqueue(self, job: JobRecord, *, front: bool = False, hold: float = 0.0) -> None:
+        """Queue `job`; with `hold` (RunPod seconds) it is IN_QUEUE at once but no worker may take it
+        before then (a replayed job's recorded queue wait)."""
         ep = job.endpoint
         job.status = JobStatus.IN_QUEUE
         ep.in_queue += 1
         _cancel_timer(job, "ttl_handle")
         job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
         entry = RunRef(job, job.attempt)
+        if hold > 0:
+            self._later(hold, self._release_held, entry)
+            return
         q = ep.batch_queue if job.batch is not None else ep.low_queue if job.low_priority else ep.queue
         if front:
             q.appendleft(entry)
         else:
             q.append(entry)
+        if self._reports:
+            self.clock.activity()
+        self.dispatch(ep)
+
+    def _release_held(self, entry: RunRef) -> None:
+        job = entry[0]
+        ep = job.endpoint
+        if job.attempt != entry[1] or job.status is not JobStatus.IN_QUEUE or job.id not in ep.jobs:
+            return  # cancelled, purged or expired while held
+        (ep.low_queue if job.low_priority else ep.queue).append(entry)
         if self._reports:
             self.clock.activity()
         self.dispatch(ep)
@@ -505,6 +524,12 @@ class Core:
                     job.status = JobStatus.CANCELLED
                     self._remove(job)
                     removed += 1
+        if getattr(ep.spec.handler, "admit", None) is not None:  # replayed jobs still held in the queue
+            for job in [j for j in ep.jobs.values() if j.status is JobStatus.IN_QUEUE and j.batch is None]:
+                ep.in_queue -= 1
+                job.status = JobStatus.CANCELLED
+                self._remove(job)
+                removed += 1
         return removed
 
     def status_ttl(self, job: JobRecord, ttl: float) -> None:
