@@ -215,6 +215,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    restore: Annotated[
+        Path | None,
+        typer.Option(
+            "--restore",
+            metavar="SNAPSHOT",
+            help="Start from this snapshot (POST /_emulator/snapshot): --state FILE becomes a copy of it "
+            "(its content replaced); without --state, a temporary copy. The snapshot is only read.",
+            show_default=False,
+        ),
+    ] = None,
     s3: Annotated[
         bool,
         typer.Option(
@@ -356,6 +366,7 @@ def serve(
             port=port,
             strict=strict,
             state=state,
+            restore=restore,
             s3=s3,
             timings=Timings(max_retained_jobs=max_retained_jobs or None),
         )
@@ -389,6 +400,9 @@ def serve(
         typer.echo(
             f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
         )
+        if restore is not None:
+            where = f"state {state}" if state is not None else "a temporary state file"
+            typer.echo(f"  restore  {where} started from snapshot {restore}")
         if s3:
             storage = emu.s3_config
             typer.echo(
