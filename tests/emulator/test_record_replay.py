@@ -245,3 +245,54 @@ def test_recording_round_trips_through_its_line() -> None:
     r = Recording("e", {"p": 1}, output=[1], delay=1.5, execution=2.0, stream=((1.6, 1),), job_id="j")
     line = r.to_json()
     assert line["delayTime"] == 1500 and line["stream"] == [[1.6, 1]]
+
+
+def test_a_job_recorded_without_an_end_is_not_replayed_and_the_miss_says_so(tmp_path: Path) -> None:
+    path = _cassette(tmp_path, [{**_line("x", None), "status": "IN_QUEUE"}])
+    with Emulator({"e": EndpointSpec(replay=path)}, api_key=KEY, clock="virtual") as emu:
+        (answer,) = _run_all(emu, [{"prompt": "x", "n": 1}])
+    assert answer["status"] == "FAILED" and "only as IN_QUEUE" in answer["error"]
+
+
+def test_the_proxy_writes_neither_the_key_nor_s3_credentials_nor_the_webhook(
+    source: Emulator, tmp_path: Path
+) -> None:
+    path = tmp_path / "c.jsonl"
+    proxy = RecordingProxy(source.base_url, path).start()
+    try:
+        body = {
+            "input": {"prompt": "a"},
+            "s3Config": {"accessId": "AKIA-ID-1", "accessSecret": "S3-SECRET-2", "bucketName": "b",
+                         "endpointUrl": "http://127.0.0.1:9"},
+            "webhook": "http://127.0.0.1:9/hook?token=HOOK-TOKEN-3",
+        }  # fmt: skip
+        with httpx.Client(base_url=proxy.base_url, headers=HEADERS) as client:
+            job_id = client.post("/llm/run", json=body).json()["id"]
+            source.advance(5)
+            assert client.get(f"/llm/status/{job_id}").json()["status"] == "COMPLETED"
+            assert client.get("/llm/health").status_code == 200  # forwarded, not recorded
+    finally:
+        proxy.stop()
+    text = path.read_text()
+    for secret in (KEY, "AKIA-ID-1", "S3-SECRET-2", "HOOK-TOKEN-3"):
+        assert secret not in text
+    (recording,) = Cassette.load(path).recordings
+    assert recording.output == {"text": "alpha"} and recording.execution == 2
+
+
+def test_a_config_file_replays_a_cassette_and_names_a_bad_replay_field(tmp_path: Path) -> None:
+    from runpod_queue.emulator._endpoint_file import ConfigFileError, load_endpoints_file
+
+    _cassette(tmp_path, [_line("x", "recorded")])
+    good = tmp_path / "e.toml"
+    good.write_text('[endpoints.e]\nreplay = "c.jsonl"\non_miss = "nearest"\n')
+    specs = load_endpoints_file(good)
+    with Emulator(specs, api_key=KEY, clock="virtual") as emu:
+        (answer,) = _run_all(emu, [{"prompt": "unknown"}])
+    assert answer["output"] == "recorded"  # nearest
+    bad = tmp_path / "b.toml"
+    bad.write_text('[endpoints.e]\nworkers = 1\nreplay = "missing.jsonl"\n')
+    with pytest.raises(
+        ConfigFileError, match=r"b\.toml:3: endpoints\.e\.replay: .*missing\.jsonl: cannot read"
+    ):
+        load_endpoints_file(bad)

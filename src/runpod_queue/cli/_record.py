@@ -84,6 +84,11 @@ def record(
         )
         typer.echo("Ctrl-C to stop (jobs still open are written as last seen).", err=True)
 
+    import signal
+
+    from runpod_queue.cli._serve import _stop_on_signals
+
+    previous = _stop_on_signals()  # SIGTERM/SIGHUP stop it as Ctrl-C does: open jobs are written
     try:
         proxy.serve_forever(on_ready=ready)
     except OSError as exc:
@@ -91,4 +96,7 @@ def record(
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         pass
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     typer.echo(f"stopped: {proxy.writer.written} job(s) in {to}.", err=True)

@@ -386,6 +386,8 @@ def serve(
         typer.echo(f"  console  {emu.root_url}/  (jobs, workers and queues live in a browser)")
         for endpoint_id, spec in emu.endpoint_specs.items():
             fed = " (external workers)" if spec.handler is None else ""
+            if spec.replay is not None:
+                fed = f" (replays {getattr(spec.replay, 'name', spec.replay)})"
             if spec.fleet:
                 low, high = spec.workers_min or 0, spec.workers_max
                 fed = f" (fleet: {low} to {high if high is not None else max(3, low)} workers)"

@@ -392,6 +392,7 @@ class _Track:
     """One endpoint's recordings, indexed for matching, and the cycle position of each input."""
 
     recordings: tuple[Recording, ...]
+    unfinished: dict[bytes, str] = field(default_factory=dict)  # inputs recorded only without an end
     by_input: dict[bytes, list[Recording]] = field(default_factory=dict)
     next: dict[bytes, int] = field(default_factory=dict)
 
@@ -447,8 +448,12 @@ class ReplayHandler:
     def _track(self, endpoint_id: str) -> _Track:
         track = self._tracks.get(endpoint_id)
         if track is None:
-            recordings = tuple(r for r in self.cassette.for_endpoint(endpoint_id) if r.replays)
+            every = self.cassette.for_endpoint(endpoint_id)
+            recordings = tuple(r for r in every if r.replays)
             track = _Track(recordings)
+            for r in every:
+                if not r.replays:
+                    track.unfinished[canonical(r.input)] = r.status
             for r in recordings:
                 track.by_input.setdefault(canonical(r.input), []).append(r)
             self._tracks[endpoint_id] = track
@@ -469,6 +474,14 @@ class ReplayHandler:
                 return _Pick(_nearest(track.recordings, job_input))
             shown = key.decode()
             shown = shown if len(shown) <= 200 else shown[:200] + "…"
+            last = track.unfinished.get(key)
+            if last is not None:
+                return _Pick(
+                    None,
+                    problem=f"replay: {self.cassette.name} recorded the input {shown} on endpoint "
+                    f"{endpoint_id!r} only as {last}, not ending COMPLETED or FAILED: nothing to replay "
+                    "(record it again, following the job to its end)",
+                )
             return _Pick(
                 None,
                 problem=f"replay: no recording in {self.cassette.name} for endpoint {endpoint_id!r} has "
