@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 import orjson
 
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._cassette import ReplayHandler
 from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator._fleet import Fleet, WorkerState
@@ -166,9 +167,11 @@ class Core:
         ep.jobs[job_id] = job
         if ep.fleet is not None:
             ep.fleet.on_request()
-        admit = getattr(ep.spec.handler, "admit", None)
-        if admit is not None:  # a replayed endpoint: the job waits in the queue as long as recorded
-            self._enqueue(job, hold=admit(job))
+        handler = ep.spec.handler
+        # A replayed endpoint: the job waits in the queue as long as recorded. (`type(...) is`, not a
+        # getattr: a missed getattr costs 150 ns per job, this half of it; timeit on the shared machine.)
+        if type(handler) is ReplayHandler:
+            self._enqueue(job, hold=handler.admit(job))
         else:
             self._enqueue(job)
         return job
@@ -524,7 +527,7 @@ class Core:
                     job.status = JobStatus.CANCELLED
                     self._remove(job)
                     removed += 1
-        if getattr(ep.spec.handler, "admit", None) is not None:  # replayed jobs still held in the queue
+        if type(ep.spec.handler) is ReplayHandler:  # replayed jobs still held in the queue
             for job in [j for j in ep.jobs.values() if j.status is JobStatus.IN_QUEUE and j.batch is None]:
                 ep.in_queue -= 1
                 job.status = JobStatus.CANCELLED
