@@ -296,3 +296,49 @@ def test_a_config_file_replays_a_cassette_and_names_a_bad_replay_field(tmp_path:
         ConfigFileError, match=r"b\.toml:3: endpoints\.e\.replay: .*missing\.jsonl: cannot read"
     ):
         load_endpoints_file(bad)
+
+
+def test_a_job_cancelled_while_held_in_the_queue_never_runs_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    path = _cassette(tmp_path, [{**_line("x", "late"), "delayTime": 5000}])
+    spec = EndpointSpec(replay=path)
+    with (
+        Emulator({"e": spec}, api_key=KEY, clock="virtual") as emu,
+        httpx.Client(base_url=emu.base_url, headers=HEADERS) as client,
+    ):
+        job_id = client.post("/e/run", json={"input": {"prompt": "x", "n": 1}}).json()["id"]
+        assert client.get("/e/health").json()["jobs"]["inQueue"] == 1
+        assert client.post(f"/e/cancel/{job_id}").json()["status"] == "CANCELLED"
+        emu.advance(10)
+        assert client.get(f"/e/status/{job_id}").json()["status"] == "CANCELLED"
+        assert client.get("/e/health").json()["jobs"] == {
+            "completed": 0,
+            "failed": 0,
+            "inProgress": 0,
+            "inQueue": 0,
+            "retried": 0,
+        }
+        purged = client.post("/e/run", json={"input": {"prompt": "x", "n": 1}}).json()["id"]
+        assert client.post("/e/purge-queue").json()["removed"] == 1  # a held job is queued: purged too
+        emu.advance(10)
+        assert client.get(f"/e/status/{purged}").status_code == 404
+        emu.advance(1800)  # the cancelled job's retention ends
+    assert spec.handler._picks == {}  # type: ignore[union-attr]
+
+
+def test_rpq_record_refuses_an_existing_cassette_and_contradicting_options_with_exit_2(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from runpod_queue.cli._app import app, load_commands
+
+    load_commands()
+    path = tmp_path / "c.jsonl"
+    path.write_text("precious\n")
+    both = CliRunner().invoke(app, ["record", "--to", str(path), "--append", "--overwrite", "--port", "0"])
+    assert both.exit_code == 2 and "give one" in both.output
+    kept = CliRunner().invoke(app, ["record", "--to", str(path), "--port", "0"])
+    assert kept.exit_code == 2 and "--overwrite to replace it" in kept.output
+    broken = CliRunner().invoke(app, ["record", "--to", str(path), "--append", "--port", "0"])
+    assert broken.exit_code == 2 and f"{path}:1: not valid JSON" in broken.output
+    assert path.read_text() == "precious\n"

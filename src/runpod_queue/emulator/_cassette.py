@@ -496,6 +496,12 @@ class ReplayHandler:
             self._picks[job.id] = pick
         return pick.recording.delay if pick.recording is not None else 0.0
 
+    def forget(self, job_id: str) -> None:
+        """The job is gone (the core calls this): drop its choice if it never ran."""
+        if self._picks:
+            with self._lock:
+                self._picks.pop(job_id, None)
+
     def __call__(self, job: dict[str, Any]) -> Awaitable[Any] | AsyncIterator[Any]:
         with self._lock:
             pick = self._picks.pop(job["id"], None)

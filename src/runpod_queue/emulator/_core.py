@@ -421,6 +421,9 @@ class Core:
         ep = job.endpoint
         if ep.jobs.get(job.id) is job:
             del ep.jobs[job.id]
+        handler = ep.spec.handler
+        if type(handler) is ReplayHandler:
+            handler.forget(job.id)  # a job cancelled or purged before it ran leaves no choice behind
         for name in ("ttl_handle", "timer_handle", "retention_handle"):
             _cancel_timer(job, name)
         _wake(job)
