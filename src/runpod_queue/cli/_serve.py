@@ -42,7 +42,8 @@ def serve(
             metavar="HANDLER",
             help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function], "
             "package.module:function (function defaults to 'handler'; the id to the file stem or "
-            "function name) or the name of an example shipped with runpod-queue (echo, tokens, ...).",
+            "function name), the name of an example shipped with runpod-queue (echo, tokens, ...), or "
+            "a cassette [ID=]file.jsonl written by `rpq record`, to replay.",
             show_default=False,
         ),
     ] = None,
