@@ -216,7 +216,7 @@ def test_a_cassette_of_several_endpoints_needs_a_recorded_id(tmp_path: Path) -> 
 def test_rpq_serve_replays_a_cassette_given_as_id_equals_file(tmp_path: Path) -> None:
     path = _cassette(tmp_path, [_line("x", {"from": "cassette"})])
     proc = subprocess.Popen(
-        [sys.executable, "-m", "runpod_queue.cli", "serve", f"renamed={path}", "--port", "0",
+        [sys.executable, "-m", "runpod_queue.cli", "serve", f"renamed={path}", str(path), "--port", "0",
          "--clock", "auto"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -225,8 +225,11 @@ def test_rpq_serve_replays_a_cassette_given_as_id_equals_file(tmp_path: Path) ->
         assert proc.stdout is not None
         match = re.search(r"(http://127\.0\.0\.1:\d+/v2)", proc.stdout.readline())
         assert match
-        answer = httpx.post(f"{match.group(1)}/renamed/runsync", json={"input": {"prompt": "x", "n": 1}})
-        assert answer.json()["output"] == {"from": "cassette"}
+        for endpoint in ("renamed", "e"):  # ID=file, and a bare file under its recorded id
+            answer = httpx.post(
+                f"{match.group(1)}/{endpoint}/runsync", json={"input": {"prompt": "x", "n": 1}}
+            )
+            assert answer.json()["output"] == {"from": "cassette"}
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
