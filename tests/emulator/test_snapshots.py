@@ -146,3 +146,27 @@ def test_a_file_that_is_no_snapshot_is_refused(tmp_path: Path) -> None:
     not_one.write_text("hello")
     with pytest.raises(ConfigurationError, match=r"notes\.db: not a runpod-queue snapshot"):
         _emulator(restore=not_one)
+
+
+def test_a_broken_row_in_a_state_file_is_logged_in_one_line_and_the_other_jobs_still_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = tmp_path / "s.db"
+    with _emulator(state=state) as emu:
+        before = _fill(emu)
+    broken_id = next(iter(before))
+    with sqlite3.connect(state) as db:
+        db.execute("UPDATE jobs SET row = ? WHERE id = ?", (b'{"status": "COMPLETED", "body": 7}', broken_id))
+    db.close()
+    with caplog.at_level("ERROR", logger="runpod_queue.emulator"), _emulator(state=state) as emu:
+        after = _statuses(emu, {i: a for i, a in before.items() if i != broken_id})
+        with httpx.Client(base_url=emu.base_url, headers=HEADERS) as client:
+            assert client.get(f"/echo/status/{broken_id}").status_code == 404
+    assert after == {i: a for i, a in before.items() if i != broken_id}
+    (line,) = [r.getMessage() for r in caplog.records if broken_id in r.getMessage()]
+    assert f"s.db: jobs row '{broken_id}': attempt: missing" in line and "\n" not in line
+    with sqlite3.connect(state) as db:  # kept as it was, never rewritten
+        assert db.execute("SELECT row FROM jobs WHERE id = ?", (broken_id,)).fetchone()[0] == (
+            b'{"status": "COMPLETED", "body": 7}'
+        )
+    db.close()

@@ -254,7 +254,7 @@ class StateFile:
             ep = core.endpoints.get(endpoint_id)
             if ep is not None:
                 ep.completed, ep.failed, ep.retried = completed, failed, retried
-        restored = 0
+        restored = broken = 0
         skipped: dict[str, int] = {}
         running: list[JobRecord] = []
         queued: list[JobRecord] = []
@@ -263,36 +263,17 @@ class StateFile:
             if ep is None:
                 skipped[endpoint_id] = skipped.get(endpoint_id, 0) + 1
                 continue
-            data = orjson.loads(blob)
-            body = data["body"].encode()
-            job = JobRecord(
-                job_id,
-                ep,
-                orjson.loads(body).get("input"),
-                webhook=data["webhook"],
-                execution_timeout=data["execution_timeout"],
-                ttl=data["ttl"],
-                low_priority=data["low_priority"],
-                s3_config=data["s3_config"],
-                sync=data["sync"],
-                now=data["created_at"],
-            )
-            job.raw_body = body
-            job.attempt, job.retries = data["attempt"], data["retries"]
-            job.queued_at = data["queued_at"]
-            job.started_at, job.finished_at = data["started_at"], data["finished_at"]
-            job.delay_ms, job.execution_ms = data["delay_ms"], data["execution_ms"]
-            job.output_json = data["output"].encode() if data["output"] is not None else None
-            job.error, job.warning = data["error"], data["warning"]
-            job.expires_at, job.retention_override = data["expires_at"], data["retention_override"]
-            if data["worker"]:
-                slot = WorkerSlot(ep, worker_id=data["worker"])
-                slot.retired = True  # a worker of the last run, shown in workerId only
-                job.worker = slot
+            try:
+                job, status = _job_from_row(ep, job_id, blob)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # One broken row must not keep the rest from being served: it stays in the file as it
+                # is (never rewritten), and the log names it.
+                log.error("%s", _row_problem(self.path, job_id, blob))
+                broken += 1
+                continue
             self._seqs[job_id] = seq
             ep.jobs[job_id] = job
             restored += 1
-            status = JobStatus(data["status"])
             if status.is_terminal:
                 job.status = status
                 left = (job.expires_at if job.expires_at is not None else now) - now
@@ -327,6 +308,48 @@ class StateFile:
         for job_id, url, payload in owed:
             delivery.send(job_id, url, payload)
         return restored
+
+
+def _job_from_row(ep: Any, job_id: str, blob: bytes) -> tuple[JobRecord, JobStatus]:
+    """A job as its row describes it (KeyError/TypeError/ValueError when the row is broken)."""
+    data = orjson.loads(blob)
+    body = data["body"].encode()
+    job = JobRecord(
+        job_id,
+        ep,
+        orjson.loads(body).get("input"),
+        webhook=data["webhook"],
+        execution_timeout=data["execution_timeout"],
+        ttl=data["ttl"],
+        low_priority=data["low_priority"],
+        s3_config=data["s3_config"],
+        sync=data["sync"],
+        now=data["created_at"],
+    )
+    job.raw_body = body
+    job.attempt, job.retries = data["attempt"], data["retries"]
+    job.queued_at = data["queued_at"]
+    job.started_at, job.finished_at = data["started_at"], data["finished_at"]
+    job.delay_ms, job.execution_ms = data["delay_ms"], data["execution_ms"]
+    job.output_json = data["output"].encode() if data["output"] is not None else None
+    job.error, job.warning = data["error"], data["warning"]
+    job.expires_at, job.retention_override = data["expires_at"], data["retention_override"]
+    if data["worker"]:
+        slot = WorkerSlot(ep, worker_id=data["worker"])
+        slot.retired = True  # a worker of the last run, shown in workerId only
+        job.worker = slot
+    return job, JobStatus(data["status"])
+
+
+def _row_problem(file: Path, job_id: str, blob: bytes) -> str:
+    """One line naming the file, the row and the field that is wrong."""
+    try:
+        _check_row(file, job_id, blob)
+    except StateFileError as exc:
+        return f"{exc}; the row is kept in the file but not served"
+    return (
+        f"{file}: jobs row {job_id!r}: a field has the wrong type; the row is kept in the file but not served"
+    )
 
 
 def _ttl_left(core: Core, job: JobRecord, now: float) -> None:
