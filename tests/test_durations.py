@@ -27,7 +27,7 @@ from runpod_queue import (
     S3Store,
 )
 from runpod_queue.batch import BatchRunner, PollOptions, WebhookOptions
-from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings, VirtualClock
+from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Recording, Timings, VirtualClock
 from runpod_queue.webhooks import WebhookSigner
 
 PUBLIC_MODULES = (
@@ -199,6 +199,7 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
         for name in inspect.signature(Timings).parameters
         if name != "max_retained_jobs"  # a count, not a duration
     },
+    "Recording(delay)": lambda emu, v, tmp: Recording("e", None, delay=v),
     "EndpointSpec(idle_timeout)": lambda emu, v, tmp: EndpointSpec(_handler, workers_max=1, idle_timeout=v),
     "Emulator.update_endpoint(idle_timeout)": lambda emu, v, tmp: Emulator(
         {"f": EndpointSpec(_handler, workers_max=1)}, clock="virtual"

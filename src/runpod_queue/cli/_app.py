@@ -62,6 +62,7 @@ COMMAND_MODULES = (
     "_fleet",
     "_jobs",
     "_listen",
+    "_record",
     "_serve",
     "_storage",
     "_why",

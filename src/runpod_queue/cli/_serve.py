@@ -42,7 +42,8 @@ def serve(
             metavar="HANDLER",
             help="[ENDPOINT_ID=]HANDLER, where HANDLER is path/to/file.py[:function], "
             "package.module:function (function defaults to 'handler'; the id to the file stem or "
-            "function name) or the name of an example shipped with runpod-queue (echo, tokens, ...).",
+            "function name), the name of an example shipped with runpod-queue (echo, tokens, ...), or "
+            "a cassette [ID=]file.jsonl written by `rpq record`, to replay.",
             show_default=False,
         ),
     ] = None,
@@ -215,6 +216,16 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    restore: Annotated[
+        Path | None,
+        typer.Option(
+            "--restore",
+            metavar="SNAPSHOT",
+            help="Start from this snapshot (POST /_emulator/snapshot): --state FILE becomes a copy of it "
+            "(its content replaced); without --state, a temporary copy. The snapshot is only read.",
+            show_default=False,
+        ),
+    ] = None,
     s3: Annotated[
         bool,
         typer.Option(
@@ -292,6 +303,9 @@ def serve(
         _add_external(endpoints, endpoint_id, reference)
         worker_files[endpoint_id] = file_name
     for given in [] if runpod_worker else handlers:
+        if given.partition("=")[2 if "=" in given else 0].endswith(".jsonl"):
+            _add_replay(endpoints, given, fleet)
+            continue
         reference = _shipped_reference(given)
         try:
             loaded = load_endpoint(reference)
@@ -353,6 +367,7 @@ def serve(
             port=port,
             strict=strict,
             state=state,
+            restore=restore,
             s3=s3,
             timings=Timings(max_retained_jobs=max_retained_jobs or None),
         )
@@ -372,6 +387,8 @@ def serve(
         typer.echo(f"  console  {emu.root_url}/  (jobs, workers and queues live in a browser)")
         for endpoint_id, spec in emu.endpoint_specs.items():
             fed = " (external workers)" if spec.handler is None else ""
+            if spec.replay is not None:
+                fed = f" (replays {getattr(spec.replay, 'name', spec.replay)})"
             if spec.fleet:
                 low, high = spec.workers_min or 0, spec.workers_max
                 fed = f" (fleet: {low} to {high if high is not None else max(3, low)} workers)"
@@ -386,6 +403,9 @@ def serve(
         typer.echo(
             f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
         )
+        if restore is not None:
+            where = f"state {state}" if state is not None else "a temporary state file"
+            typer.echo(f"  restore  {where} started from snapshot {restore}")
         if s3:
             storage = emu.s3_config
             typer.echo(
@@ -493,6 +513,40 @@ def _add_external(endpoints: dict[str, Any], endpoint_id: str, reference: str) -
         typer.echo(f"error: endpoint id {endpoint_id!r} given twice; name one: ID={reference}", err=True)
         raise typer.Exit(2)
     endpoints[endpoint_id] = EndpointSpec(handler=None)
+
+
+def _add_replay(endpoints: dict[str, Any], reference: str, fleet: dict[str, Any]) -> None:
+    """`[ID=]cassette.jsonl`: replay a cassette `rpq record` wrote; without ID, one endpoint per
+    endpoint id recorded in it."""
+    from dataclasses import replace
+
+    from runpod_queue.emulator import Cassette, EndpointSpec
+    from runpod_queue.errors import ConfigurationError
+
+    endpoint_id, sep, file_name = reference.partition("=")
+    if not sep:
+        endpoint_id, file_name = "", reference
+    if endpoint_id and not _ENDPOINT_ID.match(endpoint_id):
+        typer.echo(
+            f"error: invalid endpoint id {endpoint_id!r}: use letters, digits, '-', '_' or '.'", err=True
+        )
+        raise typer.Exit(2)
+    try:
+        cassette = Cassette.load(file_name)
+        ids = [endpoint_id] if endpoint_id else cassette.endpoints
+        if not ids:
+            raise ConfigurationError(
+                f"{file_name}: no recorded job, so no endpoint id to serve: name one, ID={file_name}"
+            )
+        for one in ids:
+            if one in endpoints:
+                raise ConfigurationError(f"endpoint id {one!r} given twice; name one: ID={file_name}")
+            spec = EndpointSpec(replay=cassette)
+            spec.handler.bind_check(one)  # type: ignore[union-attr]
+            endpoints[one] = replace(spec, workers=None, **fleet) if fleet else spec
+    except (ConfigurationError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _worker_reference(reference: str) -> tuple[str, str]:

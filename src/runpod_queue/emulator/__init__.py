@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from runpod_queue._public import publish as _publish
 from runpod_queue.emulator._app import EmulatorApp
+from runpod_queue.emulator._cassette import Cassette, OnMiss, Recording
 from runpod_queue.emulator._clock import Clock, ClockKind, RealClock, VirtualClock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Handler, ScalerKind, Timings
 from runpod_queue.emulator._delivery import WebhookAttempt
@@ -20,6 +21,7 @@ from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._server import Emulator
 
 __all__ = [
+    "Cassette",
     "Clock",
     "ClockKind",
     "Emulator",
@@ -32,9 +34,11 @@ __all__ = [
     "HandlerLoadError",
     "JobView",
     "LoadedEndpoint",
+    "OnMiss",
     "Readings",
     "RealClock",
     "RecordedRequest",
+    "Recording",
     "ScalerKind",
     "Timings",
     "VirtualClock",

@@ -9,10 +9,12 @@ gone, as if the emulator had been started afresh.
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from runpod_queue._contract import JobStatus
+from runpod_queue.emulator._cassette import ReplayHandler
 from runpod_queue.emulator._config import EndpointSpec, Faults
 from runpod_queue.emulator._endpoint_file import parse_endpoint
 from runpod_queue.emulator._http import HTTPError, type_name
@@ -115,7 +117,7 @@ class Admin:
         for ep in self.core.endpoints.values():
             self._drop_jobs(ep)
             ep.completed = ep.failed = ep.retried = 0
-            if isinstance(ep.spec.handler, ScriptedHandler):
+            if isinstance(ep.spec.handler, ScriptedHandler | ReplayHandler):
                 ep.spec.handler.reset()  # a sequence starts from its first answer again
         self.delivery.reset()
         self.requests.clear()
@@ -124,6 +126,30 @@ class Admin:
         await self.core.clock.restart()
         if self.state is not None:
             self.state.clear()
+
+    def snapshot(self, path: str, *, overwrite: bool = False) -> dict[str, Any]:
+        """Write a consistent copy of the state to `path` (see `state.write_snapshot`).
+
+        Raises:
+            FileExistsError: `path` exists and `overwrite` is false.
+            OSError: `path` cannot be written.
+        """
+        from pathlib import Path
+
+        from runpod_queue.emulator._state import STATE_FORMAT, write_snapshot
+
+        target = Path(path).resolve()
+        if target.exists() and not overwrite:
+            raise FileExistsError(f"{target} exists: overwrite it on purpose, or give another path")
+        if not target.parent.is_dir():
+            raise OSError(f"cannot write {target}: no directory {target.parent}")
+        if target.exists():
+            target.unlink()
+        try:
+            jobs = write_snapshot(self.core, self.state, target)
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot write {target}: {exc}") from None
+        return {"path": str(target), "jobs": jobs, "format": STATE_FORMAT, "now": self.core.clock.now()}
 
     def _drop_jobs(self, ep: EndpointState) -> None:
         """End every job of `ep` with no lifecycle event (no webhook, no counter)."""
@@ -171,6 +197,8 @@ class Admin:
         """
         if isinstance(spec.handler, ScriptedHandler):
             spec.handler.bind(self.core.clock)
+        elif isinstance(spec.handler, ReplayHandler):
+            spec.handler.bind(self.core.clock, endpoint_id)
         ep = self.core.endpoints.get(endpoint_id)
         wanted = (self.default_workers if spec.workers is None else spec.workers) if spec.handler else 0
         if ep is None:

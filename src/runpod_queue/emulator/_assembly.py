@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from runpod_queue._limits import RateLimits
 from runpod_queue.emulator._admin import Admin
 from runpod_queue.emulator._app import EmulatorApp
+from runpod_queue.emulator._cassette import ReplayHandler
 from runpod_queue.emulator._clock import Clock
 from runpod_queue.emulator._config import EndpointSpec, Faults, Timings
 from runpod_queue.emulator._console import Console
@@ -86,9 +87,11 @@ def assemble(
     state: StateFile | None = None,
 ) -> Emulation:
     """Build the emulator's parts; `endpoints` and every argument are already validated values."""
-    for spec in endpoints.values():
+    for endpoint_id, spec in endpoints.items():
         if isinstance(spec.handler, ScriptedHandler):
             spec.handler.bind(clock)  # its delays are this emulator's seconds
+        elif isinstance(spec.handler, ReplayHandler):
+            spec.handler.bind(clock, endpoint_id)  # the recorded waits too; the id picks the recordings
     runner = InProcessRunner()
     delivery = WebhookDelivery(clock, retry_gap=timings.webhook_retry_gap * clock.scale)
     core = Core(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 from runpod_queue._units import Duration, seconds
+from runpod_queue.emulator._cassette import Cassette
 
 __all__ = ["EndpointSpec", "Faults", "Handler", "ScalerKind", "Timings"]
 
@@ -163,6 +165,15 @@ class EndpointSpec:
         scaler_value: Fleet: the scaler's threshold (RunPod's default 4 for both).
         flashboot: Fleet: a worker started while a stopped one's resources are kept boots in a tenth
             of `cold_start` (ours: RunPod gives no figure).
+        replay: A cassette (its path, or a loaded `Cassette`) recorded by ``rpq record``: the endpoint
+            answers each input as recorded, after the recorded queue wait and run time on the
+            emulator's clock (docs/local-runpod.md). A `handler` given with it runs the inputs the
+            cassette has no recording of; once built, `handler` holds the replaying handler and
+            `replay` the loaded `Cassette`.
+
+    Raises:
+        ConfigurationError: `replay` names a file that is not a valid cassette (the message names the
+            file, line and field).
     """
 
     handler: Handler | None = None
@@ -175,8 +186,11 @@ class EndpointSpec:
     scaler: ScalerKind = "queue_delay"
     scaler_value: float = 4.0
     flashboot: bool = False
+    replay: str | os.PathLike[str] | Cassette | None = None
 
     def __post_init__(self) -> None:
+        if self.replay is not None:
+            self._replay()
         if self.handler is not None and not callable(self.handler):
             raise TypeError(f"EndpointSpec.handler must be callable, got {type(self.handler).__name__}")
         for name in ("workers", "workers_min", "workers_max"):
@@ -214,6 +228,22 @@ class EndpointSpec:
             raise ValueError(
                 f"EndpointSpec.workers_min ({self.workers_min}) is above workers_max ({self.workers_max})"
             )
+
+    def _replay(self) -> None:
+        from runpod_queue.emulator._cassette import ReplayHandler
+
+        given = self.replay
+        cassette = given if isinstance(given, Cassette) else Cassette.load(given)  # type: ignore[arg-type]
+        handler = self.handler
+        if not (isinstance(handler, ReplayHandler) and handler.cassette is cassette):
+            if handler is not None and not callable(handler):
+                raise TypeError(f"EndpointSpec.handler must be callable, got {type(handler).__name__}")
+            handler = ReplayHandler(cassette, fallback=handler)
+        object.__setattr__(self, "replay", cassette)
+        object.__setattr__(self, "handler", handler)
+        # A recorded stream whose output is its chunks came from an endpoint with aggregate streams on.
+        if any(r.stream and r.output == [c for _, c in r.stream] for r in cassette.recordings):
+            object.__setattr__(self, "return_aggregate_stream", True)
 
     @property
     def fleet(self) -> bool:

@@ -71,6 +71,7 @@ class Control:
         if admin is not None:
             self.routes[("POST", "reset")] = self.reset
             self.routes[("GET", "endpoints")] = self.list_endpoints
+            self.routes[("POST", "snapshot")] = self.snapshot
         if faults is not None:
             self.routes[("GET", "faults")] = self.get_faults
             self.routes[("PUT", "faults")] = self.put_faults
@@ -163,6 +164,30 @@ class Control:
         """``POST /_emulator/reset``: every job, request, webhook attempt and counter gone; clock at 0."""
         await self._admin().reset()
         return 200, {"reset": True, "now": self.clock.now(), "endpoints": sorted(self.core.endpoints)}
+
+    async def snapshot(self, request: Request) -> tuple[int, Any]:
+        """``POST /_emulator/snapshot`` ``{"path": "fixture.db"}``: a consistent copy of the state in a
+        file on the server's machine (relative to its working directory); 409 if it exists, unless
+        ``"overwrite": true``."""
+        data = json_object(await request.body(10_000, "/_emulator/snapshot"), '{"path": "fixture.db"}')
+        unknown = sorted(data.keys() - {"path", "overwrite"})
+        path, overwrite = data.get("path"), data.get("overwrite", False)
+        if unknown or not isinstance(path, str) or not path:
+            raise HTTPError(
+                400,
+                'send {"path": "FILE"} (a file the server writes, relative to its working directory) and '
+                f'optionally "overwrite": true; got fields {sorted(data)}',
+            )
+        if not isinstance(overwrite, bool):
+            raise HTTPError(
+                400, f'"overwrite" must be true or false, got {type_name(overwrite)} {overwrite!r}'
+            )
+        try:
+            return 201, self._admin().snapshot(path, overwrite=overwrite)
+        except FileExistsError as exc:
+            raise HTTPError(409, f'{exc} (send "overwrite": true)') from None
+        except OSError as exc:
+            raise HTTPError(400, str(exc)) from None
 
     async def get_faults(self, request: Request) -> tuple[int, Any]:
         """``GET /_emulator/faults``: the fault injection in force."""

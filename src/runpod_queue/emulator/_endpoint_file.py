@@ -33,7 +33,7 @@ from runpod_queue.errors import ConfigurationError
 
 __all__ = ["ConfigFileError", "load_endpoints_file", "parse_endpoint"]
 
-ENDPOINT_FIELDS: Final = ("handler", "script", "workers", "return_aggregate_stream")
+ENDPOINT_FIELDS: Final = ("handler", "script", "replay", "on_miss", "workers", "return_aggregate_stream")
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -66,6 +66,8 @@ def parse_endpoint(endpoint_id: str, data: Any, *, base: Path | None = None) -> 
     reference, script = data.get("handler"), data.get("script")
     if reference is not None and script is not None:
         raise FieldError(("script",), "give a handler or a script, not both")
+    if data.get("replay") is not None or data.get("on_miss") is not None:
+        return _replayed(endpoint_id, data, base, workers, aggregate)
     if script is not None:
         handler = ScriptedHandler(parse_script(script))
         return EndpointSpec(handler=handler, workers=workers, return_aggregate_stream=aggregate)
@@ -84,6 +86,36 @@ def parse_endpoint(endpoint_id: str, data: Any, *, base: Path | None = None) -> 
         workers=workers,
         return_aggregate_stream=aggregate or loaded.spec.return_aggregate_stream,
     )
+
+
+def _replayed(
+    endpoint_id: str, data: dict[str, Any], base: Path | None, workers: int | None, aggregate: bool
+) -> EndpointSpec:
+    """`replay = "cassette.jsonl"` (with `on_miss`, and a `handler` for the misses)."""
+    from runpod_queue.emulator._cassette import Cassette, ReplayHandler
+
+    replay, on_miss = data.get("replay"), data.get("on_miss")
+    if data.get("script") is not None:
+        raise FieldError(("script",), "give a script or a replay cassette, not both")
+    if not isinstance(replay, str) or not replay:
+        raise FieldError(
+            ("replay",), f'must be a cassette file written by rpq record ("c.jsonl"), got {replay!r}'
+        )
+    if on_miss is not None and on_miss not in ("error", "nearest", "handler"):
+        raise FieldError(("on_miss",), f"must be one of error, nearest, handler, got {on_miss!r}")
+    path = Path(replay)
+    if base is not None and not path.is_absolute():
+        path = base / path
+    fallback = None
+    if data.get("handler") is not None:
+        fallback = parse_endpoint(endpoint_id, {"handler": data["handler"]}, base=base).handler
+    try:
+        cassette = Cassette.load(path, on_miss=on_miss)
+        handler = ReplayHandler(cassette, fallback=fallback)
+        handler.bind_check(endpoint_id)
+    except ConfigurationError as exc:
+        raise FieldError(("replay",), str(exc)) from None
+    return EndpointSpec(handler=handler, replay=cassette, workers=workers, return_aggregate_stream=aggregate)
 
 
 def load_endpoints_file(path: str | Path) -> dict[str, EndpointSpec]:

@@ -6,10 +6,13 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Coroutine, Generator, Mapping
 from types import FrameType, TracebackType
 from typing import Any, TypeVar
@@ -35,7 +38,7 @@ from runpod_queue.emulator._jobs import EndpointState
 from runpod_queue.emulator._notices import EmulatorWarning
 from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._s3 import LocalS3
-from runpod_queue.emulator._state import StateFile
+from runpod_queue.emulator._state import StateFile, restore_snapshot
 
 __all__ = ["Emulator"]
 
@@ -182,13 +185,17 @@ class Emulator:
             without awaiting holds every route meanwhile. ``None`` switches the watch off.
         state: A file (SQLite) that keeps jobs, counters, owed webhooks and the clock across restarts;
             created when missing. See docs/local-runpod.md.
+        restore: A snapshot (``POST /_emulator/snapshot``, ``snapshot``) to start from: `state`
+            becomes a copy of it (its previous content replaced; the snapshot is only read). Without
+            `state`, the copy is a temporary file removed when the emulator is collected.
         s3: Also serve an S3 on loopback (moto's server, the ``s3`` extra) with the buckets workers
             write to; ``s3_config`` names it, and while the emulator runs the ``BUCKET_*`` variables
             ``rp_upload`` reads are set in this process (see ``s3_environment``).
 
     Raises:
         ValueError: An endpoint id that is empty or has a ``/``, or ``workers`` below 0.
-        ConfigurationError: ``state`` is not a state file, or one written by a newer version.
+        ConfigurationError: ``state`` or ``restore`` is not a state file, is one written by a newer
+            version, or (``restore``) has a broken row (the message names the file, row and field).
     """
 
     def __init__(
@@ -211,6 +218,7 @@ class Emulator:
         loop_warn_after: Duration | None = 0.5,
         state: str | os.PathLike[str] | None = None,
         s3: bool = False,
+        restore: str | os.PathLike[str] | None = None,
     ) -> None:
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
             raise ValueError(f"workers must be an int >= 0, got {workers!r}")
@@ -252,7 +260,7 @@ class Emulator:
             loop_warn_after=None
             if loop_warn_after is None
             else _seconds(loop_warn_after, "loop_warn_after", low=0.05),
-            state=StateFile(state) if state is not None else None,
+            state=self._state_file(state, restore),
         )
         self.app: EmulatorApp = self._parts.app
         self.host: str = host
@@ -263,6 +271,42 @@ class Emulator:
         self._socket: socket.socket | None = None
         self._error: BaseException | None = None
         self._s3: LocalS3 | None = LocalS3(host) if s3 else None
+
+    @staticmethod
+    def _state_file(
+        state: str | os.PathLike[str] | None, restore: str | os.PathLike[str] | None
+    ) -> StateFile | None:
+        if restore is not None:
+            if state is None:
+                folder = tempfile.mkdtemp(prefix="rpq-restored-")
+                state = os.path.join(folder, "state.db")
+                restore_snapshot(restore, state)
+                opened = StateFile(state)
+                weakref.finalize(opened, shutil.rmtree, folder, True)
+                return opened
+            restore_snapshot(restore, state)
+        return StateFile(state) if state is not None else None
+
+    def snapshot(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> int:
+        """Write a consistent copy of the emulator's state to `path`, to start another emulator from
+        (``restore=``, ``rpq serve --restore``); the same as ``POST /_emulator/snapshot``.
+
+        With ``state=`` it is SQLite's backup of the state file (webhooks still owed included);
+        without, the jobs, counters and clock as they are in memory.
+
+        Args:
+            path: The file to write (one self-contained SQLite file).
+            overwrite: Replace `path` if it exists (by default an existing file is refused).
+
+        Returns:
+            How many jobs the snapshot holds.
+
+        Raises:
+            FileExistsError: `path` exists and `overwrite` is false.
+            OSError: `path` cannot be written.
+        """
+        answer = self._on_loop(lambda: self._parts.admin.snapshot(str(path), overwrite=overwrite))
+        return int(answer["jobs"])
 
     def __repr__(self) -> str:
         state = self.base_url if self._server is not None else "stopped"

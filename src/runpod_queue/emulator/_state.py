@@ -254,7 +254,7 @@ class StateFile:
             ep = core.endpoints.get(endpoint_id)
             if ep is not None:
                 ep.completed, ep.failed, ep.retried = completed, failed, retried
-        restored = 0
+        restored = broken = 0
         skipped: dict[str, int] = {}
         running: list[JobRecord] = []
         queued: list[JobRecord] = []
@@ -263,36 +263,17 @@ class StateFile:
             if ep is None:
                 skipped[endpoint_id] = skipped.get(endpoint_id, 0) + 1
                 continue
-            data = orjson.loads(blob)
-            body = data["body"].encode()
-            job = JobRecord(
-                job_id,
-                ep,
-                orjson.loads(body).get("input"),
-                webhook=data["webhook"],
-                execution_timeout=data["execution_timeout"],
-                ttl=data["ttl"],
-                low_priority=data["low_priority"],
-                s3_config=data["s3_config"],
-                sync=data["sync"],
-                now=data["created_at"],
-            )
-            job.raw_body = body
-            job.attempt, job.retries = data["attempt"], data["retries"]
-            job.queued_at = data["queued_at"]
-            job.started_at, job.finished_at = data["started_at"], data["finished_at"]
-            job.delay_ms, job.execution_ms = data["delay_ms"], data["execution_ms"]
-            job.output_json = data["output"].encode() if data["output"] is not None else None
-            job.error, job.warning = data["error"], data["warning"]
-            job.expires_at, job.retention_override = data["expires_at"], data["retention_override"]
-            if data["worker"]:
-                slot = WorkerSlot(ep, worker_id=data["worker"])
-                slot.retired = True  # a worker of the last run, shown in workerId only
-                job.worker = slot
+            try:
+                job, status = _job_from_row(ep, job_id, blob)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                # One broken row must not keep the rest from being served: it stays in the file as it
+                # is (never rewritten), and the log names it.
+                log.error("%s", _row_problem(self.path, job_id, blob))
+                broken += 1
+                continue
             self._seqs[job_id] = seq
             ep.jobs[job_id] = job
             restored += 1
-            status = JobStatus(data["status"])
             if status.is_terminal:
                 job.status = status
                 left = (job.expires_at if job.expires_at is not None else now) - now
@@ -329,6 +310,48 @@ class StateFile:
         return restored
 
 
+def _job_from_row(ep: Any, job_id: str, blob: bytes) -> tuple[JobRecord, JobStatus]:
+    """A job as its row describes it (KeyError/TypeError/ValueError when the row is broken)."""
+    data = orjson.loads(blob)
+    body = data["body"].encode()
+    job = JobRecord(
+        job_id,
+        ep,
+        orjson.loads(body).get("input"),
+        webhook=data["webhook"],
+        execution_timeout=data["execution_timeout"],
+        ttl=data["ttl"],
+        low_priority=data["low_priority"],
+        s3_config=data["s3_config"],
+        sync=data["sync"],
+        now=data["created_at"],
+    )
+    job.raw_body = body
+    job.attempt, job.retries = data["attempt"], data["retries"]
+    job.queued_at = data["queued_at"]
+    job.started_at, job.finished_at = data["started_at"], data["finished_at"]
+    job.delay_ms, job.execution_ms = data["delay_ms"], data["execution_ms"]
+    job.output_json = data["output"].encode() if data["output"] is not None else None
+    job.error, job.warning = data["error"], data["warning"]
+    job.expires_at, job.retention_override = data["expires_at"], data["retention_override"]
+    if data["worker"]:
+        slot = WorkerSlot(ep, worker_id=data["worker"])
+        slot.retired = True  # a worker of the last run, shown in workerId only
+        job.worker = slot
+    return job, JobStatus(data["status"])
+
+
+def _row_problem(file: Path, job_id: str, blob: bytes) -> str:
+    """One line naming the file, the row and the field that is wrong."""
+    try:
+        _check_row(file, job_id, blob)
+    except StateFileError as exc:
+        return f"{exc}; the row is kept in the file but not served"
+    return (
+        f"{file}: jobs row {job_id!r}: a field has the wrong type; the row is kept in the file but not served"
+    )
+
+
 def _ttl_left(core: Core, job: JobRecord, now: float) -> None:
     """A queued job keeps what was left of its ttl (from when it was queued), not a fresh one."""
     handle = job.ttl_handle
@@ -337,3 +360,143 @@ def _ttl_left(core: Core, job: JobRecord, now: float) -> None:
     handle.cancel()
     left = job.queued_at + core.span(job.policy_ttl) - now
     job.ttl_handle = core.clock.call_later(max(left, 0.0), core._ttl_expired, job, job.attempt)
+
+
+# -- snapshots ------------------------------------------------------------------------------------
+
+_ROW_FIELDS: Final = ("status", "attempt", "retries", "queued_at", "created_at", "body", "webhook", "ttl")
+
+
+def write_snapshot(core: Core, state: StateFile | None, dest: str | os.PathLike[str]) -> int:
+    """A consistent copy of the emulator's state in `dest` (a new state file, one self-contained file:
+    journal mode DELETE); returns how many jobs it holds.
+
+    With a state file this is SQLite's online backup of it, so owed webhooks are in it too. Without
+    one, the jobs, counters and clock are written from memory (webhooks owed are not: an in-memory
+    emulator does not track them). Called on the emulator's loop, between two changes, so either way
+    no change is half in it.
+    """
+    target = Path(dest)
+    if state is not None:
+        copy = sqlite3.connect(target)
+        try:
+            state.db.backup(copy)
+            copy.execute("PRAGMA journal_mode=DELETE")
+            (count,) = copy.execute("SELECT COUNT(*) FROM jobs").fetchone()
+        finally:
+            copy.close()
+        return int(count)
+    db = sqlite3.connect(target, isolation_level=None)
+    try:
+        db.executescript(_SCHEMA)
+        db.execute("BEGIN")
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('format', ?)", (str(STATE_FORMAT),))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('now', ?)", (repr(core.clock.now()),))
+        seq = 0
+        for ep in core.endpoints.values():
+            db.execute(
+                "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?)",
+                (ep.id, ep.completed, ep.failed, ep.retried),
+            )
+            for job in ep.jobs.values():
+                seq += 1
+                db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)", (job.id, seq, ep.id, _row(job)))
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return seq
+
+
+def check_snapshot(path: str | os.PathLike[str]) -> int:
+    """Check that `path` is a state file this version reads, every job row whole; returns its job count.
+
+    Raises:
+        StateFileError: Missing, not a state file, a newer format, or a row with a field wrong (one line
+            naming the file, the table and row, and the field).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise StateFileError(f"{file}: no such snapshot file")
+    try:
+        db = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StateFileError(f"{file}: cannot open the snapshot: {exc}") from None
+    try:
+        try:
+            tables = {n for (n,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        except sqlite3.DatabaseError as exc:
+            raise StateFileError(f"{file}: not a runpod-queue snapshot ({exc})") from None
+        missing = sorted({"meta", "jobs", "counters", "webhooks"} - tables)
+        if missing:
+            raise StateFileError(f"{file}: not a runpod-queue snapshot: no table {missing[0]}")
+        row = db.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        version = None if row is None else str(row[0])
+        if version is None or not version.isdigit():
+            raise StateFileError(f"{file}: meta.format: must be the state format version, got {version!r}")
+        if int(version) > STATE_FORMAT:
+            raise StateFileError(
+                f"{file}: meta.format: written by a newer runpod-queue (state format {version}; this version "
+                f"reads {STATE_FORMAT}); upgrade runpod-queue"
+            )
+        now = db.execute("SELECT value FROM meta WHERE key = 'now'").fetchone()
+        if now is not None:
+            try:
+                float(now[0])
+            except ValueError:
+                raise StateFileError(
+                    f"{file}: meta.now: must be the clock's seconds, got {now[0]!r}"
+                ) from None
+        count = 0
+        for job_id, blob in db.execute("SELECT id, row FROM jobs ORDER BY seq"):
+            count += 1
+            _check_row(file, job_id, blob)
+        return count
+    finally:
+        db.close()
+
+
+def _check_row(file: Path, job_id: str, blob: bytes) -> None:
+    where = f"{file}: jobs row {job_id!r}"
+    try:
+        data = orjson.loads(blob)
+    except orjson.JSONDecodeError as exc:
+        raise StateFileError(f"{where}: row: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise StateFileError(f"{where}: row: must be a JSON object")
+    for name in _ROW_FIELDS:
+        if name not in data:
+            raise StateFileError(f"{where}: {name}: missing")
+    try:
+        JobStatus(data["status"])
+    except ValueError:
+        raise StateFileError(f"{where}: status: not a job status: {data['status']!r}") from None
+    try:
+        body = orjson.loads(data["body"])
+    except (orjson.JSONDecodeError, TypeError):
+        raise StateFileError(f"{where}: body: not the job's JSON request body") from None
+    if not isinstance(body, dict):
+        raise StateFileError(f"{where}: body: must be a JSON object")
+
+
+def restore_snapshot(snapshot: str | os.PathLike[str], state: str | os.PathLike[str]) -> int:
+    """Make `state` a copy of `snapshot` (checked first; the snapshot is only read); returns its jobs.
+
+    Raises:
+        StateFileError: The snapshot is broken or newer (see `check_snapshot`), or `state` cannot be
+            written.
+    """
+    count = check_snapshot(snapshot)
+    source = sqlite3.connect(f"{Path(snapshot).resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(state)
+    except sqlite3.Error as exc:
+        source.close()
+        raise StateFileError(f"{state}: cannot write the state file: {exc}") from None
+    try:
+        source.backup(target)
+    except sqlite3.Error as exc:
+        raise StateFileError(f"{state}: cannot write the state file: {exc}") from None
+    finally:
+        target.close()
+        source.close()
+    return count
