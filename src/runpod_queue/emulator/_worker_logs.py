@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 import threading
@@ -81,6 +82,7 @@ class _Route(NamedTuple):
 
 
 _CURRENT: ContextVar[_Route | None] = ContextVar("rpq_worker_log_route", default=None)
+_new: Final = tuple.__new__
 
 
 class WorkerLogs:
@@ -91,7 +93,7 @@ class WorkerLogs:
         self._clock = clock
         self._lock = threading.Lock()
         self._buffers: OrderedDict[str, _Buffer] = OrderedDict()
-        self._seq = 0
+        self._seq = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._captured = False
@@ -120,39 +122,51 @@ class WorkerLogs:
 
     def _buffer(self, endpoint_id: str, worker_id: str) -> _Buffer:
         buffer = self._buffers.get(worker_id)
-        if buffer is None:
-            if len(self._buffers) >= WORKERS_KEPT:
-                gone = next((k for k, b in self._buffers.items() if b.ended), None)
-                self._buffers.pop(gone if gone is not None else next(iter(self._buffers)))
-            buffer = self._buffers[worker_id] = _Buffer(endpoint_id)
+        if buffer is not None:
+            return buffer
+        with self._lock:  # only a new worker's first line takes the lock
+            buffer = self._buffers.get(worker_id)
+            if buffer is None:
+                if len(self._buffers) >= WORKERS_KEPT:
+                    gone = next((k for k, b in self._buffers.items() if b.ended), None)
+                    self._buffers.pop(gone if gone is not None else next(iter(self._buffers)))
+                buffer = self._buffers[worker_id] = _Buffer(endpoint_id)
         return buffer
 
     def _append(self, buffer: _Buffer, source: str, line: str, job_id: str | None, at: float) -> None:
-        self._seq += 1
+        # No lock: `next` on a count and `deque.append` are each one atomic step under the GIL, and the
+        # deque's maxlen drops the oldest line. One line per job start and end is on the API's hot path.
         if len(line) > LINE_CHARS:
             line = line[:LINE_CHARS] + " …[cut]"
-        buffer.lines.append(LogEntry(self._seq, at, source, line, job_id))
+        # tuple.__new__: a named tuple without its Python-level __new__ (a third of this call's cost).
+        buffer.lines.append(_new(LogEntry, (next(self._seq), at, source, line, job_id)))
 
     def add(
         self, endpoint_id: str, worker_id: str, source: str, text: str, job_id: str | None = None
     ) -> None:
         """Add whole lines (`text` split at newlines; a trailing newline adds no empty line)."""
         at = self._clock.now()
-        with self._lock:
-            buffer = self._buffer(endpoint_id, worker_id)
-            for line in text.rstrip("\n").split("\n") if text else ():
+        buffer = self._buffer(endpoint_id, worker_id)
+        if "\n" in text:
+            for line in text.rstrip("\n").split("\n"):
                 self._append(buffer, source, line.rstrip("\r"), job_id, at)
-        self._wake(buffer)
+        elif text:
+            self._append(buffer, source, text, job_id, at)
+        if buffer.waiters:
+            self._wake(buffer)
 
     def system(self, endpoint_id: str, worker_id: str, text: str, job_id: str | None = None) -> None:
-        """A lifecycle line of ours (source ``system``)."""
-        self.add(endpoint_id, worker_id, "system", text, job_id)
+        """A lifecycle line of ours (source ``system``, one line)."""
+        buffer = self._buffer(endpoint_id, worker_id)
+        self._append(buffer, "system", text, job_id, self._clock.now())
+        if buffer.waiters:
+            self._wake(buffer)
 
     def write(self, route: _Route, stream: str, text: str) -> None:
         """Stream text from a run: whole lines are added, the rest waits for its newline."""
         at = self._clock.now()
+        buffer = self._buffer(route.endpoint_id, route.worker_id)
         with self._lock:
-            buffer = self._buffer(route.endpoint_id, route.worker_id)
             pending = buffer.partial.get(stream, "") + text
             *lines, rest = pending.split("\n")
             for line in lines:
@@ -182,10 +196,9 @@ class WorkerLogs:
     def end(self, endpoint_id: str, worker_id: str, why: str) -> None:
         """The worker stopped: a last system line; a follower's stream ends after it."""
         at = self._clock.now()
-        with self._lock:
-            buffer = self._buffer(endpoint_id, worker_id)
-            self._append(buffer, "system", f"worker stopped: {why}", None, at)
-            buffer.ended = True
+        buffer = self._buffer(endpoint_id, worker_id)
+        self._append(buffer, "system", f"worker stopped: {why}", None, at)
+        buffer.ended = True
         self._wake(buffer)
 
     def sink(self, endpoint_id: str, worker_id: str) -> Callable[[str], None]:
@@ -205,11 +218,12 @@ class WorkerLogs:
 
     def read(self, worker_id: str, after: int) -> tuple[list[LogEntry], bool]:
         """Lines after sequence number `after`, and whether the worker has stopped."""
-        with self._lock:
-            buffer = self._buffers.get(worker_id)
-            if buffer is None:
-                return [], True
-            return [e for e in buffer.lines if e.seq > after], buffer.ended
+        buffer = self._buffers.get(worker_id)
+        if buffer is None:
+            return [], True
+        ended = buffer.ended  # read first: a line added after it is sent on the next wake
+        lines = list(buffer.lines)  # one step under the GIL: no append interleaves
+        return [e for e in lines if e.seq > after], ended
 
     def watch(self, worker_id: str) -> asyncio.Event | None:
         """An event set when the worker gets a line or stops (call on the loop); None if unknown."""
@@ -249,7 +263,7 @@ def _set_all(buffer: _Buffer) -> None:
 def route_run(logs: WorkerLogs, endpoint_id: str, worker_id: str, job_id: str | None) -> Token[_Route | None]:
     """From here on, in this thread or task, output belongs to `worker_id` (undo with `unroute_run`)."""
     _capture.ensure_streams()
-    return _CURRENT.set(_Route(logs, endpoint_id, worker_id, job_id))
+    return _CURRENT.set(_new(_Route, (logs, endpoint_id, worker_id, job_id)))
 
 
 def unroute_run(token: Token[_Route | None]) -> None:
