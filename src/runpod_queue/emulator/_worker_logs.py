@@ -75,6 +75,8 @@ class _Buffer:
 
 
 class _Route(NamedTuple):
+    """Where a run's output goes: the emulator's logs, the endpoint, the worker and the job it runs."""
+
     logs: WorkerLogs
     endpoint_id: str
     worker_id: str
@@ -235,6 +237,7 @@ class WorkerLogs:
         return event
 
     def unwatch(self, worker_id: str, event: asyncio.Event) -> None:
+        """Stop waking `event` (the follower left)."""
         buffer = self._buffers.get(worker_id)
         if buffer is not None:
             buffer.waiters.discard(event)
