@@ -13,9 +13,9 @@ What a worker's log holds (RunPod's `source` values, `LogSource` in `api-referen
 
 The user's own output is untouched: ``sys.stdout``/``sys.stderr`` are wrapped by a pass-through that
 writes everything where it went before and only *copies* a run's text; a ``logging`` record is taken
-once — through the stream when one of the user's handlers writes it to a wrapped stream, else directly,
-formatted by the user's first handler — and our root handler stands in for ``logging.lastResort``
-when it is the only one, so unconfigured warnings still reach stderr.
+once — through the stream when one of the user's handlers (or Python's last resort) writes it to a
+wrapped stream, else directly, formatted by the user's first handler. Records are seen through a log
+record factory, not a handler: the root logger's handlers stay the user's (``basicConfig`` still works).
 
 Bounds (ours): the last `LINES_PER_WORKER` lines per worker, lines cut at `LINE_CHARS`, and the logs of
 at most `WORKERS_KEPT` workers per emulator (a stopped worker's log goes first).
@@ -299,45 +299,30 @@ class _RoutedStream:
         return getattr(self._rpq_target, name)
 
 
-class _RecordCapture(logging.Handler):
-    """On the root logger while an emulator runs: takes a run's records that no stream of ours sees."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        others = _chain_handlers(record.name, self)
-        route = _CURRENT.get()
-        if not others:
-            # Our handler alone would silence Python's last resort (stderr, WARNING and up): be it.
-            last = logging.lastResort
-            if last is not None and record.levelno >= last.level:
-                if route is not None:
-                    _capture.ensure_streams()
-                last.handle(record)
-            return True
-        if route is None:
-            return True
-        for handler in others:
-            stream = getattr(handler, "stream", None)
-            if isinstance(stream, _RoutedStream) and record.levelno >= handler.level:
-                return True  # that handler's write is copied by the stream
-        try:
-            line = (others[0].formatter or _FORMATTER).format(record)
-        except Exception:  # a broken formatter is the user's handler's problem, not the log's
-            line = record.getMessage()
-        route.logs.add(route.endpoint_id, route.worker_id, "container", line, route.job_id)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does the work
-        pass
+def _take_record(record: logging.LogRecord, route: _Route) -> None:
+    """A run's log record, once: left to the stream copy when a handler prints it to a wrapped stream
+    (or Python's last resort does: no handler at all), else formatted as the first handler would."""
+    handlers = _chain_handlers(record.name)
+    if not handlers:
+        return  # the last resort (WARNING and up) writes it to sys.stderr, which the run's copy takes
+    for handler in handlers:
+        if isinstance(getattr(handler, "stream", None), _RoutedStream) and record.levelno >= handler.level:
+            return  # that handler's write is copied by the stream
+    try:
+        line = (handlers[0].formatter or _FORMATTER).format(record)
+    except Exception:  # a broken formatter is the user's handler's problem, not the log's
+        line = str(record.msg)
+    route.logs.add(route.endpoint_id, route.worker_id, "container", line, route.job_id)
 
 
 _FORMATTER: Final = logging.Formatter("%(levelname)s %(name)s: %(message)s")
 
 
-def _chain_handlers(name: str, ours: logging.Handler) -> list[logging.Handler]:
+def _chain_handlers(name: str) -> list[logging.Handler]:
     found: list[logging.Handler] = []
     logger: logging.Logger | None = logging.getLogger(name) if name != "root" else logging.getLogger()
     while logger is not None:
-        found.extend(h for h in logger.handlers if h is not ours)
+        found.extend(logger.handlers)
         if not logger.propagate:
             break
         logger = logger.parent
@@ -345,25 +330,40 @@ def _chain_handlers(name: str, ours: logging.Handler) -> list[logging.Handler]:
 
 
 class _Capture:
-    """The process-wide part: one root handler and the stream wrappers, while any emulator runs."""
+    """The process-wide part, while any emulator runs: the stream wrappers, and a log record factory.
+
+    Records are seen through ``logging.setLogRecordFactory`` rather than a handler on the root logger:
+    a root handler would make ``logging.basicConfig()`` a no-op and silence Python's last resort for the
+    whole process. The factory wraps whatever factory was set, is installed once and stays (removing it
+    could break a factory set on top of it later); with no emulator running it only passes through.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._handler = _RecordCapture()
+        self._previous: Callable[..., logging.LogRecord] | None = None
+
+    def _factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        previous = self._previous
+        assert previous is not None
+        record = previous(*args, **kwargs)
+        route = _CURRENT.get()
+        if route is not None and self._users > 0:
+            _take_record(record, route)
+        return record
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
-            if self._users == 1:
-                logging.getLogger().addHandler(self._handler)
+            if self._previous is None:
+                self._previous = logging.getLogRecordFactory()
+                logging.setLogRecordFactory(self._factory)
 
     def release(self) -> None:
         with self._lock:
             self._users -= 1
             if self._users > 0:
                 return
-            logging.getLogger().removeHandler(self._handler)
             for name in ("stdout", "stderr"):
                 current = getattr(sys, name)
                 if isinstance(current, _RoutedStream):
