@@ -175,3 +175,15 @@ def test_a_runpod_shaped_stream_without_a_backfill_mark_ends_when_quiet() -> Non
     assert request.url.path == "/v2/serverless/ep/workers/worker_abc/logs"
     assert request.url.params["tail"] == "10" and "follow" not in request.url.params
     assert request.headers["authorization"] == "Bearer k"
+
+
+def test_code_written_for_runpod_reads_logs_under_mock_runpod() -> None:
+    from runpod_queue import Client
+    from runpod_queue.testing import mock_runpod
+
+    with mock_runpod({"talk": talker}), Client() as client, Management() as mgmt:
+        job = client.endpoint("talk").run_sync({"n": 9})
+        assert mgmt.base_url == "https://api.runpod.io/v2"
+        assert job.worker_id is not None
+        lines = [line.line for line in mgmt.worker_logs("talk", job.worker_id, source="container")]
+    assert lines == ["hello 9"]

@@ -298,3 +298,39 @@ def test_logs_need_the_api_key(emu: Emulator) -> None:
         f"{emu.management_url}/serverless/talk/workers/{worker}/logs", headers={"Authorization": "Bearer x"}
     )
     assert answer.status_code == 401
+
+
+_OWN_LOGGING = """
+import logging, httpx
+from runpod_queue.emulator import Emulator, EndpointSpec
+
+def handler(job):
+    logging.getLogger("mine").warning("unconfigured warning")
+    return {}
+
+root = logging.getLogger()
+with Emulator({"ep": EndpointSpec(handler, workers=1)}, api_key="k", clock="virtual") as emu:
+    assert root.handlers == [], root.handlers  # nothing of ours on the root logger
+    job = httpx.post(emu.base_url + "/ep/runsync", json={"input": {}}, headers={"Authorization": "k"}).json()
+    logs = httpx.get(
+        f"{emu.management_url}/serverless/ep/workers/{job['workerId']}/logs",
+        params={"follow": "false", "source": "container"}, headers={"Authorization": "Bearer k"},
+    ).text
+    assert '"line":"unconfigured warning"' in logs, logs  # Python's last resort printed it: taken once
+    assert logs.count("unconfigured warning") == 1, logs
+    logging.basicConfig(level=logging.INFO, format="configured %(message)s")
+    assert len(root.handlers) == 1  # basicConfig still works while an emulator runs
+print("ok")
+"""
+
+
+def test_the_users_logging_setup_is_left_alone(tmp_path: Any) -> None:
+    import subprocess
+
+    script = tmp_path / "own_logging.py"
+    script.write_text(_OWN_LOGGING)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok" and "unconfigured warning" in done.stderr  # still on stderr

@@ -399,7 +399,10 @@ def serve(
                 '{"seconds": N}'
             )
         typer.echo(f"  inspect  GET {emu.root_url}/_emulator/jobs, GET {emu.root_url}/_emulator/requests")
-        typer.echo(f"  manage   {emu.management_url}  (RunPod's REST v2: /serverless/<id>, …/workers)")
+        typer.echo(
+            f"  manage   {emu.management_url}  (RunPod's REST v2: /serverless/<id>, …/workers, "
+            "…/workers/<worker>/logs)"
+        )
         typer.echo(
             f"  control  POST {emu.root_url}/_emulator/reset, PUT {emu.root_url}/_emulator/endpoints/ID"
         )

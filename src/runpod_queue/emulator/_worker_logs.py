@@ -13,9 +13,9 @@ What a worker's log holds (RunPod's `source` values, `LogSource` in `api-referen
 
 The user's own output is untouched: ``sys.stdout``/``sys.stderr`` are wrapped by a pass-through that
 writes everything where it went before and only *copies* a run's text; a ``logging`` record is taken
-once — through the stream when one of the user's handlers writes it to a wrapped stream, else directly,
-formatted by the user's first handler — and our root handler stands in for ``logging.lastResort``
-when it is the only one, so unconfigured warnings still reach stderr.
+once — through the stream when one of the user's handlers (or Python's last resort) writes it to a
+wrapped stream, else directly, formatted by the user's first handler. Records are seen through a log
+record factory, not a handler: the root logger's handlers stay the user's (``basicConfig`` still works).
 
 Bounds (ours): the last `LINES_PER_WORKER` lines per worker, lines cut at `LINE_CHARS`, and the logs of
 at most `WORKERS_KEPT` workers per emulator (a stopped worker's log goes first).
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import sys
 import threading
@@ -74,6 +75,8 @@ class _Buffer:
 
 
 class _Route(NamedTuple):
+    """Where a run's output goes: the emulator's logs, the endpoint, the worker and the job it runs."""
+
     logs: WorkerLogs
     endpoint_id: str
     worker_id: str
@@ -81,6 +84,7 @@ class _Route(NamedTuple):
 
 
 _CURRENT: ContextVar[_Route | None] = ContextVar("rpq_worker_log_route", default=None)
+_new: Final = tuple.__new__
 
 
 class WorkerLogs:
@@ -91,7 +95,7 @@ class WorkerLogs:
         self._clock = clock
         self._lock = threading.Lock()
         self._buffers: OrderedDict[str, _Buffer] = OrderedDict()
-        self._seq = 0
+        self._seq = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._captured = False
@@ -120,39 +124,51 @@ class WorkerLogs:
 
     def _buffer(self, endpoint_id: str, worker_id: str) -> _Buffer:
         buffer = self._buffers.get(worker_id)
-        if buffer is None:
-            if len(self._buffers) >= WORKERS_KEPT:
-                gone = next((k for k, b in self._buffers.items() if b.ended), None)
-                self._buffers.pop(gone if gone is not None else next(iter(self._buffers)))
-            buffer = self._buffers[worker_id] = _Buffer(endpoint_id)
+        if buffer is not None:
+            return buffer
+        with self._lock:  # only a new worker's first line takes the lock
+            buffer = self._buffers.get(worker_id)
+            if buffer is None:
+                if len(self._buffers) >= WORKERS_KEPT:
+                    gone = next((k for k, b in self._buffers.items() if b.ended), None)
+                    self._buffers.pop(gone if gone is not None else next(iter(self._buffers)))
+                buffer = self._buffers[worker_id] = _Buffer(endpoint_id)
         return buffer
 
     def _append(self, buffer: _Buffer, source: str, line: str, job_id: str | None, at: float) -> None:
-        self._seq += 1
+        # No lock: `next` on a count and `deque.append` are each one atomic step under the GIL, and the
+        # deque's maxlen drops the oldest line. One line per job start and end is on the API's hot path.
         if len(line) > LINE_CHARS:
             line = line[:LINE_CHARS] + " …[cut]"
-        buffer.lines.append(LogEntry(self._seq, at, source, line, job_id))
+        # tuple.__new__: a named tuple without its Python-level __new__ (a third of this call's cost).
+        buffer.lines.append(_new(LogEntry, (next(self._seq), at, source, line, job_id)))
 
     def add(
         self, endpoint_id: str, worker_id: str, source: str, text: str, job_id: str | None = None
     ) -> None:
         """Add whole lines (`text` split at newlines; a trailing newline adds no empty line)."""
         at = self._clock.now()
-        with self._lock:
-            buffer = self._buffer(endpoint_id, worker_id)
-            for line in text.rstrip("\n").split("\n") if text else ():
+        buffer = self._buffer(endpoint_id, worker_id)
+        if "\n" in text:
+            for line in text.rstrip("\n").split("\n"):
                 self._append(buffer, source, line.rstrip("\r"), job_id, at)
-        self._wake(buffer)
+        elif text:
+            self._append(buffer, source, text, job_id, at)
+        if buffer.waiters:
+            self._wake(buffer)
 
     def system(self, endpoint_id: str, worker_id: str, text: str, job_id: str | None = None) -> None:
-        """A lifecycle line of ours (source ``system``)."""
-        self.add(endpoint_id, worker_id, "system", text, job_id)
+        """A lifecycle line of ours (source ``system``, one line)."""
+        buffer = self._buffer(endpoint_id, worker_id)
+        self._append(buffer, "system", text, job_id, self._clock.now())
+        if buffer.waiters:
+            self._wake(buffer)
 
     def write(self, route: _Route, stream: str, text: str) -> None:
         """Stream text from a run: whole lines are added, the rest waits for its newline."""
         at = self._clock.now()
+        buffer = self._buffer(route.endpoint_id, route.worker_id)
         with self._lock:
-            buffer = self._buffer(route.endpoint_id, route.worker_id)
             pending = buffer.partial.get(stream, "") + text
             *lines, rest = pending.split("\n")
             for line in lines:
@@ -182,10 +198,9 @@ class WorkerLogs:
     def end(self, endpoint_id: str, worker_id: str, why: str) -> None:
         """The worker stopped: a last system line; a follower's stream ends after it."""
         at = self._clock.now()
-        with self._lock:
-            buffer = self._buffer(endpoint_id, worker_id)
-            self._append(buffer, "system", f"worker stopped: {why}", None, at)
-            buffer.ended = True
+        buffer = self._buffer(endpoint_id, worker_id)
+        self._append(buffer, "system", f"worker stopped: {why}", None, at)
+        buffer.ended = True
         self._wake(buffer)
 
     def sink(self, endpoint_id: str, worker_id: str) -> Callable[[str], None]:
@@ -205,11 +220,12 @@ class WorkerLogs:
 
     def read(self, worker_id: str, after: int) -> tuple[list[LogEntry], bool]:
         """Lines after sequence number `after`, and whether the worker has stopped."""
-        with self._lock:
-            buffer = self._buffers.get(worker_id)
-            if buffer is None:
-                return [], True
-            return [e for e in buffer.lines if e.seq > after], buffer.ended
+        buffer = self._buffers.get(worker_id)
+        if buffer is None:
+            return [], True
+        ended = buffer.ended  # read first: a line added after it is sent on the next wake
+        lines = list(buffer.lines)  # one step under the GIL: no append interleaves
+        return [e for e in lines if e.seq > after], ended
 
     def watch(self, worker_id: str) -> asyncio.Event | None:
         """An event set when the worker gets a line or stops (call on the loop); None if unknown."""
@@ -221,6 +237,7 @@ class WorkerLogs:
         return event
 
     def unwatch(self, worker_id: str, event: asyncio.Event) -> None:
+        """Stop waking `event` (the follower left)."""
         buffer = self._buffers.get(worker_id)
         if buffer is not None:
             buffer.waiters.discard(event)
@@ -249,7 +266,7 @@ def _set_all(buffer: _Buffer) -> None:
 def route_run(logs: WorkerLogs, endpoint_id: str, worker_id: str, job_id: str | None) -> Token[_Route | None]:
     """From here on, in this thread or task, output belongs to `worker_id` (undo with `unroute_run`)."""
     _capture.ensure_streams()
-    return _CURRENT.set(_Route(logs, endpoint_id, worker_id, job_id))
+    return _CURRENT.set(_new(_Route, (logs, endpoint_id, worker_id, job_id)))
 
 
 def unroute_run(token: Token[_Route | None]) -> None:
@@ -282,45 +299,30 @@ class _RoutedStream:
         return getattr(self._rpq_target, name)
 
 
-class _RecordCapture(logging.Handler):
-    """On the root logger while an emulator runs: takes a run's records that no stream of ours sees."""
-
-    def handle(self, record: logging.LogRecord) -> bool:
-        others = _chain_handlers(record.name, self)
-        route = _CURRENT.get()
-        if not others:
-            # Our handler alone would silence Python's last resort (stderr, WARNING and up): be it.
-            last = logging.lastResort
-            if last is not None and record.levelno >= last.level:
-                if route is not None:
-                    _capture.ensure_streams()
-                last.handle(record)
-            return True
-        if route is None:
-            return True
-        for handler in others:
-            stream = getattr(handler, "stream", None)
-            if isinstance(stream, _RoutedStream) and record.levelno >= handler.level:
-                return True  # that handler's write is copied by the stream
-        try:
-            line = (others[0].formatter or _FORMATTER).format(record)
-        except Exception:  # a broken formatter is the user's handler's problem, not the log's
-            line = record.getMessage()
-        route.logs.add(route.endpoint_id, route.worker_id, "container", line, route.job_id)
-        return True
-
-    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does the work
-        pass
+def _take_record(record: logging.LogRecord, route: _Route) -> None:
+    """A run's log record, once: left to the stream copy when a handler prints it to a wrapped stream
+    (or Python's last resort does: no handler at all), else formatted as the first handler would."""
+    handlers = _chain_handlers(record.name)
+    if not handlers:
+        return  # the last resort (WARNING and up) writes it to sys.stderr, which the run's copy takes
+    for handler in handlers:
+        if isinstance(getattr(handler, "stream", None), _RoutedStream) and record.levelno >= handler.level:
+            return  # that handler's write is copied by the stream
+    try:
+        line = (handlers[0].formatter or _FORMATTER).format(record)
+    except Exception:  # a broken formatter is the user's handler's problem, not the log's
+        line = str(record.msg)
+    route.logs.add(route.endpoint_id, route.worker_id, "container", line, route.job_id)
 
 
 _FORMATTER: Final = logging.Formatter("%(levelname)s %(name)s: %(message)s")
 
 
-def _chain_handlers(name: str, ours: logging.Handler) -> list[logging.Handler]:
+def _chain_handlers(name: str) -> list[logging.Handler]:
     found: list[logging.Handler] = []
     logger: logging.Logger | None = logging.getLogger(name) if name != "root" else logging.getLogger()
     while logger is not None:
-        found.extend(h for h in logger.handlers if h is not ours)
+        found.extend(logger.handlers)
         if not logger.propagate:
             break
         logger = logger.parent
@@ -328,25 +330,40 @@ def _chain_handlers(name: str, ours: logging.Handler) -> list[logging.Handler]:
 
 
 class _Capture:
-    """The process-wide part: one root handler and the stream wrappers, while any emulator runs."""
+    """The process-wide part, while any emulator runs: the stream wrappers, and a log record factory.
+
+    Records are seen through ``logging.setLogRecordFactory`` rather than a handler on the root logger:
+    a root handler would make ``logging.basicConfig()`` a no-op and silence Python's last resort for the
+    whole process. The factory wraps whatever factory was set, is installed once and stays (removing it
+    could break a factory set on top of it later); with no emulator running it only passes through.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._users = 0
-        self._handler = _RecordCapture()
+        self._previous: Callable[..., logging.LogRecord] | None = None
+
+    def _factory(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        previous = self._previous
+        assert previous is not None
+        record = previous(*args, **kwargs)
+        route = _CURRENT.get()
+        if route is not None and self._users > 0:
+            _take_record(record, route)
+        return record
 
     def acquire(self) -> None:
         with self._lock:
             self._users += 1
-            if self._users == 1:
-                logging.getLogger().addHandler(self._handler)
+            if self._previous is None:
+                self._previous = logging.getLogRecordFactory()
+                logging.setLogRecordFactory(self._factory)
 
     def release(self) -> None:
         with self._lock:
             self._users -= 1
             if self._users > 0:
                 return
-            logging.getLogger().removeHandler(self._handler)
             for name in ("stdout", "stderr"):
                 current = getattr(sys, name)
                 if isinstance(current, _RoutedStream):
