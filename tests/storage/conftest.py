@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from runpod_queue import AsyncS3Store, S3Config, S3Store
+from shared_support import need
 
-pytest.importorskip("moto.server")
+need("moto")  # moto.server is imported when the first test asks for the server
 
 
 @pytest.fixture(scope="session")
