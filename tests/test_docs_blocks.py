@@ -209,7 +209,9 @@ with mock_runpod(handlers, clock="real"):
         except BaseException:
             result = {"ok": False, "error": traceback.format_exc()}
         sys.stdout.flush(); sys.stderr.flush()
-        Path(path + ".result").write_text(json.dumps(result))
+        # written whole, then renamed: the harness reads the file as soon as it exists
+        Path(path + ".result.tmp").write_text(json.dumps(result))
+        os.replace(path + ".result.tmp", path + ".result")
 """
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# First, before any module below imports httpx: it imports httpx without httpx's own CLI (see _startup).
+from runpod_queue import _startup  # noqa: F401  # isort: skip
+
 from runpod_queue._batch_jobs import AsyncBatches, Batch, Batches, BatchRequestResult, BatchStatus
 from runpod_queue._client import Client, Endpoint, JobStream
 from runpod_queue._contract import JobStatus, OperationLimit

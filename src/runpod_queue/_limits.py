@@ -14,7 +14,6 @@ state is kept per (endpoint, operation). Operations absent from the table (healt
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import math
 import threading
@@ -22,10 +21,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from runpod_queue._contract import LIMITS, RATE_WINDOW_S, OperationLimit
 from runpod_queue._frozen import FrozenState, frozen_getstate, frozen_setstate
 from runpod_queue._units import Duration, seconds
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["AsyncLimiter", "RateLimits", "SyncLimiter", "Window"]
 
@@ -187,6 +190,10 @@ class AsyncLimiter(_Base):
             return window
         if waiters is None:
             waiters = self._waiters[key] = collections.deque()
+        # asyncio is imported where it is used, not at the top: `import runpod_queue` loads this module and
+        # a sync-only process (every `rpq run`) would pay ~70 ms CPU for it; a running loop has loaded it.
+        import asyncio
+
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         waiters.append(fut)
@@ -225,6 +232,8 @@ class AsyncLimiter(_Base):
                 fut.set_result(None)
                 continue
             if delay != math.inf and key not in self._timers:
+                import asyncio  # see acquire
+
                 loop = asyncio.get_running_loop()
                 self._timers[key] = loop.call_later(delay, self._on_timer, window)
             return

@@ -11,7 +11,6 @@ upload aborted on any failure or interruption, and a progress callback per part.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -331,7 +330,7 @@ class S3Store:
             chunk = first
             while chunk:
                 if cancel is not None and cancel.is_set():
-                    raise asyncio.CancelledError
+                    raise _cancelled()
                 digest, md5 = _md5(chunk)
                 digests.append(digest)
                 settle(self.concurrency - 1)
@@ -459,7 +458,7 @@ class S3Store:
         try:
             for chunk in body.iter_chunks(_MIB):
                 if cancel is not None and cancel.is_set():
-                    raise asyncio.CancelledError
+                    raise _cancelled()
                 sink.write(chunk)
                 md5.update(chunk)
                 done += len(chunk)
@@ -484,7 +483,7 @@ class S3Store:
                 done = 0
                 for chunk in answer.iter_bytes(_MIB):
                     if cancel is not None and cancel.is_set():
-                        raise asyncio.CancelledError
+                        raise _cancelled()
                     sink.write(chunk)
                     md5.update(chunk)
                     done += len(chunk)
@@ -529,6 +528,17 @@ def _expiry(value: Duration) -> int:
     return int(seconds(value, "expires_in", low=1, high=_DEFAULT_EXPIRY))
 
 
+def _cancelled() -> BaseException:
+    """The ``asyncio.CancelledError`` a transfer raises in its thread when ``AsyncS3Store`` cancels it.
+
+    asyncio is imported here and in the async methods, not at the top: ``import runpod_queue`` loads this
+    module, and a process using only the sync client (every ``rpq run``) would pay ~70 ms CPU for it. Only
+    an ``AsyncS3Store`` sets the cancel event, so asyncio is loaded by then anyway."""
+    import asyncio
+
+    return asyncio.CancelledError()
+
+
 class AsyncS3Store:
     """``S3Store`` for asyncio: each transfer runs in a worker thread, so the event loop never blocks.
 
@@ -561,6 +571,8 @@ class AsyncS3Store:
         return f"AsyncS3Store(endpoint_url={self.config.endpoint_url!r}, bucket={self.config.bucket_name!r})"
 
     async def _in_thread(self, work: Callable[[threading.Event], Any]) -> Any:
+        import asyncio  # loaded by the running event loop; see _cancelled
+
         cancel = threading.Event()
         future = asyncio.ensure_future(asyncio.to_thread(work, cancel))
         try:
@@ -595,6 +607,8 @@ class AsyncS3Store:
         done_key: str = await self._in_thread(
             lambda cancel: store._put(source, key=key, progress=progress, cancel=cancel)
         )
+        import asyncio  # loaded by the running event loop; see _cancelled
+
         return await asyncio.to_thread(store.url, done_key, expires_in=lifetime)
 
     async def download(
@@ -627,6 +641,8 @@ class AsyncS3Store:
         Returns:
             The URL.
         """
+        import asyncio  # loaded by the running event loop; see _cancelled
+
         return await asyncio.to_thread(self.sync.url, key, expires_in=expires_in, bucket=bucket)
 
 

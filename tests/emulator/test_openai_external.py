@@ -1,7 +1,10 @@
 """The `/openai/v1/*` routes served by an unmodified official worker process: `examples/fake_llm.py` run
 as `python fake_llm.py`, i.e. `runpod.serverless.start({"handler": ..., "return_aggregate_stream": True})`
 with an async generator handler built like worker-vllm's. Its chunks reach the route through job-stream,
-its result and errors through job-done."""
+its result and errors through job-done.
+
+`openai` is imported inside the tests that name its classes: every xdist worker imports every test module
+while collecting, and ~0.9 s CPU of openai is then paid only by the worker that runs them."""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ import asyncio
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 import pytest
 from external_support import API_KEY, TIMINGS
 
@@ -21,6 +23,9 @@ from runpod_queue.emulator import Emulator, EndpointSpec
 from runpod_queue.emulator._loading import load_endpoint
 from runpod_queue.emulator._worker_processes import WorkerProcesses
 from shared_support import EmuSetup
+
+if TYPE_CHECKING:
+    import openai
 
 FAKE_LLM = Path(__file__).parents[2] / "examples" / "fake_llm.py"
 MESSAGES = [{"role": "user", "content": "Why queue jobs?"}]
@@ -81,6 +86,8 @@ def _expected_chat(max_tokens: int) -> str:
 
 
 def test_worker_error_is_an_openai_error(sdk: openai.OpenAI) -> None:
+    import openai  # here, not at the top: see the module docstring
+
     # The worker yields {"error": {...}}; the official SDK fails the job with str() of it.
     with pytest.raises(openai.BadRequestError, match="prompt must be a string"):
         sdk.completions.create(model="fake-llm", prompt=[])

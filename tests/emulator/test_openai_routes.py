@@ -3,6 +3,9 @@
 Handlers run in-process: `examples/fake_llm.py` (worker-vllm's protocol without a model) and small
 handlers here that hold mid-stream, fail, or yield chunk objects. The same calls through an official
 worker process are in test_openai_external.py.
+
+`openai` is imported inside the tests that name its classes: every xdist worker imports every test module
+while collecting, and ~0.9 s CPU of openai is then paid only by the worker that runs them.
 """
 
 from __future__ import annotations
@@ -11,10 +14,9 @@ import asyncio
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import pytest
 
 from runpod_queue import AsyncClient, Client, ConfigurationError
@@ -23,6 +25,9 @@ from runpod_queue._limits import RateLimits
 from runpod_queue.emulator import Emulator, EndpointSpec
 from runpod_queue.emulator._loading import load_endpoint
 from shared_support import EmuSetup
+
+if TYPE_CHECKING:
+    import openai
 
 # Loaded as `rpq serve examples/fake_llm.py` loads it.
 FAKE_LLM = load_endpoint(str(Path(__file__).parents[2] / "examples" / "fake_llm.py")).spec.handler
@@ -248,6 +253,8 @@ def test_chunk_objects_and_plain_outputs_are_framed_as_events(client: Client) ->
 
 
 def test_handler_errors_are_openai_errors(client: Client) -> None:
+    import openai  # here, not at the top: see the module docstring
+
     with pytest.raises(openai.InternalServerError) as info:
         oai(client, "boom").chat.completions.create(model="m", messages=MESSAGES)
     assert info.value.status_code == 500
@@ -266,6 +273,8 @@ def test_handler_errors_are_openai_errors(client: Client) -> None:
 
 
 def test_wrong_key_is_refused_and_never_echoed(emu: Emulator) -> None:
+    import openai  # here, not at the top: see the module docstring
+
     secret = "sk-wrong-key-0042"
     with Client(secret, base_url=emu.base_url) as other, pytest.raises(openai.AuthenticationError) as info:
         other.endpoint("llm").openai(max_retries=0).models.list()
@@ -341,6 +350,8 @@ def test_fake_llm_refuses_requests_too_big_to_answer_at_once(
 
 
 def test_async_openai_chat_stream_models_and_error(emu: Emulator) -> None:
+    import openai  # here, not at the top: see the module docstring
+
     async def main() -> None:
         async with AsyncClient(KEY, base_url=emu.base_url) as aclient:
             endpoint = aclient.endpoint("llm")
@@ -368,6 +379,8 @@ def test_async_openai_chat_stream_models_and_error(emu: Emulator) -> None:
 
 
 def test_openai_rate_limit_answers_429_in_openais_shape() -> None:
+    import openai  # here, not at the top: see the module docstring
+
     # Per endpoint: two calls per window, one in flight; the virtual clock keeps the window from sliding.
     limits = RateLimits(limits={**LIMITS, "openai": OperationLimit(2, 1)})
     with (

@@ -13,8 +13,9 @@ import pytest
 
 from runpod_queue import Client, S3Store, Upload
 from runpod_queue.emulator import Emulator
+from shared_support import need
 
-pytest.importorskip("runpod")
+need("runpod")  # imported by the tests that use it
 MIB = 1 << 20
 
 

@@ -13,11 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-import pytest
-
 from runpod_queue import Client, S3Config, S3Store
+from shared_support import need
 
-pytest.importorskip("runpod")
+need("runpod")  # not imported here: the worker subprocess imports it
 T = TypeVar("T")
 
 WORKER = """

@@ -19,7 +19,6 @@ RunPod delivers again later).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import hashlib
@@ -470,6 +469,10 @@ class WebhookReceiver:
         try:
             result = self.callback(self._argument(pending))
             if inspect.isawaitable(result):
+                # asyncio only here and in ahandle: `rpq` imports this module for every command, and a
+                # top-level import cost each one ~70 ms CPU
+                import asyncio
+
                 asyncio.run(_await(result))
         except Exception as exc:
             return self._settle(pending, exc)
@@ -492,6 +495,8 @@ class WebhookReceiver:
             if inspect.iscoroutinefunction(self.callback):
                 await self.callback(self._argument(pending))
             else:
+                import asyncio  # loaded by the running event loop; see handle
+
                 result = await asyncio.to_thread(self.callback, self._argument(pending))
                 if inspect.isawaitable(result):
                     await result
