@@ -37,11 +37,14 @@ if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 __all__ = [
+    "LOCAL_KEY_ID",
+    "LOCAL_SECRET",
     "AsyncS3Store",
     "Progress",
     "S3Store",
     "Upload",
     "async_store",
+    "is_local_stand_in",
     "redact_url",
     "resolve_uploads",
     "resolve_uploads_async",
@@ -53,9 +56,18 @@ Progress = Callable[[int, "int | None"], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each part; ``bytes_total`` is None when unknown."""
 
 _MIB = 1 << 20
+# The emulator's embedded S3 (moto, which accepts any key pair) uses this fixed pair: a stand-in known to
+# everyone, never a credential, so `rpq worker-env` may print it (`is_local_stand_in`).
+LOCAL_KEY_ID = "emulator-access-key"
+LOCAL_SECRET = "emulator-secret-key"  # noqa: S105 - a local stand-in's fixed value, not a credential
 _DEFAULT_EXPIRY = 7 * 24 * 3600  # rp_upload's presigned URLs last 7 days; SigV4 allows no more
 _SIGNED = re.compile(r"(?i)([?&]X-Amz-(?:Signature|Credential|Security-Token)=)[^&]*")
 _SIMPLE_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_local_stand_in(config: S3Config) -> bool:
+    """Is ``config``'s key pair the embedded S3's fixed stand-in (safe to print), not a real one?"""
+    return config.access_id == LOCAL_KEY_ID and config.access_secret == LOCAL_SECRET
 
 
 def redact_url(url: str) -> str:
