@@ -123,8 +123,7 @@ def upload(
     ] = None,
     local: LocalS3Opt = None,
 ) -> None:
-    """Upload FILE to the bucket of the BUCKET_* variables (or a local emulator's, --local) and print a
-    presigned URL for a job's input."""
+    """Upload FILE (to the BUCKET_* bucket, or --local's) and print a presigned URL for a job's input."""
     from runpod_queue._storage import S3Store, redact_url
 
     with _reported():
