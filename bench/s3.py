@@ -3,10 +3,12 @@
 Each transfer runs in a fresh child process (`--child`), so its peak RSS (`ru_maxrss`) is its own: the
 figure printed is the child's peak, and beside it the RSS after the library was imported (what the transfer
 itself added is the difference). The server (moto's `ThreadedMotoServer`, 127.0.0.1, port 0) runs in its
-own process too, so its CPU does not share the clients' GIL. Rounds are interleaved (boto3, obstore, minio,
-ours, boto3, ...), and medians are printed, then each library's figures as a ratio of boto3's and ours as a
-ratio of the raw library it wraps (goal >= 0.9x throughput; peak RSS uploading 300 MB < 150 MB).
-Beside the speed, each transfer's CPU seconds in the client and in the server: on a shared machine the
+own process too, so its CPU does not share the clients' GIL. Rounds are interleaved, each starting with
+the next library in turn (boto3, obstore, minio, ours, then obstore, minio, ours, boto3, ...), and each
+transfer waits until the server is idle, so no library is billed for the server's clean-up after
+another's transfer. Medians are printed, then each library's figures as a ratio of boto3's and ours as a
+ratio of the raw library it wraps (goal >= 0.9x throughput; peak RSS uploading 300 MB < 150 MB). Beside
+the speed, each transfer's CPU seconds in the client and in the server: on a shared machine the
 wall-clock figures swing with the load, while the work each side did barely moves.
 
 `python bench/s3.py [--size-mb 200] [--rounds 3] [--rss-size-mb 300]`
@@ -128,10 +130,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _quiet(server_pid: int, limit: float = 10.0) -> None:
+    """Wait until the server stops working (its CPU time still for 0.3 s, at most ``limit`` s): what it
+    still does after one transfer (freeing a 200 MB object) must not be billed to the next."""
+    deadline = time.monotonic() + limit
+    last = _cpu_seconds(server_pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = _cpu_seconds(server_pid)
+        if now - last < 0.02:
+            return
+        last = now
+
+
 def _run_child(
     library: str, op: str, endpoint: str, key: str, path: str, server_pid: int = 0
 ) -> tuple[float, float, float, float, float]:
     """(seconds, client CPU seconds, RSS after import, peak RSS, server CPU seconds) of one transfer."""
+    if server_pid:
+        _quiet(server_pid)
     server_before = _cpu_seconds(server_pid)
     out = subprocess.run(
         [sys.executable, __file__, "--child", library, op, endpoint, key, path],
@@ -176,7 +193,9 @@ def main() -> None:
             size = source.stat().st_size
             results: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
             for round_no in range(args.rounds):
-                for library in libraries:
+                # Each round starts with the next library: none always follows the same neighbour.
+                shift = round_no % len(libraries)
+                for library in libraries[shift:] + libraries[:shift]:
                     key = f"{library}-{round_no}"
                     results.setdefault((library, "upload"), []).append(
                         _run_child(library, "upload", endpoint, key, str(source), proc.pid)
