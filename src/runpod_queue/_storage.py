@@ -23,7 +23,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Literal, Union
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -163,6 +163,14 @@ def _md5(data: bytes) -> tuple[bytes, str]:
     return digest, base64.b64encode(digest).decode()
 
 
+def _part(number: int, etag: str, crc: str | None) -> dict[str, Any]:
+    """One part of a CompleteMultipartUpload: with its CRC32 when one was declared (S3 checks them)."""
+    part: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+    if crc:
+        part["ChecksumCRC32"] = crc
+    return part
+
+
 def _md5_of(body: bytes | _Window) -> tuple[bytes, str]:
     """A part's MD5 (raw, base64), computed by the thread that sends it; a window is read for it and
     rewound (a second read of the same pages, from the OS's cache)."""
@@ -261,6 +269,10 @@ class S3Store:
         concurrency: Parts in flight at once; memory holds at most this many parts (4 x 8 MiB).
         expires_in: Default lifetime of presigned URLs: 7 days, as ``rp_upload``, the most SigV4 allows.
         region: The signing region; S3-compatible services mostly ignore it.
+        checksum: ``"CRC32"``: declare S3's own flexible checksum on every upload (each part's CRC32 is
+            checked by S3 and the object keeps a composite CRC32, as boto3's ``upload_file`` does; no MD5
+            is computed). ``None`` (default): ``Content-MD5`` over HTTPS, the signed SHA-256 over HTTP,
+            which every S3-compatible service accepts; some refuse flexible checksums.
 
     Example:
         ``url = S3Store(S3Config.from_env()).upload("big.png")`` then ``ep.run({"image": url})``.
@@ -274,6 +286,7 @@ class S3Store:
         concurrency: int = 10,
         expires_in: Duration = 604800,
         region: str = "us-east-1",
+        checksum: Literal["CRC32"] | None = None,
     ) -> None:
         if not isinstance(config, S3Config):
             raise TypeError(f"config must be an S3Config, got {type(config).__name__}")
@@ -286,6 +299,9 @@ class S3Store:
         self.concurrency = concurrency
         self.expires_in: int = _expiry(expires_in)
         self.region = region
+        if checksum not in (None, "CRC32"):
+            raise ValueError(f'checksum must be "CRC32" or None, got {checksum!r}')
+        self.checksum: Literal["CRC32"] | None = checksum
         self._client: BaseClient | None = None
         self._lock = threading.Lock()
 
@@ -408,10 +424,12 @@ class S3Store:
         """Send ``Content-MD5``? Over plain HTTP botocore signs each body's SHA-256, which S3 verifies: the
         MD5 would check again what is already checked. Over HTTPS the payload is not signed, and with a
         ``Content-MD5`` botocore does not hash it either (TLS plus the MD5 suffice): the MD5 is the check."""
-        return self.config.endpoint_url.lower().startswith("https://")
+        return self.checksum is None and self.config.endpoint_url.lower().startswith("https://")
 
     def _put_small(self, data: bytes, key: str, progress: Progress | None) -> None:
         extra = {"ContentMD5": _md5(data)[1]} if self._checks_md5 else {}
+        if self.checksum is not None:
+            extra["ChecksumAlgorithm"] = self.checksum
         self._call("put_object", Bucket=self.config.bucket_name, Key=key, Body=data, **extra)
         if progress is not None:
             progress(len(data), len(data))
@@ -430,16 +448,18 @@ class S3Store:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # only big uploads need it
 
         bucket = self.config.bucket_name
-        started = self._call("create_multipart_upload", Bucket=bucket, Key=key)
+        declared = {"ChecksumAlgorithm": self.checksum} if self.checksum is not None else {}
+        started = self._call("create_multipart_upload", Bucket=bucket, Key=key, **declared)
         upload_id = started["UploadId"]
         etags: dict[int, str] = {}
+        crcs: dict[int, str] = {}
         digests: dict[int, bytes] = {}
         checks_md5 = self._checks_md5
         done = 0
         in_flight: dict[Future[tuple[int, str, int]], int] = {}
 
         def send(number: int, body: bytes | _Window) -> tuple[int, str, int]:
-            extra: dict[str, str] = {}
+            extra: dict[str, str] = dict(declared)  # botocore computes the part's CRC32 and sends it
             if checks_md5:
                 digest, extra["ContentMD5"] = _md5_of(body)
                 digests[number] = digest
@@ -447,6 +467,8 @@ class S3Store:
                 "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
                 **extra,
             )  # fmt: skip
+            if declared:
+                crcs[number] = str(answer.get("ChecksumCRC32", ""))
             return number, str(answer["ETag"]), len(body)
 
         def settle(wanted: int) -> None:
@@ -475,7 +497,7 @@ class S3Store:
             settle(0)
             answer = self._call(
                 "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
+                MultipartUpload={"Parts": [_part(n, etags[n], crcs.get(n)) for n in sorted(etags)]},
             )  # fmt: skip
         except BaseException:
             for future in in_flight:
@@ -677,6 +699,7 @@ class AsyncS3Store:
         concurrency: Parts in flight at once.
         expires_in: Default lifetime of presigned URLs (7 days).
         region: The signing region.
+        checksum: ``"CRC32"`` to declare S3's flexible checksum on uploads; see ``S3Store``.
     """
 
     def __init__(
@@ -687,10 +710,12 @@ class AsyncS3Store:
         concurrency: int = 10,
         expires_in: Duration = 604800,
         region: str = "us-east-1",
+        checksum: Literal["CRC32"] | None = None,
     ) -> None:
         self.sync: S3Store = S3Store(
-            config, part_size=part_size, concurrency=concurrency, expires_in=expires_in, region=region
-        )
+            config, part_size=part_size, concurrency=concurrency, expires_in=expires_in, region=region,
+            checksum=checksum,
+        )  # fmt: skip
         self.config = config
 
     def __repr__(self) -> str:

@@ -73,3 +73,16 @@ def test_the_md5_is_sent_over_https_only(config: S3Config) -> None:
     assert not S3Store(config)._checks_md5
     secure = S3Config(config.access_id, config.access_secret, config.bucket_name, "https://s3.example.com")
     assert S3Store(secure)._checks_md5
+
+
+def test_a_declared_crc32_is_checked_per_part_and_kept(config: S3Config) -> None:
+    data = os.urandom(11 * MIB)
+    store = S3Store(config, part_size=5 * MIB, checksum="CRC32")
+    headers = _sent_headers(store)
+    store.upload(data, key="crc")
+    assert len(headers) == 3 and all("x-amz-checksum-crc32" in h and "content-md5" not in h for h in headers)
+    head = store.client.head_object(Bucket=config.bucket_name, Key="crc", ChecksumMode="ENABLED")
+    assert head["ChecksumCRC32"]  # the object keeps the CRC32 S3 combined from the parts
+    assert store.download("crc") == data
+    with pytest.raises(ValueError, match='checksum must be "CRC32" or None'):
+        S3Store(config, checksum="MD5")  # type: ignore[arg-type]
