@@ -33,7 +33,7 @@ from _harness import launch, stop
 BUCKET = "bench"
 KEY_ID = "bench-key-id"
 SECRET = "bench-secret"  # moto accepts any credentials; nothing real is ever used here
-LIBRARIES = ("boto3", "obstore", "minio", "ours")
+LIBRARIES = ("boto3", "obstore", "minio", "ours")  # and "ours-crc32" when asked for with --libraries
 
 _SERVER = """
 from moto.server import ThreadedMotoServer
@@ -104,7 +104,9 @@ def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
     else:
         from runpod_queue import S3Config, S3Store
 
-        ours = S3Store(S3Config(KEY_ID, SECRET, BUCKET, endpoint))
+        # ours-crc32: the opt-in S3Store(checksum="CRC32"), declaring the CRC32 boto3's upload_file declares
+        checksum = "CRC32" if library == "ours-crc32" else None
+        ours = S3Store(S3Config(KEY_ID, SECRET, BUCKET, endpoint), checksum=checksum)
         # Built before the timer, as the boto3 child builds its client: the lazy `import boto3` and the
         # client's construction (2-3 s on a loaded 2-core machine) are paid once per process, not per
         # transfer, and timing them here measured the import, not the transfer.
