@@ -3,9 +3,13 @@
 Each transfer runs in a fresh child process (`--child`), so its peak RSS (`ru_maxrss`) is its own: the
 figure printed is the child's peak, and beside it the RSS after the library was imported (what the transfer
 itself added is the difference). The server (moto's `ThreadedMotoServer`, 127.0.0.1, port 0) runs in its
-own process too, so its CPU does not share the clients' GIL. Rounds are interleaved (boto3, obstore, minio,
-ours, boto3, ...), and medians are printed, then each library's figures as a ratio of boto3's and ours as a
-ratio of the raw library it wraps (goal >= 0.9x throughput; peak RSS uploading 300 MB < 150 MB).
+own process too, so its CPU does not share the clients' GIL. Rounds are interleaved, each starting with
+the next library in turn (boto3, obstore, minio, ours, then obstore, minio, ours, boto3, ...), and each
+transfer waits until the server is idle, so no library is billed for the server's clean-up after
+another's transfer. Medians are printed, then each library's figures as a ratio of boto3's and ours as a
+ratio of the raw library it wraps (goal >= 0.9x throughput; peak RSS uploading 300 MB < 150 MB). Beside
+the speed, each transfer's CPU seconds in the client and in the server: on a shared machine the
+wall-clock figures swing with the load, while the work each side did barely moves.
 
 `python bench/s3.py [--size-mb 200] [--rounds 3] [--rss-size-mb 300]`
 """
@@ -29,7 +33,7 @@ from _harness import launch, stop
 BUCKET = "bench"
 KEY_ID = "bench-key-id"
 SECRET = "bench-secret"  # moto accepts any credentials; nothing real is ever used here
-LIBRARIES = ("boto3", "obstore", "minio", "ours")
+LIBRARIES = ("boto3", "obstore", "minio", "ours")  # and "ours-crc32" when asked for with --libraries
 
 _SERVER = """
 from moto.server import ThreadedMotoServer
@@ -61,6 +65,7 @@ def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
             region_name="us-east-1",
         )  # fmt: skip
         baseline = _rss_mb()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         if op == "upload":
             client.upload_file(path, BUCKET, key)
@@ -75,6 +80,7 @@ def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
             client_options={"allow_http": True},
         )  # fmt: skip
         baseline = _rss_mb()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         if op == "upload":
             obstore.put(store, key, Path(path))
@@ -89,6 +95,7 @@ def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
             endpoint.split("//", 1)[1].rstrip("/"), KEY_ID, SECRET, secure=False, region="us-east-1"
         )
         baseline = _rss_mb()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         if op == "upload":
             client_m.fput_object(BUCKET, key, path)
@@ -97,24 +104,60 @@ def _child(library: str, op: str, endpoint: str, key: str, path: str) -> None:
     else:
         from runpod_queue import S3Config, S3Store
 
-        ours = S3Store(S3Config(KEY_ID, SECRET, BUCKET, endpoint))
+        # ours-crc32: the opt-in S3Store(checksum="CRC32"), declaring the CRC32 boto3's upload_file declares
+        checksum = "CRC32" if library == "ours-crc32" else None
+        ours = S3Store(S3Config(KEY_ID, SECRET, BUCKET, endpoint), checksum=checksum)
+        # Built before the timer, as the boto3 child builds its client: the lazy `import boto3` and the
+        # client's construction (2-3 s on a loaded 2-core machine) are paid once per process, not per
+        # transfer, and timing them here measured the import, not the transfer.
+        ours.client  # noqa: B018
         baseline = _rss_mb()
+        cpu_started = time.process_time()
         started = time.perf_counter()
         if op == "upload":
             ours.upload(Path(path), key=key)
         else:
             ours.download(key, to=path)
     elapsed = time.perf_counter() - started
-    print(f"{elapsed:.4f} {baseline:.1f} {_rss_mb():.1f}")
+    cpu = time.process_time() - cpu_started
+    print(f"{elapsed:.4f} {cpu:.4f} {baseline:.1f} {_rss_mb():.1f}")
 
 
-def _run_child(library: str, op: str, endpoint: str, key: str, path: str) -> tuple[float, float, float]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux); 0 where /proc is missing."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _quiet(server_pid: int, limit: float = 10.0) -> None:
+    """Wait until the server stops working (its CPU time still for 0.3 s, at most ``limit`` s): what it
+    still does after one transfer (freeing a 200 MB object) must not be billed to the next."""
+    deadline = time.monotonic() + limit
+    last = _cpu_seconds(server_pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = _cpu_seconds(server_pid)
+        if now - last < 0.02:
+            return
+        last = now
+
+
+def _run_child(
+    library: str, op: str, endpoint: str, key: str, path: str, server_pid: int = 0
+) -> tuple[float, float, float, float, float]:
+    """(seconds, client CPU seconds, RSS after import, peak RSS, server CPU seconds) of one transfer."""
+    if server_pid:
+        _quiet(server_pid)
+    server_before = _cpu_seconds(server_pid)
     out = subprocess.run(
         [sys.executable, __file__, "--child", library, op, endpoint, key, path],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    seconds, baseline, peak = (float(x) for x in out.stdout.split()[-3:])
-    return seconds, baseline, peak
+    seconds, cpu, baseline, peak = (float(x) for x in out.stdout.split()[-4:])
+    return seconds, cpu, baseline, peak, _cpu_seconds(server_pid) - server_before
 
 
 def _make_file(path: Path, size_mb: int) -> None:
@@ -150,16 +193,18 @@ def main() -> None:
             source = Path(tmp) / "source.bin"
             _make_file(source, args.size_mb)
             size = source.stat().st_size
-            results: dict[tuple[str, str], list[tuple[float, float, float]]] = {}
+            results: dict[tuple[str, str], list[tuple[float, float, float, float, float]]] = {}
             for round_no in range(args.rounds):
-                for library in libraries:
+                # Each round starts with the next library: none always follows the same neighbour.
+                shift = round_no % len(libraries)
+                for library in libraries[shift:] + libraries[:shift]:
                     key = f"{library}-{round_no}"
                     results.setdefault((library, "upload"), []).append(
-                        _run_child(library, "upload", endpoint, key, str(source))
+                        _run_child(library, "upload", endpoint, key, str(source), proc.pid)
                     )
                     target = Path(tmp) / f"{key}.out"
                     results.setdefault((library, "download"), []).append(
-                        _run_child(library, "download", endpoint, key, str(target))
+                        _run_child(library, "download", endpoint, key, str(target), proc.pid)
                     )
                     if target.stat().st_size != size:
                         raise SystemExit(f"{library}: downloaded {target.stat().st_size} bytes of {size}")
@@ -170,10 +215,13 @@ def main() -> None:
             for (library, op), runs in results.items():
                 seconds = statistics.median(r[0] for r in runs)
                 speed[(library, op)] = size / seconds / 1e6
-                after_import = statistics.median(r[1] for r in runs)
+                cpu = statistics.median(r[1] for r in runs)
+                after_import = statistics.median(r[2] for r in runs)
+                server_cpu = statistics.median(r[4] for r in runs)
                 print(
-                    f"{library:8} {op:8}: {speed[(library, op)]:7.1f} MB/s  RSS after import "
-                    f"{after_import:6.1f} MB  peak RSS {max(r[2] for r in runs):6.1f} MB"
+                    f"{library:8} {op:8}: {speed[(library, op)]:7.1f} MB/s  CPU client {cpu:5.2f} s "
+                    f"server {server_cpu:5.2f} s  RSS after import {after_import:6.1f} MB  peak RSS "
+                    f"{max(r[3] for r in runs):6.1f} MB"
                 )
             for library in libraries:
                 for op in ("upload", "download"):
@@ -181,7 +229,7 @@ def main() -> None:
             if "ours" in libraries:
                 big = Path(tmp) / "big.bin"
                 _make_file(big, args.rss_size_mb)
-                seconds, baseline, peak = _run_child("ours", "upload", endpoint, "rss", str(big))
+                _, _, baseline, peak, _ = _run_child("ours", "upload", endpoint, "rss", str(big), proc.pid)
                 print(
                     f"ours upload {args.rss_size_mb} MB: peak RSS {peak:.1f} MB (baseline {baseline:.1f} MB)"
                 )

@@ -17,11 +17,12 @@ import hashlib
 import io
 import os
 import re
+import stat
 import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, Literal, Union
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -36,11 +37,14 @@ if TYPE_CHECKING:
     from botocore.client import BaseClient
 
 __all__ = [
+    "LOCAL_KEY_ID",
+    "LOCAL_SECRET",
     "AsyncS3Store",
     "Progress",
     "S3Store",
     "Upload",
     "async_store",
+    "is_local_stand_in",
     "redact_url",
     "resolve_uploads",
     "resolve_uploads_async",
@@ -52,9 +56,19 @@ Progress = Callable[[int, "int | None"], None]
 """Called as ``progress(bytes_done, bytes_total)`` after each part; ``bytes_total`` is None when unknown."""
 
 _MIB = 1 << 20
+_HELD_PARTS = 4  # parts of a stream (read in order, held until sent) in memory at once, at most
+# The emulator's embedded S3 (moto, which accepts any key pair) uses this fixed pair: a stand-in known to
+# everyone, never a credential, so `rpq worker-env` may print it (`is_local_stand_in`).
+LOCAL_KEY_ID = "emulator-access-key"
+LOCAL_SECRET = "emulator-secret-key"  # noqa: S105 - a local stand-in's fixed value, not a credential
 _DEFAULT_EXPIRY = 7 * 24 * 3600  # rp_upload's presigned URLs last 7 days; SigV4 allows no more
 _SIGNED = re.compile(r"(?i)([?&]X-Amz-(?:Signature|Credential|Security-Token)=)[^&]*")
 _SIMPLE_ETAG = re.compile(r"^[0-9a-f]{32}$")
+
+
+def is_local_stand_in(config: S3Config) -> bool:
+    """Is ``config``'s key pair the embedded S3's fixed stand-in (safe to print), not a real one?"""
+    return config.access_id == LOCAL_KEY_ID and config.access_secret == LOCAL_SECRET
 
 
 def redact_url(url: str) -> str:
@@ -106,8 +120,8 @@ def _source_name(source: Source) -> str:
 def _open_source(source: Source) -> tuple[IO[bytes], int | None, bool]:
     """(readable, total size if known, whether we opened it and must close it)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        return io.BytesIO(data), len(data), True
+        size = memoryview(source).nbytes
+        return io.BytesIO(), size, True  # never read: bytes are sent as windows of the caller's buffer
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if not path.is_file():
@@ -148,6 +162,102 @@ def _md5(data: bytes) -> tuple[bytes, str]:
     return digest, base64.b64encode(digest).decode()
 
 
+def _part(number: int, etag: str, crc: str | None) -> dict[str, Any]:
+    """One part of a CompleteMultipartUpload: with its CRC32 when one was declared (S3 checks them)."""
+    part: dict[str, Any] = {"PartNumber": number, "ETag": etag}
+    if crc:
+        part["ChecksumCRC32"] = crc
+    return part
+
+
+def _md5_of(body: bytes | _Window) -> tuple[bytes, str]:
+    """A part's MD5 (raw, base64), computed by the thread that sends it; a window is read for it and
+    rewound (a second read of the same pages, from the OS's cache)."""
+    if isinstance(body, bytes):
+        return _md5(body)
+    md5 = hashlib.md5(usedforsecurity=False)
+    for chunk in iter(lambda: body.read(_MIB), b""):
+        md5.update(chunk)
+    body.seek(0)
+    digest = md5.digest()
+    return digest, base64.b64encode(digest).decode()
+
+
+ReadAt = Callable[[int, int], bytes]
+
+
+class _Window:
+    """Bytes ``[offset, offset + length)`` of a source readable at any offset (a file, through ``pread``;
+    bytes in memory): the body of one part, read as botocore hashes and sends it, so no part is ever held
+    in memory whole and any number can be in flight. Seekable, so botocore can rewind it for a resend."""
+
+    __slots__ = ("_length", "_offset", "_pos", "_read_at")
+
+    def __init__(self, read_at: ReadAt, offset: int, length: int) -> None:
+        self._read_at = read_at
+        self._offset = offset
+        self._length = length
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        if size is None or size < 0 or size > left:
+            size = left
+        if size <= 0:
+            return b""
+        data = self._read_at(self._offset + self._pos, size)
+        if len(data) != size:
+            # pread on a regular file returns less only at its end: the file got shorter meanwhile
+            raise StorageError("the upload source got shorter during the upload: upload a file at rest")
+        self._pos += size
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + offset))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _random_access(source: Source, handle: IO[bytes]) -> tuple[ReadAt, int, int] | None:
+    """(read_at, size, start) when ``source`` can be read at any offset: bytes, or a regular file
+    (``pread`` on its descriptor, from its current position); None for a pipe, socket or other stream."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        view = memoryview(source).cast("B")
+        return (lambda offset, n: bytes(view[offset : offset + n])), len(view), 0
+    pread = getattr(os, "pread", None)
+    if pread is None:  # pragma: no cover - Windows: read in order instead
+        return None
+    try:
+        fd = handle.fileno()
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        start = handle.tell()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both OSError and ValueError
+        return None
+    return (lambda offset, n: pread(fd, n, start + offset)), max(0, info.st_size - start), start
+
+
+def _chunks(handle: IO[bytes], first: bytes, size: int) -> Iterator[bytes]:
+    """``first``, then ``size``-byte chunks of ``handle`` until it ends: a stream's parts, in order."""
+    chunk = first
+    while chunk:
+        yield chunk
+        chunk = _read_full(handle, size)
+
+
 class S3Store:
     """Uploads to and downloads from an S3-compatible bucket, streaming; presigns the URLs workers read.
 
@@ -158,6 +268,10 @@ class S3Store:
         concurrency: Parts in flight at once; memory holds at most this many parts (4 x 8 MiB).
         expires_in: Default lifetime of presigned URLs: 7 days, as ``rp_upload``, the most SigV4 allows.
         region: The signing region; S3-compatible services mostly ignore it.
+        checksum: ``"CRC32"``: declare S3's own flexible checksum on every upload (each part's CRC32 is
+            checked by S3 and the object keeps a composite CRC32, as boto3's ``upload_file`` does; no MD5
+            is computed). ``None`` (default): ``Content-MD5`` over HTTPS, the signed SHA-256 over HTTP,
+            which every S3-compatible service accepts; some refuse flexible checksums.
 
     Example:
         ``url = S3Store(S3Config.from_env()).upload("big.png")`` then ``ep.run({"image": url})``.
@@ -168,9 +282,10 @@ class S3Store:
         config: S3Config,
         *,
         part_size: int = 8388608,
-        concurrency: int = 4,
+        concurrency: int = 10,
         expires_in: Duration = 604800,
         region: str = "us-east-1",
+        checksum: Literal["CRC32"] | None = None,
     ) -> None:
         if not isinstance(config, S3Config):
             raise TypeError(f"config must be an S3Config, got {type(config).__name__}")
@@ -183,6 +298,9 @@ class S3Store:
         self.concurrency = concurrency
         self.expires_in: int = _expiry(expires_in)
         self.region = region
+        if checksum not in (None, "CRC32"):
+            raise ValueError(f'checksum must be "CRC32" or None, got {checksum!r}')
+        self.checksum: Literal["CRC32"] | None = checksum
         self._client: BaseClient | None = None
         self._lock = threading.Lock()
 
@@ -211,6 +329,8 @@ class S3Store:
                         signature_version="s3v4",
                         s3={"addressing_style": "path"},
                         retries={"max_attempts": 3, "mode": "standard"},
+                        # a connection for every part in flight, kept open between parts
+                        max_pool_connections=max(10, self.concurrency),
                         request_checksum_calculation="when_required",
                         response_checksum_validation="when_required",
                     ),
@@ -273,47 +393,85 @@ class S3Store:
         key = key or f"inputs/{uuid.uuid4().hex}/{_source_name(source)}"
         handle, total, owned = _open_source(source)
         try:
-            first = _read_full(handle, self.part_size)
-            if len(first) < self.part_size:
-                _, md5 = _md5(first)
-                self._call("put_object", Bucket=self.config.bucket_name, Key=key, Body=first, ContentMD5=md5)
-                if progress is not None:
-                    progress(len(first), len(first))
+            direct = _random_access(source, handle)
+            if direct is not None:
+                read_at, size, start = direct
+                if size < self.part_size:
+                    self._put_small(read_at(0, size), key, progress)
+                else:
+                    parts = (_Window(read_at, offset, min(self.part_size, size - offset))
+                             for offset in range(0, size, self.part_size))  # fmt: skip
+                    self._multipart(parts, key, size, progress, cancel, self.concurrency)
+                if not owned:
+                    handle.seek(start + size)  # the object's bytes are read, as a read() would leave it
             else:
-                self._multipart(handle, first, key, total, progress, cancel)
+                first = _read_full(handle, self.part_size)
+                if len(first) < self.part_size:
+                    self._put_small(first, key, progress)
+                else:
+                    self._multipart(
+                        _chunks(handle, first, self.part_size), key, total, progress, cancel,
+                        min(self.concurrency, _HELD_PARTS),
+                    )  # fmt: skip
         finally:
             if owned:
                 handle.close()
         return key
 
+    @property
+    def _checks_md5(self) -> bool:
+        """Send ``Content-MD5``? Over plain HTTP botocore signs each body's SHA-256, which S3 verifies: the
+        MD5 would check again what is already checked. Over HTTPS the payload is not signed, and with a
+        ``Content-MD5`` botocore does not hash it either (TLS plus the MD5 suffice): the MD5 is the check."""
+        return self.checksum is None and self.config.endpoint_url.lower().startswith("https://")
+
+    def _put_small(self, data: bytes, key: str, progress: Progress | None) -> None:
+        extra = {"ContentMD5": _md5(data)[1]} if self._checks_md5 else {}
+        if self.checksum is not None:
+            extra["ChecksumAlgorithm"] = self.checksum
+        self._call("put_object", Bucket=self.config.bucket_name, Key=key, Body=data, **extra)
+        if progress is not None:
+            progress(len(data), len(data))
+
     def _multipart(
         self,
-        handle: IO[bytes],
-        first: bytes,
+        parts: Iterator[bytes | _Window],
         key: str,
         total: int | None,
         progress: Progress | None,
         cancel: threading.Event | None,
+        in_flight_max: int,
     ) -> None:
+        """Send ``parts`` with at most ``in_flight_max`` in flight. A ``_Window`` is read by the thread
+        that sends it (nothing held here); a ``bytes`` part is held until sent."""
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait  # only big uploads need it
 
         bucket = self.config.bucket_name
-        started = self._call("create_multipart_upload", Bucket=bucket, Key=key)
+        declared = {"ChecksumAlgorithm": self.checksum} if self.checksum is not None else {}
+        started = self._call("create_multipart_upload", Bucket=bucket, Key=key, **declared)
         upload_id = started["UploadId"]
         etags: dict[int, str] = {}
-        digests: list[bytes] = []
+        crcs: dict[int, str] = {}
+        digests: dict[int, bytes] = {}
+        checks_md5 = self._checks_md5
         done = 0
         in_flight: dict[Future[tuple[int, str, int]], int] = {}
 
-        def send(number: int, chunk: bytes, md5: str) -> tuple[int, str, int]:
+        def send(number: int, body: bytes | _Window) -> tuple[int, str, int]:
+            extra: dict[str, str] = dict(declared)  # botocore computes the part's CRC32 and sends it
+            if checks_md5:
+                digest, extra["ContentMD5"] = _md5_of(body)
+                digests[number] = digest
             answer = self._call(
-                "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=chunk,
-                ContentMD5=md5,
+                "upload_part", Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
+                **extra,
             )  # fmt: skip
-            return number, str(answer["ETag"]), len(chunk)
+            if declared:
+                crcs[number] = str(answer.get("ChecksumCRC32", ""))
+            return number, str(answer["ETag"]), len(body)
 
         def settle(wanted: int) -> None:
-            # Wait until at most `wanted` parts are in flight: memory holds `concurrency` parts at most.
+            # Wait until at most `wanted` parts are in flight.
             nonlocal done
             while len(in_flight) > wanted:
                 finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
@@ -325,22 +483,20 @@ class S3Store:
                     if progress is not None:
                         progress(done, total)
 
-        pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="rpq-s3")
+        pool = ThreadPoolExecutor(max_workers=in_flight_max, thread_name_prefix="rpq-s3")
+        number = 0
         try:
-            chunk = first
-            while chunk:
+            for part in parts:
                 if cancel is not None and cancel.is_set():
                     raise _cancelled()
-                digest, md5 = _md5(chunk)
-                digests.append(digest)
-                settle(self.concurrency - 1)
-                in_flight[pool.submit(send, len(digests), chunk, md5)] = len(digests)
-                del chunk  # the part is referenced by its task only: freed once sent
-                chunk = _read_full(handle, self.part_size)
+                number += 1
+                settle(in_flight_max - 1)
+                in_flight[pool.submit(send, number, part)] = number
+                del part  # a held part is referenced by its task only: freed once sent
             settle(0)
             answer = self._call(
                 "complete_multipart_upload", Bucket=bucket, Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
+                MultipartUpload={"Parts": [_part(n, etags[n], crcs.get(n)) for n in sorted(etags)]},
             )  # fmt: skip
         except BaseException:
             for future in in_flight:
@@ -350,8 +506,10 @@ class S3Store:
                 self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
             raise
         pool.shutdown(wait=True)
-        parts = len(digests)
-        expected = f"{hashlib.md5(b''.join(digests), usedforsecurity=False).hexdigest()}-{parts}"
+        if not checks_md5:
+            return
+        joined = b"".join(digests[n] for n in sorted(digests))
+        expected = f"{hashlib.md5(joined, usedforsecurity=False).hexdigest()}-{number}"
         etag = str(answer.get("ETag", "")).strip('"')
         if etag and "-" in etag and etag != expected:
             self.client.delete_object(Bucket=bucket, Key=key)
@@ -551,6 +709,7 @@ class AsyncS3Store:
         concurrency: Parts in flight at once.
         expires_in: Default lifetime of presigned URLs (7 days).
         region: The signing region.
+        checksum: ``"CRC32"`` to declare S3's flexible checksum on uploads; see ``S3Store``.
     """
 
     def __init__(
@@ -558,13 +717,15 @@ class AsyncS3Store:
         config: S3Config,
         *,
         part_size: int = 8388608,
-        concurrency: int = 4,
+        concurrency: int = 10,
         expires_in: Duration = 604800,
         region: str = "us-east-1",
+        checksum: Literal["CRC32"] | None = None,
     ) -> None:
         self.sync: S3Store = S3Store(
-            config, part_size=part_size, concurrency=concurrency, expires_in=expires_in, region=region
-        )
+            config, part_size=part_size, concurrency=concurrency, expires_in=expires_in, region=region,
+            checksum=checksum,
+        )  # fmt: skip
         self.config = config
 
     def __repr__(self) -> str:

@@ -278,6 +278,16 @@ def test_an_input_over_one_add_call_is_rejected_not_fatal(client: Client, tmp_pa
     assert row["status"] == "REJECTED" and "object storage" in row["error"]
 
 
+def test_an_input_naming_a_file_to_upload_is_rejected_not_sent_as_a_marker(
+    client: Client, tmp_path: Path
+) -> None:
+    items = [*keyed_items(1), {"key": "file", "input": {"image": {"$upload": "big.png"}}}]
+    summary = runner(client, tmp_path, "keyed").run(write(tmp_path / "in.jsonl", items))
+    assert (summary.completed, summary.rejected) == (1, 1)
+    row = keys_once(tmp_path / "out.jsonl")['"file"']
+    assert row["status"] == "REJECTED" and "rpq upload FILE" in row["error"]
+
+
 def test_a_generator_handlers_chunks_each_carry_the_key(client: Client, tmp_path: Path) -> None:
     summary = runner(client, tmp_path, "gen").run(write(tmp_path / "in.jsonl", keyed_items(3)))
     assert summary.completed == 3

@@ -97,6 +97,16 @@ CREATE INDEX IF NOT EXISTS native_items_batch ON native_items (batch, pos);
 """
 
 
+def _names_an_upload(payload: Any) -> bool:
+    """The native path sends inputs as they are: an upload in one would reach the handler as a marker."""
+    from runpod_queue.batch._uploads import BadUpload, find_uploads
+
+    try:
+        return bool(find_uploads(payload))
+    except BadUpload:
+        return True
+
+
 def checkpoint(name: str) -> None:
     """A named point of a batch's life (``created``, ``added``, ``finalized``, ``page``); tests make a
     run crash here. Does nothing."""
@@ -422,6 +432,15 @@ class _Native:
                 s.invalid += 1
                 error = f"line {line}: {item.message}"
                 self._record(key, line, BatchResult(line, None, ItemStatus.INVALID, error=error))
+                continue
+            if _names_an_upload(payload):
+                s.rejected += 1
+                error = (
+                    'a file to upload ({"$upload": ...} or Upload) in a --native input: Batch Jobs inputs '
+                    "are sent as they are; upload it first (rpq upload FILE) and put the URL it prints "
+                    "in the input"
+                )
+                self._record(key, line, BatchResult(key_value, None, ItemStatus.REJECTED, error=error))
                 continue
             try:
                 body = json.dumps(add_key(payload, key_value), ensure_ascii=False, separators=(",", ":"))

@@ -38,6 +38,7 @@ from runpod_queue._client import Endpoint
 from runpod_queue._limits import AsyncLimiter, RateLimits
 from runpod_queue._models import Policy
 from runpod_queue._retry import Retries, backoff_delay
+from runpod_queue._storage import async_store
 from runpod_queue._units import Duration, seconds
 from runpod_queue.batch._collect import Collector
 from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
@@ -49,6 +50,7 @@ from runpod_queue.batch._schedule import Schedule, Watched
 from runpod_queue.batch._state import RunConfig, RunState
 from runpod_queue.batch._submit import runner_limits, submit
 from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, key_text
+from runpod_queue.batch._uploads import BatchUploads
 from runpod_queue.batch._warm import Warm
 from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError, ServerError
 
@@ -337,6 +339,7 @@ class BatchRunner:
                     summary=summary,
                     wake=wake,
                 )
+                run.uploads = BatchUploads(journal, async_store(self.endpoint.client._store))
                 warm = Warm(client, settings.retries, self.endpoint.id, journal, self.warm, run.warn)
                 async with warm:  # workersMin raised for the run, put back after it (batch/_warm.py)
                     await self._run_journaled(run, inputs, started)

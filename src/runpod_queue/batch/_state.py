@@ -25,6 +25,7 @@ from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus
 
 if TYPE_CHECKING:
     from runpod_queue._aio import AsyncEndpoint
+    from runpod_queue.batch._uploads import BatchUploads
     from runpod_queue.webhooks import WebhookSigner
 
 __all__ = ["Fatal", "RunConfig", "RunState"]
@@ -80,6 +81,7 @@ class RunState:
         self.by_id: dict[str, Watched] = {}
         self.signer: WebhookSigner | None = None
         self.webhook_url: str | None = None  # the base URL each submission's signed webhook is made from
+        self.uploads: BatchUploads | None = None  # resolves Upload values in inputs (set by the runner)
         self.stopping = False
         self.fatal: BaseException | None = None
         self.fed_all = False

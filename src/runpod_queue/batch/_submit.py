@@ -20,15 +20,18 @@ from runpod_queue._retry import Safety, may_resend
 from runpod_queue.batch._schedule import Watched
 from runpod_queue.batch._state import RunState
 from runpod_queue.batch._types import BatchResult, ItemStatus
+from runpod_queue.batch._uploads import BadUpload
 from runpod_queue.errors import (
     APIError,
     APIResponseError,
     AuthenticationError,
     BadRequestError,
+    ConfigurationError,
     NotFoundError,
     PayloadTooLargeError,
     PermissionDeniedError,
     RateLimitError,
+    StorageError,
 )
 
 __all__ = ["resend_is_safe", "runner_limits", "submit"]
@@ -80,6 +83,18 @@ async def _submit(run: RunState, key: str, line: int, payload: Any) -> None:
     s = run.summary
     attempt = 0
     try:
+        if run.uploads is not None:  # each Upload / {"$upload": path} becomes its URL, journaled
+            try:
+                payload = await run.uploads.resolve(key, line, payload)
+            except BadUpload as exc:
+                s.invalid += 1
+                run.warn(f"line {line} (key {key}): {exc}")
+                run.finish(key, line, BatchResult(json.loads(key), None, ItemStatus.INVALID, error=str(exc)))
+                return
+            except (ConfigurationError, StorageError) as exc:  # every item would fail: stop, resumable
+                run.fail_batch(exc)
+                run.released()
+                return
         while True:
             await run.paused("run")
             window = await run.limiter.acquire(run.endpoint.id, "run")

@@ -18,7 +18,7 @@ from runpod_queue.cli._render import exit_code_for
 from runpod_queue.cli._session import Session, session
 
 if TYPE_CHECKING:
-    from runpod_queue import Policy
+    from runpod_queue import Policy, S3Store
     from runpod_queue.batch import BatchSummary, WebhookOptions
     from runpod_queue.errors import RunpodQueueError
 
@@ -214,6 +214,16 @@ def batch(
             rich_help_panel="Output",
         ),
     ] = True,
+    upload_from_env: Annotated[
+        bool,
+        typer.Option(
+            "--upload-from-env",
+            help='Upload the files inputs name as {"$upload": "PATH"} to the bucket of the BUCKET_* '
+            "variables, and send their presigned URLs (with --local, the emulator's own S3 is used "
+            "without this option when it serves one).",
+            rich_help_panel=_RUNNER,
+        ),
+    ] = False,
     api_key: ApiKeyOpt = None,
     base_url: BaseUrlOpt = None,
     local: LocalOpt = None,
@@ -232,6 +242,7 @@ def batch(
                     ("--policy-ttl", policy_ttl),
                     ("--execution-timeout", execution_timeout),
                     ("--warm", warm),
+                    ("--upload-from-env", upload_from_env or None),
                 )
                 if value is not None
             ]
@@ -239,6 +250,7 @@ def batch(
                 raise UsageProblem(
                     f"--native sends Batch Jobs requests, which take no {given[0]}: drop one of the two"
                 )
+        s.store = _upload_store(upload_from_env, local, s._api_key)
         _run_batch(
             s,
             inputs,
@@ -254,18 +266,47 @@ def batch(
             no_rate_limits=no_rate_limits,
             progress=progress,
             native=native,
-            resume_options=_resume_options(no_rate_limits, listen, webhook_url, native)
+            resume_options=_resume_options(no_rate_limits, listen, webhook_url, native, upload_from_env)
             + (["--warm", str(warm)] if warm is not None else []),
         )
 
 
+def _upload_store(from_env: bool, local: int | None, api_key: str | None) -> S3Store | None:
+    """Where ``{"$upload": PATH}`` files go: the BUCKET_* variables (--upload-from-env), else the local
+    emulator's S3 when it serves one (--local), else nowhere (an item naming a file then stops the batch
+    with the way to fix it). Asked once, before anything is read."""
+    from runpod_queue import S3Config, S3Store
+    from runpod_queue.errors import ConfigurationError
+
+    if from_env:
+        try:
+            return S3Store(S3Config.from_env())
+        except ConfigurationError as exc:
+            raise UsageProblem(f"--upload-from-env: {exc}") from None
+    if local is None:
+        return None
+    from runpod_queue.cli._local_s3 import emulator_s3
+
+    try:
+        config = emulator_s3(local, api_key=api_key)
+    except ConfigurationError:
+        return None  # the batch's own health check says what is wrong with the emulator
+    return None if config is None else S3Store(config)
+
+
 def _resume_options(
-    no_rate_limits: bool, listen: str | None, webhook_url: str | None, native: bool = False
+    no_rate_limits: bool,
+    listen: str | None,
+    webhook_url: str | None,
+    native: bool = False,
+    upload_from_env: bool = False,
 ) -> list[str]:
     """The options besides the connection's that the resume command repeats (the key never: see _next)."""
     extra = ["--no-rate-limits"] if no_rate_limits else []
     if native:
         extra.append("--native")
+    if upload_from_env:
+        extra.append("--upload-from-env")
     if listen is not None:
         extra += ["--listen", listen]
     if webhook_url is not None:

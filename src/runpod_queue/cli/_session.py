@@ -24,6 +24,7 @@ from runpod_queue import (
     JournalError,
     RateLimits,
     RunpodQueueError,
+    S3Store,
     WaitTimeoutError,
 )
 from runpod_queue._logs import debug_to_stderr
@@ -77,6 +78,7 @@ class Session(Printer):
     submitting: list[str] | None = None
     sync: bool = False  # that submission is a /runsync
     rate_limits: RateLimits | bool = True  # for the client, when it is made (`rpq batch --no-rate-limits`)
+    store: S3Store | None = field(default=None, repr=False)  # for Upload values (`rpq batch`)
     # A command's own words after a failure or a Ctrl-C (`rpq batch`: its journal and resume command);
     # None: the words every command uses (``explain`` / ``interrupted``).
     explainer: Callable[[RunpodQueueError], str] | None = field(default=None, repr=False)
@@ -93,6 +95,7 @@ class Session(Printer):
                 base_url=self.base_url,
                 rate_limits=self.rate_limits,
                 on_retry=self.retrying,
+                store=self.store,
             )
         return self._client
 

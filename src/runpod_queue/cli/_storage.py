@@ -2,8 +2,11 @@
 
 The store comes from the worker's variables (``BUCKET_ENDPOINT_URL``, ``BUCKET_ACCESS_KEY_ID``,
 ``BUCKET_SECRET_ACCESS_KEY``, plus ``BUCKET_NAME`` or ``--bucket``), so the same shell that runs a worker
-locally can upload its inputs. ``rpq upload`` prints the presigned URL on stdout in full: that URL is
-the command's product (it goes into a job's input); everything on stderr shows it redacted.
+locally can upload its inputs; or, with ``--local [PORT]``, from the emulator `rpq serve --s3` runs there
+(asked over ``GET /_emulator/s3``; its stand-in credentials are used, never printed).
+
+``rpq upload`` prints the presigned URL on stdout in full: that URL is the command's product (it goes
+into a job's input); everything on stderr shows it redacted.
 """
 
 from __future__ import annotations
@@ -19,13 +22,45 @@ import typer
 
 from runpod_queue._models import S3Config
 from runpod_queue.cli._app import app
-from runpod_queue.cli._options import DURATIONS_HELP, duration_option
+from runpod_queue.cli._argv import RpqCommand
+from runpod_queue.cli._options import DEFAULT_LOCAL_PORT, DURATIONS_HELP, duration_option
 from runpod_queue.errors import ConfigurationError, StorageError
 
 BucketOpt = Annotated[
     str | None,
     typer.Option("--bucket", metavar="NAME", help="The bucket (default: $BUCKET_NAME).", show_default=False),
 ]
+
+
+LocalS3Opt = Annotated[
+    int | None,
+    typer.Option(
+        "--local",
+        metavar="[PORT]",
+        min=1,
+        max=65535,
+        help="Use the S3 of the emulator `rpq serve --s3` runs at 127.0.0.1:PORT (PORT defaults to "
+        f"{DEFAULT_LOCAL_PORT}) instead of the BUCKET_* variables; its key from $RPQ_EMULATOR_API_KEY "
+        "when it has one.",
+        show_default=False,
+    ),
+]
+
+
+def _store_config(local: int | None, bucket: str | None) -> S3Config:
+    """The BUCKET_* variables, or the local emulator's S3 (``--bucket`` picks another of its buckets)."""
+    if local is None:
+        return S3Config.from_env(bucket)
+    from runpod_queue.cli._local_s3 import emulator_s3
+
+    found = emulator_s3(local)
+    if found is None:
+        raise ConfigurationError(
+            f"the emulator on port {local} serves no S3: start it with `rpq serve --s3 --port {local}`"
+        )
+    if bucket is not None:
+        return S3Config(found.access_id, found.access_secret, bucket, found.endpoint_url)
+    return found
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -73,7 +108,7 @@ class _Bar:
             self._progress.stop()
 
 
-@app.command("upload", epilog=DURATIONS_HELP)
+@app.command("upload", cls=RpqCommand, epilog=DURATIONS_HELP)
 def upload(
     file: Annotated[Path, typer.Argument(metavar="FILE", help="The file to upload.", show_default=False)],
     key: Annotated[
@@ -86,19 +121,20 @@ def upload(
     expires_in: Annotated[
         float | None, duration_option(help="How long the URL works (at most 7d, the default), e.g. 1h.")
     ] = None,
+    local: LocalS3Opt = None,
 ) -> None:
-    """Upload FILE to the bucket of the BUCKET_* variables and print a presigned URL for a job's input."""
+    """Upload FILE (to the BUCKET_* bucket, or --local's) and print a presigned URL for a job's input."""
     from runpod_queue._storage import S3Store, redact_url
 
     with _reported():
-        store = S3Store(S3Config.from_env(bucket))
+        store = S3Store(_store_config(local, bucket))
         with _Bar(file.name) as bar:
             url = store.upload(file, key=key, expires_in=expires_in, progress=bar)
     typer.echo(url)
     typer.echo(f"uploaded {file} ({file.stat().st_size} bytes): {redact_url(url)}", err=True)
 
 
-@app.command("download")
+@app.command("download", cls=RpqCommand)
 def download(
     url: Annotated[
         str,
@@ -119,13 +155,14 @@ def download(
         ),
     ] = None,
     bucket: BucketOpt = None,
+    local: LocalS3Opt = None,
 ) -> None:
     """Download URL (a job's result) to a file, streamed and checked."""
     from runpod_queue._storage import S3Store, redact_url
 
     with _reported():
         target = output or Path(unquote(urlsplit(url).path).rsplit("/", 1)[-1] or "download.bin")
-        store = S3Store(_config_for(url, bucket))
+        store = S3Store(_store_config(local, bucket) if local is not None else _config_for(url, bucket))
         with _Bar(target.name) as bar:
             written = store.download(url, to=target, progress=bar)
     assert isinstance(written, Path)

@@ -48,6 +48,16 @@ def worker_env(
             show_default=False,
         ),
     ] = 1.0,
+    s3: Annotated[
+        bool | None,
+        typer.Option(
+            "--s3/--no-s3",
+            help="Add the BUCKET_* variables of the emulator's S3 (`rpq serve --s3`) and "
+            "RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS=1, asked from the emulator. Default: when it serves one "
+            "(an emulator that does not answer yet is left out, with a comment); --s3 insists.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Print `export` lines for a worker written with `runpod.serverless.start` (eval them, then run it).
 
@@ -78,6 +88,48 @@ def worker_env(
         if value == _KEY_PLACEHOLDER:
             # A reference, never the key: this output ends up in terminals, logs and shell history.
             typer.echo(f'export {name}="${{{_KEY_VAR}:?set {_KEY_VAR} to the key of the emulator}}"')
+        else:
+            typer.echo(f"export {name}={shlex.quote(value)}")
+    if s3 is not False:
+        _bucket_lines(host, shown_host, port, required=s3 is True)
+
+
+def _bucket_lines(host: str, shown_host: str, port: int, *, required: bool) -> None:
+    """The storage variables ``rp_upload`` / ``rp_download`` read, for the emulator's embedded S3.
+
+    Its key pair is moto's fixed local stand-in, printed as it is (no secret: the same on every machine,
+    and moto accepts any). Anything else is printed as a reference to the variable, never its value.
+    """
+    from runpod_queue._storage import is_local_stand_in
+    from runpod_queue.cli._local_s3 import emulator_s3
+    from runpod_queue.errors import ConfigurationError
+
+    try:
+        config = emulator_s3(port, host=host)
+    except ConfigurationError as exc:
+        if required:
+            raise typer.BadParameter(str(exc), param_hint="--s3") from None
+        typer.echo(f"# no BUCKET_* variables: {exc}")
+        return
+    if config is None:
+        if required:
+            raise typer.BadParameter(
+                f"the emulator at {shown_host}:{port} serves no S3: start it with `rpq serve --s3`",
+                param_hint="--s3",
+            )
+        return
+    typer.echo(f"# the emulator's S3 at {config.endpoint_url} (rp_upload / rp_download read these)")
+    stand_in = is_local_stand_in(config)
+    for name, value in (
+        ("BUCKET_ENDPOINT_URL", config.endpoint_url),
+        ("BUCKET_ACCESS_KEY_ID", config.access_id if stand_in else None),
+        ("BUCKET_SECRET_ACCESS_KEY", config.access_secret if stand_in else None),
+        ("BUCKET_NAME", config.bucket_name),
+        # runpod >= 1.12: rp_download refuses loopback and private addresses without it
+        ("RUNPOD_ALLOW_PRIVATE_DOWNLOAD_URLS", "1"),
+    ):
+        if value is None:
+            typer.echo(f'export {name}="${{{name}:?set {name} for this storage}}"')
         else:
             typer.echo(f"export {name}={shlex.quote(value)}")
 

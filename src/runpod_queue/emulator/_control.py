@@ -11,6 +11,10 @@ new route is one entry here.
 - `GET /_emulator/requests[?all=true]`: `{"requests": [...]}`, the API requests received, oldest first
   (`inspect.RecordedRequest.to_dict`; `all=true` adds worker-protocol and `/_emulator/*` requests).
   `DELETE /_emulator/requests` forgets them, so a test can assert on what follows.
+- `GET /_emulator/s3`: the embedded S3 (`rpq serve --s3`) as RunPod's `s3Config` object
+  (`endpointUrl`, `bucketName`, `accessId`, `accessSecret`: moto's fixed local stand-ins, which it accepts
+  with any value, never a real credential), so `rpq upload --local`, `rpq worker-env` and `rpq batch
+  --local` reach it; 404 when the emulator serves no S3.
 - `POST /_emulator/reset`, `GET|PUT /_emulator/faults`, `GET /_emulator/endpoints`,
   `GET|PUT|DELETE /_emulator/endpoints/{id}`: see `admin` (what they do) and docs/local-runpod.md.
 """
@@ -24,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from runpod_queue._models import S3Config
 from runpod_queue.emulator._admin import (
     Admin,
     endpoint_dict,
@@ -62,11 +67,13 @@ class Control:
         self.requests = requests
         self.admin: Admin | None = admin
         self._faults = faults
+        self._s3: Callable[[], S3Config | None] | None = None
         self.routes: dict[tuple[str, str], Route] = {
             ("POST", "advance"): self.advance,
             ("GET", "jobs"): self.jobs,
             ("GET", "requests"): self.list_requests,
             ("DELETE", "requests"): self.clear_requests,
+            ("GET", "s3"): self.get_s3,
         }
         if admin is not None:
             self.routes[("POST", "reset")] = self.reset
@@ -153,6 +160,17 @@ class Control:
         """``DELETE /_emulator/requests``: forget the requests served so far."""
         self.requests.clear()
         return 200, {"requests": []}
+
+    def serve_s3(self, config: Callable[[], S3Config | None]) -> None:
+        """Answer ``GET /_emulator/s3`` with ``config()`` (None: this emulator serves no S3)."""
+        self._s3 = config
+
+    async def get_s3(self, request: Request) -> tuple[int, Any]:
+        """``GET /_emulator/s3``: the embedded S3's ``s3Config`` (404 without one)."""
+        config = self._s3() if self._s3 is not None else None
+        if config is None:
+            raise HTTPError(404, "this emulator serves no S3: start it with `rpq serve --s3`")
+        return 200, config.to_wire()
 
     # -- run-time changes (admin) ---------------------------------------------------------------
 

@@ -15,14 +15,12 @@ import time
 from typing import Any, Final
 
 from runpod_queue._models import S3Config
+from runpod_queue._storage import LOCAL_KEY_ID, LOCAL_SECRET
 from runpod_queue.errors import ConfigurationError
 
 __all__ = ["LocalS3", "month_buckets"]
 
 DEFAULT_BUCKET: Final = "runpod-queue"
-# moto accepts any credentials; these only have to look like a key pair to the SDKs.
-_KEY_ID: Final = "emulator-access-key"
-_SECRET: Final = "emulator-secret-key"  # noqa: S105 - a local stand-in's fixed value, not a credential
 
 
 def month_buckets(now: float | None = None) -> list[str]:
@@ -52,9 +50,12 @@ class LocalS3:
         server.start()
         self._server = server
         port = server.get_host_and_port()[1]
-        self.config = config = S3Config(_KEY_ID, _SECRET, DEFAULT_BUCKET, f"http://{self.host}:{port}")
+        self.config = config = S3Config(
+            LOCAL_KEY_ID, LOCAL_SECRET, DEFAULT_BUCKET, f"http://{self.host}:{port}"
+        )
         from runpod_queue._storage import S3Store
 
+        # moto accepts any credentials; the fixed pair only has to look like one to the SDKs.
         client = S3Store(config).client
         for bucket in [DEFAULT_BUCKET, *month_buckets()]:
             client.create_bucket(Bucket=bucket)

@@ -271,6 +271,7 @@ class Emulator:
         self._socket: socket.socket | None = None
         self._error: BaseException | None = None
         self._s3: LocalS3 | None = LocalS3(host) if s3 else None
+        self._parts.control.serve_s3(lambda: None if self._s3 is None else self._s3.config)
 
     @staticmethod
     def _state_file(
