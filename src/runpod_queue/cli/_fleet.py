@@ -218,8 +218,9 @@ def logs(
 ) -> None:
     """Print a worker's log lines, by job (the worker that ran it) or by --worker; --json prints JSON lines.
 
-    By job, the lines are the ones the server tags with the job (the emulator does) or, where it does
-    not (RunPod), the ones that name the job id, as the official worker's own lines do.
+    By job, the lines are the ones the server tags with the job (the
+    emulator does) or, where it does not (RunPod), the ones that name the
+    job id, as the official worker's own lines do.
     """
     with session(api_key, base_url, local, json_out, debug) as s:
         if (job is None) == (worker is None):

@@ -43,9 +43,11 @@ def record(
         ),
     ] = OnMissChoice.error,
 ) -> None:
-    """Record jobs through a local proxy: point a client at the printed base URL; each job's input,
-    statuses with timings, output or error and stream chunks go to --to (never the API key). Replay
-    with `rpq serve ID=FILE`. Stops on Ctrl-C."""
+    """Record jobs through a local proxy into a cassette; replay it with `rpq serve ID=FILE`.
+
+    Point a client at the printed base URL: each job's input, statuses with
+    timings, output or error and stream chunks go to --to (never the API
+    key). Stops on Ctrl-C."""
     from runpod_queue._settings import resolve_base_url
     from runpod_queue.emulator._cassette import Recording
     from runpod_queue.emulator._record import RecordingProxy, source_host
