@@ -194,9 +194,17 @@ class Core:
         ep = job.endpoint
         job.status = JobStatus.IN_QUEUE
         ep.in_queue += 1
-        _cancel_timer(job, "ttl_handle")
-        job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
-        entry = RunRef(job, job.attempt)
+        if job.ttl_handle is not None:
+            job.ttl_handle.cancel()
+            job.ttl_handle = None
+        attempt = job.attempt
+        # A job an idle worker starts at once needs no ttl timer when its executionTimeout ends the run
+        # first and a finished job's ttl does not matter (Readings.finished_ttl "retention"): the timer
+        # would only be made and cancelled (an idle endpoint's every job). Otherwise it starts now.
+        later = job.policy_ttl > job.policy_execution_timeout and self.readings.finished_ttl == "retention"
+        if not later:
+            job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, attempt)
+        entry = RunRef(job, attempt)
         q = ep.batch_queue if job.batch is not None else ep.low_queue if job.low_priority else ep.queue
         if front:
             q.appendleft(entry)
@@ -205,6 +213,8 @@ class Core:
         if self._reports:
             self.clock.activity()
         self.dispatch(ep)
+        if later and job.status is JobStatus.IN_QUEUE and job.attempt == attempt and job.ttl_handle is None:
+            job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, attempt)
 
     def dispatch(self, ep: EndpointState) -> None:
         """Hand queued jobs to idle in-process workers, then wake one external worker's held job-take."""

@@ -26,6 +26,7 @@ __all__ = [
     "Route",
     "Scope",
     "Send",
+    "answer",
     "drop",
     "json_object",
     "respond",
@@ -199,8 +200,16 @@ def type_name(value: Any) -> str:
 async def respond(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    """A complete JSON answer (`answer`, for parts that do not report the status they answered)."""
+    await answer(send, status, payload, headers)
+
+
+async def answer(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> int:
     """A complete JSON answer; `payload` may already be encoded bytes. A payload that cannot be encoded
-    (nested past orjson's 254 levels, say) answers a JSON 500, never the server's plain-text one."""
+    (nested past orjson's 254 levels, say) answers a JSON 500, never the server's plain-text one.
+    Returns the status answered (the app's request log records it)."""
     try:
         body = payload if isinstance(payload, bytes) else encode_json(payload)
     except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
@@ -217,14 +226,17 @@ async def respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
-async def respond_empty(send: Send, status: int = 204) -> None:
+async def respond_empty(send: Send, status: int = 204) -> int:
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b""})
+    return status
 
 
 async def drop(send: Send) -> None:
-    """Start an answer and never finish it: the server closes the connection mid-body."""
+    """Start an answer and never finish it: the server closes the connection mid-body (the request
+    log shows no status)."""
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
     await send({"type": "http.response.body", "body": b'{"id', "more_body": True})
