@@ -41,6 +41,7 @@ from runpod_queue.emulator._http import (
     json_object,
     respond_empty,
 )
+from runpod_queue.emulator._jobs import TERMINAL, WIRE
 from runpod_queue.emulator._notices import Warned
 from runpod_queue.emulator._openai import OpenAIRoutes, openai_unauthorized
 
@@ -58,6 +59,7 @@ __all__ = ["EmulatorApp"]
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_WAIT_MS: Final = contract.RUNSYNC_MAX_WAIT_MS
+_IN_QUEUE_TEXT: Final = JobStatus.IN_QUEUE.value
 
 _POST: Final = frozenset({"POST"})
 _GET: Final = frozenset({"GET"})
@@ -104,9 +106,10 @@ class EmulatorApp:
         self._on_shutdown = on_shutdown
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key = api_key.encode() if api_key else None
-        self.faults: Faults = faults or Faults()
+        self._faults = faults or Faults()
+        self._faults_active = self._faults.active  # read per request: kept, not recomputed
         self.strict: bool = strict
-        self._rng = random.Random(self.faults.seed)
+        self._rng = random.Random(self._faults.seed)
         self.routes: dict[str, ApiRoute] = {
             "run": ApiRoute(self.run, _POST, False, "run"),
             "runsync": ApiRoute(self.runsync, _POST, False, "runsync"),
@@ -129,6 +132,16 @@ class EmulatorApp:
     def loop(self) -> asyncio.AbstractEventLoop | None:
         """The loop the app serves on, once started."""
         return self._loop
+
+    @property
+    def faults(self) -> Faults:
+        """The fault injection in force (see ``set_faults``)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+        self._faults_active = faults.active
 
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while serving (tests turn errors on and off between calls).
@@ -260,11 +273,12 @@ class EmulatorApp:
             )
             return await answer(send, 404, {"error": f"no route {scope['path']}; use {usage}"})
         dropped: str | None = None
-        if self.faults.active:
+        if self._faults_active:
             injected, dropped = await self._inject_fault()
             if injected is not None:
                 return await answer(send, injected[0], injected[1], injected[2])
-        gate = self.limiter.gate(endpoint.id, limit_name) if limit_name else None
+        limiter = self.limiter
+        gate = limiter.gate(endpoint.id, limit_name) if limit_name and limiter.enabled else None
         if gate is not None:
             wait = gate.try_acquire(self._now(), self._worker_allowance(endpoint))
             if wait is not None:
@@ -383,6 +397,8 @@ class EmulatorApp:
 
     def _wait_query(self, request: EndpointRequest, default: float, low: int = 0) -> float:
         """`?wait=` ms (the wire) as seconds; `default` is seconds."""
+        if not request.raw_query:  # the usual request: no query string to parse
+            return round(default * 1000) / 1000
         wait_ms = request.int_query("wait", low=low, high=_MAX_WAIT_MS, default=round(default * 1000))
         assert wait_ms is not None
         return wait_ms / 1000
@@ -391,7 +407,7 @@ class EmulatorApp:
         """``POST /run``: queue a job and answer its id at once."""
         body = await request.body(contract.RUN_PAYLOAD_LIMIT, "/run")
         job, warnings = self._submit(request, body, sync=False)
-        answer = {"id": job.id, "status": JobStatus.IN_QUEUE.value}
+        answer = {"id": job.id, "status": _IN_QUEUE_TEXT}
         return 200, Warned(answer, warnings) if warnings else answer
 
     async def runsync(self, request: EndpointRequest) -> tuple[int, Any]:
@@ -412,10 +428,11 @@ class EmulatorApp:
     ) -> tuple[int, Any]:
         # A finished job answers its held request even when its retention has already run out by the
         # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
-        if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
+        finished = job.status in TERMINAL
+        if not finished and request.endpoint.jobs.get(job.id) is not job:
             raise HTTPError(404, f"job {job.id} was removed: its ttl ran out while it was running")
-        if partial and not job.status.is_terminal:
-            answer: dict[str, Any] = {"id": job.id, "status": job.status.value}
+        if partial and not finished:
+            answer: dict[str, Any] = {"id": job.id, "status": WIRE[job.status]}
         else:
             answer = job.status_dict()
         return 200, _warned(answer, job, warnings)
@@ -506,6 +523,8 @@ class _Watch:
 
 def _warned(answer: dict[str, Any], job: JobRecord, warnings: list[str] | None) -> Any:
     """The answer, with the request's warnings and the job's own (a result dropped) as a header."""
+    if not warnings and job.warning is None:
+        return answer
     messages = [*(warnings or ()), *([job.warning] if job.warning else ())]
     return Warned(answer, messages) if messages else answer
 

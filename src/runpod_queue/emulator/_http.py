@@ -90,10 +90,15 @@ class Request:
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit, what)
+        message = await self.receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")  # the usual small body: one message
+            if len(body) > limit:
+                raise _too_large(len(body), limit, what)
+            return body
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise HTTPError(400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
@@ -104,6 +109,7 @@ class Request:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            message = await self.receive()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def int_query(self, name: str, *, low: int, high: int, default: int | None = None) -> int | None:
