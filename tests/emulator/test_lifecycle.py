@@ -97,6 +97,20 @@ def test_default_ttl_is_a_day() -> None:
         assert http.status("q", job_id)["status"] == "TIMED_OUT"
 
 
+def test_a_ttl_longer_than_the_execution_timeout_still_times_out_a_job_left_waiting() -> None:
+    # Such a job's ttl timer is set only once it is known to wait (one started at once needs none).
+    with virtual({"a": EndpointSpec(async_held, workers=1)}) as (emu, http):
+        blocker = http.run("a", {"gate": "ttl-blocker"})
+        assert started("ttl-blocker").wait(5)
+        waiting = http.run("a", {"gate": "ttl-waiting"}, policy={"ttl": 20_000, "executionTimeout": 5_000})
+        emu.advance(19.999)
+        assert http.status("a", waiting)["status"] == "IN_QUEUE"
+        emu.advance(0.001)
+        assert http.status("a", waiting)["status"] == "TIMED_OUT"
+        gate("ttl-blocker").set()
+        assert http.wait("a", blocker)["status"] == "COMPLETED"
+
+
 def test_ttl_running_out_mid_run_removes_the_job_and_cancels_its_handler() -> None:
     with virtual({"a": async_held}) as (emu, http):
         job_id = http.run("a", {"gate": "ttlrun"}, policy={"ttl": 20_000, "executionTimeout": 600_000})

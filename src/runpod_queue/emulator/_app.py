@@ -36,11 +36,12 @@ from runpod_queue.emulator._http import (
     Route,
     Scope,
     Send,
+    answer,
     drop,
     json_object,
-    respond,
     respond_empty,
 )
+from runpod_queue.emulator._jobs import TERMINAL, WIRE
 from runpod_queue.emulator._notices import Warned
 from runpod_queue.emulator._openai import OpenAIRoutes, openai_unauthorized
 
@@ -58,6 +59,7 @@ __all__ = ["EmulatorApp"]
 log = logging.getLogger("runpod_queue.emulator")
 
 _MAX_WAIT_MS: Final = contract.RUNSYNC_MAX_WAIT_MS
+_IN_QUEUE_TEXT: Final = JobStatus.IN_QUEUE.value
 
 _POST: Final = frozenset({"POST"})
 _GET: Final = frozenset({"GET"})
@@ -104,9 +106,10 @@ class EmulatorApp:
         self._on_shutdown = on_shutdown
         self._loop: asyncio.AbstractEventLoop | None = None
         self._api_key = api_key.encode() if api_key else None
-        self.faults: Faults = faults or Faults()
+        self._faults = faults or Faults()
+        self._faults_active = self._faults.active  # read per request: kept, not recomputed
         self.strict: bool = strict
-        self._rng = random.Random(self.faults.seed)
+        self._rng = random.Random(self._faults.seed)
         self.routes: dict[str, ApiRoute] = {
             "run": ApiRoute(self.run, _POST, False, "run"),
             "runsync": ApiRoute(self.runsync, _POST, False, "runsync"),
@@ -130,6 +133,16 @@ class EmulatorApp:
         """The loop the app serves on, once started."""
         return self._loop
 
+    @property
+    def faults(self) -> Faults:
+        """The fault injection in force (see ``set_faults``)."""
+        return self._faults
+
+    @faults.setter
+    def faults(self, faults: Faults) -> None:
+        self._faults = faults
+        self._faults_active = faults.active
+
     def set_faults(self, faults: Faults) -> None:
         """Change fault injection while serving (tests turn errors on and off between calls).
 
@@ -142,10 +155,17 @@ class EmulatorApp:
     # -- ASGI -----------------------------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            await self._recorded(scope, receive, send)
-        elif kind == "lifespan":
+        if scope["type"] == "http":
+            # Every request is logged (when, method, path, query, status) for tests to assert on
+            # (`inspect.RequestLog`); the status is None when the answer was never completed (a drop).
+            # `_http` hands back the status it answered: no wrapper around `send` on the hot path.
+            status: int | None = None
+            try:
+                status = await self._http(scope, receive, send)
+            finally:
+                path, query = scope["path"], scope["query_string"]
+                self._log_request((self._now(), scope["method"], path, query, status))
+        elif scope["type"] == "lifespan":
             await self._lifespan(receive, send)
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -172,28 +192,8 @@ class EmulatorApp:
         """Stop what the app started (timers, deliveries, workers); the server calls it on shutdown."""
         await self._on_shutdown()
 
-    async def _recorded(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Serve one request and log (when, method, path, query, status) for tests to assert on
-        (`inspect.RequestLog`); the status is None when the answer was never completed (a drop)."""
-        status: int | None = None
-        complete = False
-
-        def watch(message: dict[str, Any]) -> Awaitable[None]:
-            # Not a coroutine: hands back `send`'s own awaitable, so watching costs no extra frame.
-            nonlocal status, complete
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            elif not message.get("more_body"):
-                complete = True
-            return send(message)
-
-        try:
-            await self._http(scope, receive, watch)
-        finally:
-            answered = status if complete else None
-            self._log_request((self._now(), scope["method"], scope["path"], scope["query_string"], answered))
-
-    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> int | None:
+        """Serve one request; returns the status answered, None when the answer was not completed."""
         if self._loop is None:
             self._start(asyncio.get_running_loop())
         parts = scope["path"].split("/")
@@ -201,38 +201,46 @@ class EmulatorApp:
             worker = len(parts) >= 4 and parts[1] == "v2" and parts[3] in self.worker_routes
             refusal = _cross_site_refusal(scope, worker=worker)
             if refusal is not None:
-                return await respond(send, refusal[0], {"error": refusal[1]})
+                return await answer(send, refusal[0], {"error": refusal[1]})
         # ["", "v2", endpoint, operation, *rest] or ["", "_emulator", name, ...]
         if len(parts) < 4 or parts[1] != "v2":
             if len(parts) >= 3 and parts[1] == "_emulator":
                 return await self._control(scope, receive, send, parts[2:])
             if len(parts) >= 3 and parts[1:3] == ["_management", "v2"] and self.management is not None:
-                return await self.management.handle(scope, receive, send, parts[3:])
+                watch = _Watch(send)
+                await self.management.handle(scope, receive, watch, parts[3:])
+                return watch.answered()
             if self.console is not None and (parts[1] == "_console" or scope["path"] == "/"):
                 # The page is public; its data routes check the key with `_authorized`.
-                return await self.console.handle(scope, receive, send, self._authorized)
-            return await respond(
+                watch = _Watch(send)
+                await self.console.handle(scope, receive, watch, self._authorized)
+                return watch.answered()
+            return await answer(
                 send, 404, {"error": f"no route {scope['path']}; routes live under /v2/<endpoint_id>/"}
             )
         # The key first: a stranger learns nothing, not even which endpoint ids exist. The OpenAI routes
         # answer it in OpenAI's shape, the same bytes for a known and an unknown endpoint id.
         if not self._authorized(scope):
             if parts[3] == "openai":
-                return await openai_unauthorized(send)
+                watch = _Watch(send)
+                await openai_unauthorized(watch)
+                return watch.answered()
             return await _unauthorized(send)
         endpoint = self.core.endpoints.get(parts[2])
         if endpoint is None:
             known = ", ".join(sorted(self.core.endpoints)) or "none"
-            return await respond(
+            return await answer(
                 send, 404, {"error": f"endpoint {parts[2]!r} not found (this emulator serves: {known})"}
             )
         operation = parts[3]
         if operation == "openai":  # answers its own errors in OpenAI's shape
-            return await self.openai(
+            watch = _Watch(send)
+            await self.openai(
                 EndpointRequest(scope, receive, endpoint, parts[4:]),
-                send,
+                watch,
                 worker_allowance=self._worker_allowance,
             )
+            return watch.answered()
         rest = parts[4:]
         if rest and rest[-1] == "":
             rest.pop()
@@ -243,7 +251,7 @@ class EmulatorApp:
         if entry is None:
             worker_route = self.worker_routes.get(operation)
             if worker_route is None:
-                return await respond(
+                return await answer(
                     send, 404, {"error": f"unknown operation {operation!r} on endpoint {endpoint.id}"}
                 )
             return await self._serve(send, worker_route, request)
@@ -254,7 +262,7 @@ class EmulatorApp:
             entry.rate_limit,
         )
         if request.method not in methods:
-            return await respond(
+            return await answer(
                 send,
                 405,
                 {"error": f"{operation} takes {' or '.join(sorted(methods))}, not {request.method}"},
@@ -263,36 +271,36 @@ class EmulatorApp:
             usage = (
                 f"/v2/{endpoint.id}/{operation}/<job_id>" if needs_id else f"/v2/{endpoint.id}/{operation}"
             )
-            return await respond(send, 404, {"error": f"no route {scope['path']}; use {usage}"})
+            return await answer(send, 404, {"error": f"no route {scope['path']}; use {usage}"})
         dropped: str | None = None
-        if self.faults.active:
+        if self._faults_active:
             injected, dropped = await self._inject_fault()
             if injected is not None:
-                return await respond(send, injected[0], injected[1], injected[2])
-        gate = self.limiter.gate(endpoint.id, limit_name) if limit_name else None
+                return await answer(send, injected[0], injected[1], injected[2])
+        limiter = self.limiter
+        gate = limiter.gate(endpoint.id, limit_name) if limit_name and limiter.enabled else None
         if gate is not None:
             wait = gate.try_acquire(self._now(), self._worker_allowance(endpoint))
             if wait is not None:
-                return await respond(
+                return await answer(
                     send,
                     429,
                     {"error": f"rate limit for {operation} on endpoint {endpoint.id} exceeded; retry later"},
                     [(b"retry-after", self.limiter.retry_after_header(wait))],
                 )
             try:
-                await self._serve(send, route, request, dropped=dropped)
+                return await self._serve(send, route, request, dropped=dropped)
             finally:
                 gate.release()
-        else:
-            await self._serve(send, route, request, dropped=dropped)
+        return await self._serve(send, route, request, dropped=dropped)
 
-    async def _control(self, scope: Scope, receive: Receive, send: Send, rest: list[str]) -> None:
+    async def _control(self, scope: Scope, receive: Receive, send: Send, rest: list[str]) -> int | None:
         """`/_emulator/…`: same key as the API, then `Control`."""
         if not self._authorized(scope):
             return await _unauthorized(send)
         if rest and rest[-1] == "":
             rest.pop()
-        await self._serve(send, self.control.handle, Request(scope, receive, rest))
+        return await self._serve(send, self.control.handle, Request(scope, receive, rest))
 
     def _worker_allowance(self, endpoint: EndpointState) -> int:
         if not self.limiter.per_worker_allowance:
@@ -300,25 +308,28 @@ class EmulatorApp:
         running = sum(1 for w in endpoint.workers if w.job is not None)
         return running * self.limiter.per_worker_allowance
 
-    async def _serve(self, send: Send, route: Route, request: Request, *, dropped: str | None = None) -> None:
+    async def _serve(
+        self, send: Send, route: Route, request: Request, *, dropped: str | None = None
+    ) -> int | None:
         """Run ``route`` and answer; ``dropped`` ("drop" or "500", an injected fault) replaces the answer
         of a request that was processed."""
         try:
             status, payload = await route(request)
         except HTTPError as exc:
-            return await respond(send, exc.status, {"error": exc.message}, exc.headers)
+            return await answer(send, exc.status, {"error": exc.message}, exc.headers)
         except Exception:
             log.exception("emulator route %s failed", request.scope["path"])
-            return await respond(send, 500, {"error": "internal emulator error; see the server log"})
+            return await answer(send, 500, {"error": "internal emulator error; see the server log"})
         if dropped == "500":
-            return await respond(send, 500, {"error": "injected fault: internal server error"})
+            return await answer(send, 500, {"error": "injected fault: internal server error"})
         if dropped:
-            return await drop(send)
+            await drop(send)
+            return None
         if status == 204:
             return await respond_empty(send)
         if isinstance(payload, Warned):
-            return await respond(send, status, payload.payload, [payload.header()])
-        return await respond(send, status, payload)
+            return await answer(send, status, payload.payload, [payload.header()])
+        return await answer(send, status, payload)
 
     def _authorized(self, scope: Scope) -> bool:
         if self._api_key is None:
@@ -386,6 +397,8 @@ class EmulatorApp:
 
     def _wait_query(self, request: EndpointRequest, default: float, low: int = 0) -> float:
         """`?wait=` ms (the wire) as seconds; `default` is seconds."""
+        if not request.raw_query:  # the usual request: no query string to parse
+            return round(default * 1000) / 1000
         wait_ms = request.int_query("wait", low=low, high=_MAX_WAIT_MS, default=round(default * 1000))
         assert wait_ms is not None
         return wait_ms / 1000
@@ -394,7 +407,7 @@ class EmulatorApp:
         """``POST /run``: queue a job and answer its id at once."""
         body = await request.body(contract.RUN_PAYLOAD_LIMIT, "/run")
         job, warnings = self._submit(request, body, sync=False)
-        answer = {"id": job.id, "status": JobStatus.IN_QUEUE.value}
+        answer = {"id": job.id, "status": _IN_QUEUE_TEXT}
         return 200, Warned(answer, warnings) if warnings else answer
 
     async def runsync(self, request: EndpointRequest) -> tuple[int, Any]:
@@ -415,10 +428,11 @@ class EmulatorApp:
     ) -> tuple[int, Any]:
         # A finished job answers its held request even when its retention has already run out by the
         # time the request resumes (retention 0, or a busy loop): the result exists, RunPod returns it.
-        if request.endpoint.jobs.get(job.id) is not job and not job.status.is_terminal:
+        finished = job.status in TERMINAL
+        if not finished and request.endpoint.jobs.get(job.id) is not job:
             raise HTTPError(404, f"job {job.id} was removed: its ttl ran out while it was running")
-        if partial and not job.status.is_terminal:
-            answer: dict[str, Any] = {"id": job.id, "status": job.status.value}
+        if partial and not finished:
+            answer: dict[str, Any] = {"id": job.id, "status": WIRE[job.status]}
         else:
             answer = job.status_dict()
         return 200, _warned(answer, job, warnings)
@@ -482,14 +496,43 @@ class EmulatorApp:
         return 200, self.core.health(request.endpoint)
 
 
+class _Watch:
+    """`send` for a part that answers by itself (the console, the management and OpenAI routes): notes the
+    status it answered and whether the answer was completed, for the request log. (The public routes
+    hand back their status instead: no wrapper around `send` on the hot path.)"""
+
+    __slots__ = ("complete", "send", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.status: int | None = None
+        self.complete = False
+
+    def __call__(self, message: dict[str, Any]) -> Awaitable[None]:
+        # Not a coroutine: hands back `send`'s own awaitable, so watching costs no extra frame.
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        elif not message.get("more_body"):
+            self.complete = True
+        return self.send(message)
+
+    def answered(self) -> int | None:
+        """The status answered, or None when the answer was not completed (a dropped connection)."""
+        return self.status if self.complete else None
+
+
 def _warned(answer: dict[str, Any], job: JobRecord, warnings: list[str] | None) -> Any:
     """The answer, with the request's warnings and the job's own (a result dropped) as a header."""
+    if not warnings and job.warning is None:
+        return answer
     messages = [*(warnings or ()), *([job.warning] if job.warning else ())]
     return Warned(answer, messages) if messages else answer
 
 
-async def _unauthorized(send: Send) -> None:
-    await respond(send, 401, {"error": "missing or invalid API key: send 'Authorization: Bearer <key>'"})
+async def _unauthorized(send: Send) -> int:
+    return await answer(
+        send, 401, {"error": "missing or invalid API key: send 'Authorization: Bearer <key>'"}
+    )
 
 
 _SAME_SITE_FETCHES: Final = (b"same-origin", b"none")  # `none`: typed in the address bar, a bookmark

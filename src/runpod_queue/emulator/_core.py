@@ -25,7 +25,19 @@ from runpod_queue.emulator._cassette import ReplayHandler
 from runpod_queue.emulator._clock import Clock, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator._fleet import Fleet, WorkerState
-from runpod_queue.emulator._jobs import EndpointState, JobRecord, RunRef, WorkerSlot, encode_json, new_job_id
+from runpod_queue.emulator._jobs import (
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    IN_QUEUE,
+    TERMINAL,
+    EndpointState,
+    JobRecord,
+    RunRef,
+    WorkerSlot,
+    encode_json,
+    new_job_id,
+)
 from runpod_queue.emulator._notices import Notices
 from runpod_queue.emulator._oversize import RESULT_LIMIT, dropped_warning
 from runpod_queue.emulator._readings import Readings
@@ -206,11 +218,22 @@ class Core:
         """Queue `job`; with `hold` (RunPod seconds) it is IN_QUEUE at once but no worker may take it
         before then (a replayed job's recorded queue wait)."""
         ep = job.endpoint
-        job.status = JobStatus.IN_QUEUE
+        job.status = IN_QUEUE
         ep.in_queue += 1
         _cancel_timer(job, "ttl_handle")
-        job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, job.attempt)
-        entry = RunRef(job, job.attempt)
+        attempt = job.attempt
+        # A job an idle worker starts at once needs no ttl timer when its executionTimeout ends the run
+        # first and a finished job's ttl does not matter (Readings.finished_ttl "retention"): the timer
+        # would only be made and cancelled (an idle endpoint's every job). Otherwise it starts now. A held
+        # (replayed) job waits in the queue by design: it gets its timer now.
+        later = (
+            hold <= 0
+            and job.policy_ttl > job.policy_execution_timeout
+            and self.readings.finished_ttl == "retention"
+        )
+        if not later:
+            job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, attempt)
+        entry = RunRef(job, attempt)
         if hold > 0:
             self._later(hold, self._release_held, entry)
             return
@@ -222,11 +245,13 @@ class Core:
         if self._reports:
             self.clock.activity()
         self.dispatch(ep)
+        if later and job.status is IN_QUEUE and job.attempt == attempt and job.ttl_handle is None:
+            job.ttl_handle = self._later(job.policy_ttl, self._ttl_expired, job, attempt)
 
     def _release_held(self, entry: RunRef) -> None:
         job = entry[0]
         ep = job.endpoint
-        if job.attempt != entry[1] or job.status is not JobStatus.IN_QUEUE or job.id not in ep.jobs:
+        if job.attempt != entry[1] or job.status is not IN_QUEUE or job.id not in ep.jobs:
             return  # cancelled, purged or expired while held
         (ep.low_queue if job.low_priority else ep.queue).append(entry)
         if self._reports:
@@ -258,7 +283,7 @@ class Core:
         ep.in_progress += 1
         if self._reports:
             self.clock.work_started()
-        job.status = JobStatus.IN_PROGRESS
+        job.status = IN_PROGRESS
         job.started_at = now
         job.delay_ms = int((now - job.queued_at) * 1000)
         job.worker = worker
@@ -268,8 +293,8 @@ class Core:
             job.batch.in_progress += 1
         if ep.fleet is not None:
             ep.fleet.on_start(worker)
-        job.timer_handle = self._later(
-            job.policy_execution_timeout, self._execution_timed_out, job, job.attempt
+        job.timer_handle = self.clock.call_later(
+            job.policy_execution_timeout * self._scale, self._execution_timed_out, job, job.attempt
         )
 
     def _leave_progress(self, job: JobRecord) -> None:
@@ -284,7 +309,7 @@ class Core:
 
     def is_current(self, job: JobRecord, attempt: int) -> bool:
         """Whether ``attempt`` is still the job's running attempt (a stale worker's report is dropped)."""
-        return job.attempt == attempt and job.status is JobStatus.IN_PROGRESS and job.id in job.endpoint.jobs
+        return job.attempt == attempt and job.status is IN_PROGRESS and job.id in job.endpoint.jobs
 
     def push_chunk(self, job: JobRecord, attempt: int, chunk_json: bytes) -> None:
         """Add one streamed chunk of the current attempt and wake ``/stream`` waiters."""
@@ -308,14 +333,14 @@ class Core:
         error: str | None,
     ) -> bool:
         """A run ended with a result (COMPLETED) or an error (FAILED). False if the run was stale."""
-        if not self.is_current(job, attempt):
-            return False
+        if job.attempt != attempt or job.status is not IN_PROGRESS or job.id not in job.endpoint.jobs:
+            return False  # not `is_current`: one frame less per job
         if output_json is not None and len(output_json) > RESULT_LIMIT:
             self.drop_result(job, len(output_json))
             output_json = None
         job.output_json = output_json
         job.error = error
-        self._finish(job, JobStatus.FAILED if error is not None else JobStatus.COMPLETED)
+        self._finish(job, FAILED if error is not None else COMPLETED)
         return True
 
     def drop_result(self, job: JobRecord, size: int) -> None:
@@ -371,9 +396,9 @@ class Core:
         ep = job.endpoint
         previous = job.status
         now = self.clock.now()
-        if previous is JobStatus.IN_QUEUE:
+        if previous is IN_QUEUE:
             ep.in_queue -= 1
-        elif previous is JobStatus.IN_PROGRESS:
+        elif previous is IN_PROGRESS:
             self._leave_progress(job)
             if job.started_at is not None:
                 job.execution_ms = int((now - job.started_at) * 1000)
@@ -382,20 +407,31 @@ class Core:
         job.status = status
         job.finished_at = now
         job.progress_json = None
-        if status is JobStatus.COMPLETED:
+        if status is COMPLETED:
             ep.completed += 1
-        elif status in (JobStatus.FAILED, JobStatus.TIMED_OUT):
+        elif status is FAILED or status is JobStatus.TIMED_OUT:
             ep.failed += 1
-        if self.readings.finished_ttl == "retention":
-            _cancel_timer(job, "ttl_handle")  # else the ttl still runs: it may end retention early
-        _cancel_timer(job, "timer_handle")
+        # Timers cancelled inline (not `_cancel_timer`): this runs once per job.
+        handle = job.ttl_handle
+        if handle is not None and self.readings.finished_ttl == "retention":
+            handle.cancel()  # else the ttl still runs: it may end retention early
+            job.ttl_handle = None
+        handle = job.timer_handle
+        if handle is not None:
+            handle.cancel()
+            job.timer_handle = None
         retention = self.timings.retention_sync if job.sync else self.timings.retention_run
         if job.retention_override is not None:
             retention = min(retention, job.retention_override)
-        job.expires_at = now + self.span(retention)
-        job.retention_handle = self._later(retention, self._remove, job)
-        if self._retain_cap is not None:
-            self._retain(job, self._retain_cap)
+        retention *= self._scale
+        job.expires_at = now + retention
+        job.retention_handle = self.clock.call_later(retention, self._remove, job)
+        cap = self._retain_cap
+        if cap is not None:
+            retained = self._retained
+            retained[id(job)] = job
+            if len(retained) > cap:
+                self._retain(job, cap)
         if job.webhook is not None:
             # RunPod's delivery has no workerId (runpod-python issue 409 shows a real one).
             payload = job.status_dict()
@@ -405,7 +441,8 @@ class Core:
             self._webhooks.send(job.id, job.webhook, encode_json(payload))
         if job.batch is not None:
             job.batch.request_ended(job)
-        _wake(job)
+        if job.waiters is not None or job.stream_waiters is not None:
+            _wake(job)
 
     def _retain(self, job: JobRecord, cap: int) -> None:
         """Count `job` among the finished jobs kept; past `cap`, forget the oldest first (as RunPod
@@ -612,7 +649,7 @@ class Core:
 
     async def wait_terminal(self, job: JobRecord, wait: float) -> None:
         """Return when the job is terminal or removed, or after `wait` RunPod seconds (a client's hold)."""
-        if job.status.is_terminal or job.id not in job.endpoint.jobs or wait <= 0:
+        if job.status in TERMINAL or job.id not in job.endpoint.jobs or wait <= 0:
             return
         await self._park(job, "waiters", wait)
 
@@ -630,7 +667,7 @@ class Core:
             waiters = []
             setattr(job, attr, waiters)
         waiters.append(fut)
-        handle = self._later(wait, _resolve, fut)
+        handle = self.clock.call_later(wait * self._scale, _resolve, fut)
         clock = self.clock if self._reports else None
         if clock is not None:
             clock.hold_started()

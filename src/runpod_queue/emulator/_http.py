@@ -26,6 +26,7 @@ __all__ = [
     "Route",
     "Scope",
     "Send",
+    "answer",
     "drop",
     "json_object",
     "respond",
@@ -89,10 +90,15 @@ class Request:
         declared = self.header(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(int(declared), limit, what)
+        message = await self.receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")  # the usual small body: one message
+            if len(body) > limit:
+                raise _too_large(len(body), limit, what)
+            return body
         chunks: list[bytes] = []
         size = 0
         while True:
-            message = await self.receive()
             if message["type"] == "http.disconnect":
                 raise HTTPError(400, "client disconnected before sending the whole body")
             chunk = message.get("body", b"")
@@ -103,6 +109,7 @@ class Request:
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+            message = await self.receive()
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def int_query(self, name: str, *, low: int, high: int, default: int | None = None) -> int | None:
@@ -199,8 +206,16 @@ def type_name(value: Any) -> str:
 async def respond(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
+    """A complete JSON answer (`answer`, for parts that do not report the status they answered)."""
+    await answer(send, status, payload, headers)
+
+
+async def answer(
+    send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> int:
     """A complete JSON answer; `payload` may already be encoded bytes. A payload that cannot be encoded
-    (nested past orjson's 254 levels, say) answers a JSON 500, never the server's plain-text one."""
+    (nested past orjson's 254 levels, say) answers a JSON 500, never the server's plain-text one.
+    Returns the status answered (the app's request log records it)."""
     try:
         body = payload if isinstance(payload, bytes) else encode_json(payload)
     except (TypeError, ValueError, RecursionError):  # orjson.JSONEncodeError is a TypeError
@@ -217,14 +232,17 @@ async def respond(
         }
     )
     await send({"type": "http.response.body", "body": body})
+    return status
 
 
-async def respond_empty(send: Send, status: int = 204) -> None:
+async def respond_empty(send: Send, status: int = 204) -> int:
     await send({"type": "http.response.start", "status": status, "headers": []})
     await send({"type": "http.response.body", "body": b""})
+    return status
 
 
 async def drop(send: Send) -> None:
-    """Start an answer and never finish it: the server closes the connection mid-body."""
+    """Start an answer and never finish it: the server closes the connection mid-body (the request
+    log shows no status)."""
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1000")]})
     await send({"type": "http.response.body", "body": b'{"id', "more_body": True})

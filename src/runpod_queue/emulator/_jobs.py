@@ -30,6 +30,12 @@ if TYPE_CHECKING:
     from runpod_queue.emulator._fleet import Fleet
 
 __all__ = [
+    "COMPLETED",
+    "FAILED",
+    "IN_PROGRESS",
+    "IN_QUEUE",
+    "TERMINAL",
+    "WIRE",
     "EndpointState",
     "JobRecord",
     "RunRef",
@@ -42,6 +48,16 @@ __all__ = [
 ]
 
 _JSON_OPTS: Final = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+
+# The states as module constants, for the per-job path: `JobStatus.IN_QUEUE` goes through the enum's
+# metaclass (~250 ns here), `.value` through a property (~200 ns), `is_terminal` is a property too; a
+# module global, a dict or a frozenset lookup is a tenth of that, and a job meets these ~20 times.
+IN_QUEUE: Final = JobStatus.IN_QUEUE
+IN_PROGRESS: Final = JobStatus.IN_PROGRESS
+COMPLETED: Final = JobStatus.COMPLETED
+FAILED: Final = JobStatus.FAILED
+TERMINAL: Final = frozenset(s for s in JobStatus if s.is_terminal)
+WIRE: Final = {s: s.value for s in JobStatus}
 _HISTORY_LIMIT: Final = 64
 # Stream chunks of one attempt kept for the console after /stream handed them out.
 CHUNK_LOG_LIMIT: Final = 100
@@ -269,14 +285,14 @@ class JobRecord:
 
     def status_dict(self) -> dict[str, Any]:
         """The job as GET /status shows it; `output` is embedded pre-encoded."""
-        body: dict[str, Any] = {"id": self.id, "status": self.status.value}
+        body: dict[str, Any] = {"id": self.id, "status": WIRE[self.status]}
         if self.delay_ms is not None:
             body["delayTime"] = self.delay_ms
         if self.execution_ms is not None:
             body["executionTime"] = self.execution_ms
         if self.output_json is not None:
             body["output"] = orjson.Fragment(self.output_json)
-        elif self.progress_json is not None and self.status is JobStatus.IN_PROGRESS:
+        elif self.progress_json is not None and self.status is IN_PROGRESS:
             body["output"] = orjson.Fragment(self.progress_json)
         if self.error is not None:
             body["error"] = self.error
@@ -347,6 +363,6 @@ class EndpointState:
         for q in (self.queue, self.low_queue, self.batch_queue):
             while q:
                 job, attempt = q.popleft()
-                if job.attempt == attempt and job.status is JobStatus.IN_QUEUE and job.id in self.jobs:
+                if job.attempt == attempt and job.status is IN_QUEUE and job.id in self.jobs:
                     return job
         return None

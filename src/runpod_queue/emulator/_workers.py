@@ -93,6 +93,11 @@ def _encode_output(value: Any) -> tuple[bytes | None, str | None]:
 def normalize_result(value: Any) -> RunOutcome:
     """A plain handler's return value → the job's outcome, as the official worker's `run_job` does."""
     if isinstance(value, dict):
+        if "error" not in value and "refresh_worker" not in value:  # nothing to take out: no copy
+            if not value:
+                return RunOutcome()
+            data, problem = _encode_output(value)
+            return RunOutcome(data, problem)
         value = dict(value)
         error = value.pop("error", None)
         refresh = value.pop("refresh_worker", None)
@@ -107,17 +112,40 @@ def normalize_result(value: Any) -> RunOutcome:
 
 
 class _StreamSink:
-    """Collects a generator's chunks: hands each to the queue and keeps them for the aggregate."""
+    """Collects a generator's chunks: hands each to the queue and keeps them for the aggregate.
 
-    __slots__ = ("aggregate", "chunks", "emit", "stopped")
+    One is made per sync run: its `stop` is the run's `stop_run`, and a lane run's chunks go to the loop
+    through `route` (the runner's post, the job, the attempt, the core): no closures made per job for a
+    handler that turns out not to be a generator."""
 
-    def __init__(self, emit: Callable[[bytes], None], aggregate: bool) -> None:
-        self.emit = emit
+    __slots__ = ("_emit", "aggregate", "chunks", "route", "stopped")
+
+    def __init__(
+        self,
+        emit: Callable[[bytes], None] | None,
+        aggregate: bool,
+        route: tuple[Callable[..., None], JobRecord, int, RunReports] | None = None,
+    ) -> None:
+        self._emit = emit
+        self.route = route
         self.aggregate = aggregate
         self.chunks: list[bytes] = []
         # Set from the loop thread when the run is cancelled; a sync generator stops at its next yield.
         # A plain attribute, not a threading.Event: one is made per job and only ever read.
         self.stopped = False
+
+    def stop(self) -> None:
+        """Cancel the run: not started yet, it never will be; a generator stops at its next yield; a plain
+        function runs on (the lane's patience moves the others away) and its result is discarded."""
+        self.stopped = True
+
+    def emit(self, data: bytes) -> None:
+        if self._emit is not None:
+            self._emit(data)
+            return
+        assert self.route is not None
+        post, job, attempt, core = self.route
+        post(("chunk", job, attempt, data, core))
 
     def add(self, item: Any) -> str | None:
         """Take one yielded item; returns an error message when the item ends the job."""
@@ -159,6 +187,8 @@ def _run_sync(
         result = handler(payload)
     except Exception as err:
         return RunOutcome(error=exception_error_string(err, worker_id))
+    if type(result) is dict:  # the usual answer: none of the checks below (inspect's are slow) apply
+        return normalize_result(result)
     if inspect.isawaitable(result) or inspect.isasyncgen(result):
         return result
     if inspect.isgenerator(result) or (isinstance(result, Iterator) and not isinstance(result, dict | list)):
@@ -365,19 +395,11 @@ class InProcessRunner:
         if lane is None:
             lane = self._lanes[endpoint_id] = _Lane(self, endpoint_id)
         attempt = job.attempt
-
-        def emit(data: bytes) -> None:
-            self.post(("chunk", job, attempt, data, core))
-
-        def cancel() -> None:
-            # Not started yet: it never will be. Running: a generator stops at its next yield; a plain
-            # function runs on (the lane's patience moves the others away) and its result is discarded.
-            sink.stopped = True
-
-        job.stop_run = cancel
-        sink = _StreamSink(emit, job.endpoint.spec.return_aggregate_stream)
-        lane.submit((job, attempt, worker, handler, job.handler_job(), sink, core))
-        self._watch(endpoint_id)
+        sink = _StreamSink(None, job.endpoint.spec.return_aggregate_stream, (self.post, job, attempt, core))
+        job.stop_run = sink.stop
+        lane.queue.put((job, attempt, worker, handler, job.handler_job(), sink, core))
+        if endpoint_id not in self._watching:
+            self._watch(endpoint_id)
 
     def _watch(self, endpoint_id: str) -> None:
         if endpoint_id not in self._watching:
