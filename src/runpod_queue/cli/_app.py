@@ -56,7 +56,9 @@ def _root() -> None:
 
 
 # The modules that define commands on `app`, imported by `load_commands` so each registers itself.
-COMMAND_MODULES = ("_batch", "_demo", "_fleet", "_jobs", "_listen", "_serve", "_storage", "_worker_env")
+COMMAND_MODULES = (
+    "_batch", "_demo", "_fleet", "_jobs", "_listen", "_serve", "_simulate", "_storage", "_worker_env",
+)  # fmt: skip
 
 
 def load_commands() -> None:
@@ -70,7 +72,7 @@ def load_commands() -> None:
 
 # Modules of the optional extras: a command that needs a missing one says which extra to install.
 _EXTRA_MODULES = {"uvicorn": "emulator", "uvloop": "emulator", "httptools": "emulator", "orjson": "emulator",
-                  "typer": "cli", "rich": "cli"}  # fmt: skip
+                  "typer": "cli", "rich": "cli", "matplotlib": "plot"}  # fmt: skip
 
 
 def main() -> None:
