@@ -27,7 +27,16 @@ from runpod_queue import (
     S3Store,
 )
 from runpod_queue.batch import BatchRunner, PollOptions, WebhookOptions
-from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Timings, VirtualClock
+from runpod_queue.emulator import (
+    Emulator,
+    EndpointSpec,
+    Faults,
+    SimConfig,
+    Timings,
+    Traffic,
+    VirtualClock,
+    simulate,
+)
 from runpod_queue.webhooks import WebhookSigner
 
 PUBLIC_MODULES = (
@@ -48,6 +57,8 @@ DURATION_WORD = re.compile(
 # primitive (the emulator calls it with float seconds; a real clock hands it to asyncio's call_later).
 NOT_ARGUMENTS = {
     "BatchResult",
+    "ConfigReport",
+    "SimulationReport",
     "BatchSummary",
     "EndpointInfo",
     "Job",
@@ -200,6 +211,9 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
         if name != "max_retained_jobs"  # a count, not a duration
     },
     "EndpointSpec(idle_timeout)": lambda emu, v, tmp: EndpointSpec(_handler, workers_max=1, idle_timeout=v),
+    "SimConfig(idle_timeout)": lambda emu, v, tmp: SimConfig(idle_timeout=v),
+    "SimConfig(execution_timeout)": lambda emu, v, tmp: SimConfig(execution_timeout=v),
+    "simulate(ttl)": lambda emu, v, tmp: simulate(Traffic.trace([0.0]), ["max=1"], ttl=v),
     "Emulator.update_endpoint(idle_timeout)": lambda emu, v, tmp: Emulator(
         {"f": EndpointSpec(_handler, workers_max=1)}, clock="virtual"
     ).update_endpoint("f", idle_timeout=v),

@@ -219,6 +219,7 @@ def _table(report: SimulationReport) -> Table:
     row("jobs", lambda c: f"{c.jobs:,}")
     row("  completed", lambda c: f"{c.completed:,}")
     row("  timed out / expired", lambda c: f"{c.timed_out:,} / {c.expired:,}")
+    row("jobs that waited", lambda c: f"{c.jobs_waited:,}")
     row("queue delay p50", lambda c: _s(c.queue_delay.p50))
     row("queue delay p95", lambda c: _s(c.queue_delay.p95))
     row("queue delay p99", lambda c: _s(c.queue_delay.p99))

@@ -432,27 +432,59 @@ class SimConfig:
 
     workers_min: int = 0
     workers_max: int = 3
-    idle_timeout: float = 5.0
+    idle_timeout: Duration = 5.0
     scaler: Literal["queue_delay", "request_count"] = "queue_delay"
     scaler_value: float = 4.0
     flashboot: bool | None = None
-    cold_start: float | None = None
-    execution_timeout: float = 600.0
+    cold_start: Duration | None = None
+    execution_timeout: Duration = 600.0
     price: float | None = None
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("workers_min", "workers_max"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"SimConfig.{key} must be an int >= 0, got {value!r}")
+        if self.workers_min > self.workers_max:
+            raise ValueError(
+                f"SimConfig: workers_min ({self.workers_min}) is above workers_max ({self.workers_max})"
+            )
+        object.__setattr__(self, "idle_timeout", seconds(self.idle_timeout, "SimConfig.idle_timeout"))
+        object.__setattr__(
+            self, "execution_timeout", seconds(self.execution_timeout, "SimConfig.execution_timeout", low=1.0)
+        )
+        if self.cold_start is not None:
+            object.__setattr__(self, "cold_start", seconds(self.cold_start, "SimConfig.cold_start"))
+        if self.scaler not in ("queue_delay", "request_count"):
+            raise ValueError(
+                f"SimConfig.scaler must be 'queue_delay' or 'request_count', got {self.scaler!r}"
+            )
+        low = 0.5 if self.scaler == "queue_delay" else 1.0  # REST v2: queueDelay >= 0.5, requestCount >= 1
+        value = self.scaler_value
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
+            raise ValueError(
+                f"SimConfig.scaler_value must be at least {low:g} for {self.scaler}, got {value!r}"
+            )
+        if self.price is not None and (
+            isinstance(self.price, bool)
+            or not isinstance(self.price, int | float)
+            or not 0 <= self.price < math.inf
+        ):
+            raise ValueError(f"SimConfig.price must be a number >= 0 per worker-second, got {self.price!r}")
 
     @property
     def label(self) -> str:
         """The column heading: `name`, else the settings as `parse` reads them."""
         if self.name:
             return self.name
-        text = f"min={self.workers_min},max={self.workers_max},idle={self.idle_timeout:g}s"
+        text = f"min={self.workers_min},max={self.workers_max},idle={seconds(self.idle_timeout, 'idle'):g}s"
         if (self.scaler, self.scaler_value) != ("queue_delay", 4.0):
             text += f",scaler={self.scaler}:{self.scaler_value:g}"
         if self.flashboot is not None:
             text += f",flashboot={'on' if self.flashboot else 'off'}"
         if self.cold_start is not None:
-            text += f",cold={self.cold_start:g}s"
+            text += f",cold={seconds(self.cold_start, 'cold'):g}s"
         return text
 
     @classmethod
@@ -514,7 +546,10 @@ def _config_value(key: str, value: str) -> Any:
             raise ValueError(f"flashboot is on or off, got {value!r}")
         return flag in ("on", "true", "1", "yes")
     if key == "price":
-        price = float(value)
+        try:
+            price = float(value)
+        except ValueError:
+            raise ValueError(f"price must be a number >= 0 per worker-second, got {value!r}") from None
         if not math.isfinite(price) or price < 0:
             raise ValueError(f"price must be a number >= 0 per worker-second, got {value!r}")
         return price

@@ -130,11 +130,13 @@ class ConfigReport:
         completed: Jobs that completed.
         timed_out: Jobs stopped by their executionTimeout.
         expired: Jobs whose ttl ran out before they ran (or while they ran).
+        jobs_waited: Jobs that started after a queue delay above 0.
         queue_delay: Seconds from arrival to start, over the jobs that started (RunPod's ``delayTime``).
         end_to_end: Seconds from arrival to completion, over the completed jobs.
         cold_starts: Workers that began a cold start.
         flashboot_starts: Of those, the ones FlashBoot shortened.
-        jobs_waited_on_cold_start: Jobs that arrived while the worker that ran them was still starting.
+        jobs_waited_on_cold_start: Jobs that arrived while the worker that ran them was still starting
+            (each worker's first job only: a later one waited on a busy worker, not on a start).
         workers_peak: The most billed workers at once.
         workers_mean: Billed workers on average over the span.
         worker_seconds: Billed worker-seconds (each worker's life rounded up to a second).
@@ -152,6 +154,7 @@ class ConfigReport:
     completed: int
     timed_out: int
     expired: int
+    jobs_waited: int
     queue_delay: Percentiles
     end_to_end: Percentiles
     cold_starts: int
@@ -223,6 +226,7 @@ class _Recorder:
         self.timed_out = 0
         self.expired = 0
         self.cold_waited = 0
+        self.waited = 0
         self.cold_starts = 0
         self.flash_starts = 0
         self.busy = 0.0
@@ -258,7 +262,10 @@ class _SimCore(Core):
             rec = self.rec
             started = job.started_at
             if started is not None:
-                rec.delays.append(started - job.created_at)
+                delay = started - job.created_at
+                rec.delays.append(delay)
+                if delay > 1e-9:
+                    rec.waited += 1
             status = job.status
             if status is JobStatus.COMPLETED:
                 rec.completed += 1
@@ -324,8 +331,9 @@ class _TimedRunner:
     def start(self, job: JobRecord, worker: WorkerSlot, core: Core) -> None:
         # A job taken at once starts inside `Core.submit`, before its id is known to the arrival.
         duration = self.core.durations.get(job.id, self.arriving)
-        ready = self.fleet.ready_at.get(worker, 0.0)
-        if ready > job.queued_at:
+        # The worker's first job, if it arrived before the worker was ready, waited on its cold start.
+        ready = self.fleet.ready_at.pop(worker, None)
+        if ready is not None and ready > job.queued_at:
             self.rec.cold_waited += 1
         handle = self.clock.call_later(duration, self._done, job, job.attempt, worker, duration)
 
@@ -405,11 +413,11 @@ def _run_config(
     timings = Timings(
         retention_run=0,
         retention_sync=0,
-        default_execution_timeout=config.execution_timeout,
+        default_execution_timeout=seconds(config.execution_timeout, "execution_timeout"),
         default_ttl=ttl,
         max_retained_jobs=None,
     )
-    cold = cold_start if config.cold_start is None else config.cold_start
+    cold = cold_start if config.cold_start is None else seconds(config.cold_start, "cold_start")
     spec = EndpointSpec(
         _never_called,
         workers_min=config.workers_min,
@@ -488,6 +496,7 @@ def _run_config(
         completed=rec.completed,
         timed_out=rec.timed_out,
         expired=rec.expired,
+        jobs_waited=rec.waited,
         queue_delay=Percentiles.of(rec.delays),
         end_to_end=Percentiles.of(rec.e2e),
         cold_starts=rec.cold_starts,
