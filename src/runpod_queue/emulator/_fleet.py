@@ -122,6 +122,8 @@ class Fleet:
         self._last_request: float = 0.0
         self.dormant_cap: int | None = None
         self.started: int = 0  # workers ever started (a crash loop shows as a climbing count)
+        # Members whose state is UNHEALTHY: whoever sets that state adds to it (nothing does today).
+        self._unhealthy: int = 0
         self._scaling = False
 
     # -- what the core calls --------------------------------------------------------------------
@@ -229,6 +231,11 @@ class Fleet:
         return (m for m in self.members.values() if m.state is not WorkerState.UNHEALTHY)
 
     def _live_count(self) -> int:
+        """`len(list(self._live()))`, without the walk while no member is UNHEALTHY (the scaler asks
+        several times per job; `_unhealthy` counts the members marked so, none today: a fleet runs
+        in-process workers, and only external workers report failed fitness checks)."""
+        if not self._unhealthy:
+            return len(self.members)
         return sum(1 for m in self.members.values() if m.state is not WorkerState.UNHEALTHY)
 
     def wanted(self) -> int:

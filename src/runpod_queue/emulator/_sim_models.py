@@ -13,7 +13,7 @@ import math
 import random
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -387,7 +387,7 @@ class DurationModel:
             return cls("lognormal", params["median"], params["p95"])
         return cls("exponential", params["mean"])
 
-    def sampler(self, rng: random.Random) -> Any:
+    def sampler(self, rng: random.Random) -> Callable[[], float]:
         """A no-argument callable drawing one duration (seconds) per call from `rng`.
 
         Args:
