@@ -138,8 +138,9 @@ def simulate_command(
 ) -> None:
     """Simulate traffic against endpoint configurations: queue delay, cold starts, worker-seconds, cost.
 
-    Runs the emulator's own queue and fleet on a virtual clock (no handler runs: the duration model
-    stands in), so a day of traffic takes seconds. Every config sees the same arrivals and durations.
+    Runs the emulator's own queue and fleet on a virtual clock (no handler
+    runs: the duration model stands in), so a day of traffic takes seconds.
+    Every config sees the same arrivals and durations. See docs/simulate.md.
     """
     from runpod_queue.emulator import SimConfig, Traffic, simulate
     from runpod_queue.emulator._sim_plot import check_plot_path, plot_report
