@@ -28,7 +28,17 @@ from runpod_queue import (
     S3Store,
 )
 from runpod_queue.batch import BatchRunner, PollOptions, WebhookOptions
-from runpod_queue.emulator import Emulator, EndpointSpec, Faults, Recording, Timings, VirtualClock
+from runpod_queue.emulator import (
+    Emulator,
+    EndpointSpec,
+    Faults,
+    Recording,
+    SimConfig,
+    Timings,
+    Traffic,
+    VirtualClock,
+    simulate,
+)
 from runpod_queue.webhooks import WebhookSigner
 
 PUBLIC_MODULES = (
@@ -49,6 +59,8 @@ DURATION_WORD = re.compile(
 # primitive (the emulator calls it with float seconds; a real clock hands it to asyncio's call_later).
 NOT_ARGUMENTS = {
     "BatchResult",
+    "ConfigReport",
+    "SimulationReport",
     "BatchSummary",
     "EndpointInfo",
     "Job",
@@ -214,6 +226,9 @@ CALLS: dict[str, Callable[[Emulator, Any, Path], object]] = {
     },
     "Recording(delay)": lambda emu, v, tmp: Recording("e", None, delay=v),
     "EndpointSpec(idle_timeout)": lambda emu, v, tmp: EndpointSpec(_handler, workers_max=1, idle_timeout=v),
+    "SimConfig(idle_timeout)": lambda emu, v, tmp: SimConfig(idle_timeout=v),
+    "SimConfig(execution_timeout)": lambda emu, v, tmp: SimConfig(execution_timeout=v),
+    "simulate(ttl)": lambda emu, v, tmp: simulate(Traffic.trace([0.0]), ["max=1"], ttl=v),
     "Emulator.update_endpoint(idle_timeout)": lambda emu, v, tmp: Emulator(
         {"f": EndpointSpec(_handler, workers_max=1)}, clock="virtual"
     ).update_endpoint("f", idle_timeout=v),

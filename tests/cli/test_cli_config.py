@@ -31,7 +31,7 @@ def test_help_documents_every_command_and_the_exit_codes() -> None:
     assert listed == {
         "run", "status", "wait", "stream", "cancel", "retry", "purge", "health",
         "serve", "listen", "webhook-url", "demo", "batch", "worker-env", "workers", "endpoint",
-        "upload", "download", "logs", "why", "record",
+        "upload", "download", "logs", "why", "record", "simulate",
     }  # fmt: skip
     text = " ".join(result.stdout.split())
     assert "Exit codes: 0 completed" in text

@@ -64,6 +64,7 @@ COMMAND_MODULES = (
     "_listen",
     "_record",
     "_serve",
+    "_simulate",
     "_storage",
     "_why",
     "_worker_env",
@@ -81,7 +82,7 @@ def load_commands() -> None:
 
 # Modules of the optional extras: a command that needs a missing one says which extra to install.
 _EXTRA_MODULES = {"uvicorn": "emulator", "uvloop": "emulator", "httptools": "emulator", "orjson": "emulator",
-                  "typer": "cli", "rich": "cli"}  # fmt: skip
+                  "typer": "cli", "rich": "cli", "matplotlib": "plot"}  # fmt: skip
 
 
 def main() -> None:

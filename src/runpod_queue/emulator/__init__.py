@@ -19,11 +19,16 @@ from runpod_queue.emulator._loading import HandlerLoadError, LoadedEndpoint, loa
 from runpod_queue.emulator._notices import EmulatorWarning, WarningKind
 from runpod_queue.emulator._readings import Readings
 from runpod_queue.emulator._server import Emulator
+from runpod_queue.emulator._sim_models import Arrival, DurationModel, SimConfig, Traffic
+from runpod_queue.emulator._simulate import ConfigReport, Percentiles, SimulationReport, Timeline, simulate
 
 __all__ = [
+    "Arrival",
     "Cassette",
     "Clock",
     "ClockKind",
+    "ConfigReport",
+    "DurationModel",
     "Emulator",
     "EmulatorApp",
     "EmulatorWarning",
@@ -35,18 +40,24 @@ __all__ = [
     "JobView",
     "LoadedEndpoint",
     "OnMiss",
+    "Percentiles",
     "Readings",
     "RealClock",
     "RecordedRequest",
     "Recording",
     "ScalerKind",
+    "SimConfig",
+    "SimulationReport",
+    "Timeline",
     "Timings",
+    "Traffic",
     "VirtualClock",
     "WarningKind",
     "WebhookAttempt",
     "WorkerState",
     "WorkerView",
     "load_endpoint",
+    "simulate",
 ]
 
 _publish(globals())

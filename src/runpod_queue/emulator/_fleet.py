@@ -40,6 +40,8 @@ FLASHBOOT_KEEP_S: Final = 600.0
 FLASHBOOT_FACTOR: Final = 0.1
 # RunPod's endpoint settings: an endpoint idle 3 days may run 2 workers at most, after 7 days none.
 DORMANT_AFTER_S: Final = ((7 * 86_400.0, 0), (3 * 86_400.0, 2))
+# How close to a queued job's due time counts as due (the virtual clock's grid is 1 ns).
+_DUE_SLACK_S: Final = 1e-9
 # RunPod's default max workers when only `workers_min` is given.
 DEFAULT_WORKERS_MAX: Final = 3
 
@@ -54,6 +56,8 @@ class WorkerState(StrEnum):
     UNHEALTHY = "UNHEALTHY"
 
 
+# Live workers that cannot take a queued job (`wanted`: the others are spare).
+_NOT_SPARE: Final = frozenset({WorkerState.RUNNING, WorkerState.UNHEALTHY})
 # States that hold a GPU (count against `set_capacity`).
 _HOLDING: Final = frozenset({WorkerState.INITIALIZING, WorkerState.IDLE, WorkerState.RUNNING})
 
@@ -121,6 +125,8 @@ class Fleet:
         self._last_request: float = 0.0
         self.dormant_cap: int | None = None
         self.started: int = 0  # workers ever started (a crash loop shows as a climbing count)
+        # Members whose state is UNHEALTHY: whoever sets that state adds to it (nothing does today).
+        self._unhealthy: int = 0
         self._scaling = False
 
     # -- what the core calls --------------------------------------------------------------------
@@ -228,18 +234,36 @@ class Fleet:
     def _live(self) -> Iterator[_Member]:
         return (m for m in self.members.values() if m.state is not WorkerState.UNHEALTHY)
 
+    def _live_count(self) -> int:
+        """`len(list(self._live()))`, without the walk while no member is UNHEALTHY (the scaler asks
+        several times per job; `_unhealthy` counts the members marked so, none today: a fleet runs
+        in-process workers, and only external workers report failed fitness checks)."""
+        if not self._unhealthy:
+            return len(self.members)
+        return sum(1 for m in self.members.values() if m.state is not WorkerState.UNHEALTHY)
+
     def wanted(self) -> int:
         """How many live workers the scaler wants now, within [min, effective max]."""
         ep = self.ep
-        live = list(self._live())
+        cap = self.effective_max
         if self.scaler == "request_count":
             want = math.ceil((ep.in_queue + ep.in_progress) / self.scaler_value)
         else:
-            spare = sum(1 for m in live if m.state is not WorkerState.RUNNING)
-            want = len(live) + max(0, self._overdue() - spare)
-            if ep.in_queue and not live:
-                want = max(want, 1)  # ours: nothing measures a delay with no worker at all
-        return max(self.workers_min, min(want, self.effective_max))
+            live = self._live_count()
+            # Shortcuts that give what the full count below gives (the scaler runs at every change of
+            # the queue, so they matter to `simulate`): with nothing queued nothing is overdue, and at
+            # the cap more overdue jobs cannot raise the answer. Skipping `_overdue` there skips only
+            # its next check, which could start no worker either; the next change schedules it.
+            if not ep.in_queue:
+                want = live
+            elif live >= cap:
+                want = cap
+            else:
+                spare = sum(1 for m in self.members.values() if m.state not in _NOT_SPARE)
+                want = live + max(0, self._overdue() - spare)
+                if not live:
+                    want = max(want, 1)  # ours: nothing measures a delay with no worker at all
+        return max(self.workers_min, min(want, cap))
 
     def _overdue(self) -> int:
         """Queued jobs that have waited the queue-delay threshold; schedules the next check."""
@@ -253,7 +277,9 @@ class Fleet:
                 if job.attempt != attempt or job.id not in ep.jobs or job.status is not JobStatus.IN_QUEUE:
                     continue
                 due = job.queued_at + threshold
-                if due <= now:
+                # Within a nanosecond counts as due: a virtual clock keeps due times on a 1 ns grid, so
+                # the check timer may fire a rounding step before `due` and would re-arm itself forever.
+                if due <= now + _DUE_SLACK_S:
                     overdue += 1
                 else:
                     next_due = due if next_due is None else min(next_due, due)
@@ -275,13 +301,13 @@ class Fleet:
             return
         self._scaling = True
         try:
-            while sum(1 for _ in self._live()) < self.wanted():
+            while self._live_count() < self.wanted():
                 self._start()
         finally:
             self._scaling = False
-        live = list(self._live())
         cap = self.effective_max
-        if len(live) > cap:
+        if self._live_count() > cap:
+            live = list(self._live())
             # A lowered max (or the idle-endpoint cap): waiting and idle workers go first, busy ones
             # finish their job and then stop when they go idle (`_become_idle`).
             order = {WorkerState.THROTTLED: 0, WorkerState.INITIALIZING: 1, WorkerState.IDLE: 2}
@@ -340,7 +366,7 @@ class Fleet:
     def _become_idle(self, member: _Member) -> None:
         member.state = WorkerState.IDLE
         _cancel(member, "idle_timer")
-        if sum(1 for _ in self._live()) > self.effective_max:
+        if self._live_count() > self.effective_max:
             self._stop(member)
             return
         if member.slot not in self.ep.idle:
@@ -354,7 +380,7 @@ class Fleet:
         member.idle_timer = None
         if member.state is not WorkerState.IDLE or member.slot.id not in self.members:
             return
-        if sum(1 for _ in self._live()) <= self.workers_min:
+        if self._live_count() <= self.workers_min:
             return  # an active (min) worker never idles out
         self._stop(member, "idle timeout")
 
