@@ -221,3 +221,18 @@ def test_rates() -> None:
     assert parse_rate("120/min") == 2.0
     assert parse_rate("7200/h") == 2.0
     assert parse_rate(0.5) == 0.5
+
+
+def test_a_long_timeline_is_drawn_in_windows_mean_workers_and_the_queues_worst_moment() -> None:
+    from runpod_queue.emulator._sim_plot import coarse
+
+    short = coarse((0.0, 1.0), (1, 2), (0, 1), (3, 0))
+    assert short == (1, [0.0, 1.0], [1.0, 2.0], [0.0, 1.0], [3, 0])  # few samples: drawn as sampled
+    n = 1000  # above the 400 points drawn: windows of 3 samples
+    at = tuple(float(i) for i in range(n))
+    workers = tuple(i % 3 for i in range(n))  # 0, 1, 2 in every window: mean 1
+    queued = tuple(7 if i == 4 else 0 for i in range(n))  # one spike, in the second window
+    width, starts, mean_workers, mean_running, max_queued = coarse(at, workers, workers, queued)
+    assert width == 3 and starts[:3] == [0.0, 3.0, 6.0] and len(starts) == 334
+    assert mean_workers[:333] == [1.0] * 333 and mean_running == mean_workers
+    assert max_queued[1] == 7 and sum(max_queued) == 7  # the spike survives the window, once

@@ -29,6 +29,32 @@ def check_plot_path(path: str | Path) -> Path:
     return p
 
 
+# Points drawn per panel. A day sampled every few seconds drawn step by step is a solid block of ink;
+# above this many samples each point stands for a window: workers as the window's mean, the queue as its
+# worst moment (a short spike must stay visible).
+_POINTS = 400
+
+
+def coarse(
+    at: tuple[float, ...], workers: tuple[int, ...], running: tuple[int, ...], queued: tuple[int, ...]
+) -> tuple[int, list[float], list[float], list[float], list[int]]:
+    """Samples per window (1: as sampled), each window's start, mean workers, mean running, max queued."""
+    width = max(1, -(-len(at) // _POINTS))  # ceiling division
+    if width == 1:
+        return 1, list(at), [float(w) for w in workers], [float(r) for r in running], list(queued)
+    starts: list[float] = []
+    mean_workers: list[float] = []
+    mean_running: list[float] = []
+    max_queued: list[int] = []
+    for i in range(0, len(at), width):
+        n = len(at[i : i + width])
+        starts.append(at[i])
+        mean_workers.append(sum(workers[i : i + width]) / n)
+        mean_running.append(sum(running[i : i + width]) / n)
+        max_queued.append(max(queued[i : i + width]))
+    return width, starts, mean_workers, mean_running, max_queued
+
+
 def plot_report(report: SimulationReport, path: str | Path) -> Path:
     """Draw each configuration's workers and queue over time into `path` (.svg or .png)."""
     p = check_plot_path(path)
@@ -45,13 +71,20 @@ def plot_report(report: SimulationReport, path: str | Path) -> Path:
     in_hours = span_h >= 2
     scale, unit = (3600.0, "hours") if in_hours else (60.0, "minutes")
     for ax, c in zip(axes[:, 0], configs, strict=True):
-        t = [x / scale for x in c.timeline.at]
-        ax.step(t, c.timeline.workers, where="post", label="workers (billed)", color="tab:blue")
-        ax.step(t, c.timeline.running, where="post", label="running", color="tab:green", linewidth=0.8)
+        line = c.timeline
+        width, at, workers, running, queued = coarse(line.at, line.workers, line.running, line.queued)
+        t = [x / scale for x in at]
+        window = "" if width == 1 else f" ({_seconds(width * line.step)} windows)"
+        raw = width == 1
+        workers_label = "workers (billed)" if raw else "workers (billed, mean)"
+        ax.step(t, workers, where="post", label=workers_label, color="tab:blue")
+        running_label = "running" if raw else "running (mean)"
+        ax.step(t, running, where="post", label=running_label, color="tab:green", linewidth=0.8)
         ax.set_ylabel("workers")
-        ax.set_title(c.label, fontsize=10, loc="left")
+        ax.set_title(c.label + window, fontsize=10, loc="left")
         queue_ax = ax.twinx()
-        queue_ax.fill_between(t, c.timeline.queued, step="post", alpha=0.25, color="tab:red", label="queued")
+        queued_label = "queued" if raw else "queued (most in window)"
+        queue_ax.fill_between(t, queued, step="post", alpha=0.25, color="tab:red", label=queued_label)
         queue_ax.set_ylabel("jobs queued")
         lines = ax.get_legend_handles_labels()
         extra = queue_ax.get_legend_handles_labels()
@@ -64,3 +97,12 @@ def plot_report(report: SimulationReport, path: str | Path) -> Path:
     fig.savefig(p, metadata={"Date": None} if p.suffix.lower() == ".svg" else None)
     plt.close(fig)
     return p
+
+
+def _seconds(value: float) -> str:
+    """A window's length as people say it: 45 s, 4 min, 2 h."""
+    if value < 120:
+        return f"{value:g} s"
+    if value < 7200:
+        return f"{value / 60:.3g} min"
+    return f"{value / 3600:.3g} h"
