@@ -50,7 +50,7 @@ from runpod_queue._retry import backoff_delay
 from runpod_queue.batch._inputs import SKIP, Invalid, parse_item
 from runpod_queue.batch._journal import ItemState, Journal
 from runpod_queue.batch._output import OutputFile
-from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, key_text
+from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, count_finished, key_text
 from runpod_queue.errors import (
     APIConnectionError,
     APIStatusError,
@@ -814,7 +814,7 @@ async def run_native(runner: BatchRunner, inputs: Iterable[Any]) -> BatchSummary
                     "journal that produced them, or move the file away"
                 )
             journal.begin_run()
-            _count_finished(summary, journal.final_counts())
+            count_finished(summary, journal.final_counts())
             summary.reused = summary.finished
             native = _Native(runner, engine.batches, journal, summary)
             runner._emit_progress()
@@ -837,19 +837,3 @@ async def run_native(runner: BatchRunner, inputs: Iterable[Any]) -> BatchSummary
         runner._stop_requested = False
         runner._emit_progress()
     return copy.copy(summary)
-
-
-def _count_finished(summary: BatchSummary, counts: dict[str, int]) -> None:
-    for status, n in counts.items():
-        if status == ItemStatus.COMPLETED:
-            summary.completed += n
-        elif status == ItemStatus.LOST:
-            summary.lost += n
-        elif status == ItemStatus.INVALID:
-            summary.invalid += n
-        elif status == ItemStatus.REJECTED:
-            summary.rejected += n
-        elif status == ItemStatus.UNMATCHED:
-            summary.unmatched += n
-        else:
-            summary.failed += n

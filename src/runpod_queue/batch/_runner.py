@@ -49,7 +49,7 @@ from runpod_queue.batch._receiver import ReceiverServer
 from runpod_queue.batch._schedule import Schedule, Watched
 from runpod_queue.batch._state import RunConfig, RunState
 from runpod_queue.batch._submit import runner_limits, submit
-from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, key_text
+from runpod_queue.batch._types import BatchResult, BatchSummary, ItemStatus, count_finished, key_text
 from runpod_queue.batch._uploads import BatchUploads
 from runpod_queue.batch._warm import Warm
 from runpod_queue.errors import APIConnectionError, JournalError, RateLimitError, ServerError
@@ -62,9 +62,6 @@ _HEALTH_ATTEMPTS = 3
 # queue in the pool).
 _MAX_ENGINE_CONNECTIONS = 600
 # Final statuses the summary counts as ``failed``: the job ran (or was asked to) and gave no output.
-_COUNTED_FAILED = frozenset(
-    {ItemStatus.FAILED, ItemStatus.TIMED_OUT, ItemStatus.CANCELLED, ItemStatus.UNREADABLE}
-)
 
 
 def _size(path: Path | None) -> int | None:
@@ -454,7 +451,7 @@ class BatchRunner:
         if self.resubmit_lost:
             self._reopen_lost(run)
         summary.ambiguous = journal.ambiguous()  # the journal's whole life, not only this run
-        self._count_finished(summary, journal.final_counts())
+        count_finished(summary, journal.final_counts())
         summary.reused = summary.finished
         try:
             run.output.open()
@@ -537,20 +534,6 @@ class BatchRunner:
         run.journal.reopen(keys)
         run.summary.resubmitted_lost = len(keys)
         run.warn(f"{len(keys)} items recorded LOST are submitted anew (each may run twice)")
-
-    @staticmethod
-    def _count_finished(summary: BatchSummary, counts: dict[str, int]) -> None:
-        for status, n in counts.items():
-            if status == ItemStatus.COMPLETED:
-                summary.completed += n
-            elif status in _COUNTED_FAILED:
-                summary.failed += n
-            elif status == ItemStatus.LOST:
-                summary.lost += n
-            elif status == ItemStatus.INVALID:
-                summary.invalid += n
-            elif status == ItemStatus.REJECTED:
-                summary.rejected += n
 
     @staticmethod
     def _resume_submitted(run: RunState) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from runpod_queue._units import to_ms
 
-__all__ = ["BatchResult", "BatchSummary", "ItemStatus", "item_status", "key_text"]
+__all__ = ["BatchResult", "BatchSummary", "ItemStatus", "count_finished", "item_status", "key_text"]
 
 
 class ItemStatus(enum.StrEnum):
@@ -195,3 +195,27 @@ class BatchSummary:
         if self.total is None or self.rate <= 0:
             return None
         return max(0, self.total - self.finished - self.duplicates) / self.rate
+
+
+# The final statuses summed as `failed`: the job ended without an output to keep.
+_COUNTED_FAILED = frozenset(
+    {ItemStatus.FAILED, ItemStatus.TIMED_OUT, ItemStatus.CANCELLED, ItemStatus.UNREADABLE}
+)
+
+
+def count_finished(summary: BatchSummary, counts: dict[str, int]) -> None:
+    """Add the journal's terminal items per final status (``Journal.final_counts``) to `summary`'s
+    counters: what a resumed run, `/run` or native, starts from."""
+    for status, n in counts.items():
+        if status == ItemStatus.COMPLETED:
+            summary.completed += n
+        elif status in _COUNTED_FAILED:
+            summary.failed += n
+        elif status == ItemStatus.LOST:
+            summary.lost += n
+        elif status == ItemStatus.INVALID:
+            summary.invalid += n
+        elif status == ItemStatus.REJECTED:
+            summary.rejected += n
+        elif status == ItemStatus.UNMATCHED:
+            summary.unmatched += n
