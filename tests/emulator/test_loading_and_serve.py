@@ -48,6 +48,20 @@ def test_unmodified_runpod_worker_file_is_captured_not_started() -> None:
     assert named.spec.handler is not None and named.spec.handler({"input": {"n": 2}}) == {"doubled": 4}
 
 
+def test_an_edit_in_the_same_second_with_the_same_length_is_loaded(tmp_path: Path) -> None:
+    """`--reload` loads a file again after each save; a stale bytecode cache (trusted on equal whole-second
+    mtime and size) once served the old handler for a `1` -> `2` edit. conftest turns bytecode caches on."""
+    source = tmp_path / "same.py"
+    source.write_text("def handler(job):\n    return 1\n")
+    first = load_endpoint(f"same={source}")
+    stamp = source.stat().st_mtime_ns
+    source.write_text("def handler(job):\n    return 2\n")
+    os.utime(source, ns=(stamp, stamp))
+    assert first.spec.handler({}) == 1
+    assert load_endpoint(f"same={source}").spec.handler({}) == 2
+    assert not (tmp_path / "__pycache__").exists(), "a user's handler folder gets no __pycache__ from us"
+
+
 @pytest.mark.parametrize(
     "reference,needle",
     [

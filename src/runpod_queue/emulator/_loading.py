@@ -89,14 +89,19 @@ def _load_file(path: Path, function: str | None) -> tuple[Any, dict[str, Any]]:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     captured: dict[str, Any] = {}
-    uses_runpod = "runpod" in path.read_text(errors="replace")
+    source = path.read_bytes()
+    uses_runpod = b"runpod" in source
     sys.modules[module_name] = module
     try:
+        # Compiled from the source just read, not through the import system's bytecode cache: a cached
+        # .pyc is trusted when the file's mtime (whole seconds) and size match, so an edit saved in the
+        # same second as the last load with the same length (`1` -> `2`) was served stale by --reload.
+        code = compile(source, str(path), "exec", dont_inherit=True)
         if uses_runpod:
             with _capture_runpod_start(captured):
-                spec.loader.exec_module(module)
+                exec(code, module.__dict__)  # noqa: S102 - the user's handler file, as `python file.py` runs it
         else:
-            spec.loader.exec_module(module)
+            exec(code, module.__dict__)  # noqa: S102
     except Exception as exc:
         raise HandlerLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     return module, captured
