@@ -12,6 +12,7 @@ import os
 import httpx
 
 from runpod_queue._models import S3Config
+from runpod_queue._transport import _tls_context
 from runpod_queue.errors import ConfigurationError
 
 __all__ = ["emulator_key", "emulator_s3"]
@@ -36,7 +37,7 @@ def emulator_s3(port: int, *, host: str = "127.0.0.1", api_key: str | None = Non
     key = emulator_key(api_key)
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        answer = httpx.get(url, headers=headers, timeout=_TIMEOUT_S)
+        answer = httpx.get(url, headers=headers, timeout=_TIMEOUT_S, verify=_tls_context())
     except httpx.HTTPError as exc:
         raise ConfigurationError(
             f"no emulator answers at {shown}:{port} ({type(exc).__name__}): start `rpq serve --s3 "

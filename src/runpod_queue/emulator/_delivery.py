@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from runpod_queue._contract import WEBHOOK_ATTEMPTS
-from runpod_queue._transport import failure_reason
+from runpod_queue._transport import _tls_context, failure_reason
 
 if TYPE_CHECKING:
     from runpod_queue.emulator._clock import Clock, TimerHandle
@@ -89,7 +89,9 @@ class WebhookDelivery:
     async def _post(self, job_id: str, url: str, payload: bytes, attempt: int) -> None:
         try:
             if self._client is None:
-                self._client = httpx.AsyncClient(timeout=self.timeout_s, follow_redirects=False)
+                self._client = httpx.AsyncClient(
+                    timeout=self.timeout_s, follow_redirects=False, verify=_tls_context()
+                )
             at = self.clock.now()
             status_code: int | None = None
             error: str | None = None

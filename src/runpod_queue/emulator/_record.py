@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
+from runpod_queue._transport import _tls_context
 from runpod_queue.emulator._cassette import CASSETTE_FORMAT, CASSETTE_VERSION, Cassette, OnMiss, Recording
 from runpod_queue.emulator._http import Receive, Scope, Send, respond
 from runpod_queue.errors import ConfigurationError
@@ -218,7 +219,9 @@ class Recorder:
             # RunPod holds /runsync and /status-sync up to a few minutes: no read timeout of ours ends them.
             timeout = httpx.Timeout(connect=15.0, read=600.0, write=60.0, pool=60.0)
             limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-            self._client = httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False)
+            self._client = httpx.AsyncClient(
+                timeout=timeout, limits=limits, follow_redirects=False, verify=_tls_context()
+            )
         return self._client
 
     async def aclose(self) -> None:
