@@ -20,6 +20,34 @@ from collections.abc import Iterator
 sys.dont_write_bytecode = False
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
+
+# One CA certificate instead of certifi's ~150: httpx loads the whole bundle for every client it makes
+# with the default `verify` (~33 ms CPU each, measured), and the tests make about a thousand
+# (`httpx.get(...)`, a fresh `httpx.Client()` per helper call, in this process and in the `rpq`
+# processes they start, which inherit the environment). No test reaches a TLS server beyond loopback;
+# one holding a certificate of its own still fails to verify against this file, as it would against
+# certifi's. `SSL_CERT_FILE` is httpx's and Python's documented override.
+def _one_ca_file() -> str:
+    import re
+    import tempfile
+    from pathlib import Path
+
+    import certifi
+
+    first = re.search(
+        r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", Path(certifi.where()).read_text(), re.S
+    )
+    assert first is not None, "certifi's bundle holds no certificate"
+    path = Path(tempfile.gettempdir()) / f"runpod-queue-tests-one-ca-{os.getuid()}.pem"
+    if not path.exists() or path.read_text() != first.group(0):
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(first.group(0))
+        staged.replace(path)
+    return str(path)
+
+
+os.environ["SSL_CERT_FILE"] = _one_ca_file()
+
 import pytest  # noqa: E402
 
 from runpod_queue.emulator import Emulator  # noqa: E402
