@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 # Bytecode caches, even where the environment sets PYTHONDONTWRITEBYTECODE (this machine's sessions do):
 # without them every xdist worker compiles and assertion-rewrites all ~100 test modules again (pytest keeps
@@ -47,6 +48,29 @@ def _one_ca_file() -> str:
 
 
 os.environ["SSL_CERT_FILE"] = _one_ca_file()
+
+
+def _build_each_rpq_command_once() -> None:
+    """typer's CliRunner rebuilds the click command from the app on every invoke (~50 ms: every
+    command's signature and string annotations evaluated); the tests invoke `rpq` in-process hundreds of
+    times over an app whose commands are all registered at import. Keyed by what could change it."""
+    try:
+        import typer.testing
+    except ImportError:  # a bare install: no CLI tests run
+        return
+    build = typer.testing._get_command
+    built: dict[tuple[int, int, int], tuple[Any, Any]] = {}
+
+    def once(app: Any) -> Any:
+        key = (id(app), len(app.registered_commands), len(app.registered_groups))
+        if key not in built:
+            built[key] = (app, build(app))  # the app held too: its id is never reused by another
+        return built[key][1]
+
+    typer.testing._get_command = once
+
+
+_build_each_rpq_command_once()
 
 import pytest  # noqa: E402
 

@@ -479,6 +479,9 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pages]:
         lock.close()
 
 
+# `make docs-test` runs these (a step of its own in CI); `make test` deselects them by this marker: the
+# pages run one at a time (port 8000), ~100 s of one worker, longer than the rest of the suite.
+@pytest.mark.docs_blocks
 @pytest.mark.parametrize("block", list(_params()))
 def test_block_runs_as_written(block: Block, pages: Pages) -> None:
     session = pages.session(block)

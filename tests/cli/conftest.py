@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import typer
-import typer.testing
 from cli_support import API_KEY, EXAMPLES, Invoke, WireRecorder
 from typer.testing import CliRunner, Result
 
@@ -22,8 +20,6 @@ from runpod_queue.emulator import Emulator, EndpointSpec, load_endpoint
 from shared_support import EmuSetup
 
 load_commands()
-# typer's CliRunner rebuilds the click command from the app on every invoke (~40 ms); build it once.
-_COMMAND = typer.main.get_command(app)
 
 
 def _specs() -> dict[str, Any]:
@@ -68,7 +64,6 @@ def wire() -> Iterator[WireRecorder]:
 @pytest.fixture
 def rpq(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> Invoke:
     """Run `rpq ARGS` in-process against the emulator (connection flags appended unless given)."""
-    monkeypatch.setattr(typer.testing, "_get_command", lambda _app: _COMMAND)
     runner = CliRunner()
 
     def invoke(
