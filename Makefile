@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint docs bench install clean rebuild-venv
+.PHONY: demo test docs-test lint docs bench install clean rebuild-venv
 
 # `PYTHON=python3.12 make demo` after a `make demo` with another interpreter: .venv is made anew with the
 # one asked for (before, the old .venv was silently kept). The interpreter a venv runs is its own record
@@ -52,8 +52,13 @@ install: $(DEV)
 demo: $(RUNTIME)
 	$(BIN)/rpq demo
 
+# The suite but the doc blocks, which `docs-test` runs: a page at a time (they share port 8000), so
+# in one process, with nothing to gain from xdist.
 test: $(DEV)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not docs_blocks"
+
+docs-test: $(DEV)
+	$(BIN)/python -m pytest -q -n 0 -m docs_blocks tests/test_docs_blocks.py
 
 lint: $(DEV)
 	$(BIN)/ruff check src tests bench examples
