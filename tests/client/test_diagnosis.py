@@ -4,6 +4,7 @@ applies and at it, on the emulator's virtual clock; sync and async held to the s
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -11,7 +12,7 @@ import httpx
 import pytest
 from client_support import Api
 
-from runpod_queue import Diagnosis, NotFoundError, WaitReason
+from runpod_queue import Diagnosis, JobStatus, NotFoundError, WaitReason
 from runpod_queue.emulator import Emulator, EndpointSpec, Timings
 
 KEY = "diagnosis-key"
@@ -80,7 +81,11 @@ def test_cold_start_until_its_end_then_not_waiting(connect: Callable[..., Api], 
     assert "INITIALIZING since" in found.message and found.jobs_in_queue == 1
     assert (found.workers_min, found.workers_max, found.unseen) == (0, 1, None)
     assert found.hint is not None and "rpq endpoint scale ep --min 1" in found.hint
-    emu.advance(0.1)  # the cold start ends: the job runs and (echo) completes
+    emu.advance(0.1)  # the cold start ends: the job runs and (echo) completes, on its worker's thread
+    deadline = time.monotonic() + 10
+    while ep.status(job.id).status is not JobStatus.COMPLETED:  # as a user would see it end
+        assert time.monotonic() < deadline, "the job did not complete after its cold start"
+        time.sleep(0.005)
     done = _why(ep, job.id)
     assert done.reason is WaitReason.NOT_WAITING
     assert "ended COMPLETED" in done.message and done.hint is None
