@@ -195,3 +195,27 @@ def test_bad_options() -> None:
         S3Store(cfg, part_size=MIB)
     with pytest.raises(ValueError, match="expires_in must be at most 604800"):
         S3Store(cfg, expires_in=8 * 86400)
+
+
+def test_stores_share_a_session_but_not_a_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Clients come from one boto3 Session per process (cheap to build), yet each store's stays its own:
+    credentials, config and event hooks; a changed AWS_PROFILE / AWS_CONFIG_FILE gets a session of its own."""
+    from runpod_queue import _storage
+
+    endpoint = "http://127.0.0.1:9"
+    configs = [S3Config(f"id-{i}", f"secret-{i}", "b", endpoint) for i in range(8)]
+    stores = [S3Store(config, concurrency=10 + i) for i, config in enumerate(configs)]
+    threads = [threading.Thread(target=lambda s=s: s.client) for s in stores]  # all at once: the lock
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    clients = [s.client for s in stores]
+    assert len({id(c) for c in clients}) == len({id(c.meta.events) for c in clients}) == 8
+    for i, store in enumerate(stores):
+        assert f"X-Amz-Credential=id-{i}%2F" in store.url("k")
+        assert store.client.meta.config.max_pool_connections == 10 + i
+    sessions = len(_storage._sessions)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    assert "X-Amz-Credential=id-x%2F" in S3Store(S3Config("id-x", "s", "b", endpoint)).url("k")
+    assert len(_storage._sessions) == sessions + 1
