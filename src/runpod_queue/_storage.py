@@ -270,6 +270,16 @@ _sessions: dict[tuple[str | None, ...], Any] = {}
 _sessions_lock = threading.Lock()  # a Session is not safe to create clients from in two threads at once
 
 
+def _new_lock_after_fork() -> None:
+    """A child forked while another thread built a client would otherwise find the lock held forever."""
+    global _sessions_lock
+    _sessions_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
+
+
 def _new_client(boto3: Any, **kwargs: Any) -> BaseClient:
     key = tuple(os.environ.get(name) for name in _SESSION_ENV)
     with _sessions_lock:

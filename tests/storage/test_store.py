@@ -219,3 +219,26 @@ def test_stores_share_a_session_but_not_a_client(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
     assert "X-Amz-Credential=id-x%2F" in S3Store(S3Config("id-x", "s", "b", endpoint)).url("k")
     assert len(_storage._sessions) == sessions + 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_child_forked_while_a_client_is_being_built_can_build_its_own() -> None:
+    import signal
+    import warnings
+
+    from runpod_queue import _storage
+
+    config = S3Config("id", "secret", "b", "http://127.0.0.1:9")
+    assert S3Store(config).client  # the session exists; a thread "builds a client" as the fork happens
+    with _storage._sessions_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a multi-threaded process
+        pid = os.fork()
+        if pid == 0:  # the child: a held lock would hang here, and the alarm end it with a failure
+            signal.alarm(30)
+            code = 1
+            try:
+                code = 0 if "X-Amz-Credential=id%2F" in S3Store(config).url("k") else 1
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
