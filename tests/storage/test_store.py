@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from runpod_queue import AsyncS3Store, ConfigurationError, S3Config, S3Store, StorageError
 from runpod_queue._storage import redact_url
+from shared_support import http_get
 
 MIB = 1 << 20
 
@@ -45,7 +45,7 @@ def test_round_trip_multipart_every_source(variant: Callable[..., Any], tmp_path
     etag = v.sync.client.head_object(Bucket=v.sync.config.bucket_name, Key="a/in.bin")["ETag"]
     assert etag.strip('"').endswith("-3")  # multipart, 3 parts
     # a presigned URL needs no credentials; an unsigned URL under the endpoint and a key use the store's
-    assert httpx.get(url).content == data
+    assert http_get(url).content == data
     assert v("download", url) == data
     unsigned = f"{v.sync.config.endpoint_url}/{v.sync.config.bucket_name}/a/in.bin"
     assert v("download", unsigned) == data
@@ -195,3 +195,50 @@ def test_bad_options() -> None:
         S3Store(cfg, part_size=MIB)
     with pytest.raises(ValueError, match="expires_in must be at most 604800"):
         S3Store(cfg, expires_in=8 * 86400)
+
+
+def test_stores_share_a_session_but_not_a_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Clients come from one boto3 Session per process (cheap to build), yet each store's stays its own:
+    credentials, config and event hooks; a changed AWS_PROFILE / AWS_CONFIG_FILE gets a session of its own."""
+    from runpod_queue import _storage
+
+    endpoint = "http://127.0.0.1:9"
+    configs = [S3Config(f"id-{i}", f"secret-{i}", "b", endpoint) for i in range(8)]
+    stores = [S3Store(config, concurrency=10 + i) for i, config in enumerate(configs)]
+    threads = [threading.Thread(target=lambda s=s: s.client) for s in stores]  # all at once: the lock
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    clients = [s.client for s in stores]
+    assert len({id(c) for c in clients}) == len({id(c.meta.events) for c in clients}) == 8
+    for i, store in enumerate(stores):
+        assert f"X-Amz-Credential=id-{i}%2F" in store.url("k")
+        assert store.client.meta.config.max_pool_connections == 10 + i
+    sessions = len(_storage._sessions)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    assert "X-Amz-Credential=id-x%2F" in S3Store(S3Config("id-x", "s", "b", endpoint)).url("k")
+    assert len(_storage._sessions) == sessions + 1
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_child_forked_while_a_client_is_being_built_can_build_its_own() -> None:
+    import signal
+    import warnings
+
+    from runpod_queue import _storage
+
+    config = S3Config("id", "secret", "b", "http://127.0.0.1:9")
+    assert S3Store(config).client  # the session exists; a thread "builds a client" as the fork happens
+    with _storage._sessions_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: fork of a multi-threaded process
+        pid = os.fork()
+        if pid == 0:  # the child: a held lock would hang here, and the alarm end it with a failure
+            signal.alarm(30)
+            code = 1
+            try:
+                code = 0 if "X-Amz-Credential=id%2F" in S3Store(config).url("k") else 1
+            finally:
+                os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
