@@ -189,6 +189,10 @@ class AsyncClient:
     # The driver: the only code here that does I/O. It mirrors Client's line for line.
     async def _exchange(self, action: Exchange) -> Answer:
         call = action.call
+        if not self._limiter.enabled:
+            return await self._transport.send(
+                call.method, action.url, call.content, call.headers, action.budget
+            )
         try:
             window = await self._limiter.acquire(call.endpoint_id, call.op, action.deadline)
         except TimeoutError:

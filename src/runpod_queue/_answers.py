@@ -8,13 +8,13 @@ becomes APIConnectionError / APITimeoutError that says whether the request may h
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
 
 from runpod_queue._calls import Call
-from runpod_queue._models import Health, Job, MalformedError, StreamChunk
+from runpod_queue._models import Health, Job, MalformedError, StreamChunk, job_from_answer
 from runpod_queue._retry import Safety, parse_retry_after
 from runpod_queue._transport import Answer, TransportFailure
 from runpod_queue.errors import (
@@ -45,6 +45,22 @@ def _malformed(answer: Answer, reason: str) -> APIResponseError:
     return APIResponseError(reason, request=answer.request(), response=answer.as_httpx())
 
 
+# json.loads(text) is three Python frames and two whitespace-regex matches around the C scanner, about as
+# much as the scan of a status answer itself. A text that starts with a JSON value and ends where that value
+# does (RunPod's answers) gets the scanner alone: json.loads would return the very same object. Anything
+# else — leading or trailing whitespace, a BOM, invalid JSON — goes to json.loads, which decides as before.
+# (The decoder's own scanner, the one json.loads uses; an instance attribute typeshed does not declare.)
+_scan: Callable[[str, int], tuple[Any, int]] = vars(json.JSONDecoder())["scan_once"]
+
+
+def _loads(text: str) -> Any:
+    try:
+        value, end = _scan(text, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def _decode(answer: Answer) -> Any:
     content = answer.content
     if not content:
@@ -52,7 +68,7 @@ def _decode(answer: Answer) -> Any:
     try:
         try:
             # Decoded first: json.loads(bytes) sniffs for UTF-16/32 on every call, and RunPod sends UTF-8.
-            return json.loads(content.decode())
+            return _loads(content.decode())
         except ValueError:  # not UTF-8 (or not JSON): the bytes path, as before, decides
             return json.loads(content)
     except (ValueError, RecursionError):  # RecursionError: absurdly nested JSON
@@ -63,7 +79,7 @@ def _decode(answer: Answer) -> Any:
 def parse_job(answer: Answer) -> Job:
     data = _decode(answer)
     try:
-        return Job.from_dict(data)
+        return job_from_answer(data)
     except MalformedError as exc:
         raise _malformed(answer, str(exc)) from None
 

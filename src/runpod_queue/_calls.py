@@ -73,6 +73,26 @@ def _id(name: str, value: str) -> str:
     return value if _PLAIN(value) else quote(value, safe="")
 
 
+# An endpoint id comes back on every call, and checking it (the regex above) cost as much as building
+# the rest of a status call: each one is checked once. Bounded, for a process that makes up endpoint ids.
+_ENDPOINTS: dict[str, str] = {}
+_ENDPOINTS_CAP = 1024
+
+
+def _endpoint(endpoint_id: str) -> str:
+    # Exact type: a str subclass may hash or compare as it likes, so it is checked every time.
+    if type(endpoint_id) is str:
+        quoted = _ENDPOINTS.get(endpoint_id)
+        if quoted is not None:
+            return quoted
+    quoted = _id("endpoint_id", endpoint_id)
+    if type(endpoint_id) is str:
+        if len(_ENDPOINTS) >= _ENDPOINTS_CAP:
+            _ENDPOINTS.clear()
+        _ENDPOINTS[endpoint_id] = quoted
+    return quoted
+
+
 def _body(input: Any, webhook: str | None, policy: Policy | None, s3_config: S3Config | None) -> bytes:
     body: dict[str, Any] = {"input": input}
     if webhook is not None:
@@ -97,7 +117,7 @@ def run_call(
         endpoint_id,
         "run",
         "POST",
-        f"/{_id('endpoint_id', endpoint_id)}/run",
+        f"/{_endpoint(endpoint_id)}/run",
         Safety.CREATES,
         content=_body(input, webhook, policy, s3_config),
         limit=RUN_PAYLOAD_LIMIT,
@@ -119,7 +139,7 @@ def runsync_call(
         endpoint_id,
         "runsync",
         "POST",
-        f"/{_id('endpoint_id', endpoint_id)}/runsync?wait={wait_ms}",
+        f"/{_endpoint(endpoint_id)}/runsync?wait={wait_ms}",
         Safety.CREATES,
         content=_body(input, webhook, policy, s3_config),
         hold=wait_ms / 1000,
@@ -136,7 +156,7 @@ def status_call(endpoint_id: str, job_id: str, *, keep_result_for: Duration | No
         endpoint_id,
         "status",
         "GET",
-        f"/{_id('endpoint_id', endpoint_id)}/status/{_id('job_id', job_id)}{query}",
+        f"/{_endpoint(endpoint_id)}/status/{_id('job_id', job_id)}{query}",
         Safety.IDEMPOTENT,
     )
 
@@ -146,7 +166,7 @@ def status_sync_call(endpoint_id: str, job_id: str, *, wait_ms: int) -> Call:
         endpoint_id,
         "status-sync",
         "GET",
-        f"/{_id('endpoint_id', endpoint_id)}/status-sync/{_id('job_id', job_id)}?wait={wait_ms}",
+        f"/{_endpoint(endpoint_id)}/status-sync/{_id('job_id', job_id)}?wait={wait_ms}",
         Safety.IDEMPOTENT,
         hold=wait_ms / 1000,
     )
@@ -157,7 +177,7 @@ def stream_call(endpoint_id: str, job_id: str, *, wait_ms: int) -> Call:
         endpoint_id,
         "stream",
         "GET",
-        f"/{_id('endpoint_id', endpoint_id)}/stream/{_id('job_id', job_id)}?wait={wait_ms}",
+        f"/{_endpoint(endpoint_id)}/stream/{_id('job_id', job_id)}?wait={wait_ms}",
         Safety.IDEMPOTENT,
         hold=wait_ms / 1000,
     )
@@ -168,7 +188,7 @@ def cancel_call(endpoint_id: str, job_id: str) -> Call:
         endpoint_id,
         "cancel",
         "POST",
-        f"/{_id('endpoint_id', endpoint_id)}/cancel/{_id('job_id', job_id)}",
+        f"/{_endpoint(endpoint_id)}/cancel/{_id('job_id', job_id)}",
         Safety.IDEMPOTENT,
     )
 
@@ -179,18 +199,18 @@ def retry_call(endpoint_id: str, job_id: str) -> Call:
         endpoint_id,
         "retry",
         "POST",
-        f"/{_id('endpoint_id', endpoint_id)}/retry/{_id('job_id', job_id)}",
+        f"/{_endpoint(endpoint_id)}/retry/{_id('job_id', job_id)}",
         Safety.CREATES,
     )
 
 
 def purge_call(endpoint_id: str) -> Call:
-    path = f"/{_id('endpoint_id', endpoint_id)}/purge-queue"
+    path = f"/{_endpoint(endpoint_id)}/purge-queue"
     return Call(endpoint_id, "purge-queue", "POST", path, Safety.IDEMPOTENT)
 
 
 def health_call(endpoint_id: str) -> Call:
-    return Call(endpoint_id, "health", "GET", f"/{_id('endpoint_id', endpoint_id)}/health", Safety.IDEMPOTENT)
+    return Call(endpoint_id, "health", "GET", f"/{_endpoint(endpoint_id)}/health", Safety.IDEMPOTENT)
 
 
 def payload_error(call: Call, url: str) -> PayloadTooLargeError | None:

@@ -123,6 +123,8 @@ class Window:
 class _Base:
     def __init__(self, config: RateLimits) -> None:
         self._config = config
+        # False for ``rate_limits=False``: the drivers then skip acquire/release (a coroutine per request).
+        self.enabled = config.enabled
         self._span = config.window + config.margin
         self._windows: dict[tuple[str, str], Window] = {}
 

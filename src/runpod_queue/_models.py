@@ -218,26 +218,7 @@ class Job:
                 retries=_opt_int(data, "retries"),
                 raw=data,
             )
-        # What __init__ + __post_init__ would store, set directly: every answer is parsed into a Job, and
-        # the frozen dataclass's __init__ (a slow object.__setattr__ per field) then __post_init__ (which
-        # re-checks what was checked above) cost more than the JSON decoding of a status answer.
-        error = data.get("error")
-        kind, message, trace = _parse_error(error)
-        job = object.__new__(cls)
-        _set = object.__setattr__
-        _set(job, "id", job_id)
-        _set(job, "status", known)
-        _set(job, "output", data.get("output"))
-        _set(job, "error", error)
-        _set(job, "delay_time", _opt_seconds(data, "delayTime"))
-        _set(job, "execution_time", _opt_seconds(data, "executionTime"))
-        _set(job, "worker_id", None if worker is None else str(worker))
-        _set(job, "retries", _opt_int(data, "retries"))
-        _set(job, "raw", _freeze(data))
-        _set(job, "error_type", kind)
-        _set(job, "error_message", message)
-        _set(job, "error_traceback", trace)
-        return job
+        return _new_job(job_id, known, data, _freeze(data))  # type: ignore[return-value]  # cls is Job
 
     def to_dict(self) -> dict[str, Any]:
         """RunPod's field names and units (ms), every key of the original answer kept."""
@@ -382,6 +363,94 @@ def _count(data: Mapping[str, Any], key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise MalformedError(f"health count {key!r} should be an integer, got {value!r}")
     return value
+
+
+# Each slot's own setter. A frozen dataclass refuses ``job.x = v``, and ``object.__setattr__(job, "x", v)``
+# looks the name up on every call; the slot descriptors' ``__set__`` go straight to the slot. Every answer
+# is parsed into a Job, and setting its 12 fields was half of ``from_dict``.
+(
+    _set_id,
+    _set_status,
+    _set_output,
+    _set_error,
+    _set_delay_time,
+    _set_execution_time,
+    _set_worker_id,
+    _set_retries,
+    _set_raw,
+    _set_error_type,
+    _set_error_message,
+    _set_error_traceback,
+) = (
+    Job.__dict__[name].__set__
+    for name in (
+        "id",
+        "status",
+        "output",
+        "error",
+        "delay_time",
+        "execution_time",
+        "worker_id",
+        "retries",
+        "raw",
+        "error_type",
+        "error_message",
+        "error_traceback",
+    )
+)
+
+
+def _new_job(job_id: str, status: JobStatus | str, data: Mapping[str, Any], raw: Mapping[str, Any]) -> Job:
+    """What ``Job.__init__`` + ``__post_init__`` would store, set directly (their checks are done: the id
+    and status by the caller, the numbers here). An ``int`` — what RunPod sends — skips ``_opt_int``'s
+    checks: it is neither a bool nor infinite; anything else goes through them."""
+    delay = data.get("delayTime")
+    if delay is not None:
+        delay = delay / 1000.0 if type(delay) is int else _opt_seconds(data, "delayTime")
+    execution = data.get("executionTime")
+    if execution is not None:
+        execution = execution / 1000.0 if type(execution) is int else _opt_seconds(data, "executionTime")
+    retries = data.get("retries")
+    if retries is not None and type(retries) is not int:
+        retries = _opt_int(data, "retries")
+    worker = data.get("workerId")
+    if worker is not None and type(worker) is not str:
+        worker = str(worker)
+    error = data.get("error")
+    job = object.__new__(Job)
+    _set_id(job, job_id)
+    _set_status(job, status)
+    _set_output(job, data.get("output"))
+    _set_error(job, error)
+    _set_delay_time(job, delay)
+    _set_execution_time(job, execution)
+    _set_worker_id(job, worker)
+    _set_retries(job, retries)
+    _set_raw(job, raw)
+    if error is None:
+        _set_error_type(job, None)
+        _set_error_message(job, None)
+        _set_error_traceback(job, None)
+    else:
+        kind, message, trace = _parse_error(error)
+        _set_error_type(job, kind)
+        _set_error_message(job, message)
+        _set_error_traceback(job, trace)
+    return job
+
+
+def job_from_answer(data: Any) -> Job:
+    """``Job.from_dict`` for a dict freshly decoded from an answer, which nothing else holds: ``raw`` wraps
+    it as it is instead of copying it first. Anything but a plain dict (an error to report) goes through
+    ``from_dict``."""
+    if type(data) is not dict:
+        return Job.from_dict(data)
+    job_id = data.get("id")
+    status = data.get("status")
+    known = _STATUSES.get(status) if type(status) is str else None
+    if type(job_id) is not str or not job_id or known is None:
+        return Job.from_dict(data)  # says what is wrong, or keeps a status this version does not know
+    return _new_job(job_id, known, data, MappingProxyType(data))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from runpod_queue import APIResponseError, Health, Job, JobFailedError, JobStatus, Policy, Retries, S3Config
-from runpod_queue._answers import parse_job
+from runpod_queue._answers import _loads, parse_job
+from runpod_queue._models import job_from_answer
 from runpod_queue._retry import Safety, backoff_delay, parse_retry_after, retry_on_status
 from runpod_queue._transport import Answer, was_not_sent
 from runpod_queue.emulator._workers import _generator_error
@@ -115,6 +116,8 @@ def test_other_errors_are_never_thrown_away(error: object, message: str | None) 
         {"id": "j", "status": "FAILED", "error": {"error_message": "as a dict"}, "executionTime": 1.5},
         {"id": "j", "status": "IN_QUEUE"},
         {"id": "j", "status": "WARMING_UP", "extra": [1, 2]},  # a status this version does not know
+        {"id": "j", "status": "IN_PROGRESS", "delayTime": 1.9, "retries": 3.0, "executionTime": 10**20},
+        {"id": "j", "status": "COMPLETED", "output": None, "error": None, "workerId": None, "retries": None},
     ],
 )
 def test_from_dict_builds_the_same_job_as_the_constructor(wire: dict[str, object]) -> None:
@@ -125,11 +128,63 @@ def test_from_dict_builds_the_same_job_as_the_constructor(wire: dict[str, object
         pass
 
     fast, slow = Job.from_dict(wire), ThroughConstructor.from_dict(wire)
+    owned = job_from_answer(dict(wire))  # parse_job's path: the decoded dict is wrapped, not copied
     for field in dataclasses.fields(Job):
         assert getattr(fast, field.name) == getattr(slow, field.name), field.name
-    assert type(fast.raw) is type(slow.raw)
+        assert getattr(owned, field.name) == getattr(slow, field.name), field.name
+        assert type(getattr(owned, field.name)) is type(getattr(slow, field.name)), field.name
+    assert type(fast.raw) is type(slow.raw) is type(owned.raw)
+    assert type(owned) is Job
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.id = "other"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "wire",
+    [
+        [1],
+        {"status": "COMPLETED"},
+        {"id": "", "status": "COMPLETED"},
+        {"id": 5, "status": "COMPLETED"},
+        {"id": "j"},
+        {"id": "j", "status": 3},
+        {"id": "j", "status": "COMPLETED", "retries": True},
+        {"id": "j", "status": "COMPLETED", "delayTime": "12"},
+        {"id": "j", "status": "COMPLETED", "executionTime": float("inf")},
+    ],
+)
+def test_job_from_answer_refuses_what_from_dict_refuses(wire: object) -> None:
+    with pytest.raises(ValueError) as expected:
+        Job.from_dict(wire)  # type: ignore[arg-type]
+    with pytest.raises(ValueError) as got:
+        job_from_answer(wire)
+    assert str(got.value) == str(expected.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1}',
+        ' {"a": 1}',
+        '{"a": 1}\n',
+        "[1] [2]",
+        "NaN",
+        "12345678901234567890123",
+        '"\\ud800"',
+        "{",
+        "",
+    ],
+)
+def test_answers_decode_as_json_loads_does(text: str) -> None:
+    """_loads skips json.loads's wrapper when the scanner consumes the whole text: same value, same error."""
+    try:
+        expected: object = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as got:
+            _loads(text)
+        assert str(got.value) == str(exc)
+    else:
+        assert repr(_loads(text)) == repr(expected)
 
 
 def test_from_dict_of_a_subclass_goes_through_its_constructor() -> None:
@@ -242,3 +297,15 @@ def test_backoff_is_capped_jittered_and_honours_retry_after() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0 and parse_retry_after("soon") is None
     with pytest.raises(ValueError, match="attempts"):
         Retries(attempts=0)
+
+
+def test_endpoint_ids_are_checked_and_quoted_every_time_even_when_remembered() -> None:
+    """_calls remembers each endpoint id's quoted form: the answer must not change on the second call."""
+    from runpod_queue._calls import cancel_call, status_call
+
+    for _ in range(2):
+        assert status_call("ep/1", "j").path == "/ep%2F1/status/j"
+        assert cancel_call("ep-2", "j/k").path == "/ep-2/cancel/j%2Fk"
+        for bad in ("", None, 5):
+            with pytest.raises(ValueError, match="endpoint_id"):
+                status_call(bad, "j")  # type: ignore[arg-type]
