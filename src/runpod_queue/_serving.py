@@ -216,6 +216,9 @@ def _joined_headers(headers: Any) -> bytes | None:
     return b"".join(parts)
 
 
+_uvicorn_on_header = HttpToolsProtocol.on_header
+
+
 class GuardedHttpTools(HttpToolsProtocol):
     """uvicorn's httptools protocol with a deadline for headers, one for the body, and a header size limit.
 
@@ -331,8 +334,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
+        # `_count` inlined and uvicorn's method called directly (no super object): this runs per header.
+        parsed = self._parsed_bytes + len(name) + len(value)
+        self._parsed_bytes = parsed
+        if parsed > self.max_header_bytes:
+            self._header_bytes = self.max_header_bytes + 1
+            raise _HeadersTooLarge
+        _uvicorn_on_header(self, name, value)
 
     def _count(self, size: int) -> None:
         """Headers that arrive in one chunk with their end are measured as httptools parses them."""
