@@ -72,6 +72,54 @@ def test_an_answer_goes_out_in_one_write() -> None:
     assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n{}")
 
 
+def _answered(request: bytes, headers: list[tuple[bytes, bytes]] | None) -> tuple[list[bytes], list[bytes]]:
+    """What the emulator's `answer` writes for one request: through `rpq_answer` and through plain ASGI
+    `send` (a wrapper hides `rpq_answer`), with the date header blanked."""
+    from runpod_queue.emulator._http import answer
+
+    async def one(fast: bool) -> list[bytes]:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            await answer(send if fast else (lambda message: send(message)), 201, {"a": 1}, headers)
+
+        config = guarded_config(app, lifespan="off", proxy_headers=False)
+        config.load()
+        state = ServerState()
+        state.default_headers = [(b"date", b"D"), *config.encoded_headers]
+        protocol = GuardedHttpTools(config, state, {}, asyncio.get_running_loop())
+        transport = RecordingTransport()
+        protocol.connection_made(transport)
+        protocol.data_received(request)
+        await turns(5)
+        protocol.connection_lost(None)
+        return transport.writes
+
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        return await one(True), await one(False)
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        REQUEST,
+        b"GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.0\r\nHost: t\r\n\r\n",
+        b"HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize("headers", [None, [(b"retry-after", b"1")], [(b"X-Warn", b"bad\nvalue")]])
+def test_the_whole_answer_path_writes_what_asgi_send_writes(
+    request_bytes: bytes, headers: list[tuple[bytes, bytes]] | None
+) -> None:
+    fast, plain_writes = _answered(request_bytes, headers)
+    assert fast == plain_writes
+    if headers and b"\n" in headers[0][1]:
+        assert b" 201 " not in b"".join(fast)  # uvicorn refuses the header on both paths
+    else:
+        assert len(fast) == 1 and fast[0].startswith(b"HTTP/1.1 201 Created\r\n")
+
+
 @pytest.mark.parametrize("chunks", [1, 3])
 def test_a_streamed_head_is_sent_before_its_body_is_ready(chunks: int) -> None:
     async def main() -> tuple[list[bytes], list[bytes]]:

@@ -25,7 +25,13 @@ import asyncio
 from typing import Any, Final
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -113,6 +119,11 @@ class _JoinedWrites:
             return
         self._transport.write(data)
 
+    def write_whole(self, data: bytes) -> None:
+        """A whole answer in one piece (`_AnsweringCycle`): nothing to hold, sent now."""
+        self._started = True
+        self._transport.write(data)
+
     def flush(self) -> None:
         if self._held is not None:
             data, self._held = self._held, None
@@ -129,6 +140,83 @@ class _JoinedWrites:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
+
+
+class _AnsweringCycle(RequestResponseCycle):
+    """uvicorn's response cycle with `rpq_answer`: a whole JSON answer written at once, skipping the two
+    ASGI `send` calls (two coroutines, two message dicts, a regex pass over headers already checked).
+
+    The emulator's `_http.answer` looks for it on `send`'s owner; whatever it declines (a paused or
+    closed transport, an answer already started, access logging, a connection to close, HEAD, an extra
+    header uvicorn would refuse) goes through `send` as before."""
+
+    # The server's default headers (server, date) as last checked and joined: uvicorn replaces the list
+    # when the date changes, so identity says whether the joined bytes are still them.
+    _defaults_seen: Any = None
+    _defaults_joined: bytes = b""
+
+    def rpq_answer(self, status: int, body: bytes, headers: Any) -> bool:
+        if (
+            self.response_started
+            or self.disconnected
+            or self.flow.write_paused
+            or self.access_log
+            or not self.keep_alive
+            or self.scope["method"] == "HEAD"
+        ):
+            return False
+        defaults = self.default_headers
+        cls = _AnsweringCycle
+        if defaults is not cls._defaults_seen:
+            joined = _joined_headers(defaults)
+            if joined is None:
+                return False
+            cls._defaults_seen, cls._defaults_joined = defaults, joined
+        extra = b""
+        if headers:
+            joined = _joined_headers(headers)
+            if joined is None:
+                return False
+            extra = joined
+        line = STATUS_LINE.get(status)
+        if line is None:
+            return False
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        self.chunked_encoding = False
+        self.expected_content_length = 0
+        answer = b"%s%scontent-type: application/json\r\ncontent-length: %d\r\n%s\r\n%s" % (
+            line,
+            cls._defaults_joined,
+            len(body),
+            extra,
+            body,
+        )
+        transport: Any = self.transport
+        if type(transport) is _JoinedWrites:
+            transport.write_whole(answer)
+        else:
+            transport.write(answer)
+        self.response_complete = True
+        self.message_event.set()
+        self.on_response()
+        return True
+
+
+def _joined_headers(headers: Any) -> bytes | None:
+    """Header lines as uvicorn writes them, or None for one it would refuse or treat specially."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
+            return None
+        name = name.lower()
+        if name in (b"content-length", b"transfer-encoding", b"connection", b"content-type"):
+            return None
+        parts.append(b"%s: %s\r\n" % (name, value))
+    return b"".join(parts)
+
+
+_uvicorn_on_header = HttpToolsProtocol.on_header
 
 
 class GuardedHttpTools(HttpToolsProtocol):
@@ -246,8 +334,13 @@ class GuardedHttpTools(HttpToolsProtocol):
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value))
-        super().on_header(name, value)
+        # `_count` inlined and uvicorn's method called directly (no super object): this runs per header.
+        parsed = self._parsed_bytes + len(name) + len(value)
+        self._parsed_bytes = parsed
+        if parsed > self.max_header_bytes:
+            self._header_bytes = self.max_header_bytes + 1
+            raise _HeadersTooLarge
+        _uvicorn_on_header(self, name, value)
 
     def _count(self, size: int) -> None:
         """Headers that arrive in one chunk with their end are measured as httptools parses them."""
@@ -287,6 +380,8 @@ class GuardedHttpTools(HttpToolsProtocol):
         # run yet, so nothing was written through the plain transport.
         if cycle is not None and cycle.transport is self.transport and not cycle.response_started:
             cycle.transport = _JoinedWrites(self.transport, self.loop)  # type: ignore[assignment]
+            if type(cycle) is RequestResponseCycle:
+                cycle.__class__ = _AnsweringCycle
 
     def on_message_complete(self) -> None:
         self._disarm()

@@ -28,6 +28,7 @@ the hot path skips them there.
 from __future__ import annotations
 
 import asyncio
+import collections
 import heapq
 import itertools
 import logging
@@ -43,6 +44,7 @@ __all__ = [
     "MAX_ADVANCE_S",
     "Clock",
     "ClockKind",
+    "FifoTimers",
     "RealClock",
     "TimerHandle",
     "VirtualClock",
@@ -475,6 +477,107 @@ class VirtualClock(Clock):
             return
         self._fire_due(due)
         self._poke()
+
+
+class _FifoEntry:
+    """One callback of a `FifoTimers` lane; ``cancel`` only marks it (the lane skips it when it comes up)."""
+
+    __slots__ = ("args", "callback", "due", "lane")
+
+    def __init__(self, lane: _FifoLane, due: float, callback: Callable[..., object] | None, args: Any):
+        self.lane = lane
+        self.due = due
+        self.callback = callback
+        self.args = args
+
+    def cancel(self) -> None:
+        if self.callback is not None:
+            self.callback = None
+            self.args = ()
+            self.lane.cancelled()
+
+
+class _FifoLane:
+    """Callbacks all scheduled with one delay: they come due in the order they were added, so one loop
+    timer (for the oldest) serves them all."""
+
+    __slots__ = ("dead", "delay", "entries", "loop", "timer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.entries: collections.deque[_FifoEntry] = collections.deque()
+        self.dead = 0  # cancelled entries still in `entries`
+        self.timer: asyncio.TimerHandle | None = None
+
+    def add(self, callback: Callable[..., object], args: Any) -> _FifoEntry:
+        entry = _FifoEntry(self, self.loop.time() + self.delay, callback, args)
+        self.entries.append(entry)
+        if self.timer is None:
+            self.timer = self.loop.call_at(entry.due, self._fire)
+        return entry
+
+    def cancelled(self) -> None:
+        self.dead += 1
+        # Most entries are cancelled long before they come due (a job's hold or executionTimeout ends
+        # with the job): drop them once they are half the lane, so memory stays bounded by the live ones.
+        entries = self.entries
+        if self.dead > 64 and self.dead * 2 > len(entries):
+            self.entries = collections.deque(e for e in entries if e.callback is not None)
+            self.dead = 0
+            if not self.entries and self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+
+    def _fire(self) -> None:
+        self.timer = None
+        entries = self.entries
+        now = self.loop.time()
+        while entries:
+            entry = entries[0]
+            callback = entry.callback
+            if callback is None:
+                entries.popleft()
+                self.dead -= 1
+                continue
+            if entry.due > now:
+                break
+            entries.popleft()
+            entry.callback = None  # ran: a later cancel does nothing
+            try:
+                callback(*entry.args)
+            except Exception as exc:  # as the loop treats a failing callback: reported, the rest run
+                self.loop.call_exception_handler(
+                    {"message": f"exception in timer callback {callback!r}", "exception": exc}
+                )
+            entries = self.entries  # a callback's cancel may have compacted the lane
+        if entries and self.timer is None:
+            self.timer = self.loop.call_at(entries[0].due, self._fire)
+
+
+class FifoTimers:
+    """`call_later` for a real clock's per-job timers, grouped by delay: each job's executionTimeout, hold
+    and retention timer is made with one of a few delays and nearly all are cancelled, so a deque entry per
+    timer and one loop timer per delay replace a loop timer made (and cancelled) per job. Each callback
+    still runs on the first loop turn at or after its own due time. Virtual clocks keep their own timers."""
+
+    __slots__ = ("_lanes", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lanes: dict[float, _FifoLane] = {}
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> TimerHandle:
+        lane = self._lanes.get(delay)
+        if lane is None:
+            if len(self._lanes) >= _MAX_FIFO_LANES or delay <= 0:  # many distinct delays: plain timers
+                return self._loop.call_later(delay, callback, *args)
+            lane = self._lanes[delay] = _FifoLane(self._loop, delay)
+        return lane.add(callback, args)
+
+
+# Distinct delays (`?wait=`, per-request executionTimeout) each get a lane up to this many.
+_MAX_FIFO_LANES: Final = 64
 
 
 def make_clock(kind: str, time_scale: float = 1.0) -> Clock:

@@ -22,7 +22,7 @@ import orjson
 
 from runpod_queue._contract import JobStatus
 from runpod_queue.emulator._cassette import ReplayHandler
-from runpod_queue.emulator._clock import Clock, TimerHandle
+from runpod_queue.emulator._clock import Clock, FifoTimers, TimerHandle
 from runpod_queue.emulator._config import EndpointSpec, Timings
 from runpod_queue.emulator._fleet import Fleet, WorkerState
 from runpod_queue.emulator._jobs import (
@@ -94,6 +94,9 @@ class Core:
         self._runner = runner
         self._webhooks = webhooks
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Every per-job timer (ttl, executionTimeout, a client's hold, retention) is made through this;
+        # on a real clock `bind` makes it `FifoTimers`: one loop timer per delay, not one per job.
+        self._job_later: Any = self._clock_later
         self.endpoints: dict[str, EndpointState] = {}
         # Each worker's log lines (REST v2's worker logs route).
         self.logs: WorkerLogs = WorkerLogs(clock)
@@ -111,6 +114,8 @@ class Core:
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         """Attach to the loop the emulator serves on (client holds make their futures on it)."""
         self._loop = loop
+        if self.clock.kind == "real":
+            self._job_later = FifoTimers(loop).call_later
         self.logs.bind(loop)
         for ep in self.endpoints.values():
             if ep.fleet is not None:
@@ -142,7 +147,10 @@ class Core:
         return worker
 
     def _later(self, duration: float, callback: Any, *args: Any) -> TimerHandle:
-        return self.clock.call_later(duration * self._scale, callback, *args)
+        return self._job_later(duration * self._scale, callback, *args)  # type: ignore[no-any-return]
+
+    def _clock_later(self, delay: float, callback: Any, *args: Any) -> TimerHandle:
+        return self.clock.call_later(delay, callback, *args)
 
     # -- submission -----------------------------------------------------------------------------
 
@@ -293,7 +301,7 @@ class Core:
             job.batch.in_progress += 1
         if ep.fleet is not None:
             ep.fleet.on_start(worker)
-        job.timer_handle = self.clock.call_later(
+        job.timer_handle = self._job_later(
             job.policy_execution_timeout * self._scale, self._execution_timed_out, job, job.attempt
         )
 
@@ -425,7 +433,7 @@ class Core:
             retention = min(retention, job.retention_override)
         retention *= self._scale
         job.expires_at = now + retention
-        job.retention_handle = self.clock.call_later(retention, self._remove, job)
+        job.retention_handle = self._job_later(retention, self._remove, job)
         cap = self._retain_cap
         if cap is not None:
             retained = self._retained
@@ -667,7 +675,7 @@ class Core:
             waiters = []
             setattr(job, attr, waiters)
         waiters.append(fut)
-        handle = self.clock.call_later(wait * self._scale, _resolve, fut)
+        handle = self._job_later(wait * self._scale, _resolve, fut)
         clock = self.clock if self._reports else None
         if clock is not None:
             clock.hold_started()
