@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -38,7 +39,11 @@ def test_why_names_the_cold_start_then_that_the_job_is_done(rpq: Invoke, emu: Em
     assert workers in shown.output
     assert "try      keep workers warm: `rpq endpoint scale cold --min 1`" in shown.output
     assert API_KEY not in shown.output
-    emu.advance(30)
+    emu.advance(30)  # the cold start ends; the job then runs on its worker's thread, in real time
+    deadline = time.monotonic() + 10
+    while json.loads(rpq("status", "cold", job_id, "--json").output)["status"] != "COMPLETED":
+        assert time.monotonic() < deadline, "the job did not complete after its cold start"
+        time.sleep(0.005)
     document = json.loads(rpq("why", "cold", job_id, "--json").output)
     facts = (document["reason"], document["jobStatus"], document["workersMax"])
     assert facts == ("not_waiting", "COMPLETED", 2)
