@@ -121,13 +121,22 @@ def emu(emu_setup: EmuSetup, shared_emulators: dict[EmuSetup, Emulator]) -> Iter
         emu_setup.stop(emulator)
 
 
-# The longest files start first, so xdist's last worker is not left alone with one of them at the end:
-# the docs blocks (one page after another, ~30 s), the official-worker subprocess tests and the native
-# batch runner's 12,000-item test.
+# The longest files start first (most wall-clock seconds first, as measured with `--durations=0` on 2
+# cores), so xdist's last worker is not left alone with one of them at the end; most of them mostly wait
+# (subprocesses, a browser), so starting them early overlaps the waits with the CPU-bound files.
 _LONG_FILES = (
-    "tests/test_docs_blocks.py",
-    "tests/emulator/test_external_workers.py",
+    "tests/test_docs_blocks.py",  # `make docs-test`: one page after another
+    "tests/emulator/test_external_workers.py",  # official-SDK worker processes
+    "tests/emulator/test_loading_and_serve.py",  # `rpq serve` processes stopped by signals
+    "tests/storage/test_store.py",
+    "tests/console/test_console_browser.py",  # headless Chromium
+    "tests/emulator/test_external_cli.py",
+    "tests/storage/test_batch_uploads.py",
     "tests/batch/test_batch_native.py",  # 12,000 batch requests (issue 25's done-when)
+    "tests/emulator/test_openai_external.py",
+    "tests/batch/test_batch_cli.py",
+    "tests/emulator/test_record_replay.py",
+    "tests/emulator/test_fitness.py",
 )
 
 
