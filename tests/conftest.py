@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -141,8 +142,13 @@ _LONG_FILES = (
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
+    # xdist would reorder the files by their number of tests (most first), which sends the one-test files
+    # above (the browser, the official-worker S3 round trip) to the very end: pyproject's addopts turn
+    # that off (--no-loadscope-reorder) and the same rule is applied here to the files not listed.
+    counts = Counter(item.nodeid.split("::", 1)[0] for item in items)
+
+    def rank(item: pytest.Item) -> tuple[int, int]:
         path = item.nodeid.split("::", 1)[0]
-        return _LONG_FILES.index(path) if path in _LONG_FILES else len(_LONG_FILES)
+        return (_LONG_FILES.index(path) if path in _LONG_FILES else len(_LONG_FILES), -counts[path])
 
     items.sort(key=rank)  # stable: every file keeps its own order
