@@ -8,9 +8,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from runpod_queue._transport import _tls_context
 from runpod_queue.emulator import Emulator
 
 
@@ -24,12 +21,6 @@ def need(name: str) -> None:
 
     if importlib.util.find_spec(name) is None:
         pytest.skip(f"could not import {name!r}: not installed", allow_module_level=True)
-
-
-def http_get(url: str, **kwargs: Any) -> httpx.Response:
-    """``httpx.get`` over the process's TLS context: its own would load every CA certificate on each call
-    (~30 ms CPU), even for the plain-HTTP loopback URLs the tests fetch."""
-    return httpx.get(url, verify=_tls_context(), **kwargs)
 
 
 #: What `fail` answers: a handler's error result, as a worker reports it.

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import sys
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -16,25 +14,6 @@ from runpod_queue import AsyncS3Store, S3Config, S3Store
 from shared_support import need
 
 need("moto")  # moto.server is imported when the first test asks for the server
-
-
-@functools.cache
-def _rpq_command() -> Any:
-    import typer.main
-
-    from runpod_queue.cli._app import app, load_commands
-
-    load_commands()
-    return typer.main.get_command(app)
-
-
-@pytest.fixture(autouse=True)
-def _one_rpq_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """typer's CliRunner rebuilds the click command from the app on every invoke (~0.1 s CPU): build it once,
-    as tests/cli does. Only where typer's test runner is already imported: the other tests never load it."""
-    testing = sys.modules.get("typer.testing")
-    if testing is not None:
-        monkeypatch.setattr(testing, "_get_command", lambda _app: _rpq_command())
 
 
 @pytest.fixture(scope="session")

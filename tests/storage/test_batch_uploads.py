@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from runpod_queue import (
@@ -28,7 +29,7 @@ from runpod_queue import (
 )
 from runpod_queue.batch import PollOptions
 from runpod_queue.emulator import Emulator
-from shared_support import EmuSetup, http_get
+from shared_support import EmuSetup
 
 FAST = Retries(backoff=0.01, max_backoff=0.05, max_retry_after=0.05)
 QUICK_POLLS = PollOptions(min_interval=0.01, max_interval=0.2)
@@ -37,7 +38,7 @@ QUICK_POLLS = PollOptions(min_interval=0.01, max_interval=0.2)
 def sha_of_urls(job: dict[str, Any]) -> dict[str, Any]:
     """What a worker does with URL inputs: fetch each (as rp_download would) and hash it."""
     urls = job["input"]["files"]
-    return {"sha256": [hashlib.sha256(http_get(url).raise_for_status().content).hexdigest() for url in urls]}
+    return {"sha256": [hashlib.sha256(httpx.get(url).raise_for_status().content).hexdigest() for url in urls]}
 
 
 def _setup() -> dict[str, Any]:

@@ -10,13 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from runpod_queue import S3Config, S3Store
 from runpod_queue.cli._app import app, load_commands
 from runpod_queue.emulator import Emulator
-from shared_support import EmuSetup, echo, http_get
+from shared_support import EmuSetup, echo
 
 pytestmark = pytest.mark.parametrize(
     "emu_setup", [EmuSetup(lambda: {"echo": echo}, {"s3": True}, shared=True)], indirect=True, scope="module"
@@ -43,12 +44,12 @@ def _rpq(*args: str) -> Any:
 
 
 def test_the_control_route_answers_the_s3_config(emu: Emulator, plain: Emulator) -> None:
-    answer = http_get(f"http://127.0.0.1:{emu.port}/_emulator/s3")
+    answer = httpx.get(f"http://127.0.0.1:{emu.port}/_emulator/s3")
     assert answer.status_code == 200
     assert answer.json() == emu.s3_config.to_wire()
-    none = http_get(f"http://127.0.0.1:{plain.port}/_emulator/s3", headers={"Authorization": "Bearer k-123"})
+    none = httpx.get(f"http://127.0.0.1:{plain.port}/_emulator/s3", headers={"Authorization": "Bearer k-123"})
     assert none.status_code == 404 and "rpq serve --s3" in none.json()["error"]
-    assert http_get(f"http://127.0.0.1:{plain.port}/_emulator/s3").status_code == 401  # key-protected
+    assert httpx.get(f"http://127.0.0.1:{plain.port}/_emulator/s3").status_code == 401  # key-protected
 
 
 def test_upload_and_download_local(emu: Emulator, tmp_path: Path) -> None:
@@ -153,7 +154,7 @@ def test_rpq_batch_local_uses_the_emulators_s3(emu: Emulator, tmp_path: Path) ->
     assert result.exit_code == 0, result.output
     (row,) = map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())
     url = row["output"]["image"]  # echo returns the input the worker received: the URL
-    assert url.startswith(emu.s3_config.endpoint_url) and http_get(url).content == data
+    assert url.startswith(emu.s3_config.endpoint_url) and httpx.get(url).content == data
 
 
 def test_rpq_batch_upload_from_env(
@@ -171,5 +172,5 @@ def test_rpq_batch_upload_from_env(
     assert result.exit_code == 0, result.output
     (row,) = map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())
     assert row["output"]["image"].startswith(f"{config.endpoint_url}/{config.bucket_name}/batch/")
-    assert http_get(row["output"]["image"]).content == data
+    assert httpx.get(row["output"]["image"]).content == data
     assert config.access_secret not in result.output

@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from runpod_queue import AsyncS3Store, ConfigurationError, S3Config, S3Store, StorageError
 from runpod_queue._storage import redact_url
-from shared_support import http_get
 
 MIB = 1 << 20
 
@@ -45,7 +45,7 @@ def test_round_trip_multipart_every_source(variant: Callable[..., Any], tmp_path
     etag = v.sync.client.head_object(Bucket=v.sync.config.bucket_name, Key="a/in.bin")["ETag"]
     assert etag.strip('"').endswith("-3")  # multipart, 3 parts
     # a presigned URL needs no credentials; an unsigned URL under the endpoint and a key use the store's
-    assert http_get(url).content == data
+    assert httpx.get(url).content == data
     assert v("download", url) == data
     unsigned = f"{v.sync.config.endpoint_url}/{v.sync.config.bucket_name}/a/in.bin"
     assert v("download", unsigned) == data

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from runpod_queue import (
@@ -23,7 +24,6 @@ from runpod_queue import (
     Upload,
 )
 from runpod_queue.emulator import Emulator
-from shared_support import http_get
 
 MIB = 1 << 20
 
@@ -31,7 +31,7 @@ MIB = 1 << 20
 def sha_of_image(job: dict[str, Any]) -> dict[str, Any]:
     """What a worker does with a URL input: fetch it (here with httpx, as rp_download would) and hash it."""
     urls = job["input"]["images"]
-    return {"sha256": [hashlib.sha256(http_get(url).content).hexdigest() for url in urls]}
+    return {"sha256": [hashlib.sha256(httpx.get(url).content).hexdigest() for url in urls]}
 
 
 @pytest.fixture(scope="module")
